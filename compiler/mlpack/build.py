@@ -1,0 +1,142 @@
+"""The build driver: model -> frontend -> import -> codegen (+ memory plan) -> bundle.
+
+Each stage is timed and reported through `progress(stage, seconds)` so the CLI can show it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import BuildError, MissingCompilerDependencies
+
+TARGETS = ("cpu",)
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    bundle_bytes: int
+    manifest: dict
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def memory_plan(self) -> dict:
+        return self.manifest["memory_plan"]
+
+
+def _require_compiler_deps() -> None:
+    for mod in ("torch", "torch_mlir", "llvmlite"):
+        try:
+            __import__(mod)
+        except ImportError as e:
+            raise MissingCompilerDependencies(mod) from e
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build(
+    model: Any,
+    example_inputs: Sequence[Any] | None = None,
+    output_path: str | Path = "model.bundle",
+    target: str = "cpu",
+    *,
+    cpu: str | None = None,
+    input_shapes: Sequence[str] | None = None,
+    progress: Callable[[str, float], None] | None = None,
+    dump_ir: str | Path | None = None,
+) -> BuildResult:
+    """Compile `model` (nn.Module, ExportedProgram, or a path to .pt2/.pt) into one bundle file.
+
+    example_inputs: tensors/arrays fixing input shapes and dtypes (needed unless the model file
+    records them, as a .pt2 does). input_shapes: alternative, strings like "1x3x224x224:float32".
+    """
+    _require_compiler_deps()
+    import numpy as np
+    import torch
+
+    from . import bundle as bundle_fmt
+    from . import frontend
+    from .codegen_cpu import DEFAULT_CPU, compile_cpu
+    from .importer import import_program
+
+    targets = [t.strip() for t in target.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        raise BuildError(f"unknown target {target!r}: this build supports {', '.join(TARGETS)}")
+    cpu = cpu or DEFAULT_CPU
+    timings: dict[str, float] = {}
+    report = progress or (lambda stage, secs: None)
+
+    @contextmanager
+    def stage(name: str):
+        t0 = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - t0
+        report(name, timings[name])
+
+    dump_dir = Path(dump_ir) if dump_ir else None
+    if dump_dir:
+        dump_dir.mkdir(parents=True, exist_ok=True)
+
+    def dump(name: str, text: str) -> None:
+        if dump_dir:
+            (dump_dir / f"{len(list(dump_dir.iterdir())):02d}-{name}.mlir").write_text(text)
+
+    examples = None
+    if example_inputs is not None:
+        examples = [x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+                    for x in example_inputs]
+    elif input_shapes:
+        examples = [frontend.example_from_shape(*frontend.parse_input_shape(s)) for s in input_shapes]
+
+    with stage("export"):
+        if isinstance(model, (str, Path)):
+            ep = frontend.load_model(model, examples)
+        elif isinstance(model, torch.export.ExportedProgram):
+            ep = model if examples is None else frontend.export_module(model.module(), examples)
+        elif isinstance(model, torch.nn.Module):
+            if examples is None:
+                raise BuildError("building an nn.Module needs example_inputs (or input_shapes)")
+            ep = frontend.export_module(model, examples)
+        else:
+            raise BuildError(f"cannot build a {type(model).__name__}: pass an nn.Module, ExportedProgram or a path")
+        lifted = frontend.lift(ep)
+    with stage("import"):
+        module = import_program(lifted)
+        dump("linalg", str(module))
+    with stage("codegen"):
+        art = compile_cpu(module, cpu, dump)
+    with stage("write"):
+        weights_blob, weight_entries = bundle_fmt.pack_weights(lifted.weights)
+        call = [f"{kind}:{i}" for kind, i in lifted.call_args]
+        call += [f"output:{i}" for i in range(len(lifted.outputs))] + ["arena"]
+        if len(call) != art.num_args:
+            raise BuildError(f"internal: entry takes {art.num_args} args, the call list has {len(call)}")
+        manifest = {
+            "format_version": bundle_fmt.FORMAT_VERSION,
+            "producer": {"mlpack": _version("mlpack-mlrt"), "torch": torch.__version__,
+                         "torch_mlir": _version("torch-mlir"), "llvmlite": _version("llvmlite")},
+            "inputs": [s.to_json() for s in lifted.inputs],
+            "outputs": [s.to_json() for s in lifted.outputs],
+            "output_structure": lifted.output_structure,
+            "weights": weight_entries,
+            "call": call,
+            "memory_plan": art.memory_plan.to_json(),
+            "targets": {"cpu": {"arch": "x86_64", "cpu": art.cpu, "features": art.features,
+                                "section": "cpu.so", "entry": "mlrt_entry"}},
+        }
+        size = bundle_fmt.write_bundle(output_path, manifest, [
+            ("cpu.so", art.shared_object, bundle_fmt.PAGE),
+            ("weights", weights_blob, bundle_fmt.PAGE),
+        ])
+    return BuildResult(Path(output_path), size, manifest, timings)

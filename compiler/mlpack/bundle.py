@@ -1,0 +1,129 @@
+"""The bundle container: write (for `build`) and read (for `inspect` and tests).
+
+The byte layout is the contract with the C++ runtime and is documented in docs/bundle-format.md;
+change both together and bump FORMAT_VERSION on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+MAGIC = b"MLRTBNDL"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sIIIIQQ24x")  # magic, version, header_size, count, entry_size, table_off, file_size
+SECTION = struct.Struct("<16sQQQ32sII")  # name, offset, size, alignment, sha256, flags, reserved
+PAGE = 4096
+WEIGHT_ALIGNMENT = 64
+
+assert HEADER.size == 64 and SECTION.size == 80
+
+
+@dataclass
+class Section:
+    name: str
+    offset: int
+    size: int
+    alignment: int
+    sha256: bytes
+
+
+def _pad(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def pack_weights(weights) -> tuple[bytes, list[dict]]:
+    """Concatenate weights, each 64-byte aligned; returns (blob, manifest entries)."""
+    entries, chunks, off = [], [], 0
+    for name, arr in weights:
+        data = arr.tobytes()  # C order
+        pad = _pad(off, WEIGHT_ALIGNMENT) - off
+        chunks.append(b"\0" * pad)
+        off += pad
+        entries.append({"name": name, "dtype": str(arr.dtype), "shape": list(arr.shape), "offset": off,
+                        "nbytes": len(data)})
+        chunks.append(data)
+        off += len(data)
+    return b"".join(chunks), entries
+
+
+def write_bundle(path: str | Path, manifest: dict, sections: list[tuple[str, bytes, int]]) -> int:
+    """Write the bundle atomically (temp file + rename: a failed build leaves no half file). Returns its size.
+
+    `sections` excludes the manifest, which always goes first; each is (name, bytes, alignment).
+    """
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    all_sections = [("manifest", manifest_bytes, 8)] + list(sections)
+    table_off = HEADER.size
+    off = table_off + SECTION.size * len(all_sections)
+    layout = []
+    for name, data, align in all_sections:
+        if len(name.encode()) > 15:
+            raise ValueError(f"section name too long: {name}")
+        off = _pad(off, align)
+        layout.append((name, off, data, align))
+        off += len(data)
+    file_size = off
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(HEADER.pack(MAGIC, FORMAT_VERSION, HEADER.size, len(layout), SECTION.size, table_off, file_size))
+            for name, s_off, data, align in layout:
+                f.write(SECTION.pack(name.encode(), s_off, len(data), align, hashlib.sha256(data).digest(), 0, 0))
+            for name, s_off, data, align in layout:
+                f.write(b"\0" * (s_off - f.tell()))
+                f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return file_size
+
+
+@dataclass
+class BundleInfo:
+    format_version: int
+    file_size: int
+    sections: list[Section]
+    manifest: dict
+
+
+def read_bundle(path: str | Path, verify: bool = True) -> BundleInfo:
+    """Parse a bundle's header, section table and manifest (Python side: inspect and tests)."""
+    data = Path(path).read_bytes()
+    if len(data) < HEADER.size or data[:8] != MAGIC:
+        raise ValueError(f"{path}: not an mlrt bundle (bad magic)")
+    magic, version, hsize, count, esize, table_off, file_size = HEADER.unpack_from(data)
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path}: bundle format version {version} is newer than this tool ({FORMAT_VERSION})")
+    if file_size != len(data):
+        raise ValueError(f"{path}: truncated or padded (header says {file_size} bytes, file has {len(data)})")
+    sections = []
+    for i in range(count):
+        name, off, size, align, digest, _flags, _ = SECTION.unpack_from(data, table_off + i * esize)
+        s = Section(name.rstrip(b"\0").decode(), off, size, align, digest)
+        if off + size > len(data):
+            raise ValueError(f"{path}: section '{s.name}' runs past the end of the file")
+        if verify and hashlib.sha256(data[off:off + size]).digest() != digest:
+            raise ValueError(f"{path}: section '{s.name}' is corrupted (sha256 mismatch)")
+        sections.append(s)
+    man = next(s for s in sections if s.name == "manifest")
+    manifest = json.loads(data[man.offset:man.offset + man.size])
+    return BundleInfo(version, file_size, sections, manifest)
+
+
+def section_bytes(path: str | Path, name: str) -> bytes:
+    info = read_bundle(path, verify=False)
+    s = next(s for s in info.sections if s.name == name)
+    with open(path, "rb") as f:
+        f.seek(s.offset)
+        return f.read(s.size)

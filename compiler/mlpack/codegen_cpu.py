@@ -1,0 +1,181 @@
+"""CPU codegen: linalg-on-tensors -> bufferized memrefs -> arena plan -> LLVM IR -> PIC shared object.
+
+The LLVM IR comes from MLIR's own translation (`mlirTranslateModuleToLLVMIRToString`, reached with
+ctypes because the wheel has no Python binding for it); llvmlite compiles it. The ExecutionEngine's
+object would be non-PIC, large-code-model and host-tuned (TOOLCHAIN-NOTES §1), hence llvmlite.
+
+Entry ABI of the produced shared object (see docs/bundle-format.md):
+    void mlrt_entry(void **args)  // args[i] = data pointer of the i-th entry of manifest "call"
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BuildError
+from .memory_plan import MemoryPlan, assign_arena
+
+# Named x86-64 micro-architecture levels -> the CPU features the runtime must find (cpuid names).
+CPU_LEVELS = {
+    "x86-64": [],
+    "x86-64-v2": ["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt"],
+    "x86-64-v3": ["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "bmi", "bmi2", "f16c", "fma",
+                  "lzcnt", "movbe"],
+}
+DEFAULT_CPU = "x86-64-v3"
+TRIPLE = "x86_64-unknown-linux-gnu"
+
+_BUFFERIZE = (
+    "builtin.module(func.func(linalg-fuse-elementwise-ops),canonicalize,"
+    "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},"
+    "buffer-results-to-out-params{modify-public-functions=true hoist-static-allocs=true},canonicalize,cse)"
+)
+_TO_LLVM = (
+    "builtin.module(convert-linalg-to-loops,lower-affine,convert-scf-to-cf,expand-strided-metadata,lower-affine,"
+    "finalize-memref-to-llvm,convert-math-to-llvm,convert-math-to-libm,convert-arith-to-llvm,convert-index-to-llvm,"
+    "convert-func-to-llvm{use-bare-ptr-memref-call-conv=true},convert-cf-to-llvm,convert-ub-to-llvm,"
+    "reconcile-unrealized-casts)"
+)
+# Functions the generated code may call. Anything else (malloc above all) is a compiler bug.
+_ALLOWED_EXTERNALS = {"memrefCopy", "memcpy", "memset", "memmove"}
+_LIBM = re.compile(r"^(exp|expm1|log|log1p|log2|log10|sqrt|cbrt|pow|fmod|erf|erfc|tanh|sinh|cosh|asinh|acosh|atanh|"
+                   r"sin|cos|tan|asin|acos|atan|atan2|round|roundeven|trunc|floor|ceil|rint|nearbyint|fabs|copysign|"
+                   r"fma|fmin|fmax)f?$")
+
+
+@dataclass
+class CpuArtifact:
+    shared_object: bytes
+    memory_plan: MemoryPlan
+    cpu: str
+    features: list[str]
+    num_args: int
+    llvm_ir: str  # kept for --dump-ir and tests
+
+
+def _run_pipeline(module, pipeline: str, stage: str) -> None:
+    from torch_mlir import passmanager
+
+    try:
+        with module.context:
+            passmanager.PassManager.parse(pipeline).run(module.operation)
+    except Exception as e:  # noqa: BLE001
+        raise BuildError(f"{stage} failed: {str(e).strip().splitlines()[0]}") from e
+
+
+def _forward(module):
+    from torch_mlir import ir
+
+    for op in module.body.operations:
+        if op.operation.name == "func.func" and ir.StringAttr(op.attributes["sym_name"]).value == "forward":
+            return op
+    raise BuildError("internal: imported module has no @forward")
+
+
+def _set_all_arg_attrs(func_op, attrs: dict) -> None:
+    from torch_mlir import ir
+
+    n = len(func_op.regions[0].blocks[0].arguments)
+    func_op.attributes["arg_attrs"] = ir.ArrayAttr.get([ir.DictAttr.get(attrs) for _ in range(n)])
+
+
+def translate_to_llvm_ir(module) -> str:
+    """MLIR LLVM dialect -> LLVM IR text via the C API of the wheel's aggregate library."""
+    import torch_mlir._mlir_libs as libs
+
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(libs.__file__), "libTorchMLIRAggregateCAPI.so"))
+    fn = lib.mlirTranslateModuleToLLVMIRToString
+    fn.restype = ctypes.c_void_p
+    fn.argtypes = [ctypes.c_void_p]
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.restype = ctypes.c_void_p
+    get_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    op_ptr = get_ptr(module.operation._CAPIPtr, b"torch_mlir.ir.Operation._CAPIPtr")
+    out = fn(op_ptr)
+    if not out:
+        raise BuildError("translating MLIR to LLVM IR failed")
+    return ctypes.string_at(out).decode()  # the C string is intentionally not freed: one per build
+
+
+def _check_externals(llvm_ir: str) -> None:
+    declared = re.findall(r"^declare [^@]*@([\w.$]+)\(", llvm_ir, flags=re.M)
+    bad = [f for f in declared if not (f in _ALLOWED_EXTERNALS or f.startswith("llvm.") or _LIBM.match(f))]
+    if bad:
+        raise BuildError(f"generated code calls unexpected external function(s): {', '.join(sorted(bad))} "
+                         "(heap allocation or a missing runtime library); refusing to build")
+
+
+def compile_object(llvm_ir: str, cpu: str) -> bytes:
+    import llvmlite.binding as llvm
+
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    tm = llvm.Target.from_triple(TRIPLE).create_target_machine(
+        cpu=cpu, features="", opt=3, reloc="pic", codemodel="small")
+    mod = llvm.parse_assembly(llvm_ir)
+    mod.triple = TRIPLE
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+    pb.getModulePassManager().run(mod, pb)
+    return tm.emit_object(mod)
+
+
+def _entry_wrapper(num_args: int) -> str:
+    params = ", ".join(["void *"] * num_args)
+    args = ", ".join(f"a[{i}]" for i in range(num_args))
+    return (f"extern void forward({params});\n"
+            "__attribute__((visibility(\"default\"))) void mlrt_entry(void **a) {"
+            f" forward({args}); }}\n")
+
+
+def link_shared_object(obj: bytes, num_args: int) -> bytes:
+    support = Path(__file__).parent / "codegen_support" / "memref_copy.c"
+    with tempfile.TemporaryDirectory(prefix="mlpack-link-") as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "kernels.o").write_bytes(obj)
+        (tmp_path / "entry.c").write_text(_entry_wrapper(num_args))
+        cmd = [os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-o",
+               str(tmp_path / "model.so"), str(tmp_path / "kernels.o"), str(tmp_path / "entry.c"), str(support),
+               "-lm", "-s", "-Wl,-z,noexecstack", "-Wl,-z,now", "-Wl,--no-undefined"]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+        except FileNotFoundError as e:
+            raise BuildError("linking needs a C compiler ('cc', or set CC): none found on PATH") from e
+        except subprocess.CalledProcessError as e:
+            raise BuildError(f"linking the model's shared object failed:\n{e.stderr}") from e
+        return (tmp_path / "model.so").read_bytes()
+
+
+def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None) -> CpuArtifact:
+    """Lower an imported linalg-on-tensors module to a shared object. `dump(stage, text)` sees the IR."""
+    if cpu not in CPU_LEVELS:
+        raise BuildError(f"unknown --cpu {cpu!r}: one of {', '.join(CPU_LEVELS)}")
+    from torch_mlir import ir
+
+    dump = dump or (lambda stage, text: None)
+    func_op = _forward(module)
+    with module.context, ir.Location.unknown():
+        # Inputs and weights are read-only: the weights are mapped read-only from the bundle.
+        _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
+    _run_pipeline(module, _BUFFERIZE, "bufferization")
+    dump("bufferized", str(module))
+    with module.context, ir.Location.unknown():
+        memory_plan = assign_arena(func_op)
+        num_args = len(func_op.regions[0].blocks[0].arguments)
+        # Every argument is a distinct buffer (inputs, weights, outputs, arena): say so to LLVM.
+        _set_all_arg_attrs(func_op, {"llvm.noalias": ir.UnitAttr.get()})
+    dump("planned", str(module))
+    _run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
+    llvm_ir = translate_to_llvm_ir(module)
+    dump("llvm", llvm_ir)
+    _check_externals(llvm_ir)
+    obj = compile_object(llvm_ir, cpu)
+    so = link_shared_object(obj, num_args)
+    return CpuArtifact(so, memory_plan, cpu, CPU_LEVELS[cpu], num_args, llvm_ir)

@@ -1,0 +1,33 @@
+"""Errors the compiler reports to users.
+
+Every error that reaches the CLI is a `BuildError`: a message a user can act on, never a raw
+traceback from torch or MLIR (those stay attached as `__cause__` for `-v`).
+"""
+
+
+class BuildError(Exception):
+    """A model could not be built into a bundle; the message says why and what to do."""
+
+
+class UnsupportedOpError(BuildError):
+    """An operator the compiler cannot lower; names the op and where it sits in the model."""
+
+    def __init__(self, op: str, locations: list[str], detail: str = ""):
+        self.op = op
+        self.locations = locations
+        where = "\n".join(f"  at {loc}" for loc in locations) or "  (location in the model unknown)"
+        msg = f"unsupported operator '{op}': the compiler cannot lower it to code\n{where}"
+        if detail:
+            msg += f"\n{detail}"
+        super().__init__(msg)
+
+
+class MissingCompilerDependencies(BuildError):
+    """torch / torch-mlir / llvmlite are not installed (a runtime-only install)."""
+
+    def __init__(self, missing: str):
+        super().__init__(
+            f"mlpack build needs the compiler dependencies, and '{missing}' is not installed.\n"
+            "Install them with:  pip install torch==2.13.0 && pip install 'mlpack-mlrt[compiler]'\n"
+            "(or, from a checkout:  pip install torch==2.13.0 && pip install '.[compiler]')"
+        )

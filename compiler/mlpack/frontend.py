@@ -1,0 +1,248 @@
+"""Frontend: load a PyTorch model, export it, and lift every weight to a plain argument.
+
+Output: a `LiftedProgram` whose graph takes (weights..., inputs...) as flat arguments. Keeping
+weights out of the IR is what keeps import and LLVM time small (see TOOLCHAIN-NOTES): the weights
+go to the bundle's weight section and reach the kernels as pointers.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind, OutputKind
+from torch.utils import _pytree as pytree
+
+from .errors import BuildError
+
+# torch dtype -> (bundle dtype name, numpy dtype). The bundle uses numpy's names.
+_DTYPES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float16: "float16",
+    torch.int64: "int64",
+    torch.int32: "int32",
+    torch.int16: "int16",
+    torch.int8: "int8",
+    torch.uint8: "uint8",
+    torch.bool: "bool",
+}
+_TORCH_DTYPES = {name: dt for dt, name in _DTYPES.items()}
+
+
+def dtype_name(dt: torch.dtype, what: str) -> str:
+    if dt not in _DTYPES:
+        raise BuildError(f"{what} has dtype {dt}, which mlrt does not support yet "
+                         f"(supported: {', '.join(sorted(_DTYPES.values()))})")
+    return _DTYPES[dt]
+
+
+@dataclass
+class TensorSig:
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32"
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass
+class LiftedProgram:
+    """An exported model with weights lifted to arguments; everything the importer needs."""
+
+    program: ExportedProgram  # takes only user inputs: weights first-class, in `call_args` order
+    call_args: list[tuple[str, int]]  # ("weight", i) | ("input", i), one per graph argument
+    weights: list[tuple[str, np.ndarray]]  # (fully qualified name, contiguous data)
+    inputs: list[TensorSig]
+    outputs: list[TensorSig]
+    output_structure: Any  # pytree of output indices, see docs/bundle-format.md
+    example_args: list[torch.Tensor]  # real tensors in `call_args` order
+    exported: ExportedProgram  # decomposed program, kept for diagnostics (op -> module path)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_input_shape(spec: str) -> tuple[tuple[int, ...], torch.dtype]:
+    """'1x3x224x224' or '1x3x224x224:float32' or 'scalar:int64' -> (shape, dtype)."""
+    shape_s, _, dtype_s = spec.partition(":")
+    dtype_s = dtype_s or "float32"
+    if dtype_s not in _TORCH_DTYPES:
+        raise BuildError(f"--input-shape {spec!r}: unknown dtype {dtype_s!r} "
+                         f"(one of {', '.join(sorted(_TORCH_DTYPES))})")
+    if shape_s in ("", "scalar"):
+        return (), _TORCH_DTYPES[dtype_s]
+    if not re.fullmatch(r"\d+(x\d+)*", shape_s):
+        raise BuildError(f"--input-shape {spec!r}: expected dims joined by 'x', e.g. 1x3x224x224[:float32]")
+    return tuple(int(d) for d in shape_s.split("x")), _TORCH_DTYPES[dtype_s]
+
+
+def example_from_shape(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+    if dtype == torch.bool:
+        return torch.zeros(shape, dtype=dtype)
+    return torch.zeros(shape, dtype=dtype)  # index-like inputs: 0 is always a valid index
+
+
+def load_example_inputs(path: str | Path) -> list[torch.Tensor]:
+    """Example inputs from a .npy (one input) or .npz (inputs in the archive's order)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            return [torch.from_numpy(np.ascontiguousarray(z[k])) for k in z.files]
+    return [torch.from_numpy(np.ascontiguousarray(np.load(path)))]
+
+
+def detect_format(path: Path) -> str:
+    """'exported' (torch.export.save), 'torchscript' (torch.jit.save) or 'pickle' (torch.save)."""
+    if not zipfile.is_zipfile(path):
+        return "pickle"  # legacy (non-zip) torch.save
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any(n.endswith("archive_format") for n in names) or any("/models/" in n and n.endswith(".json") for n in names):
+        return "exported"
+    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        return "torchscript"
+    return "pickle"
+
+
+def load_model(path: str | Path, example_inputs: Sequence[torch.Tensor] | None) -> ExportedProgram:
+    """Load any supported model file and return an ExportedProgram."""
+    path = Path(path)
+    if not path.exists():
+        raise BuildError(f"model file not found: {path}")
+    fmt = detect_format(path)
+    if fmt == "exported":
+        ep = torch.export.load(str(path))
+        if example_inputs is not None:  # re-export at the requested shapes
+            return export_module(ep.module(), example_inputs)
+        return ep
+    if example_inputs is None:
+        raise BuildError(
+            f"{path} is a {'TorchScript' if fmt == 'torchscript' else 'pickled nn.Module'} file, which does not "
+            "record input shapes: pass --input-shape (e.g. 1x3x224x224:float32, once per input) "
+            "or --example-inputs inputs.npz")
+    if fmt == "torchscript":
+        scripted = torch.jit.load(str(path), map_location="cpu").eval()
+        from torch._export.converter import TS2EPConverter
+
+        try:
+            return TS2EPConverter(scripted, tuple(example_inputs)).convert()
+        except Exception as e:  # noqa: BLE001 - converter raises many types
+            raise BuildError(f"could not convert TorchScript model {path} to torch.export: {e}") from e
+    obj = torch.load(str(path), map_location="cpu", weights_only=False)  # runs pickled code: documented
+    if not isinstance(obj, torch.nn.Module):
+        raise BuildError(f"{path} holds a {type(obj).__name__}, not an nn.Module (a state_dict alone has no code: "
+                         "save the module itself, or export it with torch.export.save)")
+    return export_module(obj, example_inputs)
+
+
+_CONTROL_FLOW_HINT = (
+    "hint: torch.export needs one graph for all inputs. Rewrite data-dependent Python control flow "
+    "(`if x.sum() > 0:`) with torch.where(...) or torch.cond(...), and make shapes independent of values.")
+
+
+def export_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> ExportedProgram:
+    module = module.eval()
+    try:
+        with torch.no_grad():
+            return torch.export.export(module, tuple(example_inputs), strict=False)
+    except Exception as e:  # noqa: BLE001
+        text = str(e)
+        hint = f"\n{_CONTROL_FLOW_HINT}" if ("data-dependent" in text.lower() or "guard" in text.lower()) else ""
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise BuildError(f"torch.export failed on {type(module).__name__}: {first}{hint}") from e
+
+
+# --------------------------------------------------------------------------- lifting
+
+
+def _structure(spec: pytree.TreeSpec, counter: list[int]) -> Any:
+    if spec.is_leaf():
+        counter[0] += 1
+        return counter[0] - 1
+    kids = [_structure(c, counter) for c in spec.children_specs]
+    if spec.type in (tuple, list):
+        return {"type": spec.type.__name__, "items": kids}
+    if spec.type is dict:
+        return {"type": "dict", "keys": [str(k) for k in spec.context], "items": kids}
+    raise BuildError(f"model output of type {spec.type.__name__} is not supported (use tensors, tuples, lists, dicts)")
+
+
+def _placeholder_sig(node: torch.fx.Node, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        raise BuildError(f"input '{name}' is not a tensor ({type(val).__name__}); only tensor inputs are supported")
+    shape = []
+    for d in val.shape:
+        if not isinstance(d, int):
+            raise BuildError(f"input '{name}' has a dynamic dimension ({d}); mlrt bundles have static shapes: "
+                             "pass --input-shape to fix it")
+        shape.append(d)
+    return tuple(shape), val.dtype
+
+
+def lift(ep: ExportedProgram) -> LiftedProgram:
+    """Decompose to core ATen (torch-mlir's table) and re-export with weights as arguments."""
+    from torch_mlir.extras.fx_decomp_util import get_decomposition_table
+
+    ep = ep.run_decompositions(get_decomposition_table())
+    sig = ep.graph_signature
+    for out in sig.output_specs:
+        if out.kind != OutputKind.USER_OUTPUT:
+            raise BuildError(f"the model mutates '{out.target}' during forward ({out.kind.name}); "
+                             "call model.eval() and keep forward free of in-place state updates")
+    state = {**ep.state_dict, **ep.constants}
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    call_args: list[tuple[str, int]] = []
+    weights: list[tuple[str, np.ndarray]] = []
+    inputs: list[TensorSig] = []
+    example_args: list[torch.Tensor] = []
+    for spec, node in zip(sig.input_specs, placeholders):
+        if spec.kind == InputKind.USER_INPUT:
+            shape, dt = _placeholder_sig(node, spec.arg.name)
+            call_args.append(("input", len(inputs)))
+            inputs.append(TensorSig(spec.arg.name, dtype_name(dt, f"input '{spec.arg.name}'"), shape))
+            example_args.append(example_from_shape(shape, dt))
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            t = state[spec.target].detach().contiguous()
+            dtype_name(t.dtype, f"weight '{spec.target}'")
+            call_args.append(("weight", len(weights)))
+            weights.append((spec.target, t.numpy()))
+            example_args.append(t)
+        else:
+            raise BuildError(f"model input kind {spec.kind.name} ('{spec.arg.name}') is not supported")
+
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    outputs = []
+    for i, o in enumerate(out_node.args[0]):
+        val = o.meta.get("val") if isinstance(o, torch.fx.Node) else None
+        if not isinstance(val, torch.Tensor):
+            raise BuildError(f"output {i} is not a tensor ({type(val).__name__}); only tensor outputs are supported")
+        outputs.append(TensorSig(f"output_{i}", dtype_name(val.dtype, f"output {i}"), tuple(int(d) for d in val.shape)))
+
+    # Re-export the flat graph: every placeholder (weights included) becomes a user input.
+    try:
+        flat = torch.export.export(ep.graph_module, tuple(example_args), strict=False)
+    except Exception as e:  # noqa: BLE001
+        raise BuildError(f"re-export with weights as arguments failed: {e}") from e
+    return LiftedProgram(
+        program=flat,
+        call_args=call_args,
+        weights=weights,
+        inputs=inputs,
+        outputs=outputs,
+        output_structure=_structure(ep.call_spec.out_spec, [0]),
+        example_args=example_args,
+        exported=ep,
+    )

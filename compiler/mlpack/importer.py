@@ -1,0 +1,90 @@
+"""Import: ExportedProgram -> MLIR linalg-on-tensors through torch-mlir's FX importer.
+
+When lowering fails, torch-mlir prints diagnostics to stderr and raises a generic error. We collect
+the diagnostics instead, find the ATen op they name, and point at the module path and source line
+of that op in the user's model (from the FX node metadata).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .errors import BuildError, UnsupportedOpError
+from .frontend import LiftedProgram
+
+_OP_PATTERNS = (
+    re.compile(r'name = "torch\.(aten\.[\w.]+)"'),  # torch.operator left over: no lowering known
+    re.compile(r"failed to legalize operation 'torch\.(aten\.[\w.]+)'"),
+)
+
+
+def import_program(lifted: LiftedProgram):
+    """Returns an `ir.Module` holding `func.func @forward` over tensors (args in call_args order)."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import torch as torch_d
+    from torch_mlir.extras.fx_importer import FxImporter
+    from torch_mlir.fx import OutputType, export_and_import
+
+    context = ir.Context()
+    torch_d.register_dialect(context)
+    diagnostics: list[str] = []
+
+    def on_diagnostic(d) -> bool:
+        diagnostics.append(f"{d.location}: {d.message}")
+        return True  # handled: keep stderr clean
+
+    context.attach_diagnostic_handler(on_diagnostic)
+    try:
+        module = export_and_import(
+            lifted.program,
+            output_type=OutputType.LINALG_ON_TENSORS,
+            fx_importer=FxImporter(context=context),
+            func_name="forward",
+        )
+    except NotImplementedError as e:
+        raise BuildError(f"torch-mlir cannot import this model: {e}") from e
+    except Exception as e:  # noqa: BLE001 - TorchMlirCompilerError and friends
+        raise _diagnose(lifted, diagnostics, e) from e
+    return module
+
+
+def _diagnose(lifted: LiftedProgram, diagnostics: list[str], err: Exception) -> BuildError:
+    for diag in diagnostics:
+        for pat in _OP_PATTERNS:
+            m = pat.search(diag)
+            if m:
+                op = m.group(1)
+                return UnsupportedOpError(op, op_locations(lifted.exported, op))
+    detail = "\n".join(diagnostics[:5]) or str(err).strip().splitlines()[0]
+    return BuildError(f"lowering the model to linalg failed:\n{detail}")
+
+
+def op_locations(ep, op: str) -> list[str]:
+    """Where the ATen op `op` ('aten.median' or 'aten.median.default') occurs: module path + source line."""
+    base = op.split(".")[1]
+    found = []
+    for node in ep.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        if node.target._schema.name != f"aten::{base}":
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            path, cls = list(stack.values())[-1]
+            cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+            where = f"module '{path or '<root>'}' ({cls_name})"
+        else:
+            where = "module '<root>'"
+        src = _last_frame(node.meta.get("stack_trace") or "")
+        found.append(f"{where}{', ' + src if src else ''}")
+    return found
+
+
+def _last_frame(stack_trace: str) -> str:
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.*)', stack_trace)
+    if not frames:
+        return ""
+    file, line, fn, code = frames[-1]
+    return f"{file}:{line} in {fn}: {code.strip()}"

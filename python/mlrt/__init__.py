@@ -1,0 +1,99 @@
+"""mlrt: run bundles built by `mlpack build`. numpy in, numpy out; never imports torch.
+
+    import mlrt
+    model = mlrt.load("model.bundle")
+    y = model.run(x)               # one output -> one array; a tuple of outputs -> a tuple
+    model.inputs, model.outputs    # [TensorSpec(name, dtype, shape), ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from ._mlrt import Error, TensorSpec
+from ._mlrt import load as _load
+from ._mlrt import max_bundle_format_version, version
+
+__all__ = ["load", "Model", "Error", "TensorSpec", "version", "get_cmake_dir", "get_include_dir"]
+__version__ = version()
+
+
+class Model:
+    """A loaded bundle. Immutable; `run` may be called from many threads at once (it releases the GIL)."""
+
+    def __init__(self, native, path: str):
+        self._native = native
+        self.path = path
+        self.manifest = json.loads(native.manifest_json)
+        self._structure = self.manifest.get("output_structure", 0)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._native.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._native.outputs
+
+    @property
+    def arena_bytes(self) -> int:
+        return self._native.arena_bytes
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run on numpy arrays, positionally or by input name. Returns the model's output structure."""
+        specs = self._native.inputs
+        if kwargs:
+            names = [s.name for s in specs]
+            unknown = sorted(set(kwargs) - set(names))
+            if unknown:
+                raise Error(f"unknown input name(s) {unknown}; the model's inputs are {names}")
+            if len(args) + len(kwargs) != len(specs):
+                raise Error(f"expected {len(specs)} input(s), got {len(args) + len(kwargs)}")
+            args = args + tuple(kwargs[n] for n in names[len(args):])
+        if len(args) != len(specs):
+            raise Error(f"expected {len(specs)} input(s) {[s.name for s in specs]}, got {len(args)}")
+        arrays = []
+        for i, a in enumerate(args):
+            if not isinstance(a, np.ndarray):
+                if hasattr(a, "__array__") or isinstance(a, (list, tuple, int, float, bool)):
+                    a = np.asarray(a)
+                else:
+                    raise Error(f"input {i} ('{specs[i].name}'): expected a numpy array, got {type(a).__name__}")
+            arrays.append(np.ascontiguousarray(a))  # copies only when not already C-contiguous
+        flat = self._native.run_flat(arrays)
+        return _rebuild(self._structure, flat)
+
+    __call__ = run
+
+    def __repr__(self) -> str:
+        return f"mlrt.Model({self.path!r}, inputs={self.inputs}, outputs={self.outputs})"
+
+
+def _rebuild(node: Any, flat: list) -> Any:
+    if isinstance(node, int):
+        return flat[node]
+    items = [_rebuild(n, flat) for n in node["items"]]
+    if node["type"] == "tuple":
+        return tuple(items)
+    if node["type"] == "list":
+        return items
+    return dict(zip(node["keys"], items))
+
+
+def load(path: str | os.PathLike, verify: str = "full") -> Model:
+    """Load and verify a bundle. verify: 'full' (hash every section) or 'skip-weights'."""
+    path = os.fspath(path)
+    return Model(_load(path, verify), path)
+
+
+def get_cmake_dir() -> str:
+    """Directory holding mlrtConfig.cmake: `cmake -Dmlrt_DIR=$(python -c 'import mlrt; print(mlrt.get_cmake_dir())')`."""
+    return os.path.join(os.path.dirname(__file__), "lib", "cmake", "mlrt")
+
+
+def get_include_dir() -> str:
+    return os.path.join(os.path.dirname(__file__), "include")

@@ -1,0 +1,172 @@
+// mlrt: the runtime for bundles built by `mlpack build`. No PyTorch, no MLIR, no Python.
+//
+//   auto model = mlrt::Model::Load("model.bundle");          // Result<shared_ptr<const Model>>
+//   if (!model.ok()) { std::cerr << model.status().ToString(); return 1; }
+//   auto outputs = (*model)->Run({mlrt::ConstTensorView{x.data(), mlrt::DType::kFloat32, {1, 3, 224, 224}}});
+//
+// Errors are values (Status / Result<T>); nothing in this API throws or aborts on bad input.
+// The full contract is docs/runtime-api.md; the file format is docs/bundle-format.md.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace mlrt {
+
+// Canonical error codes (the same vocabulary as absl / IREE status codes).
+enum class StatusCode {
+  kOk = 0,
+  kInvalidArgument,     // the caller passed something wrong (shape, dtype, count, path)
+  kNotFound,            // a file or symbol does not exist
+  kDataLoss,            // the bundle is truncated or corrupted (bad hash, bad offsets)
+  kFailedPrecondition,  // the bundle is valid but cannot run here (CPU lacks an ISA feature)
+  kUnimplemented,       // the bundle uses something this runtime does not know (newer format)
+  kResourceExhausted,   // out of memory / address space
+  kInternal,            // a bug in mlrt
+};
+
+const char* StatusCodeName(StatusCode code);
+
+// An error code plus a message that says what was expected, what was given and where.
+// Cheap to copy when OK. Thread-compatible (immutable after construction).
+class [[nodiscard]] Status {
+ public:
+  Status() = default;  // OK
+  Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+  static Status Ok() { return Status(); }
+
+  bool ok() const { return code_ == StatusCode::kOk; }
+  StatusCode code() const { return code_; }
+  const std::string& message() const { return message_; }
+  std::string ToString() const;  // "INVALID_ARGUMENT: input 'x': expected shape [1,3], got [1,4]"
+
+ private:
+  StatusCode code_ = StatusCode::kOk;
+  std::string message_;
+};
+
+// Either a value or a non-OK Status; never a half-built object.
+template <typename T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : value_(std::move(value)) {}                    // NOLINT: implicit by design
+  Result(Status status) : status_(std::move(status)) {              // NOLINT: implicit by design
+    if (status_.ok()) status_ = Status(StatusCode::kInternal, "Result built from an OK status without a value");
+  }
+  bool ok() const { return value_.has_value(); }
+  const Status& status() const { return status_; }
+  T& value() & { return *value_; }
+  const T& value() const& { return *value_; }
+  T&& value() && { return std::move(*value_); }
+  T* operator->() { return &*value_; }
+  const T* operator->() const { return &*value_; }
+  T& operator*() & { return *value_; }
+  const T& operator*() const& { return *value_; }
+
+ private:
+  std::optional<T> value_;
+  Status status_;
+};
+
+// Element types; names match numpy's ("float32", "int64", "bool", ...).
+enum class DType : uint8_t { kFloat32, kFloat64, kFloat16, kInt64, kInt32, kInt16, kInt8, kUInt8, kBool };
+const char* DTypeName(DType dtype);
+size_t DTypeSize(DType dtype);
+std::optional<DType> DTypeFromName(std::string_view name);
+
+// The declared signature of one input or output: static shape, row-major (C order).
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+  int64_t num_elements() const;
+  size_t num_bytes() const { return static_cast<size_t>(num_elements()) * DTypeSize(dtype); }
+};
+
+// Non-owning views of contiguous row-major data. The caller keeps the data alive during Run.
+struct ConstTensorView {
+  const void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+};
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+};
+
+// An owning, 64-byte aligned tensor (the outputs of Model::Run without caller buffers).
+// Move-only; thread-compatible.
+class Tensor final {
+ public:
+  static Result<Tensor> Allocate(const TensorSpec& spec);
+  Tensor(Tensor&&) noexcept = default;
+  Tensor& operator=(Tensor&&) noexcept = default;
+
+  DType dtype() const { return dtype_; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  size_t num_bytes() const { return num_bytes_; }
+  void* data() { return data_.get(); }
+  const void* data() const { return data_.get(); }
+  TensorView view() { return {data(), dtype_, shape_}; }
+
+ private:
+  struct Free {
+    void operator()(void* p) const;
+  };
+  Tensor() = default;
+  DType dtype_ = DType::kFloat32;
+  std::vector<int64_t> shape_;
+  size_t num_bytes_ = 0;
+  std::unique_ptr<void, Free> data_;
+};
+
+struct LoadOptions {
+  // kFull hashes every section before use (default). kSkipWeights still hashes the manifest and
+  // the code (code is never mapped executable unverified) but trusts the weights: for huge bundles
+  // from a trusted store, where hashing weights would dominate load time.
+  enum class Verify { kFull, kSkipWeights };
+  Verify verify = Verify::kFull;
+};
+
+// A loaded, verified bundle. Immutable once loaded: share one instance between threads freely.
+// Run() is safe to call concurrently; each call takes an arena from an internal pool (allocating
+// a new one when all are busy), so N concurrent calls hold at most N arenas.
+// Lifetime: the bundle file stays memory-mapped (weights are used in place) until the last
+// shared_ptr is released. Replacing the file while loaded is fine (rename); truncating it in place
+// is not (see docs/runtime-api.md).
+class Model final {
+ public:
+  static Result<std::shared_ptr<const Model>> Load(const std::string& path, const LoadOptions& options = {});
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const std::vector<TensorSpec>& inputs() const;
+  const std::vector<TensorSpec>& outputs() const;
+  const std::string& manifest_json() const;  // the bundle's manifest, verbatim
+  size_t arena_bytes() const;                // per concurrent Run
+
+  // Runs the model on caller-provided outputs. Validates count, dtype and shape of every input
+  // and output (O(rank), before touching data); outputs must not overlap inputs.
+  Status Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const;
+  // Same, allocating the outputs.
+  Result<std::vector<Tensor>> Run(const std::vector<ConstTensorView>& inputs) const;
+
+ private:
+  struct Impl;
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Version of this runtime and the newest bundle format it reads.
+const char* Version();
+uint32_t MaxBundleFormatVersion();
+
+}  // namespace mlrt

@@ -1,0 +1,83 @@
+// Reading a bundle: map the file, verify the container (magic, version, section table, hashes)
+// and validate the manifest. Everything here treats the bytes as hostile until checked; sizes and
+// offsets are checked with overflow-safe arithmetic. Layout: docs/bundle-format.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mlrt/mlrt.h"
+
+namespace mlrt {
+
+inline constexpr uint32_t kBundleFormatVersion = 1;
+
+// A read-only, private mapping of a whole file. Move-only; unmaps on destruction.
+class MappedFile final {
+ public:
+  static Result<MappedFile> Open(const std::string& path);
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  MappedFile(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+struct SectionRef {
+  std::string name;
+  const uint8_t* data = nullptr;
+  uint64_t size = 0;
+};
+
+struct BundleView {
+  uint32_t format_version = 0;
+  std::vector<SectionRef> sections;
+  const SectionRef* Find(std::string_view name) const;
+};
+
+// Verifies the container; hashes every section (weights only under Verify::kFull).
+Result<BundleView> ParseContainer(const uint8_t* data, size_t size, LoadOptions::Verify verify);
+
+struct CallArg {
+  enum class Kind : uint8_t { kInput, kWeight, kOutput, kArena };
+  Kind kind = Kind::kInput;
+  uint32_t index = 0;
+};
+
+struct WeightRef {
+  std::string name;
+  uint64_t offset = 0;
+  uint64_t nbytes = 0;
+};
+
+struct CpuTarget {
+  std::string cpu;  // e.g. "x86-64-v3"
+  std::vector<std::string> features;
+  std::string section;
+  std::string entry;
+};
+
+struct Manifest {
+  std::string text;  // verbatim JSON
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+  std::vector<WeightRef> weights;
+  std::vector<CallArg> call;
+  uint64_t arena_bytes = 0;
+  bool has_cpu = false;
+  CpuTarget cpu;
+};
+
+// Parses and validates the manifest against the container (weight ranges, sections, call list).
+Result<Manifest> ParseManifest(const BundleView& bundle);
+
+}  // namespace mlrt

@@ -1,0 +1,172 @@
+// Model: load (map, verify, load code, resolve weights) and run (validate, take an arena, call).
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "bundle_reader.h"
+#include "code_loader.h"
+#include "cpu_features.h"
+#include "mlrt/mlrt.h"
+
+namespace mlrt {
+
+uint32_t MaxBundleFormatVersion() { return kBundleFormatVersion; }
+
+namespace {
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using Arena = std::unique_ptr<uint8_t, FreeDeleter>;
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Checks one tensor against its declared spec; `role` is "input" or "output".
+template <typename View>
+Status CheckTensor(const View& v, const TensorSpec& spec, const char* role, size_t index) {
+  auto where = [&] { return std::string(role) + " " + std::to_string(index) + " ('" + spec.name + "')"; };
+  if (v.dtype != spec.dtype) {
+    return Status(StatusCode::kInvalidArgument, where() + ": expected dtype " + DTypeName(spec.dtype) + ", got " +
+                                                    DTypeName(v.dtype));
+  }
+  if (v.shape != spec.shape) {
+    return Status(StatusCode::kInvalidArgument,
+                  where() + ": expected shape " + ShapeString(spec.shape) + ", got " + ShapeString(v.shape));
+  }
+  if (v.data == nullptr && spec.num_bytes() != 0) {
+    return Status(StatusCode::kInvalidArgument, where() + ": data pointer is null");
+  }
+  return Status::Ok();
+}
+
+bool Overlaps(const void* a, size_t an, const void* b, size_t bn) {
+  auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  return an && bn && pa < pb + bn && pb < pa + an;
+}
+
+}  // namespace
+
+struct Model::Impl {
+  MappedFile file;
+  Manifest manifest;
+  LoadedCode code;
+  std::vector<const void*> weights;  // resolved pointers into the mapped weights section
+  size_t arena_size = 64;            // bytes actually allocated per arena (>= 64, multiple of 64)
+
+  mutable std::mutex pool_mutex;
+  mutable std::vector<Arena> pool;  // idle arenas; a Run takes one and gives it back
+
+  Impl(MappedFile f, Manifest m, LoadedCode c) : file(std::move(f)), manifest(std::move(m)), code(std::move(c)) {}
+
+  Result<Arena> TakeArena() const {
+    {
+      std::lock_guard<std::mutex> lock(pool_mutex);
+      if (!pool.empty()) {
+        Arena a = std::move(pool.back());
+        pool.pop_back();
+        return a;
+      }
+    }
+    void* p = std::aligned_alloc(64, arena_size);
+    if (!p) {
+      return Status(StatusCode::kResourceExhausted,
+                    "cannot allocate the model's " + std::to_string(arena_size) + "-byte arena");
+    }
+    return Arena(static_cast<uint8_t*>(p));
+  }
+
+  void ReturnArena(Arena a) const {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    pool.push_back(std::move(a));
+  }
+};
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+
+Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const LoadOptions& options) {
+  auto file = MappedFile::Open(path);
+  if (!file.ok()) return file.status();
+  auto view = ParseContainer(file->data(), file->size(), options.verify);
+  if (!view.ok()) return Status(view.status().code(), path + ": " + view.status().message());
+  auto manifest = ParseManifest(*view);
+  if (!manifest.ok()) return Status(manifest.status().code(), path + ": " + manifest.status().message());
+  if (!manifest->has_cpu) {
+    return Status(StatusCode::kFailedPrecondition, path + ": the bundle has no CPU code (built for another target)");
+  }
+  if (Status s = CheckCpuFeatures(manifest->cpu.features, manifest->cpu.cpu); !s.ok()) {
+    return Status(s.code(), path + ": " + s.message());
+  }
+  const SectionRef* code_section = view->Find(manifest->cpu.section);
+  auto code = LoadedCode::Load(code_section->data, code_section->size, manifest->cpu.entry);
+  if (!code.ok()) return Status(code.status().code(), path + ": " + code.status().message());
+
+  const SectionRef* weight_section = view->Find("weights");
+  auto impl = std::make_unique<Impl>(std::move(file).value(), std::move(manifest).value(), std::move(code).value());
+  for (const auto& w : impl->manifest.weights) impl->weights.push_back(weight_section->data + w.offset);
+  impl->arena_size = std::max<size_t>(64, (impl->manifest.arena_bytes + 63) / 64 * 64);
+  return std::shared_ptr<const Model>(new Model(std::move(impl)));
+}
+
+const std::vector<TensorSpec>& Model::inputs() const { return impl_->manifest.inputs; }
+const std::vector<TensorSpec>& Model::outputs() const { return impl_->manifest.outputs; }
+const std::string& Model::manifest_json() const { return impl_->manifest.text; }
+size_t Model::arena_bytes() const { return impl_->manifest.arena_bytes; }
+
+Status Model::Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const {
+  const Manifest& m = impl_->manifest;
+  if (inputs.size() != m.inputs.size()) {
+    return Status(StatusCode::kInvalidArgument, "expected " + std::to_string(m.inputs.size()) + " input(s), got " +
+                                                    std::to_string(inputs.size()));
+  }
+  if (outputs.size() != m.outputs.size()) {
+    return Status(StatusCode::kInvalidArgument, "expected " + std::to_string(m.outputs.size()) +
+                                                    " output buffer(s), got " + std::to_string(outputs.size()));
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (Status s = CheckTensor(inputs[i], m.inputs[i], "input", i); !s.ok()) return s;
+  }
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (Status s = CheckTensor(outputs[i], m.outputs[i], "output", i); !s.ok()) return s;
+    for (size_t j = 0; j < inputs.size(); ++j) {
+      if (Overlaps(outputs[i].data, m.outputs[i].num_bytes(), inputs[j].data, m.inputs[j].num_bytes())) {
+        return Status(StatusCode::kInvalidArgument, "output " + std::to_string(i) + " overlaps input " + std::to_string(j));
+      }
+    }
+  }
+  auto arena = impl_->TakeArena();
+  if (!arena.ok()) return arena.status();
+
+  std::vector<void*> args(m.call.size());
+  for (size_t i = 0; i < m.call.size(); ++i) {
+    const CallArg& c = m.call[i];
+    switch (c.kind) {
+      case CallArg::Kind::kInput: args[i] = const_cast<void*>(inputs[c.index].data); break;  // read-only by contract
+      case CallArg::Kind::kWeight: args[i] = const_cast<void*>(impl_->weights[c.index]); break;
+      case CallArg::Kind::kOutput: args[i] = outputs[c.index].data; break;
+      case CallArg::Kind::kArena: args[i] = arena->get(); break;
+    }
+  }
+  impl_->code.entry()(args.data());
+  impl_->ReturnArena(std::move(arena).value());
+  return Status::Ok();
+}
+
+Result<std::vector<Tensor>> Model::Run(const std::vector<ConstTensorView>& inputs) const {
+  std::vector<Tensor> outputs;
+  std::vector<TensorView> views;
+  for (const auto& spec : impl_->manifest.outputs) {
+    auto t = Tensor::Allocate(spec);
+    if (!t.ok()) return t.status();
+    outputs.push_back(std::move(t).value());
+    views.push_back(outputs.back().view());
+  }
+  if (Status s = Run(inputs, views); !s.ok()) return s;
+  return outputs;
+}
+
+}  // namespace mlrt
