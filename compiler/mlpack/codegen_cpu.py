@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -85,6 +86,27 @@ def _set_all_arg_attrs(func_op, attrs: dict) -> None:
     func_op.attributes["arg_attrs"] = ir.ArrayAttr.get([ir.DictAttr.get(attrs) for _ in range(n)])
 
 
+def strip_asserts(module) -> int:
+    """Erase `cf.assert` ops. torch-mlir emits data-dependent ones (e.g. reciprocal of zero); lowered,
+    they call abort() and would take down the host process. Without them the math follows IEEE
+    semantics (1/0 = inf), as eager PyTorch does. Shapes are static and were checked at export."""
+    found = []
+
+    def visit(op):
+        for region in op.regions:
+            for block in region.blocks:
+                for inner in block.operations:
+                    if inner.operation.name == "cf.assert":
+                        found.append(inner)
+                    else:
+                        visit(inner.operation)
+
+    visit(module.operation)
+    for op in found:
+        op.operation.erase()
+    return len(found)
+
+
 def translate_to_llvm_ir(module) -> str:
     """MLIR LLVM dialect -> LLVM IR text via the C API of the wheel's aggregate library."""
     import torch_mlir._mlir_libs as libs
@@ -111,6 +133,34 @@ def _check_externals(llvm_ir: str) -> None:
                          "(heap allocation or a missing runtime library); refusing to build")
 
 
+_SPECIAL_FP = re.compile(r"(?<![\w.%@$\"])([+-]?inf|[+-]?qnan|[+-]?nan)(?![\w(])")
+_SPECIAL_BITS = {"inf": "0x7FF0000000000000", "-inf": "0xFFF0000000000000", "qnan": "0x7FF8000000000000",
+                 "-qnan": "0xFFF8000000000000", "nan": "0x7FF8000000000000", "-nan": "0xFFF8000000000000"}
+_NEW_FP_LITERAL = re.compile(r"(?<![\w.%@$])f0x([0-9A-Fa-f]+)\b")
+
+
+def _legacy_fp_literals(llvm_ir: str) -> str:
+    """The wheel's LLVM prints FP constants as `f0x3727C5AC`; llvmlite's LLVM 22.1 only reads the
+    classic form (floats and doubles as the 64-bit double pattern `0x...`, halves as `0xH....`)."""
+
+    def repl(m: re.Match) -> str:
+        digits = m.group(1)
+        if len(digits) == 16:
+            return "0x" + digits.upper()
+        if len(digits) == 8:
+            (value,) = struct.unpack("<f", int(digits, 16).to_bytes(4, "little"))
+            return "0x%016X" % struct.unpack("<Q", struct.pack("<d", value))[0]
+        if len(digits) == 4 and "bfloat" not in llvm_ir:
+            return "0xH" + digits.upper()
+        raise BuildError(f"cannot translate floating-point literal f0x{digits} for llvmlite")
+
+    llvm_ir = _NEW_FP_LITERAL.sub(repl, llvm_ir)
+    # Special values: the double pattern also serves float operands (exactly representable).
+    if "half " in llvm_ir and _SPECIAL_FP.search(llvm_ir):
+        raise BuildError("cannot translate half-precision inf/nan literals for llvmlite")
+    return _SPECIAL_FP.sub(lambda m: _SPECIAL_BITS[m.group(1).lstrip("+")], llvm_ir)
+
+
 def compile_object(llvm_ir: str, cpu: str) -> bytes:
     import llvmlite.binding as llvm
 
@@ -118,7 +168,7 @@ def compile_object(llvm_ir: str, cpu: str) -> bytes:
     llvm.initialize_all_asmprinters()
     tm = llvm.Target.from_triple(TRIPLE).create_target_machine(
         cpu=cpu, features="", opt=3, reloc="pic", codemodel="small")
-    mod = llvm.parse_assembly(llvm_ir)
+    mod = llvm.parse_assembly(_legacy_fp_literals(llvm_ir))
     mod.triple = TRIPLE
     mod.data_layout = str(tm.target_data)
     mod.verify()
@@ -161,6 +211,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None) -> CpuArtifact:
 
     dump = dump or (lambda stage, text: None)
     func_op = _forward(module)
+    strip_asserts(module)
     with module.context, ir.Location.unknown():
         # Inputs and weights are read-only: the weights are mapped read-only from the bundle.
         _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
