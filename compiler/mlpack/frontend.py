@@ -7,7 +7,9 @@ go to the bundle's weight section and reach the kernels as pointers.
 
 from __future__ import annotations
 
+import logging
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,8 @@ from torch.export.graph_signature import InputKind, OutputKind
 from torch.utils import _pytree as pytree
 
 from .errors import BuildError
+
+logging.getLogger("torch._export").setLevel(logging.ERROR)  # keep build output readable
 
 # torch dtype -> (bundle dtype name, numpy dtype). The bundle uses numpy's names.
 _DTYPES = {
@@ -137,10 +141,22 @@ def load_model(path: str | Path, example_inputs: Sequence[torch.Tensor] | None) 
         from torch._export.converter import TS2EPConverter
 
         try:
-            return TS2EPConverter(scripted, tuple(example_inputs)).convert()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Manually populate num_batches_tracked ..." noise
+                converted = TS2EPConverter(scripted, tuple(example_inputs)).convert()
+            # The converter leaves dimensions dynamic (Dim.AUTO); bundles are static: re-export.
+            return export_module(converted.module(), example_inputs)
+        except BuildError:
+            raise
         except Exception as e:  # noqa: BLE001 - converter raises many types
             raise BuildError(f"could not convert TorchScript model {path} to torch.export: {e}") from e
-    obj = torch.load(str(path), map_location="cpu", weights_only=False)  # runs pickled code: documented
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)  # runs pickled code: documented
+    except (ModuleNotFoundError, AttributeError) as e:
+        raise BuildError(f"cannot unpickle {path}: {e}. A pickled nn.Module needs its class importable: put the "
+                         "module that defines it on PYTHONPATH, or save the model with torch.export.save instead") from e
+    except Exception as e:  # noqa: BLE001
+        raise BuildError(f"cannot load {path} as a torch.save file: {e}") from e
     if not isinstance(obj, torch.nn.Module):
         raise BuildError(f"{path} holds a {type(obj).__name__}, not an nn.Module (a state_dict alone has no code: "
                          "save the module itself, or export it with torch.export.save)")
@@ -153,7 +169,8 @@ _CONTROL_FLOW_HINT = (
 
 
 def export_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> ExportedProgram:
-    module = module.eval()
+    if not isinstance(module, torch.fx.GraphModule):  # ExportedProgram.module() refuses eval(); it is eval already
+        module = module.eval()
     try:
         with torch.no_grad():
             return torch.export.export(module, tuple(example_inputs), strict=False)

@@ -44,7 +44,12 @@ class Model:
         return self._native.arena_bytes
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        """Run on numpy arrays, positionally or by input name. Returns the model's output structure."""
+        """Run on numpy arrays, positionally or by input name. Returns the model's output structure
+        (one output -> one array; tuples, lists and dicts as the PyTorch model returned them)."""
+        return _rebuild(self._structure, self.run_flat(*args, **kwargs))
+
+    def run_flat(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+        """Like `run`, but returns the outputs as a flat list in `outputs` order."""
         specs = self._native.inputs
         if kwargs:
             names = [s.name for s in specs]
@@ -64,8 +69,7 @@ class Model:
                 else:
                     raise Error(f"input {i} ('{specs[i].name}'): expected a numpy array, got {type(a).__name__}")
             arrays.append(np.ascontiguousarray(a))  # copies only when not already C-contiguous
-        flat = self._native.run_flat(arrays)
-        return _rebuild(self._structure, flat)
+        return self._native.run_flat(arrays)
 
     __call__ = run
 

@@ -1,0 +1,151 @@
+"""The `mlpack` command line: build, inspect, run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import BuildError
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlpack-mlrt")
+def main() -> None:
+    """mlpack: compile PyTorch models into self-contained mlrt bundles."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Bundle to write (default: MODEL with suffix .bundle).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE[:DTYPE]",
+              help="Shape of an input, e.g. 1x3x224x224:float32; once per input, in order. "
+                   "Needed for TorchScript and pickled models, which do not record shapes.")
+@click.option("--example-inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help=".npy (one input) or .npz (inputs in order) fixing input shapes and dtypes.")
+@click.option("--target", default="cpu", show_default=True, help="Code to generate: cpu.")
+@click.option("--cpu", default=None, help="x86-64 level: x86-64, x86-64-v2, x86-64-v3 (default, AVX2+FMA).")
+@click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), help="Write the IR after each stage here.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the full traceback of errors.")
+def build(model, output, input_shapes, example_inputs, target, cpu, dump_ir, quiet, verbose):
+    """Compile MODEL into one bundle file.
+
+    MODEL is a torch.export program (.pt2, torch.export.save), a TorchScript file (torch.jit.save)
+    or a pickled nn.Module (torch.save). Warning: loading a pickled module runs code from the file:
+    only build models you trust.
+    """
+    import warnings
+
+    from .build import build as do_build
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch-internal deprecation noise
+
+    output = output or model.with_suffix(".bundle")
+    examples = None
+    if example_inputs:
+        from .frontend import load_example_inputs
+
+        examples = load_example_inputs(example_inputs)
+    say = (lambda *a, **k: None) if quiet else click.echo
+    t0 = time.perf_counter()
+
+    def progress(stage: str, secs: float) -> None:
+        say(f"  {stage:<8} {secs:6.2f} s")
+
+    say(f"building {model} -> {output}")
+    try:
+        result = do_build(str(model), examples, output, target, cpu=cpu, input_shapes=input_shapes or None,
+                          progress=progress, dump_ir=dump_ir)
+    except BuildError as e:
+        if verbose:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    plan = result.memory_plan
+    say(f"memory plan: arena {_mib(plan['arena_bytes'])} | sum of buffers {_mib(plan['sum_bytes'])} | "
+        f"live-bytes lower bound {_mib(plan['lower_bound_bytes'])} ({len(plan['buffers'])} buffers, "
+        f"{plan['algorithm']})")
+    say(f"wrote {output}: {_mib(result.bundle_bytes)} in {time.perf_counter() - t0:.1f} s")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def inspect(bundle, as_json):
+    """Show a bundle's signature, targets, sections and memory plan."""
+    from .bundle import read_bundle
+
+    try:
+        info = read_bundle(bundle)
+    except ValueError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    m = info.manifest
+    if as_json:
+        click.echo(json.dumps(m, indent=1))
+        return
+    click.echo(f"bundle {bundle}: format v{info.format_version}, {_mib(info.file_size)}")
+    click.echo("producer: " + ", ".join(f"{k} {v}" for k, v in m["producer"].items()))
+    for kind in ("inputs", "outputs"):
+        click.echo(f"{kind}:")
+        for t in m[kind]:
+            click.echo(f"  {t['name']}: {t['dtype']}{t['shape']}")
+    for name, t in m["targets"].items():
+        click.echo(f"target {name}: {t.get('cpu', '')} needs [{', '.join(t.get('features', []))}]")
+    click.echo("sections:")
+    for s in info.sections:
+        click.echo(f"  {s.name:<10} {s.size:>12,d} bytes at {s.offset:#x}  sha256 {s.sha256.hex()[:16]}…")
+    plan = m["memory_plan"]
+    click.echo(f"memory plan: arena {_mib(plan['arena_bytes'])}, sum {_mib(plan['sum_bytes'])}, "
+               f"lower bound {_mib(plan['lower_bound_bytes'])}, {len(plan['buffers'])} buffers ({plan['algorithm']})")
+    click.echo(f"weights: {len(m['weights'])} tensors, {_mib(sum(w['nbytes'] for w in m['weights']))}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--input", "inputs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help=".npy file per input, in order.")
+@click.option("--random", "use_random", is_flag=True, help="Feed seeded random inputs of the right signature.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write outputs to .npz / .npy.")
+def run(bundle, inputs, use_random, output):
+    """Run BUNDLE with mlrt on .npy inputs (or --random) and print or save the outputs."""
+    import numpy as np
+
+    import mlrt
+
+    try:
+        model = mlrt.load(bundle)
+        if use_random:
+            rng = np.random.default_rng(0)
+            arrays = [rng.standard_normal(s.shape).astype(s.dtype) if s.dtype.kind == "f"
+                      else np.zeros(s.shape, s.dtype) for s in model.inputs]
+        else:
+            arrays = [np.load(p) for p in inputs]
+        t0 = time.perf_counter()
+        outs = model.run_flat(*arrays)
+        elapsed = time.perf_counter() - t0
+    except mlrt.Error as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    if output:
+        if output.suffix == ".npy" and len(outs) == 1:
+            np.save(output, outs[0])
+        else:
+            np.savez(output, **{s.name: o for s, o in zip(model.outputs, outs)})
+        click.echo(f"wrote {output}")
+    for s, o in zip(model.outputs, outs):
+        click.echo(f"{s.name}: {o.dtype}{list(o.shape)} min {o.min():.6g} max {o.max():.6g} mean {o.mean():.6g}")
+    click.echo(f"run took {elapsed * 1e3:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
