@@ -52,12 +52,16 @@ def pack_weights(weights) -> tuple[bytes, list[dict]]:
     return b"".join(chunks), entries
 
 
-def write_bundle(path: str | Path, manifest: dict, sections: list[tuple[str, bytes, int]]) -> int:
+def write_bundle(path: str | Path, manifest: dict | bytes, sections: list[tuple[str, bytes, int]]) -> int:
     """Write the bundle atomically (temp file + rename: a failed build leaves no half file). Returns its size.
 
     `sections` excludes the manifest, which always goes first; each is (name, bytes, alignment).
+    `manifest` is a dict, or raw bytes (tests use that to hand the runtime malformed JSON).
     """
-    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    if isinstance(manifest, dict):
+        manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    else:
+        manifest_bytes = manifest
     all_sections = [("manifest", manifest_bytes, 8)] + list(sections)
     table_off = HEADER.size
     off = table_off + SECTION.size * len(all_sections)

@@ -1,0 +1,163 @@
+"""`mlpack build` on every model file format, and the errors users see when a model cannot be built."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import mlrt
+import zoo
+from conftest import TESTS, assert_matches_eager
+from mlpack.cli import main as cli
+
+
+def _build(args):
+    result = CliRunner().invoke(cli, ["build", *args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    model, inputs = zoo.make("small_cnn")
+    with torch.no_grad():
+        ref = model(*inputs).numpy()
+    return model, inputs, ref, tmp_path_factory.mktemp("frontend")
+
+
+def _check(bundle, inputs, ref):
+    assert_matches_eager([mlrt.load(bundle).run(*[x.numpy() for x in inputs])], [ref])
+
+
+def test_build_exported_program_file(cnn):
+    model, inputs, ref, d = cnn
+    torch.export.save(torch.export.export(model, inputs), d / "m.pt2")
+    code, out = _build([str(d / "m.pt2"), "-o", str(d / "pt2.bundle")])
+    assert code == 0, out
+    for stage in ("export", "import", "codegen", "write"):
+        assert stage in out
+    assert "arena" in out and "lower bound" in out
+    _check(d / "pt2.bundle", inputs, ref)
+
+
+def test_build_torchscript_needs_and_uses_input_shape(cnn):
+    model, inputs, ref, d = cnn
+    torch.jit.save(torch.jit.trace(model, inputs), d / "ts.pt")
+    code, out = _build([str(d / "ts.pt"), "-o", str(d / "ts.bundle")])
+    assert code == 1 and "does not record input shapes" in out and "--input-shape" in out
+    code, out = _build([str(d / "ts.pt"), "-o", str(d / "ts.bundle"), "--input-shape", "1x3x32x32:float32", "-q"])
+    assert code == 0, out
+    assert out == ""  # --quiet
+    _check(d / "ts.bundle", inputs, ref)
+
+
+def test_build_pickled_module_with_example_inputs(cnn):
+    model, inputs, ref, d = cnn
+    torch.save(model, d / "pickled.pt")
+    np.savez(d / "ex.npz", inputs[0].numpy())
+    code, out = _build([str(d / "pickled.pt"), "-o", str(d / "pk.bundle"), "--example-inputs", str(d / "ex.npz")])
+    assert code == 0, out
+    _check(d / "pk.bundle", inputs, ref)
+
+
+def test_pickled_module_with_unimportable_class(tmp_path):
+    script = ("import torch, torch.nn as nn\n"
+              "class Hidden(nn.Module):\n"
+              "    def forward(self, x): return x + 1\n"
+              f"torch.save(Hidden(), r'{tmp_path / 'h.pt'}')\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    code, out = _build([str(tmp_path / "h.pt"), "--input-shape", "4"])
+    assert code == 1 and "class importable" in out
+
+
+def test_help_warns_about_pickles():
+    result = CliRunner().invoke(cli, ["build", "--help"])
+    assert "runs code" in result.output
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("1x3xA", "expected dims joined by 'x'"),
+    ("1x3:float128", "unknown dtype 'float128'"),
+])
+def test_bad_input_shape(cnn, spec, message):
+    _, _, _, d = cnn
+    torch.save(nn.ReLU(), d / "relu.pt")
+    code, out = _build([str(d / "relu.pt"), "--input-shape", spec])
+    assert code == 1 and message in out
+
+
+class _Median(nn.Module):
+    def forward(self, x):
+        return torch.median(x, dim=1).values
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(4, 4)
+        self.head = nn.Sequential(nn.ReLU(), _Median())
+
+    def forward(self, x):
+        return self.head(self.stem(x))
+
+
+def test_unsupported_op_names_op_module_and_line(tmp_path):
+    import mlpack
+
+    with pytest.raises(mlpack.UnsupportedOpError) as e:
+        mlpack.build(_Net().eval(), (torch.randn(2, 4),), tmp_path / "m.bundle")
+    msg = str(e.value)
+    assert "aten.median" in msg
+    assert "module 'head.1' (_Median)" in msg
+    assert "test_frontend.py" in msg and "torch.median" in msg  # the user's source line
+    assert not (tmp_path / "m.bundle").exists()  # nothing half-written
+
+
+def test_data_dependent_control_flow_gets_a_hint(tmp_path):
+    import mlpack
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x * 2
+            return x
+
+    with pytest.raises(mlpack.BuildError, match="torch.where"):
+        mlpack.build(Branchy(), (torch.randn(3),), tmp_path / "b.bundle")
+
+
+def test_build_without_compiler_dependencies_says_how_to_install(tmp_path):
+    code = (
+        "import sys\n"
+        "class B:\n"
+        "    def find_spec(self, n, p=None, t=None):\n"
+        "        if n.split('.')[0] in ('torch', 'torch_mlir', 'llvmlite'): raise ImportError('blocked: ' + n)\n"
+        "sys.meta_path.insert(0, B())\n"
+        "from mlpack.cli import main\n"
+        f"main(['build', r'{tmp_path / 'm.pt2'}'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=TESTS)
+    assert proc.returncode == 1
+    assert "pip install" in proc.stderr and "[compiler]" in proc.stderr
+
+
+def test_inspect_and_run_commands(cnn, tmp_path):
+    model, inputs, ref, d = cnn
+    bundle = d / "cli.bundle"
+    torch.export.save(torch.export.export(model, inputs), d / "cli.pt2")
+    code, out = _build([str(d / "cli.pt2"), "-o", str(bundle), "-q"])
+    assert code == 0, out
+    result = CliRunner().invoke(cli, ["inspect", str(bundle)])
+    assert result.exit_code == 0
+    assert "x: float32[1, 3, 32, 32]" in result.output and "memory plan: arena" in result.output
+    np.save(tmp_path / "x.npy", inputs[0].numpy())
+    result = CliRunner().invoke(cli, ["run", str(bundle), "--input", str(tmp_path / "x.npy"), "-o",
+                                      str(tmp_path / "y.npz")])
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "y.npz") as z:
+        assert_matches_eager([z["output_0"]], [ref])
+    result = CliRunner().invoke(cli, ["run", str(bundle), "--random"])
+    assert result.exit_code == 0 and "output_0: float32[1, 10]" in result.output
