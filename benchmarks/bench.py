@@ -4,7 +4,7 @@
     python benchmarks/bench.py resnet50 --repeats 30
     python benchmarks/bench.py --no-cold            # skip the fresh-process measurements
 
-Latency: one process, the runtimes interleaved call by call (so both see the same machine load),
+Latency: one process, the runtimes interleaved in short blocks (so all see the same machine load),
 batch 1, `--threads` threads for every runtime; min and median over the repeats, and ratios.
 Outputs are checked against eager. Cold start (process start -> first result) and peak RSS are
 measured per runtime in fresh processes. Machines here are shared and noisy: trust min first.
@@ -68,18 +68,22 @@ def _onnx_session(model, inputs, path: Path, threads: int):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _time_interleaved(fns: dict, repeats: int, warmup: int = 3, budget_s: float = 60.0) -> dict:
+def _time_interleaved(fns: dict, repeats: int, block: int = 4, budget_s: float = 60.0) -> dict:
+    """Alternate blocks of `block` timed calls per runtime, each block after one untimed call.
+
+    Every runtime here keeps its worker threads spinning for a while after a call (OpenMP, ORT's
+    pool, mlrt's pool); on 2 cores, strict call-by-call alternation would time each runtime while
+    the other's threads still spin. Blocks keep the comparison interleaved but steady-state."""
     times = {k: [] for k in fns}
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
     start = time.perf_counter()
-    for i in range(repeats):
+    while min(len(t) for t in times.values()) < repeats:
         for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-        if i >= 4 and time.perf_counter() - start > budget_s:
+            fn()  # switch-over call, untimed
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start > budget_s and min(len(t) for t in times.values()) >= block:
             break
     return times
 

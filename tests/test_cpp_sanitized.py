@@ -57,7 +57,8 @@ def _variants(src: Path, tmp: Path):
     others = [(s.name, bundle_fmt.section_bytes(src, s.name), s.alignment) for s in info.sections
               if s.name != "manifest"]
     manifests = [text[:n] for n in (0, 1, len(text) // 3, len(text) - 1)]
-    manifests += [b"[" * 100000, b'{"a":' * 5000, b'"\\ud800"', b"1e99999", b"{}", b"null", b'{"inputs": 5}']
+    manifests += [b"[" * 100000, b'{"a":' * 5000, b'"\\ud800"', b"1e99999", b"{}", b"null", b'{"inputs": 5}',
+                  text.replace(b'"float32"', b'"\xc0\xafx"', 1), text.replace(b'"float32"', b'"\xe2\x82"', 1)]
     for _ in range(40):
         m = bytearray(text)
         for _ in range(rng.randint(1, 8)):

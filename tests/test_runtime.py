@@ -227,3 +227,23 @@ def test_import_mlrt_without_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == mlrt.__version__
+
+
+def test_manifest_with_invalid_utf8_is_an_mlrt_error(two_io, tmp_path):
+    src = two_io[2]
+    info = bundle_fmt.read_bundle(src)
+    raw = json.dumps(info.manifest).encode().replace(b'"float32"', b'"\xff\xfe"', 1)
+    others = [(s.name, bundle_fmt.section_bytes(src, s.name), s.alignment) for s in info.sections
+              if s.name != "manifest"]
+    bundle_fmt.write_bundle(tmp_path / "u.bundle", raw, others)
+    with pytest.raises(mlrt.Error, match="invalid UTF-8"):
+        mlrt.load(tmp_path / "u.bundle")
+
+
+def test_threads_option(two_io):
+    model, (x, idx), path = two_io
+    one = mlrt.load(path, num_threads=1)
+    three = mlrt.load(path, num_threads=3)
+    assert one.num_threads == 1 and three.num_threads == 3
+    for a, b in zip(one.run_flat(x.numpy(), idx.numpy()), three.run_flat(x.numpy(), idx.numpy())):
+        np.testing.assert_array_equal(a, b)

@@ -133,7 +133,8 @@ def build(
             "call": call,
             "memory_plan": art.memory_plan.to_json(),
             "targets": {"cpu": {"arch": "x86_64", "cpu": art.cpu, "features": art.features,
-                                "section": "cpu.so", "entry": "mlrt_entry"}},
+                                "section": "cpu.so", "entry": "mlrt_entry", "host_abi": 1,
+                                "kernels": art.kernels}},
         }
         size = bundle_fmt.write_bundle(output_path, manifest, [
             ("cpu.so", art.shared_object, bundle_fmt.PAGE),

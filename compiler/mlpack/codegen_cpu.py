@@ -5,7 +5,7 @@ ctypes because the wheel has no Python binding for it); llvmlite compiles it. Th
 object would be non-PIC, large-code-model and host-tuned (TOOLCHAIN-NOTES §1), hence llvmlite.
 
 Entry ABI of the produced shared object (see docs/bundle-format.md):
-    void mlrt_entry(void **args)  // args[i] = data pointer of the i-th entry of manifest "call"
+    void mlrt_entry(void **args, const mlrt_host_api *host)  // args[i]: pointer for manifest "call"[i]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError
+from .kernel_calls import replace_with_kernel_calls
 from .memory_plan import MemoryPlan, assign_arena
 
 # Named x86-64 micro-architecture levels -> the CPU features the runtime must find (cpuid names).
@@ -32,8 +33,10 @@ CPU_LEVELS = {
 DEFAULT_CPU = "x86-64-v3"
 TRIPLE = "x86_64-unknown-linux-gnu"
 
+# No linalg-fuse-elementwise-ops: it folds producers (LayerNorm, bias) into matmuls, turning them
+# into generics the microkernels cannot take, and recomputing the producer per output element.
 _BUFFERIZE = (
-    "builtin.module(func.func(linalg-fuse-elementwise-ops),canonicalize,"
+    "builtin.module(canonicalize,"
     "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},"
     "buffer-results-to-out-params{modify-public-functions=true hoist-static-allocs=true},canonicalize,cse)"
 )
@@ -44,7 +47,11 @@ _TO_LLVM = (
     "reconcile-unrealized-casts)"
 )
 # Functions the generated code may call. Anything else (malloc above all) is a compiler bug.
-_ALLOWED_EXTERNALS = {"memrefCopy", "memcpy", "memset", "memmove"}
+_ALLOWED_EXTERNALS = {"memrefCopy", "memcpy", "memset", "memmove", "mlrt_matmul_f32", "mlrt_conv2d_f32",
+                      "mlrt_depthwise_conv2d_f32"}
+# -march for the microkernels, per CPU level.
+_MARCH = {"x86-64": "x86-64", "x86-64-v2": "x86-64-v2", "x86-64-v3": "x86-64-v3"}
+KERNELS_DIR = Path(__file__).parent / "kernels"
 _LIBM = re.compile(r"^(exp|expm1|log|log1p|log2|log10|sqrt|cbrt|pow|fmod|erf|erfc|tanh|sinh|cosh|asinh|acosh|atanh|"
                    r"sin|cos|tan|asin|acos|atan|atan2|round|roundeven|trunc|floor|ceil|rint|nearbyint|fabs|copysign|"
                    r"fma|fmin|fmax)f?$")
@@ -58,6 +65,7 @@ class CpuArtifact:
     features: list[str]
     num_args: int
     llvm_ir: str  # kept for --dump-ir and tests
+    kernels: dict  # microkernel name -> number of call sites
 
 
 def _run_pipeline(module, pipeline: str, stage: str) -> None:
@@ -180,19 +188,22 @@ def compile_object(llvm_ir: str, cpu: str) -> bytes:
 def _entry_wrapper(num_args: int) -> str:
     params = ", ".join(["void *"] * num_args)
     args = ", ".join(f"a[{i}]" for i in range(num_args))
-    return (f"extern void forward({params});\n"
-            "__attribute__((visibility(\"default\"))) void mlrt_entry(void **a) {"
-            f" forward({args}); }}\n")
+    return ('#include "mlrt_kernels.h"\n'
+            "void mlrt_set_host(const mlrt_host_api *host);\n"
+            f"extern void forward({params});\n"
+            "__attribute__((visibility(\"default\"))) void mlrt_entry(void **a, const mlrt_host_api *host) {\n"
+            f"  mlrt_set_host(host);\n  forward({args});\n  mlrt_set_host(0);\n}}\n")
 
 
-def link_shared_object(obj: bytes, num_args: int) -> bytes:
-    support = Path(__file__).parent / "codegen_support" / "memref_copy.c"
+def link_shared_object(obj: bytes, num_args: int, cpu: str) -> bytes:
+    support = [Path(__file__).parent / "codegen_support" / "memref_copy.c", *sorted(KERNELS_DIR.glob("*.c"))]
     with tempfile.TemporaryDirectory(prefix="mlpack-link-") as tmp:
         tmp_path = Path(tmp)
-        (tmp_path / "kernels.o").write_bytes(obj)
+        (tmp_path / "model.o").write_bytes(obj)
         (tmp_path / "entry.c").write_text(_entry_wrapper(num_args))
-        cmd = [os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-o",
-               str(tmp_path / "model.so"), str(tmp_path / "kernels.o"), str(tmp_path / "entry.c"), str(support),
+        cmd = [os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O3", f"-march={_MARCH[cpu]}", "-mtune=generic",
+               "-std=gnu11", "-fvisibility=hidden", f"-I{KERNELS_DIR}", "-o", str(tmp_path / "model.so"),
+               str(tmp_path / "model.o"), str(tmp_path / "entry.c"), *map(str, support),
                "-lm", "-s", "-Wl,-z,noexecstack", "-Wl,-z,now", "-Wl,--no-undefined"]
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -218,6 +229,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None) -> CpuArtifact:
     _run_pipeline(module, _BUFFERIZE, "bufferization")
     dump("bufferized", str(module))
     with module.context, ir.Location.unknown():
+        kernels = replace_with_kernel_calls(module, func_op)
         memory_plan = assign_arena(func_op)
         num_args = len(func_op.regions[0].blocks[0].arguments)
         # Every argument is a distinct buffer (inputs, weights, outputs, arena): say so to LLVM.
@@ -228,5 +240,5 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None) -> CpuArtifact:
     dump("llvm", llvm_ir)
     _check_externals(llvm_ir)
     obj = compile_object(llvm_ir, cpu)
-    so = link_shared_object(obj, num_args)
-    return CpuArtifact(so, memory_plan, cpu, CPU_LEVELS[cpu], num_args, llvm_ir)
+    so = link_shared_object(obj, num_args, cpu)
+    return CpuArtifact(so, memory_plan, cpu, CPU_LEVELS[cpu], num_args, llvm_ir, dict(kernels))

@@ -210,8 +210,13 @@ def _placeholder_sig(node: torch.fx.Node, name: str) -> tuple[tuple[int, ...], t
 
 
 def lift(ep: ExportedProgram) -> LiftedProgram:
-    """Decompose to core ATen (torch-mlir's table) and re-export with weights as arguments."""
+    """Decompose to core ATen (torch-mlir's table), run the graph passes (BN folding, constant
+    folding) and re-export with every weight as a plain argument."""
+    import copy
+
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
+
+    from .graph_passes import optimize
 
     ep = ep.run_decompositions(get_decomposition_table())
     sig = ep.graph_signature
@@ -220,23 +225,21 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
             raise BuildError(f"the model mutates '{out.target}' during forward ({out.kind.name}); "
                              "call model.eval() and keep forward free of in-place state updates")
     state = {**ep.state_dict, **ep.constants}
-    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
-    call_args: list[tuple[str, int]] = []
-    weights: list[tuple[str, np.ndarray]] = []
+    gm = copy.deepcopy(ep.graph_module)  # `ep` stays intact for diagnostics
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    values: dict[torch.fx.Node, torch.Tensor] = {}
     inputs: list[TensorSig] = []
-    example_args: list[torch.Tensor] = []
+    input_nodes: dict[torch.fx.Node, int] = {}
     for spec, node in zip(sig.input_specs, placeholders):
         if spec.kind == InputKind.USER_INPUT:
             shape, dt = _placeholder_sig(node, spec.arg.name)
-            call_args.append(("input", len(inputs)))
+            input_nodes[node] = len(inputs)
             inputs.append(TensorSig(spec.arg.name, dtype_name(dt, f"input '{spec.arg.name}'"), shape))
-            example_args.append(example_from_shape(shape, dt))
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
-            t = state[spec.target].detach().contiguous()
+            t = state[spec.target].detach()
             dtype_name(t.dtype, f"weight '{spec.target}'")
-            call_args.append(("weight", len(weights)))
-            weights.append((spec.target, t.numpy()))
-            example_args.append(t)
+            values[node] = t
+            node.meta["mlpack_weight_name"] = spec.target
         else:
             raise BuildError(f"model input kind {spec.kind.name} ('{spec.arg.name}') is not supported")
 
@@ -248,9 +251,26 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
             raise BuildError(f"output {i} is not a tensor ({type(val).__name__}); only tensor outputs are supported")
         outputs.append(TensorSig(f"output_{i}", dtype_name(val.dtype, f"output {i}"), tuple(int(d) for d in val.shape)))
 
+    stats = optimize(gm.graph, values)
+    gm.recompile()
+
+    call_args: list[tuple[str, int]] = []
+    weights: list[tuple[str, np.ndarray]] = []
+    example_args: list[torch.Tensor] = []
+    for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
+        if node in input_nodes:
+            i = input_nodes[node]
+            call_args.append(("input", i))
+            example_args.append(example_from_shape(inputs[i].shape, _TORCH_DTYPES[inputs[i].dtype]))
+        else:
+            t = values[node].contiguous()
+            call_args.append(("weight", len(weights)))
+            weights.append((node.meta.get("mlpack_weight_name", node.name), t.numpy()))
+            example_args.append(t)
+
     # Re-export the flat graph: every placeholder (weights included) becomes a user input.
     try:
-        flat = torch.export.export(ep.graph_module, tuple(example_args), strict=False)
+        flat = torch.export.export(gm, tuple(example_args), strict=False)
     except Exception as e:  # noqa: BLE001
         raise BuildError(f"re-export with weights as arguments failed: {e}") from e
     return LiftedProgram(
@@ -262,4 +282,5 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
         output_structure=_structure(ep.call_spec.out_spec, [0]),
         example_args=example_args,
         exported=ep,
+        notes=[f"{k}: {v}" for k, v in stats.items()],
     )

@@ -43,6 +43,10 @@ class Model:
     def arena_bytes(self) -> int:
         return self._native.arena_bytes
 
+    @property
+    def num_threads(self) -> int:
+        return self._native.num_threads
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run on numpy arrays, positionally or by input name. Returns the model's output structure
         (one output -> one array; tuples, lists and dicts as the PyTorch model returned them)."""
@@ -88,10 +92,11 @@ def _rebuild(node: Any, flat: list) -> Any:
     return dict(zip(node["keys"], items))
 
 
-def load(path: str | os.PathLike, verify: str = "full") -> Model:
-    """Load and verify a bundle. verify: 'full' (hash every section) or 'skip-weights'."""
+def load(path: str | os.PathLike, verify: str = "full", num_threads: int = 0) -> Model:
+    """Load and verify a bundle. verify: 'full' (hash every section) or 'skip-weights'.
+    num_threads: threads per run (0: MLRT_NUM_THREADS, else the physical cores)."""
     path = os.fspath(path)
-    return Model(_load(path, verify), path)
+    return Model(_load(path, verify, num_threads), path)
 
 
 def get_cmake_dir() -> str:

@@ -114,12 +114,14 @@ PYBIND11_MODULE(_mlrt, m) {
       .def_property_readonly("outputs", &mlrt::Model::outputs)
       .def_property_readonly("manifest_json", &mlrt::Model::manifest_json)
       .def_property_readonly("arena_bytes", &mlrt::Model::arena_bytes)
+      .def_property_readonly("num_threads", &mlrt::Model::num_threads)
       .def("run_flat", &RunFlat, py::arg("inputs"));
 
   m.def(
       "load",
-      [](const std::string& path, const std::string& verify) {
+      [](const std::string& path, const std::string& verify, int num_threads) {
         mlrt::LoadOptions options;
+        options.num_threads = num_threads;
         if (verify == "full") {
           options.verify = mlrt::LoadOptions::Verify::kFull;
         } else if (verify == "skip-weights") {
@@ -136,7 +138,7 @@ PYBIND11_MODULE(_mlrt, m) {
         // pybind11 holds non-const pointers; the Model API is const-only, so nothing can mutate it.
         return std::const_pointer_cast<mlrt::Model>(std::move(model).value());
       },
-      py::arg("path"), py::arg("verify") = "full");
+      py::arg("path"), py::arg("verify") = "full", py::arg("num_threads") = 0);
   m.def("version", &mlrt::Version);
   m.def("max_bundle_format_version", &mlrt::MaxBundleFormatVersion);
 }

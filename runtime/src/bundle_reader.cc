@@ -10,6 +10,7 @@
 #include <limits>
 #include <set>
 
+#include "host_api.h"
 #include "json.h"
 #include "sha256.h"
 
@@ -150,7 +151,9 @@ Result<BundleView> ParseContainer(const uint8_t* data, size_t size, LoadOptions:
     const uint8_t* e = data + table_offset + uint64_t{i} * kSectionEntrySize;
     const char* name_bytes = reinterpret_cast<const char*>(e);
     size_t name_len = strnlen(name_bytes, 16);
-    if (name_len == 0 || name_len == 16) return DataLoss("section " + std::to_string(i) + " has no valid name");
+    bool printable = name_len > 0 && name_len < 16;
+    for (size_t c = 0; c < name_len && printable; ++c) printable = name_bytes[c] > 0x20 && name_bytes[c] < 0x7f;
+    if (!printable) return DataLoss("section " + std::to_string(i) + " has no valid name");
     SectionRef s;
     s.name.assign(name_bytes, name_len);
     uint64_t offset = ReadU64(e + 16);
@@ -349,6 +352,14 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
     }
     m.cpu.section = sec->as_string();
     m.cpu.entry = entry->as_string();
+    const json::Value* host_abi = cpu->find("host_abi");
+    if (!host_abi || !host_abi->is_int() || host_abi->as_int() < 1) return BadManifest("targets.cpu.host_abi missing");
+    if (host_abi->as_int() > kHostAbiVersion) {
+      return Status(StatusCode::kUnimplemented, "bundle code expects host ABI " + std::to_string(host_abi->as_int()) +
+                                                    ", newer than this runtime's " + std::to_string(kHostAbiVersion) +
+                                                    "; upgrade mlrt");
+    }
+    m.cpu.host_abi = static_cast<uint32_t>(host_abi->as_int());
     if (!bundle.Find(m.cpu.section)) return BadManifest("code section '" + m.cpu.section + "' is missing");
   }
   return m;

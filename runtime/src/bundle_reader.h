@@ -64,6 +64,7 @@ struct CpuTarget {
   std::vector<std::string> features;
   std::string section;
   std::string entry;
+  uint32_t host_abi = 0;  // version of the HostApi the code expects
 };
 
 struct Manifest {

@@ -4,11 +4,10 @@
 #include <cstdint>
 #include <string>
 
+#include "host_api.h"
 #include "mlrt/mlrt.h"
 
 namespace mlrt {
-
-using EntryFn = void (*)(void**);
 
 // Owns the dlopen handle (and the memfd backing it). Move-only.
 class LoadedCode final {

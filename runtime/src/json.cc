@@ -138,7 +138,18 @@ class Parser {
     while (pos_ < s_.size()) {
       char c = s_[pos_++];
       if (c == '"') return true;
-      if (static_cast<unsigned char>(c) < 0x20) return Fail("control character in string");
+      const auto u = static_cast<unsigned char>(c);
+      if (u < 0x20) return Fail("control character in string");
+      if (u >= 0x80) {  // copy one UTF-8 sequence, validated: error messages quote these strings
+        size_t len = (u & 0xE0) == 0xC0 ? 2 : (u & 0xF0) == 0xE0 ? 3 : (u & 0xF8) == 0xF0 ? 4 : 0;
+        if (len == 0 || u == 0xC0 || u == 0xC1 || u > 0xF4 || pos_ - 1 + len > s_.size()) return Fail("invalid UTF-8");
+        for (size_t k = 1; k < len; ++k) {
+          if ((static_cast<unsigned char>(s_[pos_ - 1 + k]) & 0xC0) != 0x80) return Fail("invalid UTF-8");
+        }
+        out->append(s_.substr(pos_ - 1, len));
+        pos_ += len - 1;
+        continue;
+      }
       if (c != '\\') {
         out->push_back(c);
         continue;

@@ -7,6 +7,7 @@
 #include "code_loader.h"
 #include "cpu_features.h"
 #include "mlrt/mlrt.h"
+#include "thread_pool.h"
 
 namespace mlrt {
 
@@ -56,18 +57,20 @@ struct Model::Impl {
   LoadedCode code;
   std::vector<const void*> weights;  // resolved pointers into the mapped weights section
   size_t arena_size = 64;            // bytes actually allocated per arena (>= 64, multiple of 64)
+  std::unique_ptr<ThreadPool> pool;
+  HostApi host{};
 
   mutable std::mutex pool_mutex;
-  mutable std::vector<Arena> pool;  // idle arenas; a Run takes one and gives it back
+  mutable std::vector<Arena> idle_arenas;  // a Run takes one and gives it back
 
   Impl(MappedFile f, Manifest m, LoadedCode c) : file(std::move(f)), manifest(std::move(m)), code(std::move(c)) {}
 
   Result<Arena> TakeArena() const {
     {
       std::lock_guard<std::mutex> lock(pool_mutex);
-      if (!pool.empty()) {
-        Arena a = std::move(pool.back());
-        pool.pop_back();
+      if (!idle_arenas.empty()) {
+        Arena a = std::move(idle_arenas.back());
+        idle_arenas.pop_back();
         return a;
       }
     }
@@ -81,7 +84,7 @@ struct Model::Impl {
 
   void ReturnArena(Arena a) const {
     std::lock_guard<std::mutex> lock(pool_mutex);
-    pool.push_back(std::move(a));
+    idle_arenas.push_back(std::move(a));
   }
 };
 
@@ -109,6 +112,10 @@ Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const 
   auto impl = std::make_unique<Impl>(std::move(file).value(), std::move(manifest).value(), std::move(code).value());
   for (const auto& w : impl->manifest.weights) impl->weights.push_back(weight_section->data + w.offset);
   impl->arena_size = std::max<size_t>(64, (impl->manifest.arena_bytes + 63) / 64 * 64);
+  int threads = options.num_threads > 0 ? options.num_threads : DefaultThreadCount();
+  if (threads > 1024) return Status(StatusCode::kInvalidArgument, "num_threads " + std::to_string(threads) + " is too large");
+  impl->pool = std::make_unique<ThreadPool>(threads);
+  impl->host = HostApi{kHostAbiVersion, static_cast<uint32_t>(threads), impl->pool.get(), &ThreadPool::ParallelForThunk};
   return std::shared_ptr<const Model>(new Model(std::move(impl)));
 }
 
@@ -116,6 +123,7 @@ const std::vector<TensorSpec>& Model::inputs() const { return impl_->manifest.in
 const std::vector<TensorSpec>& Model::outputs() const { return impl_->manifest.outputs; }
 const std::string& Model::manifest_json() const { return impl_->manifest.text; }
 size_t Model::arena_bytes() const { return impl_->manifest.arena_bytes; }
+int Model::num_threads() const { return impl_->pool->num_threads(); }
 
 Status Model::Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const {
   const Manifest& m = impl_->manifest;
@@ -151,7 +159,7 @@ Status Model::Run(const std::vector<ConstTensorView>& inputs, const std::vector<
       case CallArg::Kind::kArena: args[i] = arena->get(); break;
     }
   }
-  impl_->code.entry()(args.data());
+  impl_->code.entry()(args.data(), &impl_->host);
   impl_->ReturnArena(std::move(arena).value());
   return Status::Ok();
 }

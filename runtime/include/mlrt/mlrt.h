@@ -133,6 +133,9 @@ struct LoadOptions {
   // from a trusted store, where hashing weights would dominate load time.
   enum class Verify { kFull, kSkipWeights };
   Verify verify = Verify::kFull;
+  // Threads for one Run (the calling thread included). 0: MLRT_NUM_THREADS if set, else the
+  // physical cores available to the process. Each Model owns a pool of num_threads - 1 workers.
+  int num_threads = 0;
 };
 
 // A loaded, verified bundle. Immutable once loaded: share one instance between threads freely.
@@ -152,6 +155,7 @@ class Model final {
   const std::vector<TensorSpec>& outputs() const;
   const std::string& manifest_json() const;  // the bundle's manifest, verbatim
   size_t arena_bytes() const;                // per concurrent Run
+  int num_threads() const;                   // threads one Run uses
 
   // Runs the model on caller-provided outputs. Validates count, dtype and shape of every input
   // and output (O(rank), before touching data); outputs must not overlap inputs.

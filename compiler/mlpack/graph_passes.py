@@ -1,0 +1,136 @@
+"""Graph-level optimizations on the decomposed ATen graph, done once at build time:
+
+- fold eval-mode BatchNorm into the convolution that feeds it (scaled weights, shifted bias);
+- constant-fold every op whose inputs are all weights (weight transposes for Linear, BN scale
+  vectors, ...), storing the result as a new weight instead of recomputing it on every run.
+
+The graph's placeholders are the model's weights (their tensors in `values`) and its inputs.
+Passes add new weight placeholders and drop the ones nothing uses any more.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx
+
+aten = torch.ops.aten
+
+# Folding must not blow up the bundle: a folded result may be at most this many times larger than
+# the constants it is computed from (an expand of a bias to a full activation would be huge).
+MAX_GROWTH = 1.0
+
+
+class WeightGraph:
+    """The graph plus the tensor of each weight placeholder."""
+
+    def __init__(self, graph: fx.Graph, values: dict[fx.Node, torch.Tensor]):
+        self.graph = graph
+        self.values = values
+        self._counter = 0
+
+    def add_weight(self, tensor: torch.Tensor, hint: str) -> fx.Node:
+        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        self._counter += 1
+        with self.graph.inserting_after(placeholders[-1] if placeholders else None):
+            node = self.graph.placeholder(f"folded_{self._counter}_{hint}"[:60])
+        self.values[node] = tensor.detach().contiguous()
+        return node
+
+    def drop_unused(self) -> None:
+        self.graph.eliminate_dead_code()
+        for node in list(self.graph.nodes):
+            if node.op == "placeholder" and node in self.values and not node.users:
+                self.graph.erase_node(node)
+                del self.values[node]
+
+
+def fold_batchnorm(wg: WeightGraph) -> int:
+    """conv -> _native_batch_norm_legit_no_training -> getitem 0  ==>  conv with folded weights."""
+    folded = 0
+    for bn in list(wg.graph.nodes):
+        if bn.op != "call_function" or bn.target != aten._native_batch_norm_legit_no_training.default:
+            continue
+        conv, gamma, beta, mean, var, _momentum, eps = bn.args
+        if not (isinstance(conv, fx.Node) and conv.target == aten.convolution.default and len(conv.users) == 1):
+            continue
+        x, w, b, stride, padding, dilation, transposed, output_padding, groups = conv.args
+        params = [w, b, gamma, beta, mean, var]
+        if transposed or any(p is not None and p not in wg.values for p in params):
+            continue
+        uses = list(bn.users)
+        if not all(u.target == operator.getitem and u.args[1] == 0 for u in uses):
+            continue
+        W = wg.values[w]
+        scale = wg.values[gamma] / torch.sqrt(wg.values[var] + eps) if gamma is not None \
+            else 1.0 / torch.sqrt(wg.values[var] + eps)
+        bias = wg.values[b] if b is not None else torch.zeros(W.shape[0], dtype=W.dtype)
+        shift = wg.values[beta] if beta is not None else 0.0
+        new_w = wg.add_weight(W * scale.reshape(-1, *([1] * (W.dim() - 1))), "conv_bn_w")
+        new_b = wg.add_weight((bias - wg.values[mean]) * scale + shift, "conv_bn_b")
+        with wg.graph.inserting_before(bn):
+            new_conv = wg.graph.call_function(
+                aten.convolution.default,
+                (x, new_w, new_b, stride, padding, dilation, transposed, output_padding, groups))
+        new_conv.meta = dict(conv.meta)
+        for u in uses:
+            u.replace_all_uses_with(new_conv)
+            wg.graph.erase_node(u)
+        wg.graph.erase_node(bn)
+        wg.graph.erase_node(conv)
+        folded += 1
+    wg.drop_unused()
+    return folded
+
+
+def _numel(t) -> int:
+    return t.numel() if isinstance(t, torch.Tensor) else 0
+
+
+def fold_constants(wg: WeightGraph) -> int:
+    """Evaluate ops whose inputs are all weights; keep results that feed the rest of the graph."""
+    const: dict[fx.Node, torch.Tensor] = dict(wg.values)
+    for node in wg.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, (torch._ops.OpOverload, type(operator.getitem))):
+            continue
+        if isinstance(node.target, torch._ops.OpOverload) and (
+                node.target._schema.is_mutable or "rand" in node.target._schema.name
+                or "empty" in node.target._schema.name):
+            continue
+        inputs = node.all_input_nodes
+        if not inputs or any(i not in const for i in inputs):
+            continue
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: const[n])
+        with torch.no_grad():
+            result = node.target(*args, **kwargs)
+        if isinstance(result, torch.Tensor):
+            const[node] = result
+    materialize: list[fx.Node] = []
+
+    def need(node: fx.Node) -> None:
+        """`node`'s value is needed at run time: store it, or (if too big) what it is computed from."""
+        if node.op == "placeholder" or node in materialize:
+            return
+        sources = sum(_numel(const[i]) for i in node.all_input_nodes)
+        if const[node].numel() <= MAX_GROWTH * max(sources, 1):
+            materialize.append(node)
+        else:  # cheaper to compute at run time than to store
+            for i in node.all_input_nodes:
+                need(i)
+
+    for node in list(const):
+        if any(u not in const for u in node.users):
+            need(node)
+    for node in materialize:
+        node.replace_all_uses_with(wg.add_weight(const[node], "const"))
+    wg.drop_unused()
+    return len(materialize)
+
+
+def optimize(graph: fx.Graph, values: dict[fx.Node, torch.Tensor]) -> dict[str, int]:
+    """Run the graph passes in order; returns what each did."""
+    wg = WeightGraph(graph, values)
+    stats = {"batchnorm_folded": fold_batchnorm(wg), "constants_folded": fold_constants(wg)}
+    graph.lint()
+    return stats

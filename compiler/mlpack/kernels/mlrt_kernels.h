@@ -1,0 +1,44 @@
+/* Microkernels linked into every bundle's code (the "ukernels" of IREE, in spirit): the compiler
+ * replaces matmul / conv / depthwise-conv linalg ops with calls to these, and they split their
+ * work over the runtime's thread pool through the host API the runtime passes to mlrt_entry.
+ * All are C += op(A, B): the caller initializes C (zero or bias). Pointers are passed as int64
+ * (the generated code has no pointer type at the call site); ABI: docs/bundle-format.md. */
+#ifndef MLRT_KERNELS_H_
+#define MLRT_KERNELS_H_
+
+#include <stdint.h>
+
+typedef void (*mlrt_task_fn)(void *ctx, int64_t index);
+
+/* Passed by the runtime to mlrt_entry; must match runtime/src/host_api.h (abi_version 1). */
+typedef struct mlrt_host_api {
+  uint32_t abi_version;
+  uint32_t num_threads;
+  void *pool;
+  /* Runs task(ctx, i) for i in [0, n) on the pool and the calling thread; returns when all are done. */
+  void (*parallel_for)(void *pool, int64_t n, mlrt_task_fn task, void *ctx);
+} mlrt_host_api;
+
+/* Thread count and dispatch for the current run (set by mlrt_entry). */
+int64_t mlrt_threads(void);
+void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx);
+
+#define MLRT_NR 16 /* columns per packed B panel */
+
+/* Bytes of scratch mlrt_conv2d_f32 / mlrt_matmul_f32 need for their packed B operand. */
+static inline int64_t mlrt_packed_b_floats(int64_t K, int64_t N) { return ((N + MLRT_NR - 1) / MLRT_NR) * K * MLRT_NR; }
+
+void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t batch, int64_t M, int64_t N,
+                     int64_t K);
+void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
+                     int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
+                     int64_t dh, int64_t dw);
+void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                               int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
+                               int64_t dw);
+
+/* Internal: C[M x N] += A[M x K] (row stride lda) * Bp (packed panels of B[K x N]). */
+void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
+                      int64_t ldc);
+
+#endif
