@@ -204,7 +204,7 @@ def link_shared_object(obj: bytes, num_args: int, cpu: str) -> bytes:
         cmd = [os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O3", f"-march={_MARCH[cpu]}", "-mtune=generic",
                "-std=gnu11", "-fvisibility=hidden", f"-I{KERNELS_DIR}", "-o", str(tmp_path / "model.so"),
                str(tmp_path / "model.o"), str(tmp_path / "entry.c"), *map(str, support),
-               "-lm", "-s", "-Wl,-z,noexecstack", "-Wl,-z,now", "-Wl,--no-undefined"]
+               "-lm", "-Wl,-z,noexecstack", "-Wl,-z,now", "-Wl,--no-undefined"]
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True)
         except FileNotFoundError as e:

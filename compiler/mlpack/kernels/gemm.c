@@ -16,57 +16,76 @@ enum { MR = 6, NR = MLRT_NR, KC = 256, MC = 96 };
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* C[mr x n] += A[mr x K] * Bp[K x 16]; mr <= 6 is a compile-time constant after inlining. */
-static inline __attribute__((always_inline)) void ukernel(int mr, int64_t K, const float *A, int64_t lda,
-                                                          const float *Bp, float *C, int64_t ldc, int64_t n) {
 #ifdef MLRT_HAVE_AVX2
-  __m256 c0[MR], c1[MR];
-  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_load_ps(Bp + k * NR);
-    const __m256 b1 = _mm256_load_ps(Bp + k * NR + 8);
-    for (int i = 0; i < mr; ++i) {
-      const __m256 a = _mm256_broadcast_ss(A + i * lda + k);
-      c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
-      c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
-    }
-  }
+/* Adds one accumulated row (two ymm) to C[0..n). Values, not addresses: taking the address of an
+ * accumulator would make the compiler keep every accumulator in memory inside the k loop. */
+static inline __attribute__((always_inline)) void store_row(float *c, __m256 x0, __m256 x1, int64_t n) {
   if (n == NR) {
-    for (int i = 0; i < mr; ++i) {
-      float *c = C + i * ldc;
-      _mm256_storeu_ps(c, _mm256_add_ps(_mm256_loadu_ps(c), c0[i]));
-      _mm256_storeu_ps(c + 8, _mm256_add_ps(_mm256_loadu_ps(c + 8), c1[i]));
-    }
+    _mm256_storeu_ps(c, _mm256_add_ps(_mm256_loadu_ps(c), x0));
+    _mm256_storeu_ps(c + 8, _mm256_add_ps(_mm256_loadu_ps(c + 8), x1));
   } else {
     float tmp[NR];
-    for (int i = 0; i < mr; ++i) {
-      _mm256_storeu_ps(tmp, c0[i]);
-      _mm256_storeu_ps(tmp + 8, c1[i]);
-      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] += tmp[j];
-    }
+    _mm256_storeu_ps(tmp, x0);
+    _mm256_storeu_ps(tmp + 8, x1);
+    for (int64_t j = 0; j < n; ++j) c[j] += tmp[j];
+  }
+}
+
+/* C[ROWS x n] += A[ROWS x K] * Bp[K x 16]: 2*ROWS named accumulators stay in registers
+ * (`rows` is a constant, so the unused rows compile away). */
+#define ROW_FMA(r)                                          \
+  if (rows > r) {                                           \
+    const __m256 a = _mm256_broadcast_ss(A + r * lda + k);  \
+    c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0);              \
+    c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1);              \
+  }
+#define ROW_STORE(r) \
+  if (rows > r) store_row(C + r * ldc, c##r##0, c##r##1, n);
+#define DEFINE_UKERNEL(ROWS)                                                                                  \
+  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc, \
+                             int64_t n) {                                                                     \
+    const int rows = ROWS;                                                                                    \
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;                 \
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                                 \
+    for (int64_t k = 0; k < K; ++k) {                                                                         \
+      const __m256 b0 = _mm256_load_ps(Bp + k * NR);                                                          \
+      const __m256 b1 = _mm256_load_ps(Bp + k * NR + 8);                                                      \
+      ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)                                        \
+    }                                                                                                         \
+    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)                              \
   }
 #else
-  float acc[MR][NR];
-  memset(acc, 0, sizeof(acc));
-  for (int64_t k = 0; k < K; ++k)
-    for (int i = 0; i < mr; ++i) {
-      const float a = A[i * lda + k];
-      for (int j = 0; j < NR; ++j) acc[i][j] += a * Bp[k * NR + j];
-    }
-  for (int i = 0; i < mr; ++i)
-    for (int64_t j = 0; j < n; ++j) C[i * ldc + j] += acc[i][j];
+#define DEFINE_UKERNEL(ROWS)                                                                                  \
+  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc, \
+                             int64_t n) {                                                                     \
+    float acc[ROWS][NR];                                                                                      \
+    memset(acc, 0, sizeof(acc));                                                                              \
+    for (int64_t k = 0; k < K; ++k)                                                                           \
+      for (int i = 0; i < ROWS; ++i) {                                                                        \
+        const float a = A[i * lda + k];                                                                       \
+        for (int j = 0; j < NR; ++j) acc[i][j] += a * Bp[k * NR + j];                                         \
+      }                                                                                                       \
+    for (int i = 0; i < ROWS; ++i)                                                                            \
+      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] += acc[i][j];                                            \
+  }
 #endif
-}
+
+DEFINE_UKERNEL(1)
+DEFINE_UKERNEL(2)
+DEFINE_UKERNEL(3)
+DEFINE_UKERNEL(4)
+DEFINE_UKERNEL(5)
+DEFINE_UKERNEL(6)
 
 static void ukernel_rows(int64_t mr, int64_t K, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc,
                          int64_t n) {
   switch (mr) {
-    case 6: ukernel(6, K, A, lda, Bp, C, ldc, n); break;
-    case 5: ukernel(5, K, A, lda, Bp, C, ldc, n); break;
-    case 4: ukernel(4, K, A, lda, Bp, C, ldc, n); break;
-    case 3: ukernel(3, K, A, lda, Bp, C, ldc, n); break;
-    case 2: ukernel(2, K, A, lda, Bp, C, ldc, n); break;
-    default: ukernel(1, K, A, lda, Bp, C, ldc, n); break;
+    case 6: ukernel_6(K, A, lda, Bp, C, ldc, n); break;
+    case 5: ukernel_5(K, A, lda, Bp, C, ldc, n); break;
+    case 4: ukernel_4(K, A, lda, Bp, C, ldc, n); break;
+    case 3: ukernel_3(K, A, lda, Bp, C, ldc, n); break;
+    case 2: ukernel_2(K, A, lda, Bp, C, ldc, n); break;
+    default: ukernel_1(K, A, lda, Bp, C, ldc, n); break;
   }
 }
 
