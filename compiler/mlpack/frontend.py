@@ -209,16 +209,42 @@ def _placeholder_sig(node: torch.fx.Node, name: str) -> tuple[tuple[int, ...], t
     return tuple(shape), val.dtype
 
 
+def _flatten(gm: torch.fx.GraphModule, inputs: list[TensorSig], input_nodes: dict, values: dict):
+    """Placeholder order -> (call_args, weights, example args)."""
+    call_args: list[tuple[str, int]] = []
+    weights: list[tuple[str, np.ndarray]] = []
+    example_args: list[torch.Tensor] = []
+    for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
+        if node in input_nodes:
+            i = input_nodes[node]
+            call_args.append(("input", i))
+            example_args.append(example_from_shape(inputs[i].shape, _TORCH_DTYPES[inputs[i].dtype]))
+        else:
+            t = values[node].contiguous()
+            call_args.append(("weight", len(weights)))
+            weights.append((node.meta.get("mlpack_weight_name", node.name), t.numpy()))
+            example_args.append(t)
+    return call_args, weights, example_args
+
+
+def _export_flat(gm: torch.fx.GraphModule, example_args: list[torch.Tensor]) -> ExportedProgram:
+    """Export a graph whose placeholders are all plain arguments (weights included)."""
+    try:
+        return torch.export.export(gm, tuple(example_args), strict=False)
+    except Exception as e:  # noqa: BLE001
+        raise BuildError(f"re-export with weights as arguments failed: {e}") from e
+
+
 def lift(ep: ExportedProgram) -> LiftedProgram:
-    """Decompose to core ATen (torch-mlir's table), run the graph passes (BN folding, constant
-    folding) and re-export with every weight as a plain argument."""
+    """Core ATen -> fold BatchNorm into convs -> torch-mlir's decompositions -> fold constants,
+    and export the result with every weight as a plain argument (in `call_args` order)."""
     import copy
 
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
 
-    from .graph_passes import optimize
+    from . import graph_passes
 
-    ep = ep.run_decompositions(get_decomposition_table())
+    ep = ep.run_decompositions()  # core ATen: BatchNorm is still one op here
     sig = ep.graph_signature
     for out in sig.output_specs:
         if out.kind != OutputKind.USER_OUTPUT:
@@ -226,11 +252,10 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
                              "call model.eval() and keep forward free of in-place state updates")
     state = {**ep.state_dict, **ep.constants}
     gm = copy.deepcopy(ep.graph_module)  # `ep` stays intact for diagnostics
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     values: dict[torch.fx.Node, torch.Tensor] = {}
     inputs: list[TensorSig] = []
     input_nodes: dict[torch.fx.Node, int] = {}
-    for spec, node in zip(sig.input_specs, placeholders):
+    for spec, node in zip(sig.input_specs, [n for n in gm.graph.nodes if n.op == "placeholder"]):
         if spec.kind == InputKind.USER_INPUT:
             shape, dt = _placeholder_sig(node, spec.arg.name)
             input_nodes[node] = len(inputs)
@@ -251,30 +276,26 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
             raise BuildError(f"output {i} is not a tensor ({type(val).__name__}); only tensor outputs are supported")
         outputs.append(TensorSig(f"output_{i}", dtype_name(val.dtype, f"output {i}"), tuple(int(d) for d in val.shape)))
 
-    stats = optimize(gm.graph, values)
+    stats = {"batchnorm_folded": graph_passes.run_pass(gm.graph, values, graph_passes.fold_batchnorm)}
     gm.recompile()
+    call_args, weights, example_args = _flatten(gm, inputs, input_nodes, values)
 
-    call_args: list[tuple[str, int]] = []
-    weights: list[tuple[str, np.ndarray]] = []
-    example_args: list[torch.Tensor] = []
-    for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
-        if node in input_nodes:
-            i = input_nodes[node]
-            call_args.append(("input", i))
-            example_args.append(example_from_shape(inputs[i].shape, _TORCH_DTYPES[inputs[i].dtype]))
-        else:
-            t = values[node].contiguous()
-            call_args.append(("weight", len(weights)))
-            weights.append((node.meta.get("mlpack_weight_name", node.name), t.numpy()))
-            example_args.append(t)
+    # torch-mlir's decompositions, then constant folding over what they produced.
+    decomposed = _export_flat(gm, example_args).run_decompositions(get_decomposition_table())
+    gm = decomposed.graph_module
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    input_nodes = {placeholders[k]: i for k, (kind, i) in enumerate(call_args) if kind == "input"}
+    values = {}
+    for k, (kind, i) in enumerate(call_args):
+        if kind == "weight":
+            values[placeholders[k]] = torch.from_numpy(weights[i][1])
+            placeholders[k].meta["mlpack_weight_name"] = weights[i][0]
+    stats["constants_folded"] = graph_passes.run_pass(gm.graph, values, graph_passes.fold_constants)
+    gm.recompile()
+    call_args, weights, example_args = _flatten(gm, inputs, input_nodes, values)
 
-    # Re-export the flat graph: every placeholder (weights included) becomes a user input.
-    try:
-        flat = torch.export.export(gm, tuple(example_args), strict=False)
-    except Exception as e:  # noqa: BLE001
-        raise BuildError(f"re-export with weights as arguments failed: {e}") from e
     return LiftedProgram(
-        program=flat,
+        program=_export_flat(gm, example_args),
         call_args=call_args,
         weights=weights,
         inputs=inputs,

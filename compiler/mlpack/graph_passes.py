@@ -1,8 +1,10 @@
-"""Graph-level optimizations on the decomposed ATen graph, done once at build time:
+"""Graph-level optimizations on the ATen graph, done once at build time:
 
-- fold eval-mode BatchNorm into the convolution that feeds it (scaled weights, shifted bias);
-- constant-fold every op whose inputs are all weights (weight transposes for Linear, BN scale
-  vectors, ...), storing the result as a new weight instead of recomputing it on every run.
+- fold eval-mode BatchNorm into the convolution that feeds it (scaled weights, shifted bias); runs
+  on core ATen, before torch-mlir's decompositions split BatchNorm into elementwise ops;
+- constant-fold every op whose inputs are all weights (weight transposes for Linear, the scale
+  vectors of a BatchNorm not after a conv, ...), storing the result as a new weight instead of
+  recomputing it on every run; runs after the decompositions, which create such ops.
 
 The graph's placeholders are the model's weights (their tensors in `values`) and its inputs.
 Passes add new weight placeholders and drop the ones nothing uses any more.
@@ -128,9 +130,8 @@ def fold_constants(wg: WeightGraph) -> int:
     return len(materialize)
 
 
-def optimize(graph: fx.Graph, values: dict[fx.Node, torch.Tensor]) -> dict[str, int]:
-    """Run the graph passes in order; returns what each did."""
-    wg = WeightGraph(graph, values)
-    stats = {"batchnorm_folded": fold_batchnorm(wg), "constants_folded": fold_constants(wg)}
+def run_pass(graph: fx.Graph, values: dict[fx.Node, torch.Tensor], fn) -> int:
+    """Run one pass (fold_batchnorm / fold_constants) over `graph`; returns how much it folded."""
+    done = fn(WeightGraph(graph, values))
     graph.lint()
-    return stats
+    return done

@@ -1,5 +1,12 @@
 """Replace the heavy linalg ops (conv, depthwise conv, matmul, batch matmul) with calls to the
-microkernels in kernels/ (tiled, vectorized, multi-threaded C compiled into the bundle).
+microkernels in kernels/ (tiled, vectorized, multi-threaded C compiled into the bundle), fusing
+what surrounds them so each output is written once:
+
+- prologue: the fill / bias broadcast that initializes the output (the kernel writes bias + A*B);
+- input padding: a zero-filled buffer with the input copied into its middle (the kernel reads
+  the unpadded input and treats out-of-range taps as zero);
+- epilogue: following elementwise ops that add a bias vector, add a residual, or clamp
+  (ReLU, ReLU6, ...), recognized by evaluating their bodies on sample values.
 
 Runs on bufferized IR, before memory planning: the packed-B scratch a kernel needs becomes an
 ordinary `memref.alloc`, so the planner gives it an arena offset like any intermediate. Buffers
@@ -9,11 +16,29 @@ offset-0 f32 memrefs qualify. Anything else keeps its (slow, correct) loop lower
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from dataclasses import dataclass, field
+
+from .memory_plan import collect_users
 
 # Matmuls with fewer rows than this read B in place instead of packing it (GEMV-like shapes).
 PACK_MIN_ROWS = 8
 NR = 16  # packed panel width, kernels/mlrt_kernels.h MLRT_NR
+
+# The indexing maps of plain (non-transposed, non-broadcast) matmuls; other variants keep loops.
+_DEFAULT_MAPS = {
+    "linalg.matmul": "[affine_map<(d0, d1, d2) -> (d0, d2)>, affine_map<(d0, d1, d2) -> (d2, d1)>, "
+                     "affine_map<(d0, d1, d2) -> (d0, d1)>]",
+    "linalg.batch_matmul": "[affine_map<(d0, d1, d2, d3) -> (d0, d1, d3)>, affine_map<(d0, d1, d2, d3) -> (d0, d3, d2)>, "
+                           "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>]",
+}
+_NO_EFFECT = {"arith.constant", "memref.alloc", "memref.get_global", "memref.collapse_shape", "memref.expand_shape"}
+_CMPF = {2: "ogt", 3: "oge", 4: "olt", 5: "ole", 9: "ugt", 10: "uge", 11: "ult", 12: "ule"}
+_SAMPLES = [-100.0, -7.0, -2.5, -0.5, 0.0, 0.25, 3.0, 5.5, 6.0, 7.5, 100.0]
+
+
+# --------------------------------------------------------------------------- small helpers
 
 
 def _is_dense_f32(value, rank: int) -> bool:
@@ -33,13 +58,14 @@ def _is_dense_f32(value, rank: int) -> bool:
     return contiguous and offset == 0
 
 
-# The indexing maps of plain (non-transposed, non-broadcast) matmuls; other variants keep loops.
-_DEFAULT_MAPS = {
-    "linalg.matmul": "[affine_map<(d0, d1, d2) -> (d0, d2)>, affine_map<(d0, d1, d2) -> (d2, d1)>, "
-                     "affine_map<(d0, d1, d2) -> (d0, d1)>]",
-    "linalg.batch_matmul": "[affine_map<(d0, d1, d2, d3) -> (d0, d1, d3)>, affine_map<(d0, d1, d2, d3) -> (d0, d3, d2)>, "
-                           "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>]",
-}
+def _ints(op, name: str) -> list[int]:
+    from torch_mlir import ir
+
+    attr = op.attributes[name]
+    try:
+        return list(ir.DenseIntElementsAttr(attr))
+    except ValueError:
+        return list(ir.DenseI64ArrayAttr(attr))
 
 
 def _plain_matmul(op, name: str) -> bool:
@@ -47,82 +73,443 @@ def _plain_matmul(op, name: str) -> bool:
     return "cast" not in op.attributes and (maps is None or str(maps) == _DEFAULT_MAPS[name])
 
 
-def _ints(op, name: str) -> list[int]:
-    from torch_mlir import ir
-
-    return list(ir.DenseIntElementsAttr(op.attributes[name]))
-
-
 def _packed_floats(k: int, n: int) -> int:
     return (n + NR - 1) // NR * k * NR
 
 
-def replace_with_kernel_calls(module, func_op) -> Counter:
-    """Rewrites supported ops in `func_op`; returns how many of each kernel were used."""
+def _defining_op(value):
+    """The operation producing `value`, or None for a block argument."""
     from torch_mlir import ir
-    from torch_mlir.dialects import arith, func, memref
 
-    i64 = ir.IntegerType.get_signless(64)
-    f32 = ir.F32Type.get()
-    used: Counter = Counter()
-    arities: dict[str, int] = {}
+    owner = value.owner
+    if isinstance(owner, ir.Block):
+        return None
+    return owner.operation if hasattr(owner, "operation") else owner
 
-    for op in list(func_op.regions[0].blocks[0].operations):
+
+def _float_constant(value):
+    """The float a Value holds if it is an `arith.constant` scalar, else None."""
+    from torch_mlir import ir
+
+    op = _defining_op(value)
+    if op is None or op.name != "arith.constant":
+        return None
+    attr = op.attributes["value"]
+    return ir.FloatAttr(attr).value if isinstance(attr, ir.FloatAttr) else None
+
+
+# --------------------------------------------------------------------------- body interpreter
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _evaluate(region, args: list[float]) -> float:
+    """Evaluate a linalg body (one block, scalar f32 arith) on `args` (one per block argument)."""
+    from torch_mlir import ir
+
+    block = region.blocks[0]
+    env = {}
+    for arg, v in zip(block.arguments, args):
+        env[arg] = v
+
+    def get(value):
+        if value in env:
+            return env[value]
+        c = _float_constant(value)
+        if c is None:
+            raise _Unsupported()
+        return c
+
+    for op in block.operations:
         name = op.operation.name
-        operands = list(op.operation.operands)
-        call = None
-        if name == "linalg.conv_2d_nchw_fchw" and all(_is_dense_f32(v, 4) for v in operands):
-            x, w, y = operands
-            n, c, h, wd = x.type.shape
-            co, _, kh, kw = w.type.shape
-            _, _, oh, ow = y.type.shape
-            (sh, sw), (dh, dw) = _ints(op, "strides"), _ints(op, "dilations")
-            scratch = _packed_floats(c * kh * kw, oh * ow)
-            call = ("mlrt_conv2d_f32", [x, w, y], scratch, [n, c, h, wd, co, kh, kw, oh, ow, sh, sw, dh, dw])
-        elif name == "linalg.depthwise_conv_2d_nchw_chw" and _is_dense_f32(operands[0], 4) \
-                and _is_dense_f32(operands[1], 3) and _is_dense_f32(operands[2], 4):
-            x, w, y = operands
-            n, c, h, wd = x.type.shape
-            _, kh, kw = w.type.shape
-            _, _, oh, ow = y.type.shape
-            (sh, sw), (dh, dw) = _ints(op, "strides"), _ints(op, "dilations")
-            call = ("mlrt_depthwise_conv2d_f32", [x, w, y], 0, [n, c, h, wd, kh, kw, oh, ow, sh, sw, dh, dw])
-        elif name in _DEFAULT_MAPS and _plain_matmul(op, name):
-            rank = 2 if name == "linalg.matmul" else 3
-            if all(_is_dense_f32(v, rank) for v in operands):
+        vals = [get(v) for v in op.operands] if name != "arith.constant" else []
+        if name == "linalg.yield":
+            if len(vals) != 1:
+                raise _Unsupported()
+            return vals[0]
+        if name == "arith.constant":
+            c = _float_constant(op.result)
+            if c is None:
+                raise _Unsupported()
+            r = c
+        elif name == "arith.addf":
+            r = vals[0] + vals[1]
+        elif name == "arith.subf":
+            r = vals[0] - vals[1]
+        elif name == "arith.mulf":
+            r = vals[0] * vals[1]
+        elif name in ("arith.maximumf", "arith.maxnumf"):
+            r = max(vals)
+        elif name in ("arith.minimumf", "arith.minnumf"):
+            r = min(vals)
+        elif name == "arith.negf":
+            r = -vals[0]
+        elif name == "arith.cmpf":
+            pred = _CMPF.get(ir.IntegerAttr(op.attributes["predicate"]).value)
+            a, b = vals
+            if pred is None:
+                raise _Unsupported()
+            r = {"gt": a > b, "ge": a >= b, "lt": a < b, "le": a <= b}[pred[1:]]
+        elif name == "arith.select":
+            r = vals[1] if vals[0] else vals[2]
+        else:
+            raise _Unsupported()
+        env[op.result] = r
+    raise _Unsupported()
+
+
+def _as_clamp(f) -> tuple[float, float] | None:
+    """(lo, hi) if f(x) == clamp(x, lo, hi) on the samples (lo/hi may be -inf/+inf)."""
+    big = 1e30
+    lo, hi = f(-big), f(big)
+    lo = -math.inf if lo == -big else lo
+    hi = math.inf if hi == big else hi
+    if not (lo <= hi):
+        return None
+    for x in _SAMPLES:
+        if f(x) != min(max(x, lo), hi):
+            return None
+    return lo, hi
+
+
+def _is_add(f) -> bool:
+    return all(f(a, b) == a + b for a in _SAMPLES[::2] for b in _SAMPLES[1::3])
+
+
+# --------------------------------------------------------------------------- the rewrite
+
+
+@dataclass
+class _Fusion:
+    overwrite: bool = False
+    bias: object = None  # Value of a 1-D memref
+    bias_per_col: bool = False
+    residual: object = None
+    lo: float = -math.inf
+    hi: float = math.inf
+    dst: object = None
+    erase: list = field(default_factory=list)  # ops absorbed into the kernel
+
+
+class _Rewriter:
+    def __init__(self, module, func_op):
+        from torch_mlir import ir
+
+        self.ir = ir
+        self.module = module
+        self.block = func_op.regions[0].blocks[0]
+        self.globals = {}
+        for op in module.body.operations:
+            if op.operation.name == "memref.global":
+                self.globals[ir.StringAttr(op.attributes["sym_name"]).value] = op
+        self.reindex()
+
+    def reindex(self) -> None:
+        self.ops = [op.operation for op in self.block.operations]
+        self.index = {op: i for i, op in enumerate(self.ops)}
+
+    def top(self, op) -> int:
+        op = op.operation if hasattr(op, "operation") else op
+        while op not in self.index:
+            op = op.parent
+        return self.index[op]
+
+    def neighbor(self, i: int, step: int):
+        """The nearest top-level op from position i in direction `step` that has an effect."""
+        j = i + step
+        while 0 <= j < len(self.ops) and self.ops[j].name in _NO_EFFECT:
+            j += step
+        return self.ops[j] if 0 <= j < len(self.ops) else None
+
+    def user_positions(self, value) -> list[int]:
+        users: list = []
+        collect_users(value, users)
+        return [self.top(u) for u in users]
+
+    def scalar_global(self, value):
+        """The float in a 0-d memref that is a `memref.get_global` of a splat constant, else None."""
+        ir = self.ir
+        op = _defining_op(value)
+        if op is None or op.name != "memref.get_global":
+            return None
+        name = ir.FlatSymbolRefAttr(op.attributes["name"]).value
+        glob = self.globals.get(name)
+        if glob is None or "initial_value" not in glob.attributes:
+            return None
+        init = glob.attributes["initial_value"]
+        try:
+            dense = ir.DenseFPElementsAttr(init)
+        except ValueError:
+            return None
+        return dense[0] if dense.is_splat or len(dense) == 1 else None
+
+    # ---------------------------------------------------------------- prologue / padding
+
+    def fill_value(self, op):
+        """The constant an op writes to its whole output if it is a fill (linalg.fill / map)."""
+        if op.name == "linalg.fill":
+            return _float_constant(op.operands[0])
+        if op.name == "linalg.map" and len(op.operands) == 1:
+            term = list(op.regions[0].blocks[0].operations)[-1]
+            return _float_constant(term.operands[0]) if len(term.operands) == 1 else None
+        return None
+
+    def last_writer_is_zero_fill(self, buf, before: int) -> bool:
+        positions = [p for p in self.user_positions(buf) if p < before]
+        if not positions:
+            return False
+        writer = self.ops[max(positions)]
+        while writer.name == "memref.copy" and writer.operands[0] == buf:  # reads of buf: look further back
+            positions = [p for p in positions if p < self.index[writer]]
+            if not positions:
+                return False
+            writer = self.ops[max(positions)]
+        return self.fill_value(writer) == 0.0 and writer.operands[-1] == buf
+
+    def prologue(self, kernel_op, out, bias_dims, fusion: _Fusion) -> None:
+        i = self.index[kernel_op]
+        p = self.neighbor(i, -1)
+        if p is None:
+            return
+        if self.fill_value(p) == 0.0 and p.operands[-1] == out:
+            fusion.overwrite = True
+            fusion.erase.append(p)
+        elif p.name == "linalg.broadcast" and p.operands[1] == out and bias_dims is not None \
+                and _ints(p, "dimensions") == bias_dims[0] and _is_dense_f32(p.operands[0], 1):
+            fusion.overwrite, fusion.bias, fusion.bias_per_col = True, p.operands[0], bias_dims[1]
+            fusion.erase.append(p)
+        elif p.name == "memref.copy" and p.operands[1] == out \
+                and self.last_writer_is_zero_fill(p.operands[0], self.index[p]):
+            fusion.overwrite = True
+            fusion.erase.append(p)
+
+    def unpadded_input(self, x, kernel_op, out):
+        """If `x` is a zero-filled buffer holding a copy of another tensor in its middle, return
+        (that tensor, pad_top, pad_left, ops to erase); else None. The copy's source must stay
+        intact until the kernel reads it, and must not be the kernel's output (bufferization
+        happily reuses a dead source as the output once the copy exists)."""
+        alloc = _defining_op(x)
+        if alloc is None or alloc.name != "memref.alloc":
+            return None
+        fill = subview = copy = None
+        for use in x.uses:
+            u = use.owner.operation if hasattr(use.owner, "operation") else use.owner
+            if u == kernel_op:
+                continue
+            if u.name == "memref.subview" and subview is None:
+                subview = u
+            elif self.fill_value(u) == 0.0 and fill is None:
+                fill = u
+            else:
+                return None
+        if fill is None or subview is None:
+            return None
+        sub_uses = list(subview.result.uses)
+        if len(sub_uses) != 1:
+            return None
+        copy = sub_uses[0].owner.operation
+        if copy.name != "memref.copy" or copy.operands[1] != subview.result:
+            return None
+        src = copy.operands[0]
+        offsets, strides = _ints(subview, "static_offsets"), _ints(subview, "static_strides")
+        if len(offsets) != 4 or offsets[:2] != [0, 0] or strides != [1, 1, 1, 1] or not _is_dense_f32(src, 4):
+            return None
+        if not (self.index[fill] < self.index[copy] < self.index[kernel_op]) or src == out:
+            return None
+        if any(self.index[copy] < p < self.index[kernel_op] for p in self.user_positions(src)):
+            return None  # something between the copy and the kernel touches the source
+        return src, offsets[2], offsets[3], [copy, subview, fill, alloc]
+
+    # ---------------------------------------------------------------- epilogue
+
+    def epilogue(self, kernel_op, out, bias_layout, fusion: _Fusion, inputs) -> None:
+        ir = self.ir
+        cur, last = out, self.index[kernel_op]
+        stage = 0  # 0: bias allowed, 1: residual allowed, 2: clamps only
+        while True:
+            e = self.neighbor(last, +1)
+            if e is None or e.name != "linalg.generic":
+                return
+            n_out = 1
+            operands = list(e.operands)
+            ins, outs = operands[:-n_out], operands[-n_out:]
+            maps = [ir.AffineMapAttr(m).value for m in ir.ArrayAttr(e.attributes["indexing_maps"])]
+            iters = str(e.attributes["iterator_types"])
+            if "reduction" in iters or len(outs) != 1 or len(maps) != len(operands):
+                return
+            target = outs[0]
+            if target.type != cur.type or not _is_dense_f32(target, cur.type.rank) or not maps[-1].is_permutation \
+                    or str(maps[-1]) != str(ir.AffineMap.get_identity(cur.type.rank)):
+                return
+            block_args = list(e.regions[0].blocks[0].arguments)
+            if list(block_args[-1].uses):
+                return  # the body reads the output: not a pure elementwise map
+            cur_slots = [k for k, v in enumerate(ins) if v == cur]
+            if len(cur_slots) != 1 or str(maps[cur_slots[0]]) != str(maps[-1]):
+                return
+            slot = cur_slots[0]
+            # The value in `cur` must not be needed after this op (unless the op overwrites it).
+            if target != cur and any(p > self.index[e] for p in self.user_positions(cur)):
+                return
+            if target in inputs:
+                return
+            others = [k for k in range(len(ins)) if k != slot]
+            try:
+                if not others:
+                    clamp = _as_clamp(lambda x: _evaluate(e.regions[0], self._args(slot, x, None, len(ins))))
+                    kind = ("clamp", clamp) if clamp else None
+                elif len(others) == 1:
+                    k = others[0]
+                    other = ins[k]
+                    scalar = self.scalar_global(other) if other.type.rank == 0 else None
+                    if scalar is not None:
+                        clamp = _as_clamp(lambda x: _evaluate(e.regions[0], self._args(slot, x, (k, scalar), len(ins))))
+                        kind = ("clamp", clamp) if clamp else None
+                    elif _is_add(lambda a, b: _evaluate(e.regions[0], self._args(slot, a, (k, b), len(ins)))):
+                        if other.type == cur.type and str(maps[k]) == str(maps[-1]) and _is_dense_f32(other, cur.type.rank):
+                            kind = ("residual", other)
+                        elif bias_layout is not None and _is_dense_f32(other, 1) \
+                                and str(maps[k]) == bias_layout and other.type.shape[0] == cur.type.shape[-1]:
+                            kind = ("bias", other)
+                        else:
+                            kind = None
+                    else:
+                        kind = None
+                else:
+                    kind = None
+            except _Unsupported:
+                kind = None
+            if kind is None:
+                return
+            if kind[0] == "bias":
+                if stage > 0 or not fusion.overwrite or fusion.bias is not None:
+                    return
+                fusion.bias, fusion.bias_per_col, stage = kind[1], True, 1
+            elif kind[0] == "residual":
+                if stage > 1:
+                    return
+                fusion.residual, stage = kind[1], 2
+            else:
+                lo, hi = kind[1]
+                lo, hi = max(fusion.lo, lo), min(fusion.hi, hi)
+                if lo > hi:
+                    return
+                fusion.lo, fusion.hi, stage = lo, hi, 2
+            fusion.erase.append(e)
+            fusion.dst = target
+            cur, last = target, self.index[e]
+
+    @staticmethod
+    def _args(slot: int, x: float, other, n_ins: int) -> list[float]:
+        args = [0.0] * (n_ins + 1)
+        args[slot] = x
+        if other is not None:
+            args[other[0]] = other[1]
+        return args
+
+    # ---------------------------------------------------------------- emission
+
+    def emit(self, kernel_op, name: str, leading: list, scratch_floats, dims_before: list, fusion: _Fusion,
+             trailing_dims: list, out):
+        from torch_mlir.dialects import arith, func, memref
+
+        ir = self.ir
+        i64, f32 = ir.IntegerType.get_signless(64), ir.F32Type.get()
+        with ir.InsertionPoint(kernel_op), kernel_op.location:
+            def ptr(v):
+                if v is None:
+                    return arith.ConstantOp(i64, 0).result
+                index = memref.ExtractAlignedPointerAsIndexOp(v).result
+                return arith.IndexCastOp(i64, index).result
+
+            args = [ptr(v) for v in leading]
+            if scratch_floats is not None:
+                if scratch_floats:
+                    alloc = memref.AllocOp(ir.MemRefType.get([scratch_floats], f32), [], [])
+                    alloc.attributes["alignment"] = ir.IntegerAttr.get(i64, 64)
+                    args.append(ptr(alloc.result))
+                else:
+                    args.append(ptr(None))
+            args += [arith.ConstantOp(i64, d).result for d in dims_before]
+            args += [arith.ConstantOp(i64, int(fusion.overwrite)).result, ptr(fusion.bias)]
+            args += [arith.ConstantOp(i64, d).result for d in trailing_dims]
+            args += [ptr(fusion.residual),
+                     arith.ConstantOp(f32, fusion.lo).result, arith.ConstantOp(f32, fusion.hi).result,
+                     ptr(fusion.dst if fusion.dst is not None else out)]
+            func.CallOp([], name, args)
+        for op in [kernel_op, *fusion.erase]:
+            op.erase()
+        return [a.type for a in args]
+
+    def run(self) -> Counter:
+        ir = self.ir
+        used: Counter = Counter()
+        signatures: dict[str, list] = {}
+        start = 0
+        while start < len(self.ops):
+            kernel_op = self.ops[start]
+            start += 1
+            name = kernel_op.name
+            operands = list(kernel_op.operands)
+            fusion = _Fusion()
+            if name in ("linalg.conv_2d_nchw_fchw", "linalg.depthwise_conv_2d_nchw_chw"):
+                depthwise = name == "linalg.depthwise_conv_2d_nchw_chw"
+                x, w, y = operands
+                if not (_is_dense_f32(x, 4) and _is_dense_f32(w, 3 if depthwise else 4) and _is_dense_f32(y, 4)):
+                    continue
+                (sh, sw), (dh, dw) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
+                pt = pl = 0
+                unpadded = self.unpadded_input(x, kernel_op, y)
+                if unpadded:
+                    x, pt, pl, absorbed = unpadded
+                    fusion.erase += absorbed
+                n, c, h, wd = x.type.shape
+                kh, kw = w.type.shape[-2:]
+                co, oh, ow = y.type.shape[1:]
+                self.prologue(kernel_op, y, ([0, 2, 3], False), fusion)
+                self.epilogue(kernel_op, y, None, fusion, {x, w})
+                dims = [n, c, h, wd] + ([] if depthwise else [co]) + [kh, kw, oh, ow, sh, sw, dh, dw, pt, pl]
+                if depthwise:
+                    sig = self.emit(kernel_op, "mlrt_depthwise_conv2d_f32", [x, w, y], None, dims, fusion, [], y)
+                    kernel = "mlrt_depthwise_conv2d_f32"
+                else:
+                    sig = self.emit(kernel_op, "mlrt_conv2d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
+                                    dims, fusion, [], y)
+                    kernel = "mlrt_conv2d_f32"
+            elif name in _DEFAULT_MAPS and _plain_matmul(kernel_op, name):
+                rank = 2 if name == "linalg.matmul" else 3
+                if not all(_is_dense_f32(v, rank) for v in operands):
+                    continue
                 a, b, c_out = operands
                 batch = 1 if rank == 2 else a.type.shape[0]
                 m, k = a.type.shape[-2:]
                 n = b.type.shape[-1]
+                bias_dims = ([0], True) if rank == 2 else ([0, 1], True)
+                col_map = "(d0, d1) -> (d1)" if rank == 2 else "(d0, d1, d2) -> (d2)"
+                self.prologue(kernel_op, c_out, bias_dims, fusion)
+                self.epilogue(kernel_op, c_out, f"affine_map<{col_map}>", fusion, {a, b})
                 scratch = _packed_floats(k, n) if m >= PACK_MIN_ROWS else 0
-                call = ("mlrt_matmul_f32", [a, b, c_out], scratch, [batch, m, n, k])
-        if call is None:
-            continue
-
-        kernel, buffers, scratch_floats, dims = call
-        with ir.InsertionPoint(op), op.location:
-            args = []
-            if kernel == "mlrt_depthwise_conv2d_f32":
-                scratch_ptrs = []
-            elif scratch_floats:
-                alloc = memref.AllocOp(ir.MemRefType.get([scratch_floats], f32), [], [])
-                alloc.attributes["alignment"] = ir.IntegerAttr.get(i64, 64)
-                scratch_ptrs = [alloc.result]
+                fusion_trailing = [int(fusion.bias_per_col)]
+                sig = self.emit(kernel_op, "mlrt_matmul_f32", [a, b, c_out], scratch, [batch, m, n, k], fusion,
+                                fusion_trailing, c_out)
+                kernel = "mlrt_matmul_f32"
             else:
-                scratch_ptrs = [None]
-            for v in buffers + scratch_ptrs:
-                if v is None:
-                    args.append(arith.ConstantOp(i64, 0).result)  # no scratch: the kernel reads B in place
-                else:
-                    index = memref.ExtractAlignedPointerAsIndexOp(v).result
-                    args.append(arith.IndexCastOp(i64, index).result)
-            args += [arith.ConstantOp(i64, d).result for d in dims]
-            func.CallOp([], kernel, args)
-        op.operation.erase()
-        used[kernel] += 1
-        arities[kernel] = len(args)
+                continue
+            used[kernel] += 1
+            signatures[kernel] = sig
+            self.reindex()  # erased ops lie before the new call: rescan from the top (calls never match)
+            start = 0
 
-    with ir.InsertionPoint.at_block_begin(module.body), ir.Location.unknown():
-        for kernel, arity in sorted(arities.items()):
-            func.FuncOp(kernel, ir.FunctionType.get([i64] * arity, []), visibility="private")
-    return used
+        with ir.InsertionPoint.at_block_begin(self.module.body), ir.Location.unknown():
+            from torch_mlir.dialects import func
+
+            for kernel, types in sorted(signatures.items()):
+                func.FuncOp(kernel, ir.FunctionType.get(types, []), visibility="private")
+        return used
+
+
+def replace_with_kernel_calls(module, func_op) -> Counter:
+    """Rewrites supported ops in `func_op`; returns how many of each kernel were used."""
+    return _Rewriter(module, func_op).run()

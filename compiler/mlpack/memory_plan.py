@@ -121,13 +121,14 @@ def _memref_bytes(mtype) -> int:
     return count * ((bits + 7) // 8)
 
 
-def _collect_users(value, out: list) -> None:
+def collect_users(value, out: list) -> None:
+    """Every op using `value` or a view/address of it (through the ops in _VIEW_OPS)."""
     for use in value.uses:
         op = use.owner
         out.append(op)
         if op.operation.name in _VIEW_OPS:
             for r in op.results:
-                _collect_users(r, out)
+                collect_users(r, out)
 
 
 def assign_arena(func_op) -> MemoryPlan:
@@ -149,7 +150,7 @@ def assign_arena(func_op) -> MemoryPlan:
     for i, op in enumerate(top):
         if op.operation.name == "memref.alloc":
             users: list = []
-            _collect_users(op.result, users)
+            collect_users(op.result, users)
             last = max([top_index(u) for u in users], default=i)
             allocs.append(op)
             buffers.append(Buffer(_align(_memref_bytes(op.result.type)), i, last))

@@ -1,6 +1,7 @@
-/* Convolutions, NCHW fp32 on an already padded input (torch-mlir materializes the padding).
+/* Convolutions, NCHW fp32. Zero padding is applied here (pad_top/pad_left; the bottom/right
+ * padding follows from OH/OW), so the compiler can drop torch-mlir's padded copy of the input.
  * conv2d: im2col written straight into the packed-panel layout of the GEMM's B operand, then
- *   Y[CO x OH*OW] += W[CO x C*KH*KW] * cols, with the weights read in place as A.
+ *   Y[CO x OH*OW] = epilogue(W[CO x C*KH*KW] * cols), the weights read in place as A.
  * depthwise: a direct loop per channel, vectorized by the compiler along the output row. */
 #include <string.h>
 
@@ -9,89 +10,120 @@
 enum { NR = MLRT_NR };
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 typedef struct {
   const float *x;
   float *bp;
-  int64_t C, H, W, KH, KW, OW, N, sh, sw, dh, dw;
+  int64_t C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pt, pl;
 } im2col_job;
 
 static void im2col_panel(void *ctx, int64_t p) {
   const im2col_job *j = (const im2col_job *)ctx;
-  const int64_t K = j->C * j->KH * j->KW;
+  const int64_t taps = j->KH * j->KW, K = j->C * taps, plane = j->H * j->W;
   float *dst = j->bp + p * K * NR;
-  int64_t off[NR];
-  int valid = 0, contiguous = 1;
+  int64_t oy[NR], ox[NR];
   for (int l = 0; l < NR; ++l) {
     const int64_t pos = p * NR + l;
-    if (pos < j->N) {
-      const int64_t oy = pos / j->OW, ox = pos % j->OW;
-      off[l] = oy * j->sh * j->W + ox * j->sw;
-      ++valid;
-      if (l > 0 && off[l] != off[l - 1] + 1) contiguous = 0;
-    } else {
-      off[l] = -1;
-    }
+    oy[l] = pos < j->N ? pos / j->OW : -1;
+    ox[l] = pos < j->N ? pos % j->OW : 0;
   }
-  contiguous = contiguous && valid == NR;
-  int64_t k = 0;
-  for (int64_t c = 0; c < j->C; ++c)
-    for (int64_t ky = 0; ky < j->KH; ++ky)
-      for (int64_t kx = 0; kx < j->KW; ++kx, ++k) {
-        const float *src = j->x + c * j->H * j->W + ky * j->dh * j->W + kx * j->dw;
-        float *d = dst + k * NR;
+  for (int64_t ky = 0; ky < j->KH; ++ky)
+    for (int64_t kx = 0; kx < j->KW; ++kx) {
+      /* offsets of this tap for the 16 output positions; -1 where it falls in the padding */
+      int64_t off[NR];
+      int contiguous = 1;
+      for (int l = 0; l < NR; ++l) {
+        const int64_t iy = oy[l] * j->sh + ky * j->dh - j->pt, ix = ox[l] * j->sw + kx * j->dw - j->pl;
+        off[l] = (oy[l] >= 0 && iy >= 0 && iy < j->H && ix >= 0 && ix < j->W) ? iy * j->W + ix : -1;
+        if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 1)) contiguous = 0;
+      }
+      float *d = dst + (ky * j->KW + kx) * NR;
+      const float *src = j->x;
+      for (int64_t c = 0; c < j->C; ++c, d += taps * NR, src += plane) {
         if (contiguous) {
           memcpy(d, src + off[0], NR * sizeof(float));
         } else {
           for (int l = 0; l < NR; ++l) d[l] = off[l] >= 0 ? src[off[l]] : 0.0f;
         }
       }
+    }
 }
 
 void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
                      int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
-                     int64_t dh, int64_t dw) {
+                     int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                     int64_t residual, float act_lo, float act_hi, int64_t dst) {
   const float *X = (const float *)(intptr_t)x, *Wt = (const float *)(intptr_t)w;
   float *Y = (float *)(intptr_t)y, *Bp = (float *)(intptr_t)scratch;
   const int64_t K = C * KH * KW, N = OH * OW;
   for (int64_t n = 0; n < batch; ++n) {
-    im2col_job j = {X + n * C * H * W, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw};
+    const int64_t y_off = n * CO * N;
+    mlrt_epilogue ep = {(int)overwrite, (const float *)(intptr_t)bias, 0,
+                        residual ? (const float *)(intptr_t)residual + y_off : NULL, act_lo, act_hi,
+                        (float *)(intptr_t)dst + y_off};
+    im2col_job j = {X + n * C * H * W, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left};
     mlrt_parallel_for((N + NR - 1) / NR, im2col_panel, &j);
-    mlrt_gemm_packed(CO, N, K, Wt, K, Bp, Y + n * CO * N, N);
+    mlrt_gemm_packed(CO, N, K, Wt, K, Bp, Y + y_off, N, &ep);
   }
 }
 
 typedef struct {
   const float *x, *w;
   float *y;
-  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw;
+  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl;
+  mlrt_epilogue ep;
 } depthwise_job;
 
 static void depthwise_channel(void *ctx, int64_t t) {
   const depthwise_job *j = (const depthwise_job *)ctx;
-  const int64_t c = t % j->C;
+  const mlrt_epilogue *ep = &j->ep;
+  const int64_t c = t % j->C, plane_out = j->OH * j->OW;
   const float *in = j->x + t * j->H * j->W; /* t = n * C + c */
   const float *f = j->w + c * j->KH * j->KW;
-  float *out = j->y + t * j->OH * j->OW;
+  float *out = j->y + t * plane_out;
+  const float init = !ep->overwrite ? 0.0f : ep->bias ? ep->bias[c] : 0.0f;
   for (int64_t oy = 0; oy < j->OH; ++oy) {
     float *restrict o = out + oy * j->OW;
-    for (int64_t ky = 0; ky < j->KH; ++ky)
+    if (ep->overwrite)
+      for (int64_t ox = 0; ox < j->OW; ++ox) o[ox] = init;
+    for (int64_t ky = 0; ky < j->KH; ++ky) {
+      const int64_t iy = oy * j->sh + ky * j->dh - j->pt;
+      if (iy < 0 || iy >= j->H) continue;
       for (int64_t kx = 0; kx < j->KW; ++kx) {
         const float wv = f[ky * j->KW + kx];
-        const float *restrict row = in + (oy * j->sh + ky * j->dh) * j->W + kx * j->dw;
+        /* ox range whose input column ix = ox*sw + kx*dw - pl lies inside [0, W) */
+        const int64_t shift = kx * j->dw - j->pl;
+        const int64_t ox0 = shift >= 0 ? 0 : (-shift + j->sw - 1) / j->sw;
+        const int64_t ox1 = min64(j->OW, max64(0, (j->W - shift + j->sw - 1) / j->sw));
+        if (ox0 >= ox1) continue;
+        const float *restrict row = in + iy * j->W + ox0 * j->sw + shift; /* input for ox0 */
+        float *restrict oo = o + ox0;
         if (j->sw == 1) {
-          for (int64_t ox = 0; ox < j->OW; ++ox) o[ox] += wv * row[ox];
+          for (int64_t i = 0; i < ox1 - ox0; ++i) oo[i] += wv * row[i];
         } else {
-          for (int64_t ox = 0; ox < j->OW; ++ox) o[ox] += wv * row[ox * j->sw];
+          for (int64_t i = 0; i < ox1 - ox0; ++i) oo[i] += wv * row[i * j->sw];
         }
       }
+    }
+    const int64_t off = t * plane_out + oy * j->OW;
+    float *restrict d = ep->dst + off;
+    const float *restrict r = ep->residual ? ep->residual + off : NULL;
+    for (int64_t ox = 0; ox < j->OW; ++ox) {
+      float v = o[ox] + (r ? r[ox] : 0.0f);
+      v = v < ep->lo ? ep->lo : v;
+      d[ox] = v > ep->hi ? ep->hi : v;
+    }
   }
 }
 
 void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
                                int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
-                               int64_t dw) {
+                               int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                               int64_t residual, float act_lo, float act_hi, int64_t dst) {
   depthwise_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, C, H, W, KH, KW,
-                     OH, OW, sh, sw, dh, dw};
+                     OH, OW, sh, sw, dh, dw, pad_top, pad_left,
+                     {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual, act_lo,
+                      act_hi, (float *)(intptr_t)dst}};
   mlrt_parallel_for(batch * C, depthwise_channel, &j);
 }

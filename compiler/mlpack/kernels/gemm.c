@@ -1,5 +1,6 @@
-/* SGEMM: C += A * B, fp32, row-major. B is packed into panels of MLRT_NR (16) columns
- * (panel j holds B[0..K)[16j..16j+16) contiguously, zero-padded), A is read in place.
+/* SGEMM with a fused epilogue: D = clamp((overwrite ? bias : C) + A * B + residual, lo, hi).
+ * fp32, row-major. B is packed into panels of MLRT_NR (16) columns (panel j holds
+ * B[0..K)[16j..16j+16) contiguously, zero-padded), A is read in place.
  * Register kernel: 6 rows x 16 columns = 12 AVX2 accumulators (BLIS "haswell" shape), blocked
  * over K (KC) and M (MC) for the caches. Without AVX2 (x86-64 baseline bundles) a plain C kernel
  * with the same blocking is compiled instead. */
@@ -16,19 +17,86 @@ enum { MR = 6, NR = MLRT_NR, KC = 256, MC = 96 };
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* Where one register tile lands, and what to do when storing it. */
+typedef struct {
+  const mlrt_epilogue *ep;
+  float *C;         /* tile origin in C */
+  int64_t ldc;
+  int64_t row, col; /* tile origin in the full C (for bias and residual/dst offsets) */
+  int64_t n;        /* valid columns, <= 16 */
+  int first, last;  /* first / last K block */
+} tile;
+
+/* Scalar version of the store: used for partial tiles and without AVX2. */
+static void store_row_scalar(const tile *t, int64_t r, const float *acc) {
+  const mlrt_epilogue *ep = t->ep;
+  float *c = t->C + r * t->ldc;
+  const int64_t off = (t->row + r) * t->ldc + t->col;
+  for (int64_t j = 0; j < t->n; ++j) {
+    float base;
+    if (t->first && ep->overwrite) {
+      base = !ep->bias ? 0.0f : ep->bias_per_col ? ep->bias[t->col + j] : ep->bias[t->row + r];
+    } else {
+      base = c[j];
+    }
+    float v = base + acc[j];
+    if (t->last) {
+      if (ep->residual) v += ep->residual[off + j];
+      v = v < ep->lo ? ep->lo : v;
+      v = v > ep->hi ? ep->hi : v;
+      ep->dst[off + j] = v;
+    } else {
+      c[j] = v;
+    }
+  }
+}
+
 #ifdef MLRT_HAVE_AVX2
-/* Adds one accumulated row (two ymm) to C[0..n). Values, not addresses: taking the address of an
- * accumulator would make the compiler keep every accumulator in memory inside the k loop. */
-static inline __attribute__((always_inline)) void store_row(float *c, __m256 x0, __m256 x1, int64_t n) {
-  if (n == NR) {
-    _mm256_storeu_ps(c, _mm256_add_ps(_mm256_loadu_ps(c), x0));
-    _mm256_storeu_ps(c + 8, _mm256_add_ps(_mm256_loadu_ps(c + 8), x1));
-  } else {
+/* Stores one accumulated row (two ymm). Values, not addresses: taking an accumulator's address
+ * would make the compiler keep every accumulator in memory inside the k loop. */
+static inline __attribute__((always_inline)) void store_row(const tile *t, int64_t r, __m256 x0, __m256 x1) {
+  const mlrt_epilogue *ep = t->ep;
+  if (t->n != NR) {
     float tmp[NR];
     _mm256_storeu_ps(tmp, x0);
     _mm256_storeu_ps(tmp + 8, x1);
-    for (int64_t j = 0; j < n; ++j) c[j] += tmp[j];
+    store_row_scalar(t, r, tmp);
+    return;
   }
+  float *c = t->C + r * t->ldc;
+  __m256 b0, b1;
+  if (t->first && ep->overwrite) {
+    if (!ep->bias) {
+      b0 = b1 = _mm256_setzero_ps();
+    } else if (ep->bias_per_col) {
+      b0 = _mm256_loadu_ps(ep->bias + t->col);
+      b1 = _mm256_loadu_ps(ep->bias + t->col + 8);
+    } else {
+      b0 = b1 = _mm256_broadcast_ss(ep->bias + t->row + r);
+    }
+  } else {
+    b0 = _mm256_loadu_ps(c);
+    b1 = _mm256_loadu_ps(c + 8);
+  }
+  x0 = _mm256_add_ps(b0, x0);
+  x1 = _mm256_add_ps(b1, x1);
+  if (!t->last) {
+    _mm256_storeu_ps(c, x0);
+    _mm256_storeu_ps(c + 8, x1);
+    return;
+  }
+  const int64_t off = (t->row + r) * t->ldc + t->col;
+  if (ep->residual) {
+    x0 = _mm256_add_ps(x0, _mm256_loadu_ps(ep->residual + off));
+    x1 = _mm256_add_ps(x1, _mm256_loadu_ps(ep->residual + off + 8));
+  }
+  const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
+  /* max/min return their second operand when one is NaN: keep x second so NaN propagates, as
+   * in PyTorch (relu(nan) = nan). */
+  x0 = _mm256_min_ps(hi, _mm256_max_ps(lo, x0));
+  x1 = _mm256_min_ps(hi, _mm256_max_ps(lo, x1));
+  _mm256_storeu_ps(ep->dst + off, x0);
+  _mm256_storeu_ps(ep->dst + off + 8, x1);
 }
 
 /* C[ROWS x n] += A[ROWS x K] * Bp[K x 16]: 2*ROWS named accumulators stay in registers
@@ -40,33 +108,30 @@ static inline __attribute__((always_inline)) void store_row(float *c, __m256 x0,
     c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1);              \
   }
 #define ROW_STORE(r) \
-  if (rows > r) store_row(C + r * ldc, c##r##0, c##r##1, n);
-#define DEFINE_UKERNEL(ROWS)                                                                                  \
-  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc, \
-                             int64_t n) {                                                                     \
-    const int rows = ROWS;                                                                                    \
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;                 \
-    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                                 \
-    for (int64_t k = 0; k < K; ++k) {                                                                         \
-      const __m256 b0 = _mm256_load_ps(Bp + k * NR);                                                          \
-      const __m256 b1 = _mm256_load_ps(Bp + k * NR + 8);                                                      \
-      ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)                                        \
-    }                                                                                                         \
-    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)                              \
+  if (rows > r) store_row(t, r, c##r##0, c##r##1);
+#define DEFINE_UKERNEL(ROWS)                                                                 \
+  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) { \
+    const int rows = ROWS;                                                                   \
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00; \
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                \
+    for (int64_t k = 0; k < K; ++k) {                                                        \
+      const __m256 b0 = _mm256_load_ps(Bp + k * NR);                                         \
+      const __m256 b1 = _mm256_load_ps(Bp + k * NR + 8);                                     \
+      ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)                       \
+    }                                                                                        \
+    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)             \
   }
 #else
-#define DEFINE_UKERNEL(ROWS)                                                                                  \
-  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc, \
-                             int64_t n) {                                                                     \
-    float acc[ROWS][NR];                                                                                      \
-    memset(acc, 0, sizeof(acc));                                                                              \
-    for (int64_t k = 0; k < K; ++k)                                                                           \
-      for (int i = 0; i < ROWS; ++i) {                                                                        \
-        const float a = A[i * lda + k];                                                                       \
-        for (int j = 0; j < NR; ++j) acc[i][j] += a * Bp[k * NR + j];                                         \
-      }                                                                                                       \
-    for (int i = 0; i < ROWS; ++i)                                                                            \
-      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] += acc[i][j];                                            \
+#define DEFINE_UKERNEL(ROWS)                                                                 \
+  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) { \
+    float acc[ROWS][NR];                                                                     \
+    memset(acc, 0, sizeof(acc));                                                             \
+    for (int64_t k = 0; k < K; ++k)                                                          \
+      for (int i = 0; i < ROWS; ++i) {                                                       \
+        const float a = A[i * lda + k];                                                      \
+        for (int j = 0; j < NR; ++j) acc[i][j] += a * Bp[k * NR + j];                        \
+      }                                                                                      \
+    for (int i = 0; i < ROWS; ++i) store_row_scalar(t, i, acc[i]);                           \
   }
 #endif
 
@@ -77,15 +142,14 @@ DEFINE_UKERNEL(4)
 DEFINE_UKERNEL(5)
 DEFINE_UKERNEL(6)
 
-static void ukernel_rows(int64_t mr, int64_t K, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc,
-                         int64_t n) {
+static void ukernel_rows(int64_t mr, int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) {
   switch (mr) {
-    case 6: ukernel_6(K, A, lda, Bp, C, ldc, n); break;
-    case 5: ukernel_5(K, A, lda, Bp, C, ldc, n); break;
-    case 4: ukernel_4(K, A, lda, Bp, C, ldc, n); break;
-    case 3: ukernel_3(K, A, lda, Bp, C, ldc, n); break;
-    case 2: ukernel_2(K, A, lda, Bp, C, ldc, n); break;
-    default: ukernel_1(K, A, lda, Bp, C, ldc, n); break;
+    case 6: ukernel_6(K, A, lda, Bp, t); break;
+    case 5: ukernel_5(K, A, lda, Bp, t); break;
+    case 4: ukernel_4(K, A, lda, Bp, t); break;
+    case 3: ukernel_3(K, A, lda, Bp, t); break;
+    case 2: ukernel_2(K, A, lda, Bp, t); break;
+    default: ukernel_1(K, A, lda, Bp, t); break;
   }
 }
 
@@ -93,13 +157,14 @@ typedef struct {
   int64_t M, N, K, lda, ldc;
   const float *A, *Bp;
   float *C;
+  const mlrt_epilogue *ep;
   int64_t panels, panel_chunk, m_chunk, n_tasks_n;
 } gemm_job;
 
 /* One task: rows [m0, m1) x panels [p0, p1). */
-static void gemm_task(void *ctx, int64_t t) {
+static void gemm_task(void *ctx, int64_t task) {
   const gemm_job *g = (const gemm_job *)ctx;
-  const int64_t tm = t / g->n_tasks_n, tn = t % g->n_tasks_n;
+  const int64_t tm = task / g->n_tasks_n, tn = task % g->n_tasks_n;
   const int64_t m0 = tm * g->m_chunk, m1 = min64(g->M, m0 + g->m_chunk);
   const int64_t p0 = tn * g->panel_chunk, p1 = min64(g->panels, p0 + g->panel_chunk);
   for (int64_t pc = 0; pc < g->K; pc += KC) {
@@ -108,19 +173,29 @@ static void gemm_task(void *ctx, int64_t t) {
       const int64_t mc_end = min64(m1, ic + MC);
       for (int64_t p = p0; p < p1; ++p) {
         const float *bp = g->Bp + p * g->K * NR + pc * NR;
-        const int64_t n = min64(NR, g->N - p * NR);
-        for (int64_t i = ic; i < mc_end; i += MR)
-          ukernel_rows(min64(MR, mc_end - i), kc, g->A + i * g->lda + pc, g->lda, bp, g->C + i * g->ldc + p * NR,
-                       g->ldc, n);
+        for (int64_t i = ic; i < mc_end; i += MR) {
+          tile t = {g->ep, g->C + i * g->ldc + p * NR, g->ldc, i, p * NR, min64(NR, g->N - p * NR),
+                    pc == 0, pc + kc >= g->K};
+          ukernel_rows(min64(MR, mc_end - i), kc, g->A + i * g->lda + pc, g->lda, bp, &t);
+        }
       }
     }
   }
 }
 
 void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
-                      int64_t ldc) {
-  if (M <= 0 || N <= 0 || K <= 0) return;
-  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, (N + NR - 1) / NR, 0, 0, 0};
+                      int64_t ldc, const mlrt_epilogue *ep) {
+  if (M <= 0 || N <= 0) return;
+  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 0, 0, 0};
+  if (K <= 0) {  /* no product: only the epilogue (one zero-depth block) */
+    float zero[NR] = {0};
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t p = 0; p < g.panels; ++p) {
+        tile t = {ep, C + i * ldc + p * NR, ldc, i, p * NR, min64(NR, N - p * NR), 1, 1};
+        store_row_scalar(&t, 0, zero);
+      }
+    return;
+  }
   const int64_t threads = mlrt_threads();
   /* Split columns (panels) first: each task then reads all of A once per K block. When there are
    * fewer panels than threads, split rows too (in multiples of MR). */
@@ -163,42 +238,58 @@ typedef struct {
   const float *A, *B;
   float *C;
   int64_t M, N, K, chunk;
+  const mlrt_epilogue *ep;
 } direct_job;
 
-/* C[M x N] += A[M x K] * B[K x N] reading B in place: for M this small, packing B would cost as
- * much memory traffic as the product itself. Tasks split the columns. */
-static void direct_task(void *ctx, int64_t t) {
+/* C[M x N] (op)= A[M x K] * B[K x N] reading B in place: for M this small, packing B would cost
+ * as much memory traffic as the product itself. Tasks split the columns. */
+static void direct_task(void *ctx, int64_t task) {
   const direct_job *d = (const direct_job *)ctx;
-  const int64_t j0 = t * d->chunk, j1 = min64(d->N, j0 + d->chunk);
+  const mlrt_epilogue *ep = d->ep;
+  const int64_t j0 = task * d->chunk, j1 = min64(d->N, j0 + d->chunk);
   for (int64_t i = 0; i < d->M; ++i) {
     const float *a = d->A + i * d->K;
     float *c = d->C + i * d->N;
+    if (ep->overwrite)
+      for (int64_t j = j0; j < j1; ++j)
+        c[j] = !ep->bias ? 0.0f : ep->bias_per_col ? ep->bias[j] : ep->bias[i];
     for (int64_t k = 0; k < d->K; ++k) {
       const float ak = a[k];
       const float *restrict b = d->B + k * d->N;
       for (int64_t j = j0; j < j1; ++j) c[j] += ak * b[j];
     }
+    for (int64_t j = j0; j < j1; ++j) {
+      float v = c[j] + (ep->residual ? ep->residual[i * d->N + j] : 0.0f);
+      v = v < ep->lo ? ep->lo : v;
+      ep->dst[i * d->N + j] = v > ep->hi ? ep->hi : v;
+    }
   }
 }
 
-/* ------------------------------------------------------------------------- entry points */
+/* ------------------------------------------------------------------------- entry point */
 
 void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t batch, int64_t M, int64_t N,
-                     int64_t K) {
+                     int64_t K, int64_t overwrite, int64_t bias, int64_t bias_per_col, int64_t residual, float act_lo,
+                     float act_hi, int64_t dst) {
   const float *A = (const float *)(intptr_t)a, *B = (const float *)(intptr_t)b;
   float *C = (float *)(intptr_t)c, *Bp = (float *)(intptr_t)scratch;
   for (int64_t bi = 0; bi < batch; ++bi) {
+    const int64_t c_off = bi * M * N;
+    /* bias is shared by all batch items; residual and dst advance like C */
+    mlrt_epilogue ep = {(int)overwrite, (const float *)(intptr_t)bias, (int)bias_per_col,
+                        residual ? (const float *)(intptr_t)residual + c_off : NULL, act_lo, act_hi,
+                        (float *)(intptr_t)dst + c_off};
     const float *Ab = A + bi * M * K, *Bb = B + bi * K * N;
-    float *Cb = C + bi * M * N;
+    float *Cb = C + c_off;
     if (!Bp) {
       int64_t chunk = (N + mlrt_threads() - 1) / mlrt_threads();
       chunk = (chunk + 15) / 16 * 16;
-      direct_job d = {Ab, Bb, Cb, M, N, K, chunk};
+      direct_job d = {Ab, Bb, Cb, M, N, K, chunk, &ep};
       mlrt_parallel_for((N + chunk - 1) / chunk, direct_task, &d);
       continue;
     }
     pack_job p = {Bb, Bp, K, N, N};
     mlrt_parallel_for((N + NR - 1) / NR, pack_panel, &p);
-    mlrt_gemm_packed(M, N, K, Ab, K, Bp, Cb, N);
+    mlrt_gemm_packed(M, N, K, Ab, K, Bp, Cb, N, &ep);
   }
 }

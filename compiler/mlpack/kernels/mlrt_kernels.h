@@ -28,17 +28,35 @@ void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx);
 /* Bytes of scratch mlrt_conv2d_f32 / mlrt_matmul_f32 need for their packed B operand. */
 static inline int64_t mlrt_packed_b_floats(int64_t K, int64_t N) { return ((N + MLRT_NR - 1) / MLRT_NR) * K * MLRT_NR; }
 
+/* What happens around the product, fused so the output is written once:
+ *   acc   = (overwrite ? bias : C) + A * B        (bias: per row, per column, or none -> 0)
+ *   D     = clamp(acc + residual, lo, hi)         (residual optional; D may be C)
+ * C holds partial sums while K is split into blocks; D receives the final values. */
+typedef struct {
+  int overwrite;      /* 1: ignore C's contents (the caller's zero/bias fill was fused here) */
+  const float *bias;  /* NULL, or one value per row (bias_per_col = 0) or per column (= 1) */
+  int bias_per_col;
+  const float *residual; /* NULL, or a tensor shaped like C */
+  float lo, hi;          /* clamp bounds: -inf/+inf when there is no activation */
+  float *dst;            /* final output (== C when not fused into another buffer) */
+} mlrt_epilogue;
+
+/* Entry points called by generated code. Pointers travel as int64; `act_lo/act_hi` clamp. */
 void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t batch, int64_t M, int64_t N,
-                     int64_t K);
+                     int64_t K, int64_t overwrite, int64_t bias, int64_t bias_per_col, int64_t residual, float act_lo,
+                     float act_hi, int64_t dst);
 void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
                      int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
-                     int64_t dh, int64_t dw);
+                     int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                     int64_t residual, float act_lo, float act_hi, int64_t dst);
 void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
                                int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
-                               int64_t dw);
+                               int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                               int64_t residual, float act_lo, float act_hi, int64_t dst);
 
-/* Internal: C[M x N] += A[M x K] (row stride lda) * Bp (packed panels of B[K x N]). */
+/* Internal: C[M x N] (op)= A[M x K] (row stride lda) * Bp (packed panels of B[K x N]), with `ep`
+ * applied (bias/residual/dst offsets already set for this C). */
 void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
-                      int64_t ldc);
+                      int64_t ldc, const mlrt_epilogue *ep);
 
 #endif

@@ -1,0 +1,89 @@
+"""The microkernels and the fusions around them (kernel_calls.py), one small model per path,
+each compared with eager PyTorch (fp32, rtol 1e-4). The names say which rewrite they exercise."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mlpack
+import mlrt
+import zoo
+from conftest import assert_matches_eager, flat_outputs
+
+
+class Residual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x)
+
+
+class Attention(nn.Module):
+    def forward(self, q, k):
+        return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ k
+
+
+class LinearChain(nn.Module):
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = rows
+        self.a = nn.Linear(300, 70)  # 300 > one K block of the GEMM (256): partial sums + epilogue
+        self.b = nn.Linear(70, 33, bias=False)
+
+    def forward(self, x):
+        return self.b(torch.clamp(self.a(x), -0.5, 0.5))
+
+
+def _bn(m):
+    with torch.no_grad():
+        zoo._randomize_batchnorm(m, torch.Generator().manual_seed(3))
+    return m.eval()
+
+
+CASES = {
+    "conv_bias_relu": (lambda: nn.Sequential(nn.Conv2d(3, 20, 3, padding=1), nn.ReLU()), [(1, 3, 17, 19)]),
+    "conv_bn_relu6_stride2": (lambda: _bn(nn.Sequential(nn.Conv2d(5, 12, 3, 2, 1, bias=False), nn.BatchNorm2d(12),
+                                                        nn.ReLU6())), [(2, 5, 15, 16)]),
+    "conv_asymmetric_dilated": (lambda: nn.Conv2d(4, 7, (3, 5), stride=(1, 2), padding=(2, 1), dilation=(2, 1)),
+                                [(1, 4, 12, 13)]),
+    "conv_deep_k": (lambda: nn.Conv2d(64, 10, 3, padding=1), [(1, 64, 6, 6)]),  # K = 576: split K blocks
+    "conv_residual_relu": (lambda: Residual(8), [(1, 8, 10, 10)]),
+    "conv_grouped_fallback": (lambda: nn.Conv2d(8, 8, 3, groups=2), [(1, 8, 9, 9)]),
+    "depthwise_pad_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
+                                                      nn.BatchNorm2d(8), nn.ReLU6())), [(1, 8, 11, 11)]),
+    "depthwise_stride2_bias": (lambda: nn.Conv2d(6, 6, 5, 2, 2, groups=6), [(1, 6, 13, 12)]),
+    "inverted_residual_inplace": (lambda: _bn(zoo.InvertedResidual(16, 16, 1, 6)), [(1, 16, 14, 14)]),
+    "linear_gemv": (lambda: LinearChain(1), [(1, 300)]),
+    "linear_gemm": (lambda: LinearChain(40), [(40, 300)]),
+    "batch_matmul": (lambda: Attention(), [(3, 20, 16), (3, 24, 16)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kernel_path_matches_eager(name, tmp_path):
+    torch.manual_seed(0)
+    make, shapes = CASES[name]
+    model = make().eval()
+    inputs = tuple(torch.randn(s) for s in shapes)
+    with torch.no_grad():
+        ref = flat_outputs(model(*inputs))
+    result = mlpack.build(model, inputs, tmp_path / "m.bundle")
+    out = mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs])
+    assert_matches_eager(out, ref)
+    kernels = result.manifest["targets"]["cpu"]["kernels"]
+    if "fallback" not in name:
+        assert kernels, f"{name}: expected a microkernel call"
+
+
+def test_relu_keeps_nan(tmp_path):
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.ReLU()).eval()
+    x = torch.randn(1, 2, 4, 4)
+    mlpack.build(model, (x,), tmp_path / "m.bundle")
+    x[0, 0, 1, 1] = float("nan")
+    out = mlrt.load(tmp_path / "m.bundle").run(x.numpy())
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
