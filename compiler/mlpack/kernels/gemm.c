@@ -167,8 +167,10 @@ static void gemm_task(void *ctx, int64_t task) {
   const int64_t tm = task / g->n_tasks_n, tn = task % g->n_tasks_n;
   const int64_t m0 = tm * g->m_chunk, m1 = min64(g->M, m0 + g->m_chunk);
   const int64_t p0 = tn * g->panel_chunk, p1 = min64(g->panels, p0 + g->panel_chunk);
-  for (int64_t pc = 0; pc < g->K; pc += KC) {
-    const int64_t kc = min64(KC, g->K - pc);
+  /* K blocks of equal size (<= KC): a short last block would cost a full extra pass over C. */
+  const int64_t blocks = (g->K + KC - 1) / KC, step = (g->K + blocks - 1) / blocks;
+  for (int64_t pc = 0; pc < g->K; pc += step) {
+    const int64_t kc = min64(step, g->K - pc);
     for (int64_t ic = m0; ic < m1; ic += MC) {
       const int64_t mc_end = min64(m1, ic + MC);
       for (int64_t p = p0; p < p1; ++p) {
