@@ -247,3 +247,23 @@ def test_threads_option(two_io):
     assert one.num_threads == 1 and three.num_threads == 3
     for a, b in zip(one.run_flat(x.numpy(), idx.numpy()), three.run_flat(x.numpy(), idx.numpy())):
         np.testing.assert_array_equal(a, b)
+
+
+def test_portable_sha256_path_agrees(two_io, tmp_path):
+    """The scalar SHA-256 (used where the CPU lacks SHA-NI) verifies and rejects like the fast one."""
+    src = two_io[2]
+    s = next(s for s in bundle_fmt.read_bundle(src).sections if s.name == "weights")
+    bad = tmp_path / "bad.bundle"
+    _flip(src, bad, s.offset + 3)
+    code = ("import mlrt, sys\n"
+            f"mlrt.load(r'{src}')\n"
+            "try:\n"
+            f"    mlrt.load(r'{bad}')\n"
+            "except mlrt.Error as e:\n"
+            "    print('rejected:', e)\n")
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "MLRT_DISABLE_SHA_NI": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "rejected:" in proc.stdout and "sha256" in proc.stdout

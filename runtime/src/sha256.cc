@@ -1,5 +1,9 @@
 #include "sha256.h"
 
+#include <cpuid.h>
+#include <immintrin.h>
+
+#include <cstdlib>
 #include <cstring>
 
 namespace mlrt {
@@ -46,13 +50,60 @@ void Compress(uint32_t state[8], const uint8_t block[64]) {
   state[4] += e; state[5] += f; state[6] += g; state[7] += h;
 }
 
+// The same compression with the x86 SHA extensions (SHA-NI: AMD Zen, Intel since Ice Lake),
+// ~5x faster: hashing the weights dominates load time otherwise. State layout as in Compress.
+__attribute__((target("sha,sse4.1,ssse3"))) void CompressBlocksShaNi(uint32_t state[8], const uint8_t* data,
+                                                                     size_t blocks) {
+  const __m128i kByteSwap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&state[0])), 0xB1);  // CDAB
+  __m128i state1 = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&state[4])), 0x1B);  // EFGH
+  __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);  // ABEF
+  state1 = _mm_blend_epi16(state1, tmp, 0xF0);       // CDGH
+  for (; blocks > 0; --blocks, data += 64) {
+    const __m128i abef = state0, cdgh = state1;
+    __m128i w[16];  // message words, four per entry
+    for (int g = 0; g < 16; ++g) {
+      if (g < 4) {
+        w[g] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(data + 16 * g)), kByteSwap);
+      } else {
+        __m128i x = _mm_sha256msg1_epu32(w[g - 4], w[g - 3]);
+        x = _mm_add_epi32(x, _mm_alignr_epi8(w[g - 1], w[g - 2], 4));
+        w[g] = _mm_sha256msg2_epu32(x, w[g - 1]);
+      }
+      __m128i msg = _mm_add_epi32(w[g], _mm_loadu_si128(reinterpret_cast<const __m128i*>(&kK[4 * g])));
+      state1 = _mm_sha256rnds2_epu32(state1, state0, msg);
+      state0 = _mm_sha256rnds2_epu32(state0, state1, _mm_shuffle_epi32(msg, 0x0E));
+    }
+    state0 = _mm_add_epi32(state0, abef);
+    state1 = _mm_add_epi32(state1, cdgh);
+  }
+  tmp = _mm_shuffle_epi32(state0, 0x1B);         // FEBA
+  state1 = _mm_shuffle_epi32(state1, 0xB1);      // DCHG
+  state0 = _mm_blend_epi16(tmp, state1, 0xF0);   // DCBA
+  state1 = _mm_alignr_epi8(state1, tmp, 8);      // HGFE
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&state[0]), state0);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&state[4]), state1);
+}
+
+bool HasShaNi() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 29))) return false;  // SHA
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 19)) && (c & (1u << 9));   // SSE4.1, SSSE3
+}
+
+void CompressBlocks(uint32_t state[8], const uint8_t* data, size_t blocks) {
+  static const bool sha_ni = HasShaNi() && std::getenv("MLRT_DISABLE_SHA_NI") == nullptr;
+  if (sha_ni) return CompressBlocksShaNi(state, data, blocks);
+  for (size_t i = 0; i < blocks; ++i) Compress(state, data + 64 * i);
+}
+
 }  // namespace
 
 Sha256Digest Sha256(const void* data, size_t size) {
   uint32_t state[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
   const auto* p = static_cast<const uint8_t*>(data);
   size_t full = size / 64;
-  for (size_t i = 0; i < full; ++i) Compress(state, p + 64 * i);
+  CompressBlocks(state, p, full);
 
   uint8_t tail[128] = {};
   size_t rest = size % 64;
@@ -61,7 +112,7 @@ Sha256Digest Sha256(const void* data, size_t size) {
   size_t tail_len = rest < 56 ? 64 : 128;
   uint64_t bits = static_cast<uint64_t>(size) * 8;
   for (int i = 0; i < 8; ++i) tail[tail_len - 1 - i] = static_cast<uint8_t>(bits >> (8 * i));
-  for (size_t off = 0; off < tail_len; off += 64) Compress(state, tail + off);
+  CompressBlocks(state, tail, tail_len / 64);
 
   Sha256Digest out{};
   for (int i = 0; i < 8; ++i) {
