@@ -63,7 +63,10 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
                         residual ? (const float *)(intptr_t)residual + y_off : NULL, act_lo, act_hi,
                         (float *)(intptr_t)dst + y_off};
     im2col_job j = {X + n * C * H * W, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left};
-    mlrt_parallel_for((N + NR - 1) / NR, im2col_panel, &j);
+    if (mlrt_threads_for(CO * N * K) == 1)
+      for (int64_t p = 0; p < (N + NR - 1) / NR; ++p) im2col_panel(&j, p);
+    else
+      mlrt_parallel_for((N + NR - 1) / NR, im2col_panel, &j);
     mlrt_gemm_packed(CO, N, K, Wt, K, Bp, Y + y_off, N, &ep);
   }
 }
@@ -125,5 +128,8 @@ void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, i
                      OH, OW, sh, sw, dh, dw, pad_top, pad_left,
                      {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual, act_lo,
                       act_hi, (float *)(intptr_t)dst}};
-  mlrt_parallel_for(batch * C, depthwise_channel, &j);
+  if (mlrt_threads_for(batch * C * OH * OW * KH * KW) == 1)
+    for (int64_t t = 0; t < batch * C; ++t) depthwise_channel(&j, t);
+  else
+    mlrt_parallel_for(batch * C, depthwise_channel, &j);
 }

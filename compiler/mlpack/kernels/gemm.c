@@ -198,7 +198,7 @@ void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
       }
     return;
   }
-  const int64_t threads = mlrt_threads();
+  const int64_t threads = mlrt_threads_for(M * N * K);
   /* Split columns (panels) first: each task then reads all of A once per K block. When there are
    * fewer panels than threads, split rows too (in multiples of MR). */
   int64_t tn = min64(g.panels, threads > 1 ? 2 * threads : 1);
@@ -209,7 +209,11 @@ void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
   g.m_chunk = ((M + tm - 1) / tm + MR - 1) / MR * MR;
   tm = (M + g.m_chunk - 1) / g.m_chunk;
   g.n_tasks_n = tn;
-  mlrt_parallel_for(tm * tn, gemm_task, &g);
+  if (threads == 1) {
+    for (int64_t t = 0; t < tm * tn; ++t) gemm_task(&g, t);
+  } else {
+    mlrt_parallel_for(tm * tn, gemm_task, &g);
+  }
 }
 
 /* ------------------------------------------------------------------------- packing B */
@@ -283,15 +287,22 @@ void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t b
                         (float *)(intptr_t)dst + c_off};
     const float *Ab = A + bi * M * K, *Bb = B + bi * K * N;
     float *Cb = C + c_off;
+    const int64_t threads = mlrt_threads_for(M * N * K);
     if (!Bp) {
-      int64_t chunk = (N + mlrt_threads() - 1) / mlrt_threads();
+      int64_t chunk = (N + threads - 1) / threads;
       chunk = (chunk + 15) / 16 * 16;
       direct_job d = {Ab, Bb, Cb, M, N, K, chunk, &ep};
-      mlrt_parallel_for((N + chunk - 1) / chunk, direct_task, &d);
+      if (threads == 1)
+        direct_task(&d, 0);
+      else
+        mlrt_parallel_for((N + chunk - 1) / chunk, direct_task, &d);
       continue;
     }
     pack_job p = {Bb, Bp, K, N, N};
-    mlrt_parallel_for((N + NR - 1) / NR, pack_panel, &p);
+    if (threads == 1)
+      for (int64_t i = 0; i < (N + NR - 1) / NR; ++i) pack_panel(&p, i);
+    else
+      mlrt_parallel_for((N + NR - 1) / NR, pack_panel, &p);
     mlrt_gemm_packed(M, N, K, Ab, K, Bp, Cb, N, &ep);
   }
 }

@@ -23,6 +23,11 @@ typedef struct mlrt_host_api {
 int64_t mlrt_threads(void);
 void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx);
 
+/* Below this many multiply-adds a kernel runs on the calling thread: waking a worker costs more
+ * than it saves, and other runtimes' spinning threads make that cost erratic. */
+#define MLRT_MIN_PARALLEL_MACS (1 << 20)
+static inline int64_t mlrt_threads_for(int64_t macs) { return macs < MLRT_MIN_PARALLEL_MACS ? 1 : mlrt_threads(); }
+
 #define MLRT_NR 16 /* columns per packed B panel */
 
 /* Bytes of scratch mlrt_conv2d_f32 / mlrt_matmul_f32 need for their packed B operand. */
