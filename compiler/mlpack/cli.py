@@ -78,6 +78,36 @@ def build(model, output, input_shapes, example_inputs, target, cpu, dump_ir, qui
 
 
 @main.command()
+@click.argument("private_key", type=click.Path(dir_okay=False, path_type=Path))
+def keygen(private_key):
+    """Create an Ed25519 signing key: PRIVATE_KEY (PEM) and PRIVATE_KEY.pub (public, hex)."""
+    from .signing import keygen as do_keygen
+
+    try:
+        priv, pub = do_keygen(private_key)
+    except BuildError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {priv} (keep it secret) and {pub} (give it to mlrt.load(..., public_key=...))")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Ed25519 private key (PEM), e.g. from `mlpack keygen`.")
+def sign(bundle, key):
+    """Sign BUNDLE in place with an Ed25519 key (adds a `signature` section)."""
+    from .signing import sign as do_sign
+
+    try:
+        public = do_sign(bundle, key)
+    except (BuildError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"signed {bundle} (public key {public.hex()})")
+
+
+@main.command()
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def inspect(bundle, as_json):

@@ -92,11 +92,26 @@ def _rebuild(node: Any, flat: list) -> Any:
     return dict(zip(node["keys"], items))
 
 
-def load(path: str | os.PathLike, verify: str = "full", num_threads: int = 0) -> Model:
+def _public_key_bytes(key) -> bytes:
+    """32 raw bytes from bytes, a hex string, or the path of a `.pub` file from `mlpack keygen`."""
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key)
+    text = os.fspath(key)
+    if os.path.exists(text):
+        text = open(text).read()
+    try:
+        return bytes.fromhex(text.strip())
+    except ValueError:
+        raise Error("public_key must be 32 bytes, 64 hex digits, or a .pub file from `mlpack keygen`") from None
+
+
+def load(path: str | os.PathLike, verify: str = "full", num_threads: int = 0, public_key=None) -> Model:
     """Load and verify a bundle. verify: 'full' (hash every section) or 'skip-weights'.
-    num_threads: threads per run (0: MLRT_NUM_THREADS, else the physical cores)."""
+    num_threads: threads per run (0: MLRT_NUM_THREADS, else the physical cores).
+    public_key: require a valid Ed25519 signature by this key (bytes, hex, or a .pub file)."""
     path = os.fspath(path)
-    return Model(_load(path, verify, num_threads), path)
+    key = _public_key_bytes(public_key) if public_key is not None else b""
+    return Model(_load(path, verify, num_threads, key), path)
 
 
 def get_cmake_dir() -> str:

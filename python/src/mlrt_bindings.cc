@@ -119,9 +119,10 @@ PYBIND11_MODULE(_mlrt, m) {
 
   m.def(
       "load",
-      [](const std::string& path, const std::string& verify, int num_threads) {
+      [](const std::string& path, const std::string& verify, int num_threads, const py::bytes& public_key) {
         mlrt::LoadOptions options;
         options.num_threads = num_threads;
+        options.public_key = public_key;
         if (verify == "full") {
           options.verify = mlrt::LoadOptions::Verify::kFull;
         } else if (verify == "skip-weights") {
@@ -138,7 +139,7 @@ PYBIND11_MODULE(_mlrt, m) {
         // pybind11 holds non-const pointers; the Model API is const-only, so nothing can mutate it.
         return std::const_pointer_cast<mlrt::Model>(std::move(model).value());
       },
-      py::arg("path"), py::arg("verify") = "full", py::arg("num_threads") = 0);
+      py::arg("path"), py::arg("verify") = "full", py::arg("num_threads") = 0, py::arg("public_key") = py::bytes());
   m.def("version", &mlrt::Version);
   m.def("max_bundle_format_version", &mlrt::MaxBundleFormatVersion);
 }

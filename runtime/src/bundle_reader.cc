@@ -157,9 +157,11 @@ Result<BundleView> ParseContainer(const uint8_t* data, size_t size, LoadOptions:
     SectionRef s;
     s.name.assign(name_bytes, name_len);
     uint64_t offset = ReadU64(e + 16);
+    s.offset = offset;
     s.size = ReadU64(e + 24);
     uint64_t alignment = ReadU64(e + 32);
     const uint8_t* digest = e + 40;
+    std::memcpy(s.sha256.data(), digest, 32);
     if (!names.insert(s.name).second) return DataLoss("duplicate section '" + s.name + "'");
     if (offset > size || s.size > size - offset) {
       return DataLoss("section '" + s.name + "' (offset " + std::to_string(offset) + ", " + std::to_string(s.size) +

@@ -3,6 +3,7 @@
 // offsets are checked with overflow-safe arithmetic. Layout: docs/bundle-format.md.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -35,7 +36,9 @@ class MappedFile final {
 struct SectionRef {
   std::string name;
   const uint8_t* data = nullptr;
+  uint64_t offset = 0;
   uint64_t size = 0;
+  std::array<uint8_t, 32> sha256{};  // as declared in the section table
 };
 
 struct BundleView {

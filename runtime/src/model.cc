@@ -7,6 +7,7 @@
 #include "code_loader.h"
 #include "cpu_features.h"
 #include "mlrt/mlrt.h"
+#include "signature.h"
 #include "thread_pool.h"
 
 namespace mlrt {
@@ -94,8 +95,12 @@ Model::~Model() = default;
 Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const LoadOptions& options) {
   auto file = MappedFile::Open(path);
   if (!file.ok()) return file.status();
-  auto view = ParseContainer(file->data(), file->size(), options.verify);
+  const bool signed_only = !options.public_key.empty();
+  auto view = ParseContainer(file->data(), file->size(), signed_only ? LoadOptions::Verify::kFull : options.verify);
   if (!view.ok()) return Status(view.status().code(), path + ": " + view.status().message());
+  if (signed_only) {
+    if (Status s = VerifySignature(*view, options.public_key); !s.ok()) return Status(s.code(), path + ": " + s.message());
+  }
   auto manifest = ParseManifest(*view);
   if (!manifest.ok()) return Status(manifest.status().code(), path + ": " + manifest.status().message());
   if (!manifest->has_cpu) {

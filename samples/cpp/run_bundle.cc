@@ -1,12 +1,13 @@
 // mlrt_run: load a bundle, run it on .npy inputs, write .npy outputs. A walkthrough of the C++ API.
 //
-//   mlrt_run model.bundle -i x.npy [-i y.npy ...] [-o out_prefix] [--repeat N]
+//   mlrt_run model.bundle -i x.npy [-i y.npy ...] [-o out_prefix] [--repeat N] [--public-key key.pub]
 //
 // Writes out_prefix0.npy, out_prefix1.npy, ... (one per model output, in manifest order).
 // Exit code: 0 on success, 1 on any error (the message goes to stderr); it never crashes on a bad
 // bundle or bad inputs, which the tests check under AddressSanitizer.
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -21,10 +22,27 @@ int Fail(const mlrt::Status& status) {
   return 1;
 }
 
+// A `.pub` file from `mlpack keygen`: the 32-byte Ed25519 public key as 64 hex digits.
+mlrt::Result<std::string> ReadPublicKey(const std::string& path) {
+  std::ifstream f(path);
+  std::string hex;
+  if (!(f >> hex) || hex.size() != 64) {
+    return mlrt::Status(mlrt::StatusCode::kInvalidArgument, path + ": expected 64 hex digits");
+  }
+  auto nibble = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
+  std::string key;
+  for (size_t i = 0; i < 64; i += 2) {
+    int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return mlrt::Status(mlrt::StatusCode::kInvalidArgument, path + ": not lowercase hex");
+    key.push_back(static_cast<char>(hi * 16 + lo));
+  }
+  return key;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string bundle_path, out_prefix;
+  std::string bundle_path, out_prefix, public_key_path;
   std::vector<std::string> input_paths;
   int repeat = 1;
   for (int i = 1; i < argc; ++i) {
@@ -33,6 +51,8 @@ int main(int argc, char** argv) {
       input_paths.push_back(argv[++i]);
     } else if ((arg == "-o" || arg == "--output") && i + 1 < argc) {
       out_prefix = argv[++i];
+    } else if (arg == "--public-key" && i + 1 < argc) {
+      public_key_path = argv[++i];
     } else if (arg == "--repeat" && i + 1 < argc) {
       repeat = std::max(1, std::atoi(argv[++i]));
     } else if (bundle_path.empty() && arg[0] != '-') {
@@ -47,9 +67,16 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  // 1. Load the bundle: map it, verify every section's hash, check the CPU can run its code.
-  //    The result is immutable and may be shared by any number of threads.
-  mlrt::Result<std::shared_ptr<const mlrt::Model>> loaded = mlrt::Model::Load(bundle_path);
+  // 1. Load the bundle: map it, verify every section's hash (and, with a public key, its
+  //    signature), check the CPU can run its code. The result is immutable and may be shared by
+  //    any number of threads.
+  mlrt::LoadOptions options;
+  if (!public_key_path.empty()) {
+    auto key = ReadPublicKey(public_key_path);
+    if (!key.ok()) return Fail(key.status());
+    options.public_key = *key;
+  }
+  mlrt::Result<std::shared_ptr<const mlrt::Model>> loaded = mlrt::Model::Load(bundle_path, options);
   if (!loaded.ok()) return Fail(loaded.status());
   const mlrt::Model& model = **loaded;
 

@@ -28,6 +28,7 @@ enum class StatusCode {
   kFailedPrecondition,  // the bundle is valid but cannot run here (CPU lacks an ISA feature)
   kUnimplemented,       // the bundle uses something this runtime does not know (newer format)
   kResourceExhausted,   // out of memory / address space
+  kPermissionDenied,    // a required signature is missing or does not verify
   kInternal,            // a bug in mlrt
 };
 
@@ -136,6 +137,10 @@ struct LoadOptions {
   // Threads for one Run (the calling thread included). 0: MLRT_NUM_THREADS if set, else the
   // physical cores available to the process. Each Model owns a pool of num_threads - 1 workers.
   int num_threads = 0;
+  // When set (32 raw bytes of an Ed25519 public key, e.g. from `mlpack keygen`'s .pub file),
+  // the bundle must carry a valid signature by that key (`mlpack sign`) or Load fails with
+  // PERMISSION_DENIED. Implies full verification. Needs OpenSSL's libcrypto at run time.
+  std::string public_key;
 };
 
 // A loaded, verified bundle. Immutable once loaded: share one instance between threads freely.
