@@ -5,5 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+
+# clang + libFuzzer for the bounded fuzz test (tests/test_trust.py); only where we may install
+# system packages (CI runs as root). Without it that one test skips with a reason.
+if ! command -v clang++-14 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-14 libclang-rt-14-dev) \
+    >/dev/null 2>&1 || echo "setup: could not install clang-14 (the fuzz test will skip)" >&2
+fi
+
 "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 "$PY" -m pip install --quiet --disable-pip-version-check ".[compiler,test]"

@@ -118,3 +118,25 @@ def run_cpp_sample(exe: Path, bundle: Path, inputs: list[np.ndarray], tmp_path: 
         outs.append(np.load(tmp_path / f"out{i}.npy"))
         i += 1
     return outs
+
+
+@pytest.fixture(scope="session")
+def sanitizer_build(tmp_path_factory):
+    """sanitizer_build('address' | 'thread') -> build dir of the runtime + samples + stress test,
+    compiled warning-free (-Werror) with that sanitizer. Built once per session per kind."""
+    builds: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in builds:
+            build = tmp_path_factory.mktemp(f"sanitize-{kind}")
+            configure = subprocess.run(
+                ["cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug", f"-DMLRT_SANITIZE={kind}",
+                 "-DMLRT_BUILD_PYTHON=OFF", "-DMLRT_BUILD_TOOLS=ON", "-DMLRT_BUILD_TESTS=ON",
+                 "-DCMAKE_CXX_FLAGS=-Werror"], capture_output=True, text=True)
+            assert configure.returncode == 0, configure.stdout + configure.stderr
+            proc = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            builds[kind] = build
+        return builds[kind]
+
+    return get

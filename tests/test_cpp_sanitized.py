@@ -10,21 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_matches_eager, run_cpp_sample
+from conftest import assert_matches_eager, run_cpp_sample
 from mlpack import bundle as bundle_fmt
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer", "Segmentation fault")
 
 
 @pytest.fixture(scope="session")
-def asan_runner(tmp_path_factory) -> Path:
-    build = tmp_path_factory.mktemp("asan")
-    subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug", "-DMLRT_SANITIZE=ON",
-                    "-DMLRT_BUILD_PYTHON=OFF", "-DMLRT_BUILD_TOOLS=ON", "-DCMAKE_CXX_FLAGS=-Werror"],
-                   check=True, capture_output=True)
-    proc = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return build / "samples" / "cpp" / "mlrt_run"
+def asan_runner(sanitizer_build) -> Path:
+    return sanitizer_build("address") / "samples" / "cpp" / "mlrt_run"
 
 
 def _run(exe, bundle, inputs_dir):

@@ -1,0 +1,111 @@
+// Stress checks run by tests/test_trust.py, built with sanitizers:
+//   stress_test concurrency BUNDLE THREADS RUNS   many threads share one Model, each result must be
+//                                                 bit-identical to a single-threaded run
+//   stress_test leak BUNDLE ITERATIONS            load / run / unload in a loop (LeakSanitizer and
+//                                                 RSS growth catch leaks)
+// Inputs are deterministic per (thread, run); exit 0 on success, 1 with a message otherwise.
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mlrt/mlrt.h"
+
+namespace {
+
+std::vector<std::vector<char>> MakeInputs(const mlrt::Model& model, uint32_t seed) {
+  std::vector<std::vector<char>> inputs;
+  for (const auto& spec : model.inputs()) {
+    std::vector<char> buf(spec.num_bytes());
+    uint32_t x = seed * 2654435761u + 12345u;
+    if (spec.dtype == mlrt::DType::kFloat32) {
+      auto* f = reinterpret_cast<float*>(buf.data());
+      for (size_t i = 0; i < buf.size() / 4; ++i) {
+        x = x * 1664525u + 1013904223u;
+        f[i] = static_cast<float>(x >> 8) / 16777216.0f - 0.5f;
+      }
+    }  // other dtypes: zeros (valid indices)
+    inputs.push_back(std::move(buf));
+  }
+  return inputs;
+}
+
+mlrt::Result<std::vector<mlrt::Tensor>> RunOnce(const mlrt::Model& model, const std::vector<std::vector<char>>& in) {
+  std::vector<mlrt::ConstTensorView> views;
+  for (size_t i = 0; i < in.size(); ++i) views.push_back({in[i].data(), model.inputs()[i].dtype, model.inputs()[i].shape});
+  return model.Run(views);
+}
+
+bool SameBits(const std::vector<mlrt::Tensor>& a, const std::vector<mlrt::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].num_bytes() != b[i].num_bytes() || std::memcmp(a[i].data(), b[i].data(), a[i].num_bytes()) != 0) return false;
+  }
+  return true;
+}
+
+long RssKb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return -1;
+}
+
+int Concurrency(const char* path, int threads, int runs) {
+  auto model = mlrt::Model::Load(path);
+  if (!model.ok()) return std::fprintf(stderr, "%s\n", model.status().ToString().c_str()), 1;
+  const mlrt::Model& m = **model;
+  // Reference results, one per distinct input, computed on this thread alone.
+  const int kDistinct = 8;
+  std::vector<std::vector<mlrt::Tensor>> expected;
+  for (int k = 0; k < kDistinct; ++k) {
+    auto r = RunOnce(m, MakeInputs(m, static_cast<uint32_t>(k)));
+    if (!r.ok()) return std::fprintf(stderr, "%s\n", r.status().ToString().c_str()), 1;
+    expected.push_back(std::move(r).value());
+  }
+  std::atomic<int> mismatches{0}, errors{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      for (int r = 0; r < runs; ++r) {
+        int k = (t * 7 + r) % kDistinct;
+        auto out = RunOnce(m, MakeInputs(m, static_cast<uint32_t>(k)));
+        if (!out.ok()) ++errors;
+        else if (!SameBits(*out, expected[k])) ++mismatches;
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  std::printf("concurrency: %d threads x %d runs, %d mismatches, %d errors\n", threads, runs, mismatches.load(),
+              errors.load());
+  return mismatches == 0 && errors == 0 ? 0 : 1;
+}
+
+int Leak(const char* path, int iterations) {
+  long rss_start = 0;
+  for (int i = 0; i < iterations; ++i) {
+    auto model = mlrt::Model::Load(path);
+    if (!model.ok()) return std::fprintf(stderr, "%s\n", model.status().ToString().c_str()), 1;
+    auto out = RunOnce(**model, MakeInputs(**model, static_cast<uint32_t>(i)));
+    if (!out.ok()) return std::fprintf(stderr, "%s\n", out.status().ToString().c_str()), 1;
+    if (i == iterations / 10) rss_start = RssKb();  // after warm-up (allocator pools, dl caches)
+  }
+  long rss_end = RssKb();
+  std::printf("leak: %d load/run/unload iterations, RSS %ld kB -> %ld kB\n", iterations, rss_start, rss_end);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 5 && std::strcmp(argv[1], "concurrency") == 0) return Concurrency(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
+  if (argc == 4 && std::strcmp(argv[1], "leak") == 0) return Leak(argv[2], std::atoi(argv[3]));
+  std::fprintf(stderr, "usage: stress_test concurrency BUNDLE THREADS RUNS | leak BUNDLE ITERATIONS\n");
+  return 2;
+}
