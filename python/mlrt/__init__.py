@@ -18,7 +18,7 @@ from ._mlrt import Error, TensorSpec
 from ._mlrt import load as _load
 from ._mlrt import max_bundle_format_version, version
 
-__all__ = ["load", "Model", "Error", "TensorSpec", "version", "get_cmake_dir", "get_include_dir"]
+__all__ = ["load", "Model", "Error", "TensorSpec", "version", "get_cmake_dir", "get_include_dir", "get_pkgconfig_dir"]
 __version__ = version()
 
 
@@ -121,3 +121,8 @@ def get_cmake_dir() -> str:
 
 def get_include_dir() -> str:
     return os.path.join(os.path.dirname(__file__), "include")
+
+
+def get_pkgconfig_dir() -> str:
+    """Directory holding mlrt.pc: `PKG_CONFIG_PATH=$(python -c 'import mlrt; print(mlrt.get_pkgconfig_dir())')`."""
+    return os.path.join(os.path.dirname(__file__), "lib", "pkgconfig")
