@@ -37,7 +37,7 @@ def test_build_exported_program_file(cnn):
     torch.export.save(torch.export.export(model, inputs), d / "m.pt2")
     code, out = _build([str(d / "m.pt2"), "-o", str(d / "pt2.bundle")])
     assert code == 0, out
-    for stage in ("export", "import", "codegen", "write"):
+    for stage in ("export", "import", "optimize", "plan", "codegen", "link", "write"):
         assert stage in out
     assert "arena" in out and "lower bound" in out
     _check(d / "pt2.bundle", inputs, ref)
@@ -161,3 +161,15 @@ def test_inspect_and_run_commands(cnn, tmp_path):
         assert_matches_eager([z["output_0"]], [ref])
     result = CliRunner().invoke(cli, ["run", str(bundle), "--random"])
     assert result.exit_code == 0 and "output_0: float32[1, 10]" in result.output
+
+
+def test_dump_ir_writes_every_stage(cnn, tmp_path):
+    model, inputs, ref, d = cnn
+    torch.export.save(torch.export.export(model, inputs), tmp_path / "m.pt2")
+    code, out = _build([str(tmp_path / "m.pt2"), "-o", str(tmp_path / "m.bundle"), "-q", "--dump-ir",
+                        str(tmp_path / "ir")])
+    assert code == 0, out
+    names = sorted(p.name for p in (tmp_path / "ir").iterdir())
+    assert names == ["00-linalg.mlir", "01-bufferized.mlir", "02-kernels.mlir", "03-planned.mlir", "04-llvm.mlir"]
+    assert "linalg.conv_2d_nchw_fchw" in (tmp_path / "ir" / "00-linalg.mlir").read_text()
+    assert "call @mlrt_conv2d_f32" in (tmp_path / "ir" / "02-kernels.mlir").read_text()

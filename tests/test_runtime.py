@@ -267,3 +267,16 @@ def test_portable_sha256_path_agrees(two_io, tmp_path):
                           env={**os.environ, "MLRT_DISABLE_SHA_NI": "1"})
     assert proc.returncode == 0, proc.stderr
     assert "rejected:" in proc.stdout and "sha256" in proc.stdout
+
+
+def test_bundle_deleted_while_loaded_keeps_working(two_io, tmp_path):
+    """The mapping keeps the file's pages alive (documented: delete/rename is safe, in-place
+    truncation is not)."""
+    model, (x, idx), path = two_io
+    copy = tmp_path / "copy.bundle"
+    copy.write_bytes(path.read_bytes())
+    m = mlrt.load(copy)
+    expected = m.run_flat(x.numpy(), idx.numpy())
+    copy.unlink()
+    for a, b in zip(m.run_flat(x.numpy(), idx.numpy()), expected):
+        np.testing.assert_array_equal(a, b)

@@ -114,8 +114,7 @@ def build(
     with stage("import"):
         module = import_program(lifted)
         dump("linalg", str(module))
-    with stage("codegen"):
-        art = compile_cpu(module, cpu, dump)
+    art = compile_cpu(module, cpu, dump, stage)
     with stage("write"):
         weights_blob, weight_entries = bundle_fmt.pack_weights(lifted.weights)
         call = [f"{kind}:{i}" for kind, i in lifted.call_args]

@@ -214,31 +214,42 @@ def link_shared_object(obj: bytes, num_args: int, cpu: str) -> bytes:
         return (tmp_path / "model.so").read_bytes()
 
 
-def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None) -> CpuArtifact:
-    """Lower an imported linalg-on-tensors module to a shared object. `dump(stage, text)` sees the IR."""
+def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None) -> CpuArtifact:
+    """Lower an imported linalg-on-tensors module to a shared object. `dump(name, text)` sees the
+    IR after each step; `stage(name)` is a context manager timing each step (optimize, plan,
+    codegen, link)."""
     if cpu not in CPU_LEVELS:
         raise BuildError(f"unknown --cpu {cpu!r}: one of {', '.join(CPU_LEVELS)}")
+    from contextlib import nullcontext
+
     from torch_mlir import ir
 
-    dump = dump or (lambda stage, text: None)
+    dump = dump or (lambda name, text: None)
+    stage = stage or (lambda name: nullcontext())
     func_op = _forward(module)
-    strip_asserts(module)
-    with module.context, ir.Location.unknown():
-        # Inputs and weights are read-only: the weights are mapped read-only from the bundle.
-        _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
-    _run_pipeline(module, _BUFFERIZE, "bufferization")
-    dump("bufferized", str(module))
-    with module.context, ir.Location.unknown():
-        kernels = replace_with_kernel_calls(module, func_op)
-        memory_plan = assign_arena(func_op)
-        num_args = len(func_op.regions[0].blocks[0].arguments)
-        # Every argument is a distinct buffer (inputs, weights, outputs, arena): say so to LLVM.
-        _set_all_arg_attrs(func_op, {"llvm.noalias": ir.UnitAttr.get()})
-    dump("planned", str(module))
-    _run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
-    llvm_ir = translate_to_llvm_ir(module)
-    dump("llvm", llvm_ir)
-    _check_externals(llvm_ir)
-    obj = compile_object(llvm_ir, cpu)
-    so = link_shared_object(obj, num_args, cpu)
+    with stage("optimize"):
+        strip_asserts(module)
+        with module.context, ir.Location.unknown():
+            # Inputs and weights are read-only: the weights are mapped read-only from the bundle.
+            _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
+        _run_pipeline(module, _BUFFERIZE, "bufferization")
+        dump("bufferized", str(module))
+        with module.context, ir.Location.unknown():
+            kernels = replace_with_kernel_calls(module, func_op)
+        dump("kernels", str(module))
+    with stage("plan"):
+        with module.context, ir.Location.unknown():
+            memory_plan = assign_arena(func_op)
+            num_args = len(func_op.regions[0].blocks[0].arguments)
+            # Every argument is a distinct buffer (inputs, weights, outputs, arena): say so to LLVM.
+            _set_all_arg_attrs(func_op, {"llvm.noalias": ir.UnitAttr.get()})
+        dump("planned", str(module))
+    with stage("codegen"):
+        _run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
+        llvm_ir = translate_to_llvm_ir(module)
+        dump("llvm", llvm_ir)
+        _check_externals(llvm_ir)
+        obj = compile_object(llvm_ir, cpu)
+    with stage("link"):
+        so = link_shared_object(obj, num_args, cpu)
     return CpuArtifact(so, memory_plan, cpu, CPU_LEVELS[cpu], num_args, llvm_ir, dict(kernels))
