@@ -116,7 +116,15 @@ def build(
         dump("linalg", str(module))
     art = compile_cpu(module, cpu, dump, stage)
     with stage("write"):
-        weights_blob, weight_entries = bundle_fmt.pack_weights(lifted.weights)
+        from .kernel_calls import pack_b_panels
+
+        weights = list(lifted.weights)
+        for arg, (k, n) in art.prepack.items():  # stored in the GEMM's panel layout, packed once here
+            kind, i = lifted.call_args[arg]
+            if kind != "weight" or weights[i][1].shape != (k, n):
+                raise BuildError(f"internal: argument {arg} marked for packing is not a [{k}, {n}] weight")
+            weights[i] = (weights[i][0] + " (packed B panels)", pack_b_panels(weights[i][1]))
+        weights_blob, weight_entries = bundle_fmt.pack_weights(weights)
         call = [f"{kind}:{i}" for kind, i in lifted.call_args]
         call += [f"output:{i}" for i in range(len(lifted.outputs))] + ["arena"]
         if len(call) != art.num_args:

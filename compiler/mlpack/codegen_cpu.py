@@ -66,6 +66,7 @@ class CpuArtifact:
     num_args: int
     llvm_ir: str  # kept for --dump-ir and tests
     kernels: dict  # microkernel name -> number of call sites
+    prepack: dict  # argument index -> (K, N): weights the bundle must store as packed B panels
 
 
 def _run_pipeline(module, pipeline: str, stage: str) -> None:
@@ -235,7 +236,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None) -> CpuArt
         _run_pipeline(module, _BUFFERIZE, "bufferization")
         dump("bufferized", str(module))
         with module.context, ir.Location.unknown():
-            kernels = replace_with_kernel_calls(module, func_op)
+            kernels, prepack = replace_with_kernel_calls(module, func_op)
         dump("kernels", str(module))
     with stage("plan"):
         with module.context, ir.Location.unknown():
@@ -252,4 +253,4 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None) -> CpuArt
         obj = compile_object(llvm_ir, cpu)
     with stage("link"):
         so = link_shared_object(obj, num_args, cpu)
-    return CpuArtifact(so, memory_plan, cpu, CPU_LEVELS[cpu], num_args, llvm_ir, dict(kernels))
+    return CpuArtifact(so, memory_plan, cpu, CPU_LEVELS[cpu], num_args, llvm_ir, dict(kernels), prepack)

@@ -443,9 +443,21 @@ class _Rewriter:
             op.erase()
         return [a.type for a in args]
 
+    def packable_weight(self, value, kernel_op) -> int | None:
+        """Argument index of `value` if it is a function argument used by `kernel_op` alone: its
+        data can then be stored pre-packed in the bundle."""
+        if not isinstance(value.owner, self.ir.Block) or value.owner != self.block:
+            return None
+        users: list = []
+        collect_users(value, users)
+        if any((u.operation if hasattr(u, "operation") else u) != kernel_op for u in users):
+            return None
+        return value.arg_number
+
     def run(self) -> Counter:
         ir = self.ir
         used: Counter = Counter()
+        self.prepack: dict[int, tuple[int, int]] = {}  # argument index -> (K, N) of a packed B
         signatures: dict[str, list] = {}
         start = 0
         while start < len(self.ops):
@@ -490,10 +502,15 @@ class _Rewriter:
                 col_map = "(d0, d1) -> (d1)" if rank == 2 else "(d0, d1, d2) -> (d2)"
                 self.prologue(kernel_op, c_out, bias_dims, fusion)
                 self.epilogue(kernel_op, c_out, f"affine_map<{col_map}>", fusion, {a, b})
-                scratch = _packed_floats(k, n) if m >= PACK_MIN_ROWS else 0
-                fusion_trailing = [int(fusion.bias_per_col)]
+                packed_arg = self.packable_weight(b, kernel_op) if rank == 2 and m >= PACK_MIN_ROWS else None
+                if packed_arg is not None:  # B is a weight: the bundle stores it packed, no scratch
+                    self.prepack[packed_arg] = (k, n)
+                    scratch = 0
+                else:
+                    scratch = _packed_floats(k, n) if m >= PACK_MIN_ROWS else 0
+                trailing = [int(fusion.bias_per_col), int(packed_arg is not None)]
                 sig = self.emit(kernel_op, "mlrt_matmul_f32", [a, b, c_out], scratch, [batch, m, n, k], fusion,
-                                fusion_trailing, c_out)
+                                trailing, c_out)
                 kernel = "mlrt_matmul_f32"
             else:
                 continue
@@ -510,6 +527,20 @@ class _Rewriter:
         return used
 
 
-def replace_with_kernel_calls(module, func_op) -> Counter:
-    """Rewrites supported ops in `func_op`; returns how many of each kernel were used."""
-    return _Rewriter(module, func_op).run()
+def replace_with_kernel_calls(module, func_op) -> tuple[Counter, dict[int, tuple[int, int]]]:
+    """Rewrites supported ops in `func_op`. Returns how many of each kernel were used, and the
+    function arguments (weights) whose data must be stored as packed B panels: index -> (K, N)."""
+    rewriter = _Rewriter(module, func_op)
+    used = rewriter.run()
+    return used, rewriter.prepack
+
+
+def pack_b_panels(b):
+    """numpy [K, N] -> [ceil(N/16), K, 16], zero-padded: the layout mlrt_gemm_packed reads."""
+    import numpy as np
+
+    k, n = b.shape
+    panels = (n + NR - 1) // NR
+    padded = np.zeros((k, panels * NR), dtype=b.dtype)
+    padded[:, :n] = b
+    return np.ascontiguousarray(padded.reshape(k, panels, NR).transpose(1, 0, 2))

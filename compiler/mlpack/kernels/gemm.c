@@ -275,8 +275,8 @@ static void direct_task(void *ctx, int64_t task) {
 /* ------------------------------------------------------------------------- entry point */
 
 void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t batch, int64_t M, int64_t N,
-                     int64_t K, int64_t overwrite, int64_t bias, int64_t bias_per_col, int64_t residual, float act_lo,
-                     float act_hi, int64_t dst) {
+                     int64_t K, int64_t overwrite, int64_t bias, int64_t bias_per_col, int64_t b_packed,
+                     int64_t residual, float act_lo, float act_hi, int64_t dst) {
   const float *A = (const float *)(intptr_t)a, *B = (const float *)(intptr_t)b;
   float *C = (float *)(intptr_t)c, *Bp = (float *)(intptr_t)scratch;
   for (int64_t bi = 0; bi < batch; ++bi) {
@@ -287,6 +287,10 @@ void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t b
                         (float *)(intptr_t)dst + c_off};
     const float *Ab = A + bi * M * K, *Bb = B + bi * K * N;
     float *Cb = C + c_off;
+    if (b_packed) {  /* 2-D only: the compiler packs weights for plain matmuls */
+      mlrt_gemm_packed(M, N, K, Ab, K, B, Cb, N, &ep);
+      continue;
+    }
     const int64_t threads = mlrt_threads_for(M * N * K);
     if (!Bp) {
       int64_t chunk = (N + threads - 1) / threads;
