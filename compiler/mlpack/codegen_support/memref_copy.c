@@ -39,12 +39,16 @@ void memrefCopy(int64_t elem_size, UnrankedMemRef *src_arg, UnrankedMemRef *dst_
     memcpy(d, s, (size_t)(total * elem_size));
     return;
   }
+  /* Copy whole innermost rows at a time when they are contiguous on both sides (padding copies:
+   * the common case), else element by element; an odometer walks the outer dimensions. */
+  const int rows_contiguous = rank > 0 && src_strides[rank - 1] == 1 && dst_strides[rank - 1] == 1;
+  const int64_t outer_rank = rows_contiguous ? rank - 1 : rank;
+  const int64_t run = rows_contiguous ? sizes[rank - 1] : 1;
   int64_t index[rank > 0 ? rank : 1];
   memset(index, 0, sizeof(index));
-  for (int64_t n = 0; n < total; ++n) {
-    memcpy(d, s, (size_t)elem_size);
-    /* advance the multi-index like an odometer, moving both pointers */
-    for (int64_t r = rank - 1; r >= 0; --r) {
+  for (int64_t n = 0; n < total / run; ++n) {
+    memcpy(d, s, (size_t)(run * elem_size));
+    for (int64_t r = outer_rank - 1; r >= 0; --r) {
       ++index[r];
       s += src_strides[r] * elem_size;
       d += dst_strides[r] * elem_size;

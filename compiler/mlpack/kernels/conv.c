@@ -50,6 +50,23 @@ static void im2col_panel(void *ctx, int64_t p) {
     }
 }
 
+/* im2col and GEMM fused per task: each task packs its own panels and multiplies them while they
+ * are still in its cache, and a conv costs one fork-join instead of two. */
+typedef struct {
+  im2col_job im2col;
+  const float *w;
+  float *y;
+  const mlrt_epilogue *ep;
+  int64_t CO, K, N, chunk, panels;
+} conv_job;
+
+static void conv_task(void *ctx, int64_t t) {
+  const conv_job *j = (const conv_job *)ctx;
+  const int64_t p0 = t * j->chunk, p1 = min64(j->panels, p0 + j->chunk);
+  for (int64_t p = p0; p < p1; ++p) im2col_panel((void *)&j->im2col, p);
+  mlrt_gemm_panels(j->CO, j->N, j->K, j->w, j->K, j->im2col.bp, j->y, j->N, j->ep, p0, p1);
+}
+
 void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
                      int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
                      int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
@@ -63,7 +80,14 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
                         residual ? (const float *)(intptr_t)residual + y_off : NULL, act_lo, act_hi,
                         (float *)(intptr_t)dst + y_off};
     im2col_job j = {X + n * C * H * W, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left};
-    if (mlrt_threads_for(CO * N * K) == 1)
+    const int64_t threads = mlrt_threads_for(CO * N * K), panels = (N + NR - 1) / NR;
+    if (threads > 1 && panels >= 2 * threads) {
+      const int64_t tasks = 2 * threads, chunk = (panels + tasks - 1) / tasks;
+      conv_job cj = {j, Wt, Y + y_off, &ep, CO, K, N, chunk, panels};
+      mlrt_parallel_for((panels + chunk - 1) / chunk, conv_task, &cj);
+      continue;
+    }
+    if (threads == 1)
       for (int64_t p = 0; p < (N + NR - 1) / NR; ++p) im2col_panel(&j, p);
     else
       mlrt_parallel_for((N + NR - 1) / NR, im2col_panel, &j);

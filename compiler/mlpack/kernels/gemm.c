@@ -161,12 +161,8 @@ typedef struct {
   int64_t panels, panel_chunk, m_chunk, n_tasks_n;
 } gemm_job;
 
-/* One task: rows [m0, m1) x panels [p0, p1). */
-static void gemm_task(void *ctx, int64_t task) {
-  const gemm_job *g = (const gemm_job *)ctx;
-  const int64_t tm = task / g->n_tasks_n, tn = task % g->n_tasks_n;
-  const int64_t m0 = tm * g->m_chunk, m1 = min64(g->M, m0 + g->m_chunk);
-  const int64_t p0 = tn * g->panel_chunk, p1 = min64(g->panels, p0 + g->panel_chunk);
+/* Rows [m0, m1) x panels [p0, p1) of the product, with the epilogue. */
+static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   /* K blocks of equal size (<= KC): a short last block would cost a full extra pass over C. */
   const int64_t blocks = (g->K + KC - 1) / KC, step = (g->K + blocks - 1) / blocks;
   for (int64_t pc = 0; pc < g->K; pc += step) {
@@ -183,6 +179,19 @@ static void gemm_task(void *ctx, int64_t task) {
       }
     }
   }
+}
+
+static void gemm_task(void *ctx, int64_t task) {
+  const gemm_job *g = (const gemm_job *)ctx;
+  const int64_t tm = task / g->n_tasks_n, tn = task % g->n_tasks_n;
+  const int64_t m0 = tm * g->m_chunk, p0 = tn * g->panel_chunk;
+  gemm_block(g, m0, min64(g->M, m0 + g->m_chunk), p0, min64(g->panels, p0 + g->panel_chunk));
+}
+
+void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
+                      int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1) {
+  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 0, 0, 0};
+  gemm_block(&g, 0, M, p0, p1);
 }
 
 void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,

@@ -64,5 +64,8 @@ void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, i
  * applied (bias/residual/dst offsets already set for this C). */
 void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep);
+/* Internal: the same, all rows but only panels [p0, p1), on the calling thread. */
+void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
+                      int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1);
 
 #endif
