@@ -14,16 +14,17 @@ namespace {
 
 thread_local bool t_inside_task = false;
 
-// One step of a spin-wait: pause at first; later yield, so that when threads outnumber free CPUs
-// (another library's spinning pool, a busy host) the thread we wait for gets the CPU.
+// One step of a spin-wait: pause; after a while also yield now and then, so that when threads
+// outnumber free CPUs (another library's spinning pool, a busy host) the thread we wait for gets
+// the CPU, without turning an idle wait into a stream of syscalls.
 inline void SpinStep(int& spins) {
-  if (++spins < 1000) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-  } else {
+  if (++spins >= 1000 && (spins & 63) == 0) {
     std::this_thread::yield();
+    return;
   }
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
 }
 
 // How long an idle thread spins before sleeping.
