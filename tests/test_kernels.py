@@ -87,3 +87,14 @@ def test_relu_keeps_nan(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+
+
+def test_portable_x86_64_bundle(tmp_path):
+    """--cpu x86-64: kernels compiled without AVX2 (the portable C paths), no ISA requirements."""
+    model, inputs = zoo.make("small_cnn")
+    with torch.no_grad():
+        ref = flat_outputs(model(*inputs))
+    result = mlpack.build(model, inputs, tmp_path / "m.bundle", cpu="x86-64")
+    assert result.manifest["targets"]["cpu"]["cpu"] == "x86-64"
+    assert result.manifest["targets"]["cpu"]["features"] == []
+    assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs]), ref)
