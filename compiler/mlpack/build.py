@@ -139,6 +139,7 @@ def build(
             "weights": weight_entries,
             "call": call,
             "memory_plan": art.memory_plan.to_json(),
+            "graph_passes": lifted.graph_passes,
             "targets": {"cpu": {"arch": "x86_64", "cpu": art.cpu, "features": art.features,
                                 "section": "cpu.so", "entry": "mlrt_entry", "host_abi": 1,
                                 "kernels": art.kernels}},

@@ -71,6 +71,11 @@ def build(model, output, input_shapes, example_inputs, target, cpu, dump_ir, qui
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     plan = result.memory_plan
+    folded = result.manifest.get("graph_passes", {})
+    kernels = result.manifest["targets"]["cpu"].get("kernels", {})
+    say(f"graph: {folded.get('batchnorm_folded', 0)} BatchNorm folded into convs, "
+        f"{folded.get('constants_folded', 0)} weight-only subgraphs precomputed; "
+        f"{sum(kernels.values())} ops on microkernels")
     say(f"memory plan: arena {_mib(plan['arena_bytes'])} | sum of buffers {_mib(plan['sum_bytes'])} | "
         f"live-bytes lower bound {_mib(plan['lower_bound_bytes'])} ({len(plan['buffers'])} buffers, "
         f"{plan['algorithm']})")

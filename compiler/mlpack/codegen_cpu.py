@@ -49,8 +49,6 @@ _TO_LLVM = (
 # Functions the generated code may call. Anything else (malloc above all) is a compiler bug.
 _ALLOWED_EXTERNALS = {"memrefCopy", "memcpy", "memset", "memmove", "mlrt_matmul_f32", "mlrt_conv2d_f32",
                       "mlrt_depthwise_conv2d_f32"}
-# -march for the microkernels, per CPU level.
-_MARCH = {"x86-64": "x86-64", "x86-64-v2": "x86-64-v2", "x86-64-v3": "x86-64-v3"}
 KERNELS_DIR = Path(__file__).parent / "kernels"
 _LIBM = re.compile(r"^(exp|expm1|log|log1p|log2|log10|sqrt|cbrt|pow|fmod|erf|erfc|tanh|sinh|cosh|asinh|acosh|atanh|"
                    r"sin|cos|tan|asin|acos|atan|atan2|round|roundeven|trunc|floor|ceil|rint|nearbyint|fabs|copysign|"
@@ -202,7 +200,7 @@ def link_shared_object(obj: bytes, num_args: int, cpu: str) -> bytes:
         tmp_path = Path(tmp)
         (tmp_path / "model.o").write_bytes(obj)
         (tmp_path / "entry.c").write_text(_entry_wrapper(num_args))
-        cmd = [os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O3", f"-march={_MARCH[cpu]}", "-mtune=generic",
+        cmd = [os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O3", f"-march={cpu}", "-mtune=generic",
                "-std=gnu11", "-fvisibility=hidden", f"-I{KERNELS_DIR}", "-o", str(tmp_path / "model.so"),
                str(tmp_path / "model.o"), str(tmp_path / "entry.c"), *map(str, support),
                "-lm", "-Wl,-z,noexecstack", "-Wl,-z,now", "-Wl,--no-undefined"]

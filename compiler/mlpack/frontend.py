@@ -67,9 +67,8 @@ class LiftedProgram:
     inputs: list[TensorSig]
     outputs: list[TensorSig]
     output_structure: Any  # pytree of output indices, see docs/bundle-format.md
-    example_args: list[torch.Tensor]  # real tensors in `call_args` order
     exported: ExportedProgram  # decomposed program, kept for diagnostics (op -> module path)
-    notes: list[str] = field(default_factory=list)
+    graph_passes: dict[str, int] = field(default_factory=dict)  # what each graph pass folded
 
 
 # --------------------------------------------------------------------------- loading
@@ -301,7 +300,6 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
         inputs=inputs,
         outputs=outputs,
         output_structure=_structure(ep.call_spec.out_spec, [0]),
-        example_args=example_args,
         exported=ep,
-        notes=[f"{k}: {v}" for k, v in stats.items()],
+        graph_passes=stats,
     )

@@ -332,15 +332,14 @@ class _Rewriter:
             e = self.neighbor(last, +1)
             if e is None or e.name != "linalg.generic":
                 return
-            n_out = 1
             operands = list(e.operands)
-            ins, outs = operands[:-n_out], operands[-n_out:]
+            ins, outs = operands[:-1], operands[-1:]
             maps = [ir.AffineMapAttr(m).value for m in ir.ArrayAttr(e.attributes["indexing_maps"])]
             iters = str(e.attributes["iterator_types"])
             if "reduction" in iters or len(outs) != 1 or len(maps) != len(operands):
                 return
             target = outs[0]
-            if target.type != cur.type or not _is_dense_f32(target, cur.type.rank) or not maps[-1].is_permutation \
+            if target.type != cur.type or not _is_dense_f32(target, cur.type.rank) \
                     or str(maps[-1]) != str(ir.AffineMap.get_identity(cur.type.rank)):
                 return
             block_args = list(e.regions[0].blocks[0].arguments)
