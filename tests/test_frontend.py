@@ -170,6 +170,7 @@ def test_dump_ir_writes_every_stage(cnn, tmp_path):
                         str(tmp_path / "ir")])
     assert code == 0, out
     names = sorted(p.name for p in (tmp_path / "ir").iterdir())
-    assert names == ["00-linalg.mlir", "01-bufferized.mlir", "02-kernels.mlir", "03-planned.mlir", "04-llvm.mlir"]
+    assert names == ["00-linalg.mlir", "01-bufferized.mlir", "02-kernels.mlir", "03-planned.mlir", "04-loops.mlir",
+                     "05-llvm.mlir"]
     assert "linalg.conv_2d_nchw_fchw" in (tmp_path / "ir" / "00-linalg.mlir").read_text()
     assert "call @mlrt_conv2d_f32" in (tmp_path / "ir" / "02-kernels.mlir").read_text()

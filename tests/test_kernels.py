@@ -98,3 +98,18 @@ def test_portable_x86_64_bundle(tmp_path):
     assert result.manifest["targets"]["cpu"]["cpu"] == "x86-64"
     assert result.manifest["targets"]["cpu"]["features"] == []
     assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs]), ref)
+
+
+def test_generated_loops_run_in_parallel_regions(tmp_path):
+    """Elementwise / reduction loops outside the microkernels become OpenMP regions on the mlrt
+    pool (kernels/openmp_shim.c): same results with 1 and 3 threads, and as eager."""
+    model = nn.Sequential(nn.LayerNorm(300), nn.GELU(), nn.Softmax(dim=-1)).eval()
+    x = torch.randn(4, 50, 300)
+    result = mlpack.build(model, (x,), tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
+    assert "scf.parallel" in (tmp_path / "ir" / "04-loops.mlir").read_text()
+    with torch.no_grad():
+        ref = flat_outputs(model(x))
+    one = mlrt.load(tmp_path / "m.bundle", num_threads=1).run_flat(x.numpy())
+    three = mlrt.load(tmp_path / "m.bundle", num_threads=3).run_flat(x.numpy())
+    assert_matches_eager(one, ref)
+    np.testing.assert_array_equal(one[0], three[0])

@@ -40,15 +40,23 @@ _BUFFERIZE = (
     "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},"
     "buffer-results-to-out-params{modify-public-functions=true hoist-static-allocs=true},canonicalize,cse)"
 )
+# Linalg ops left after kernel substitution become parallel loops (reshaped by
+# split_parallel_loops), then OpenMP regions, which kernels/openmp_shim.c runs on the mlrt thread
+# pool. (`canonicalize` must follow scf-to-openmp: TOOLCHAIN-NOTES §3.)
+_TO_PARALLEL_LOOPS = "builtin.module(convert-linalg-to-parallel-loops,canonicalize)"
 _TO_LLVM = (
-    "builtin.module(convert-linalg-to-loops,lower-affine,convert-scf-to-cf,expand-strided-metadata,lower-affine,"
+    "builtin.module(convert-scf-to-openmp,canonicalize,"
+    "lower-affine,convert-scf-to-cf,expand-strided-metadata,lower-affine,"
     "finalize-memref-to-llvm,convert-math-to-llvm,convert-math-to-libm,convert-arith-to-llvm,convert-index-to-llvm,"
     "convert-func-to-llvm{use-bare-ptr-memref-call-conv=true},convert-cf-to-llvm,convert-ub-to-llvm,"
-    "reconcile-unrealized-casts)"
+    "convert-openmp-to-llvm,reconcile-unrealized-casts)"
 )
 # Functions the generated code may call. Anything else (malloc above all) is a compiler bug.
 _ALLOWED_EXTERNALS = {"memrefCopy", "memcpy", "memset", "memmove", "mlrt_matmul_f32", "mlrt_conv2d_f32",
-                      "mlrt_depthwise_conv2d_f32"}
+                      "mlrt_depthwise_conv2d_f32", "__kmpc_fork_call", "__kmpc_global_thread_num",
+                      "__kmpc_for_static_init_8u", "__kmpc_for_static_init_8", "__kmpc_for_static_init_4u",
+                      "__kmpc_for_static_init_4", "__kmpc_for_static_fini", "__kmpc_barrier"}
+_FORK_ARGS = re.compile(r"@__kmpc_fork_call\(ptr @[\w.]+, i32 (\d+),")
 KERNELS_DIR = Path(__file__).parent / "kernels"
 _LIBM = re.compile(r"^(exp|expm1|log|log1p|log2|log10|sqrt|cbrt|pow|fmod|erf|erfc|tanh|sinh|cosh|asinh|acosh|atanh|"
                    r"sin|cos|tan|asin|acos|atan|atan2|round|roundeven|trunc|floor|ceil|rint|nearbyint|fabs|copysign|"
@@ -114,6 +122,90 @@ def strip_asserts(module) -> int:
     return len(found)
 
 
+# Loops with fewer iterations than this stay serial: a fork-join costs more than it saves.
+MIN_PARALLEL_ITERATIONS = 4096
+# Keep this many outer iterations parallel; the remaining dimensions run as serial inner loops,
+# which LLVM vectorizes (an N-d parallel loop would be collapsed into one index with div/mod).
+MIN_OUTER_ITERATIONS = 16
+
+
+def split_parallel_loops(func_op) -> int:
+    """Rewrite each top-level `scf.parallel` so that only its leading dimensions (enough for the
+    threads) stay parallel and the rest become nested `scf.for`; small loops become fully serial.
+    Returns how many loops stay parallel."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import scf
+
+    block = func_op.regions[0].blocks[0]
+    parallel = 0
+    for op in list(block.operations):
+        op = op.operation
+        if op.name != "scf.parallel" or len(op.results):
+            continue
+        body = op.regions[0].blocks[0]
+        ivs = list(body.arguments)
+        n = len(ivs)
+        operands = list(op.operands)
+        lbs, ubs, steps = operands[:n], operands[n:2 * n], operands[2 * n:3 * n]
+        trips = []
+        for lb, ub, st in zip(lbs, ubs, steps):
+            c = [_index_constant(v) for v in (lb, ub, st)]
+            trips.append(None if None in c or c[2] <= 0 else max(0, -(-(c[1] - c[0]) // c[2])))
+        if None in trips:
+            parallel += 1
+            continue  # dynamic bounds: leave as is
+        total = 1
+        for t in trips:
+            total *= t
+        keep, outer = 0, 1
+        if total >= MIN_PARALLEL_ITERATIONS:
+            while keep < n and outer < MIN_OUTER_ITERATIONS:
+                outer *= trips[keep]
+                keep += 1
+        if keep == n:
+            parallel += 1
+            continue
+        index = ir.IndexType.get()
+        with ir.InsertionPoint(op), op.location:
+            new_ivs = []
+            if keep:
+                par = scf.ParallelOp([], lbs[:keep], ubs[:keep], steps[:keep], [])
+                par_block = par.regions[0].blocks.append(*([index] * keep))
+                new_ivs += list(par_block.arguments)
+                with ir.InsertionPoint(par_block):
+                    terminator = scf.ReduceOp([], 0)
+                point = ir.InsertionPoint(terminator)
+                parallel += 1
+            else:
+                point = ir.InsertionPoint(op)
+            for d in range(keep, n):
+                with point:
+                    loop = scf.ForOp(lbs[d], ubs[d], steps[d])
+                with ir.InsertionPoint(loop.body):
+                    terminator = scf.YieldOp([])
+                new_ivs.append(loop.induction_variable)
+                point = ir.InsertionPoint(terminator)
+        for old, new in zip(ivs, new_ivs):
+            old.replace_all_uses_with(new)
+        inner_end = terminator
+        for inner in list(body.operations)[:-1]:  # all but the scf.reduce terminator
+            inner.operation.move_before(inner_end)
+        op.erase()
+    return parallel
+
+
+def _index_constant(value):
+    from torch_mlir import ir
+
+    owner = value.owner
+    if isinstance(owner, ir.Block):
+        return None
+    op = owner.operation if hasattr(owner, "operation") else owner
+    if op.name != "arith.constant":
+        return None
+    return ir.IntegerAttr(op.attributes["value"]).value
+
+
 def translate_to_llvm_ir(module) -> str:
     """MLIR LLVM dialect -> LLVM IR text via the C API of the wheel's aggregate library."""
     import torch_mlir._mlir_libs as libs
@@ -138,6 +230,8 @@ def _check_externals(llvm_ir: str) -> None:
     if bad:
         raise BuildError(f"generated code calls unexpected external function(s): {', '.join(sorted(bad))} "
                          "(heap allocation or a missing runtime library); refusing to build")
+    if any(int(n) > 8 for n in _FORK_ARGS.findall(llvm_ir)):
+        raise BuildError("internal: a parallel region shares more than 8 arguments (kernels/openmp_shim.c)")
 
 
 _SPECIAL_FP = re.compile(r"(?<![\w.%@$\"])([+-]?inf|[+-]?qnan|[+-]?nan)(?![\w(])")
@@ -244,6 +338,10 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None) -> CpuArt
             _set_all_arg_attrs(func_op, {"llvm.noalias": ir.UnitAttr.get()})
         dump("planned", str(module))
     with stage("codegen"):
+        _run_pipeline(module, _TO_PARALLEL_LOOPS, "lowering linalg to loops")
+        with module.context, ir.Location.unknown():
+            split_parallel_loops(func_op)
+        dump("loops", str(module))
         _run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
         llvm_ir = translate_to_llvm_ir(module)
         dump("llvm", llvm_ir)
