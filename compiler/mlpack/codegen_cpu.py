@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError
-from .kernel_calls import replace_with_kernel_calls
+from .kernel_calls import defining_op, replace_with_kernel_calls
 from .memory_plan import MemoryPlan, assign_arena
 
 # Named x86-64 micro-architecture levels -> the CPU features the runtime must find (cpuid names).
@@ -195,13 +195,11 @@ def split_parallel_loops(func_op) -> int:
 
 
 def _index_constant(value):
+    """The integer an `arith.constant` index Value holds, else None."""
     from torch_mlir import ir
 
-    owner = value.owner
-    if isinstance(owner, ir.Block):
-        return None
-    op = owner.operation if hasattr(owner, "operation") else owner
-    if op.name != "arith.constant":
+    op = defining_op(value)
+    if op is None or op.name != "arith.constant":
         return None
     return ir.IntegerAttr(op.attributes["value"]).value
 

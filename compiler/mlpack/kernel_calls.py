@@ -77,7 +77,7 @@ def _packed_floats(k: int, n: int) -> int:
     return (n + NR - 1) // NR * k * NR
 
 
-def _defining_op(value):
+def defining_op(value):
     """The operation producing `value`, or None for a block argument."""
     from torch_mlir import ir
 
@@ -91,7 +91,7 @@ def _float_constant(value):
     """The float a Value holds if it is an `arith.constant` scalar, else None."""
     from torch_mlir import ir
 
-    op = _defining_op(value)
+    op = defining_op(value)
     if op is None or op.name != "arith.constant":
         return None
     attr = op.attributes["value"]
@@ -231,7 +231,7 @@ class _Rewriter:
     def scalar_global(self, value):
         """The float in a 0-d memref that is a `memref.get_global` of a splat constant, else None."""
         ir = self.ir
-        op = _defining_op(value)
+        op = defining_op(value)
         if op is None or op.name != "memref.get_global":
             return None
         name = ir.FlatSymbolRefAttr(op.attributes["name"]).value
@@ -290,7 +290,7 @@ class _Rewriter:
         (that tensor, pad_top, pad_left, ops to erase); else None. The copy's source must stay
         intact until the kernel reads it, and must not be the kernel's output (bufferization
         happily reuses a dead source as the output once the copy exists)."""
-        alloc = _defining_op(x)
+        alloc = defining_op(x)
         if alloc is None or alloc.name != "memref.alloc":
             return None
         fill = subview = copy = None
