@@ -122,7 +122,8 @@ def strip_asserts(module) -> int:
     return len(found)
 
 
-# Loops with fewer iterations than this stay serial: a fork-join costs more than it saves.
+# Loops doing fewer innermost iterations than this stay serial: a fork-join costs more than it
+# saves. (Counted through the serial reduction loops nested inside, e.g. LayerNorm statistics.)
 MIN_PARALLEL_ITERATIONS = 4096
 # Keep this many outer iterations parallel; the remaining dimensions run as serial inner loops,
 # which LLVM vectorizes (an N-d parallel loop would be collapsed into one index with div/mod).
@@ -154,7 +155,7 @@ def split_parallel_loops(func_op) -> int:
         if None in trips:
             parallel += 1
             continue  # dynamic bounds: leave as is
-        total = 1
+        total = _nested_trip_count(body)
         for t in trips:
             total *= t
         keep, outer = 0, 1
@@ -192,6 +193,18 @@ def split_parallel_loops(func_op) -> int:
             inner.operation.move_before(inner_end)
         op.erase()
     return parallel
+
+
+def _nested_trip_count(block) -> int:
+    """Iterations of the deepest chain of constant-bound scf.for loops in `block` (1 if none)."""
+    best = 1
+    for op in block.operations:
+        op = op.operation
+        if op.name == "scf.for":
+            lb, ub, step = (_index_constant(v) for v in list(op.operands)[:3])
+            trips = -(-(ub - lb) // step) if None not in (lb, ub, step) and step > 0 else 1
+            best = max(best, max(trips, 0) * _nested_trip_count(op.regions[0].blocks[0]))
+    return best
 
 
 def _index_constant(value):
