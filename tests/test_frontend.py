@@ -174,3 +174,17 @@ def test_dump_ir_writes_every_stage(cnn, tmp_path):
                      "05-llvm.mlir"]
     assert "linalg.conv_2d_nchw_fchw" in (tmp_path / "ir" / "00-linalg.mlir").read_text()
     assert "call @mlrt_conv2d_f32" in (tmp_path / "ir" / "02-kernels.mlir").read_text()
+
+
+def test_mlpack_command_without_click_says_what_to_install():
+    code = (
+        "import sys\n"
+        "class B:\n"
+        "    def find_spec(self, n, p=None, t=None):\n"
+        "        if n.split('.')[0] == 'click': raise ImportError('blocked', name='click')\n"
+        "sys.meta_path.insert(0, B())\n"
+        "from mlpack.entry import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, "inspect", "x.bundle"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "needs click: pip install click" in proc.stderr
