@@ -118,3 +118,26 @@ def test_pkg_config_package(cnn_files, tmp_path, link):
     if link == "static":
         ldd = subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
         assert "libmlrt" not in ldd
+
+
+def test_cmake_install_prefix_and_find_package(cnn_files, tmp_path):
+    """The runtime built from source with plain CMake, installed to a prefix, and found by a
+    consumer through CMAKE_PREFIX_PATH (not only through the wheel's copy)."""
+    d, model, inputs = cnn_files
+    build, prefix, consumer = tmp_path / "build", tmp_path / "prefix", tmp_path / "consumer"
+    for cmd in (["cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+                ["cmake", "--build", str(build), "-j2"],
+                ["cmake", "--install", str(build), "--prefix", str(prefix)],
+                ["cmake", "-S", str(ROOT / "samples" / "cpp"), "-B", str(consumer), f"-DCMAKE_PREFIX_PATH={prefix}"],
+                ["cmake", "--build", str(consumer), "-j2"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    for path in ("include/mlrt/mlrt.h", "lib/libmlrt.so", "lib/libmlrt.a", "lib/cmake/mlrt/mlrtConfig.cmake",
+                 "lib/pkgconfig/mlrt.pc"):
+        assert (prefix / path).exists(), path
+    np.save(tmp_path / "x.npy", inputs[0].numpy())
+    proc = subprocess.run([str(consumer / "mlrt_run"), str(d / "cnn.bundle"), "-i", str(tmp_path / "x.npy"), "-o",
+                           str(tmp_path / "y")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with torch.no_grad():
+        assert_matches_eager([np.load(tmp_path / "y0.npy")], [model(*inputs).numpy()])
