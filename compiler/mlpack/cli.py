@@ -203,9 +203,7 @@ def run(bundle, inputs, use_random, output):
     try:
         model = mlrt.load(bundle)
         if use_random:
-            rng = np.random.default_rng(0)
-            arrays = [rng.standard_normal(s.shape).astype(s.dtype) if s.dtype.kind == "f"
-                      else np.zeros(s.shape, s.dtype) for s in model.inputs]
+            arrays = _random_inputs(model)
         else:
             arrays = [np.load(p) for p in inputs]
         t0 = time.perf_counter()
@@ -248,9 +246,7 @@ def bench(bundle, iterations, warmup, threads, compare, cold):
     except mlrt.Error as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal(s.shape).astype(s.dtype) if s.dtype.kind == "f" else np.zeros(s.shape, s.dtype)
-              for s in model.inputs]
+    arrays = _random_inputs(model)
     runners = {"mlrt": lambda: model.run_flat(*arrays)}
     if compare:
         runners["eager"] = _eager_runner(compare, arrays, model.num_threads)
@@ -288,6 +284,15 @@ def bench(bundle, iterations, warmup, threads, compare, cold):
                 sys.exit(1)
             rss = int(proc.stdout.split()[-1]) / 1024
         click.echo(f"  cold start (python process start -> first result): {best:.0f} ms; peak RSS {rss:.0f} MiB")
+
+
+def _random_inputs(model):
+    """Seeded inputs of the model's signature: normal floats, zeros elsewhere (valid indices)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(s.shape).astype(s.dtype) if s.dtype.kind == "f" else np.zeros(s.shape, s.dtype)
+            for s in model.inputs]
 
 
 def _eager_runner(path: Path, arrays, threads: int):

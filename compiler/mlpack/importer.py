@@ -42,6 +42,7 @@ def import_program(lifted: LiftedProgram):
             output_type=OutputType.LINALG_ON_TENSORS,
             fx_importer=FxImporter(context=context),
             func_name="forward",
+            decomposition_table={},  # frontend.lift already ran torch-mlir's table: not twice
         )
     except NotImplementedError as e:
         raise BuildError(f"torch-mlir cannot import this model: {e}") from e
