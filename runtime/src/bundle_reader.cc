@@ -238,6 +238,115 @@ bool ReadIndex(std::string_view s, uint32_t* out) {
   return true;
 }
 
+// A C identifier (PTX kernel names as mlpack emits them), 1..256 chars.
+bool IsIdentifier(std::string_view s) {
+  if (s.empty() || s.size() > 256) return false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+    if (!alpha && !(i > 0 && ((c >= '0' && c <= '9') || c == '$'))) return false;
+  }
+  return true;
+}
+
+// Reads [x, y, z]: three integers in [1, max[i]].
+bool ReadDim3(const json::Value* v, const std::array<int64_t, 3>& max, std::array<uint32_t, 3>* out) {
+  if (!v || !v->is_array() || v->items().size() != 3) return false;
+  for (size_t i = 0; i < 3; ++i) {
+    const json::Value& d = v->items()[i];
+    if (!d.is_int() || d.as_int() < 1 || d.as_int() > max[i]) return false;
+    (*out)[i] = static_cast<uint32_t>(d.as_int());
+  }
+  return true;
+}
+
+constexpr uint64_t kMaxCudaLaunches = 1000000;
+constexpr int64_t kMaxSharedBytes = 228 * 1024;  // the most any GPU gives one block (sm_90)
+
+Status ParseCudaTarget(const json::Value& t, const BundleView& bundle, CudaTarget* out) {
+  const json::Value* sec = t.find("section");
+  const json::Value* isa = t.find("ptx_isa");
+  const json::Value* min_sm = t.find("min_sm");
+  const json::Value* min_driver = t.find("min_driver");
+  const json::Value* precision = t.find("precision");
+  const json::Value* arena = t.find("arena_bytes");
+  const json::Value* launches = t.find("launches");
+  if (!sec || !sec->is_string() || !isa || !isa->is_string() || !min_sm || !min_sm->is_int() || !min_driver ||
+      !min_driver->is_int() || !precision || !precision->is_string() || !arena || !arena->is_int() || !launches ||
+      !launches->is_array()) {
+    return BadManifest(
+        "targets.cuda needs string section, ptx_isa and precision, integer min_sm, min_driver and arena_bytes, "
+        "and array launches");
+  }
+  out->section = sec->as_string();
+  out->ptx_isa = isa->as_string();
+  const std::string& v = out->ptx_isa;
+  size_t dot = v.find('.');
+  uint32_t part = 0;
+  if (dot == std::string::npos || !ReadIndex(std::string_view(v).substr(0, dot), &part) ||
+      !ReadIndex(std::string_view(v).substr(dot + 1), &part)) {
+    return BadManifest("targets.cuda.ptx_isa must look like '8.0', got '" + v + "'");
+  }
+  if (min_sm->as_int() < 10 || min_sm->as_int() > 10000) return BadManifest("targets.cuda.min_sm out of range");
+  out->min_sm = static_cast<int>(min_sm->as_int());
+  if (min_driver->as_int() < 0 || min_driver->as_int() > 1000000) {
+    return BadManifest("targets.cuda.min_driver out of range");
+  }
+  out->min_driver = static_cast<int>(min_driver->as_int());
+  out->precision = precision->as_string();
+  if (out->precision != "fp32" && out->precision != "tf32" && out->precision != "fp16" && out->precision != "bf16") {
+    return BadManifest("targets.cuda.precision must be fp32, tf32, fp16 or bf16, got '" + out->precision + "'");
+  }
+  if (arena->as_int() < 0 || static_cast<uint64_t>(arena->as_int()) > kMaxArenaBytes) {
+    return BadManifest("targets.cuda.arena_bytes out of range");
+  }
+  out->arena_bytes = static_cast<uint64_t>(arena->as_int());
+
+  const SectionRef* ptx = bundle.Find(out->section);
+  if (!ptx) return BadManifest("CUDA section '" + out->section + "' is missing");
+  if (out->section == "manifest" || out->section == "weights") {
+    return BadManifest("targets.cuda.section may not be '" + out->section + "'");
+  }
+  // PTX text: ASCII (tab, newline, carriage return, printable), one terminating NUL.
+  if (ptx->size < 2 || ptx->data[ptx->size - 1] != 0) return BadManifest("CUDA section '" + out->section + "' is not NUL-terminated PTX text");
+  for (uint64_t i = 0; i + 1 < ptx->size; ++i) {
+    uint8_t c = ptx->data[i];
+    if (!((c >= 0x20 && c < 0x7f) || c == '\t' || c == '\n' || c == '\r')) {
+      return BadManifest("CUDA section '" + out->section + "' holds a non-ASCII byte at offset " + std::to_string(i) +
+                         " (PTX is ASCII text)");
+    }
+  }
+
+  if (launches->items().size() > kMaxCudaLaunches) return BadManifest("targets.cuda.launches has more than 1e6 entries");
+  for (size_t i = 0; i < launches->items().size(); ++i) {
+    const json::Value& l = launches->items()[i];
+    std::string where = "targets.cuda.launches[" + std::to_string(i) + "]";
+    const json::Value* kernel = l.find("kernel");
+    const json::Value* shared = l.find("shared_bytes");
+    if (!kernel || !kernel->is_string() || !shared || !shared->is_int()) {
+      return BadManifest(where + ": needs string 'kernel', 'grid' and 'block' (3 integers each) and integer "
+                                 "'shared_bytes'");
+    }
+    CudaLaunch launch;
+    launch.kernel = kernel->as_string();
+    if (!IsIdentifier(launch.kernel)) return BadManifest(where + ": kernel name is not an identifier");
+    if (!ReadDim3(l.find("grid"), {(int64_t{1} << 31) - 1, 65535, 65535}, &launch.grid)) {
+      return BadManifest(where + ": grid must be 3 integers, x in [1, 2^31-1], y and z in [1, 65535]");
+    }
+    if (!ReadDim3(l.find("block"), {1024, 1024, 64}, &launch.block) ||
+        uint64_t{launch.block[0]} * launch.block[1] * launch.block[2] > 1024) {
+      return BadManifest(where + ": block must be 3 positive integers (z <= 64) with at most 1024 threads");
+    }
+    if (shared->as_int() < 0 || shared->as_int() > kMaxSharedBytes) {
+      return BadManifest(where + ": shared_bytes must be in [0, 228 KiB]");
+    }
+    launch.shared_bytes = static_cast<uint32_t>(shared->as_int());
+    out->launches.push_back(std::move(launch));
+  }
+  return Status::Ok();
+}
+
+
 }  // namespace
 
 Result<Manifest> ParseManifest(const BundleView& bundle) {
@@ -363,6 +472,12 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
     }
     m.cpu.host_abi = static_cast<uint32_t>(host_abi->as_int());
     if (!bundle.Find(m.cpu.section)) return BadManifest("code section '" + m.cpu.section + "' is missing");
+  }
+  const json::Value* cuda = targets ? targets->find("cuda") : nullptr;
+  if (cuda) {
+    if (!cuda->is_object()) return BadManifest("targets.cuda is not an object");
+    if (Status cs = ParseCudaTarget(*cuda, bundle, &m.cuda); !cs.ok()) return cs;
+    m.has_cuda = true;
   }
   return m;
 }

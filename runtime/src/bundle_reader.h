@@ -70,6 +70,25 @@ struct CpuTarget {
   uint32_t host_abi = 0;  // version of the HostApi the code expects
 };
 
+// One kernel launch of the CUDA target (targets.cuda.launches[i]); dimensions already validated
+// against CUDA's limits.
+struct CudaLaunch {
+  std::string kernel;
+  std::array<uint32_t, 3> grid{};
+  std::array<uint32_t, 3> block{};
+  uint32_t shared_bytes = 0;
+};
+
+struct CudaTarget {
+  std::string section;    // holds NUL-terminated ASCII PTX (checked)
+  std::string ptx_isa;    // "8.0"
+  int min_sm = 0;         // major * 10 + minor
+  int min_driver = 0;     // cuDriverGetVersion() value
+  std::string precision;  // fp32 | tf32 | fp16 | bf16
+  uint64_t arena_bytes = 0;
+  std::vector<CudaLaunch> launches;
+};
+
 struct Manifest {
   std::string text;  // verbatim JSON
   std::vector<TensorSpec> inputs;
@@ -79,6 +98,8 @@ struct Manifest {
   uint64_t arena_bytes = 0;
   bool has_cpu = false;
   CpuTarget cpu;
+  bool has_cuda = false;
+  CudaTarget cuda;
 };
 
 // Parses and validates the manifest against the container (weight ranges, sections, call list).
