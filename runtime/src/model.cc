@@ -1,10 +1,13 @@
 // Model: load (map, verify, load code, resolve weights) and run (validate, take an arena, call).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
 
 #include "bundle_reader.h"
 #include "code_loader.h"
+#include "cuda_backend.h"
 #include "cpu_features.h"
 #include "mlrt/mlrt.h"
 #include "signature.h"
@@ -50,12 +53,38 @@ bool Overlaps(const void* a, size_t an, const void* b, size_t bn) {
   return an && bn && pa < pb + bn && pb < pa + an;
 }
 
+// Count, dtype and shape of every input and output; outputs must not overlap inputs.
+Status Validate(const Manifest& m, const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) {
+  if (inputs.size() != m.inputs.size()) {
+    return Status(StatusCode::kInvalidArgument, "expected " + std::to_string(m.inputs.size()) + " input(s), got " +
+                                                    std::to_string(inputs.size()));
+  }
+  if (outputs.size() != m.outputs.size()) {
+    return Status(StatusCode::kInvalidArgument, "expected " + std::to_string(m.outputs.size()) +
+                                                    " output buffer(s), got " + std::to_string(outputs.size()));
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (Status s = CheckTensor(inputs[i], m.inputs[i], "input", i); !s.ok()) return s;
+  }
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (Status s = CheckTensor(outputs[i], m.outputs[i], "output", i); !s.ok()) return s;
+    for (size_t j = 0; j < inputs.size(); ++j) {
+      if (Overlaps(outputs[i].data, m.outputs[i].num_bytes(), inputs[j].data, m.inputs[j].num_bytes())) {
+        return Status(StatusCode::kInvalidArgument, "output " + std::to_string(i) + " overlaps input " + std::to_string(j));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 struct Model::Impl {
   MappedFile file;
   Manifest manifest;
-  LoadedCode code;
+  std::optional<LoadedCode> code;  // device "cpu"
+  std::string device = "cpu";
+  std::unique_ptr<CudaModel> cuda;  // device "cuda:N"
   std::vector<const void*> weights;  // resolved pointers into the mapped weights section
   size_t arena_size = 64;            // bytes actually allocated per arena (>= 64, multiple of 64)
   std::unique_ptr<ThreadPool> pool;
@@ -64,7 +93,7 @@ struct Model::Impl {
   mutable std::mutex pool_mutex;
   mutable std::vector<Arena> idle_arenas;  // a Run takes one and gives it back
 
-  Impl(MappedFile f, Manifest m, LoadedCode c) : file(std::move(f)), manifest(std::move(m)), code(std::move(c)) {}
+  Impl(MappedFile f, Manifest m) : file(std::move(f)), manifest(std::move(m)) {}
 
   Result<Arena> TakeArena() const {
     {
@@ -93,6 +122,10 @@ Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
 Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const LoadOptions& options) {
+  auto ordinal = ParseDevice(options.device);
+  if (!ordinal.ok()) return ordinal.status();
+  const bool on_cuda = *ordinal >= 0;
+  const std::string device = on_cuda ? "cuda:" + std::to_string(*ordinal) : "cpu";
   auto file = MappedFile::Open(path);
   if (!file.ok()) return file.status();
   const bool signed_only = !options.public_key.empty();
@@ -103,7 +136,31 @@ Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const 
   }
   auto manifest = ParseManifest(*view);
   if (!manifest.ok()) return Status(manifest.status().code(), path + ": " + manifest.status().message());
+  int threads = options.num_threads > 0 ? options.num_threads : DefaultThreadCount();
+  if (threads > 1024) return Status(StatusCode::kInvalidArgument, "num_threads " + std::to_string(threads) + " is too large");
+
+  if (on_cuda) {
+    if (!manifest->has_cuda) {
+      return Status(StatusCode::kFailedPrecondition,
+                    path + ": device '" + device + "' needs the bundle's CUDA code, but it was built for cpu only; "
+                           "rebuild with mlpack build --target cuda (or cpu,cuda)");
+    }
+    auto cuda = CudaModel::Create(*ordinal, device, *manifest, *view);
+    if (!cuda.ok()) return Status(cuda.status().code(), path + ": " + cuda.status().message());
+    auto impl = std::make_unique<Impl>(std::move(file).value(), std::move(manifest).value());
+    impl->device = device;
+    impl->cuda = std::move(cuda).value();
+    impl->pool = std::make_unique<ThreadPool>(1);  // the GPU does the work; num_threads() is 1
+    impl->host = HostApi{kHostAbiVersion, 1, impl->pool.get(), &ThreadPool::ParallelForThunk};
+    return std::shared_ptr<const Model>(new Model(std::move(impl)));
+  }
+
   if (!manifest->has_cpu) {
+    if (manifest->has_cuda) {
+      return Status(StatusCode::kFailedPrecondition,
+                    path + ": the bundle has no CPU code (it was built for cuda only): load it with "
+                           "device=\"cuda:0\", or rebuild with mlpack build --target cpu,cuda");
+    }
     return Status(StatusCode::kFailedPrecondition, path + ": the bundle has no CPU code (built for another target)");
   }
   if (Status s = CheckCpuFeatures(manifest->cpu.features, manifest->cpu.cpu); !s.ok()) {
@@ -114,11 +171,10 @@ Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const 
   if (!code.ok()) return Status(code.status().code(), path + ": " + code.status().message());
 
   const SectionRef* weight_section = view->Find("weights");
-  auto impl = std::make_unique<Impl>(std::move(file).value(), std::move(manifest).value(), std::move(code).value());
+  auto impl = std::make_unique<Impl>(std::move(file).value(), std::move(manifest).value());
+  impl->code.emplace(std::move(code).value());
   for (const auto& w : impl->manifest.weights) impl->weights.push_back(weight_section->data + w.offset);
   impl->arena_size = std::max<size_t>(64, (impl->manifest.arena_bytes + 63) / 64 * 64);
-  int threads = options.num_threads > 0 ? options.num_threads : DefaultThreadCount();
-  if (threads > 1024) return Status(StatusCode::kInvalidArgument, "num_threads " + std::to_string(threads) + " is too large");
   impl->pool = std::make_unique<ThreadPool>(threads);
   impl->host = HostApi{kHostAbiVersion, static_cast<uint32_t>(threads), impl->pool.get(), &ThreadPool::ParallelForThunk};
   return std::shared_ptr<const Model>(new Model(std::move(impl)));
@@ -129,28 +185,23 @@ const std::vector<TensorSpec>& Model::outputs() const { return impl_->manifest.o
 const std::string& Model::manifest_json() const { return impl_->manifest.text; }
 size_t Model::arena_bytes() const { return impl_->manifest.arena_bytes; }
 int Model::num_threads() const { return impl_->pool->num_threads(); }
+const std::string& Model::device() const { return impl_->device; }
+size_t Model::device_bytes() const { return impl_->cuda ? impl_->cuda->device_bytes() : 0; }
+
+Status Model::RunDevice(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const {
+  if (!impl_->cuda) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "RunDevice takes CUDA device pointers: it needs a model loaded with device \"cuda:N\", and this one "
+                  "runs on " + impl_->device);
+  }
+  if (Status s = Validate(impl_->manifest, inputs, outputs); !s.ok()) return s;
+  return impl_->cuda->Run(inputs, outputs, /*device_pointers=*/true);
+}
 
 Status Model::Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const {
   const Manifest& m = impl_->manifest;
-  if (inputs.size() != m.inputs.size()) {
-    return Status(StatusCode::kInvalidArgument, "expected " + std::to_string(m.inputs.size()) + " input(s), got " +
-                                                    std::to_string(inputs.size()));
-  }
-  if (outputs.size() != m.outputs.size()) {
-    return Status(StatusCode::kInvalidArgument, "expected " + std::to_string(m.outputs.size()) +
-                                                    " output buffer(s), got " + std::to_string(outputs.size()));
-  }
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (Status s = CheckTensor(inputs[i], m.inputs[i], "input", i); !s.ok()) return s;
-  }
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    if (Status s = CheckTensor(outputs[i], m.outputs[i], "output", i); !s.ok()) return s;
-    for (size_t j = 0; j < inputs.size(); ++j) {
-      if (Overlaps(outputs[i].data, m.outputs[i].num_bytes(), inputs[j].data, m.inputs[j].num_bytes())) {
-        return Status(StatusCode::kInvalidArgument, "output " + std::to_string(i) + " overlaps input " + std::to_string(j));
-      }
-    }
-  }
+  if (Status s = Validate(m, inputs, outputs); !s.ok()) return s;
+  if (impl_->cuda) return impl_->cuda->Run(inputs, outputs, /*device_pointers=*/false);
   auto arena = impl_->TakeArena();
   if (!arena.ok()) return arena.status();
 
@@ -164,7 +215,7 @@ Status Model::Run(const std::vector<ConstTensorView>& inputs, const std::vector<
       case CallArg::Kind::kArena: args[i] = arena->get(); break;
     }
   }
-  impl_->code.entry()(args.data(), &impl_->host);
+  impl_->code->entry()(args.data(), &impl_->host);
   impl_->ReturnArena(std::move(arena).value());
   return Status::Ok();
 }

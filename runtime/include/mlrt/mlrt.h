@@ -141,11 +141,15 @@ struct LoadOptions {
   // the bundle must carry a valid signature by that key (`mlpack sign`) or Load fails with
   // PERMISSION_DENIED. Implies full verification. Needs OpenSSL's libcrypto at run time.
   std::string public_key;
+  // Where the model runs: "cpu" (the bundle's cpu.so), "cuda" (= "cuda:0") or "cuda:N" (the
+  // bundle's cuda.ptx on GPU N, through the NVIDIA driver, loaded with dlopen at first use).
+  std::string device = "cpu";
 };
 
 // A loaded, verified bundle. Immutable once loaded: share one instance between threads freely.
-// Run() is safe to call concurrently; each call takes an arena from an internal pool (allocating
-// a new one when all are busy), so N concurrent calls hold at most N arenas.
+// Run() is safe to call concurrently; each call takes an arena (on cuda: an execution context)
+// from an internal pool (allocating a new one when all are busy), so N concurrent calls hold at
+// most N arenas.
 // Lifetime: the bundle file stays memory-mapped (weights are used in place) until the last
 // shared_ptr is released. Replacing the file while loaded is fine (rename); truncating it in place
 // is not (see docs/runtime-api.md).
@@ -161,12 +165,18 @@ class Model final {
   const std::string& manifest_json() const;  // the bundle's manifest, verbatim
   size_t arena_bytes() const;                // per concurrent Run
   int num_threads() const;                   // threads one Run uses
+  const std::string& device() const;         // "cpu" or "cuda:N", as loaded
+  size_t device_bytes() const;               // GPU memory held (weights + execution contexts); 0 on cpu
 
   // Runs the model on caller-provided outputs. Validates count, dtype and shape of every input
   // and output (O(rank), before touching data); outputs must not overlap inputs.
   Status Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const;
   // Same, allocating the outputs.
   Result<std::vector<Tensor>> Run(const std::vector<ConstTensorView>& inputs) const;
+  // CUDA models only: like Run, but every data pointer is a CUDA device pointer (CUdeviceptr) valid
+  // in the device's primary context. Inputs are copied device-to-device into the execution context
+  // and outputs out of it; returns after the outputs are written. FAILED_PRECONDITION on a cpu model.
+  Status RunDevice(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const;
 
  private:
   struct Impl;

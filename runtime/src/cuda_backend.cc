@@ -1,0 +1,377 @@
+#include "cuda_backend.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <unordered_map>
+#include <utility>
+
+namespace mlrt {
+
+using namespace cuda;  // NOLINT: the driver API names read best unqualified
+
+namespace {
+
+constexpr size_t kAlign = 256;
+constexpr int kDefaultSharedLimit = 48 * 1024;  // dynamic shared memory a launch gets without opting in
+constexpr unsigned kJitLogBytes = 16 * 1024;
+
+size_t Align(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Makes the model's context current on the calling thread for the scope (any host thread may Run).
+class ScopedContext {
+ public:
+  ScopedContext(const Driver* d, CUcontext ctx) : d_(d), result_(d->cuCtxPushCurrent(ctx)) {}
+  ~ScopedContext() {
+    if (result_ == CUDA_SUCCESS) {
+      CUcontext popped = nullptr;
+      d_->cuCtxPopCurrent(&popped);
+    }
+  }
+  ScopedContext(const ScopedContext&) = delete;
+  ScopedContext& operator=(const ScopedContext&) = delete;
+  CUresult result() const { return result_; }
+
+ private:
+  const Driver* d_;
+  CUresult result_;
+};
+
+}  // namespace
+
+Result<int> ParseDevice(const std::string& device) {
+  if (device == "cpu") return -1;
+  if (device == "cuda") return 0;
+  if (device.size() > 5 && device.size() <= 9 && device.compare(0, 5, "cuda:") == 0) {
+    int n = 0;
+    bool digits = true;
+    for (size_t i = 5; i < device.size(); ++i) {
+      char c = device[i];
+      if (c < '0' || c > '9') digits = false;
+      else n = n * 10 + (c - '0');
+    }
+    if (digits) return n;
+  }
+  return Status(StatusCode::kInvalidArgument, "device must be 'cpu', 'cuda' or 'cuda:N', got '" + device + "'");
+}
+
+struct CudaModel::Context {
+  CUdeviceptr memory = 0;  // [arena | inputs | outputs | argument table], each 256-byte aligned
+  size_t bytes = 0;
+  CUdeviceptr argtable = 0;
+  std::vector<CUdeviceptr> inputs, outputs;
+  CUstream stream = nullptr;
+  CUgraphExec graph = nullptr;  // captured on the first run
+};
+
+Status CudaModel::Check(CUresult r, const char* call) const {
+  if (r == CUDA_SUCCESS) return Status::Ok();
+  constexpr CUresult kOutOfMemory = 2;
+  return Status(r == kOutOfMemory ? StatusCode::kResourceExhausted : StatusCode::kInternal,
+                "device '" + device_ + "': " + ErrorText(*d_, r, call));
+}
+
+Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::string& device,
+                                                     const Manifest& manifest, const BundleView& bundle) {
+  std::string why;
+  CUresult init = CUDA_SUCCESS;
+  const Driver* d = GetDriver(&why, &init);
+  if (!d) return Status(StatusCode::kFailedPrecondition, "device '" + device + "' " + why);
+  const CudaTarget& target = manifest.cuda;
+  auto fail = [&](StatusCode code, const std::string& msg) { return Status(code, "device '" + device + "': " + msg); };
+
+  // Partially built models clean up in the destructor: every handle below is released there.
+  std::unique_ptr<CudaModel> m(new CudaModel());
+  m->d_ = d;
+  m->device_ = device;
+  int version = 0;
+  if (Status s = m->Check(d->cuDriverGetVersion(&version), "cuDriverGetVersion"); !s.ok()) return s;
+  auto version_text = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+  if (version < target.min_driver) {
+    return fail(StatusCode::kFailedPrecondition,
+                "the NVIDIA driver supports CUDA " + version_text(version) + " (" + std::to_string(version) +
+                    "); this bundle's PTX " + target.ptx_isa + " needs CUDA " + version_text(target.min_driver) +
+                    " (" + std::to_string(target.min_driver) + ") or newer: upgrade the driver");
+  }
+  int count = 0;
+  if (Status s = m->Check(d->cuDeviceGetCount(&count), "cuDeviceGetCount"); !s.ok()) return s;
+  if (ordinal >= count) {
+    return fail(StatusCode::kInvalidArgument,
+                "no such GPU: this machine has " + std::to_string(count) + " CUDA GPU(s)" +
+                    (count ? " (cuda:0" + (count > 1 ? "..cuda:" + std::to_string(count - 1) : std::string()) + ")"
+                           : std::string()));
+  }
+  if (Status s = m->Check(d->cuDeviceGet(&m->dev_, ordinal), "cuDeviceGet"); !s.ok()) return s;
+  char name[256] = {};
+  if (d->cuDeviceGetName(name, static_cast<int>(sizeof name) - 1, m->dev_) != CUDA_SUCCESS) std::strcpy(name, "unknown");
+  int major = 0, minor = 0, shared_optin = 0;
+  if (Status s = m->Check(d->cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, m->dev_),
+                          "cuDeviceGetAttribute");
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = m->Check(d->cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, m->dev_),
+                          "cuDeviceGetAttribute");
+      !s.ok()) {
+    return s;
+  }
+  if (major * 10 + minor < target.min_sm) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "GPU " + std::to_string(ordinal) + " (" + name + ") has compute capability " + std::to_string(major) +
+                      "." + std::to_string(minor) + "; this bundle needs " + std::to_string(target.min_sm / 10) + "." +
+                      std::to_string(target.min_sm % 10) + " or newer");
+  }
+  if (d->cuDeviceGetAttribute(&shared_optin, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, m->dev_) !=
+      CUDA_SUCCESS) {
+    shared_optin = kDefaultSharedLimit;
+  }
+
+  CUcontext ctx = nullptr;
+  if (Status s = m->Check(d->cuDevicePrimaryCtxRetain(&ctx, m->dev_), "cuDevicePrimaryCtxRetain"); !s.ok()) return s;
+  m->ctx_ = ctx;
+  ScopedContext scope(d, ctx);
+  if (Status s = m->Check(scope.result(), "cuCtxPushCurrent"); !s.ok()) return s;
+
+  // The PTX: JIT-compiled by the driver for this GPU; its logs go into the error on failure.
+  const SectionRef* ptx = bundle.Find(target.section);
+  std::vector<char> error_log(kJitLogBytes, 0), info_log(kJitLogBytes, 0);
+  int options[4] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES, CU_JIT_INFO_LOG_BUFFER,
+                    CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES};
+  void* values[4] = {error_log.data(), reinterpret_cast<void*>(uintptr_t{kJitLogBytes - 1}), info_log.data(),
+                     reinterpret_cast<void*>(uintptr_t{kJitLogBytes - 1})};
+  CUmodule module = nullptr;
+  CUresult r = d->cuModuleLoadDataEx(&module, ptx->data, 4, options, values);
+  if (r != CUDA_SUCCESS) {
+    std::string log = std::string(error_log.data());
+    std::string info = std::string(info_log.data());
+    if (!info.empty()) log += (log.empty() ? "" : "\n") + info;
+    return fail(StatusCode::kFailedPrecondition,
+                "the driver could not load the bundle's PTX (ISA " + target.ptx_isa + ", sm_" +
+                    std::to_string(target.min_sm) + ") on GPU " + std::to_string(ordinal) + " (" + name +
+                    "): " + ErrorText(*d, r, "cuModuleLoadDataEx") + (log.empty() ? "" : "; JIT log:\n" + log));
+  }
+  m->module_ = module;
+
+  // Kernels: every one the launches name must exist; large dynamic shared memory is opted into.
+  std::unordered_map<std::string, std::pair<CUfunction, unsigned>> functions;  // name -> (handle, max shared)
+  for (size_t i = 0; i < target.launches.size(); ++i) {
+    const CudaLaunch& l = target.launches[i];
+    auto it = functions.find(l.kernel);
+    if (it == functions.end()) {
+      CUfunction f = nullptr;
+      r = d->cuModuleGetFunction(&f, module, l.kernel.c_str());
+      if (r != CUDA_SUCCESS || !f) {
+        return Status(StatusCode::kDataLoss, "invalid bundle: targets.cuda.launches[" + std::to_string(i) +
+                                                 "] names kernel '" + l.kernel + "', which the PTX does not define (" +
+                                                 ErrorText(*d, r, "cuModuleGetFunction") + ")");
+      }
+      it = functions.emplace(l.kernel, std::make_pair(f, 0u)).first;
+    }
+    if (l.shared_bytes > static_cast<unsigned>(shared_optin)) {
+      return Status(StatusCode::kFailedPrecondition,
+                    "kernel '" + l.kernel + "' needs " + std::to_string(l.shared_bytes) +
+                        " bytes of shared memory per block; GPU " + std::to_string(ordinal) + " (" + name +
+                        ") allows " + std::to_string(shared_optin));
+    }
+    if (l.shared_bytes > it->second.second) it->second.second = l.shared_bytes;
+    Launch launch;
+    launch.function = it->second.first;
+    for (int k = 0; k < 3; ++k) {
+      launch.grid[k] = l.grid[k];
+      launch.block[k] = l.block[k];
+    }
+    launch.shared_bytes = l.shared_bytes;
+    m->launches_.push_back(launch);
+  }
+  for (const auto& [fname, f] : functions) {
+    if (f.second > static_cast<unsigned>(kDefaultSharedLimit)) {
+      if (Status s = m->Check(d->cuFuncSetAttribute(f.first, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                                    static_cast<int>(f.second)),
+                              "cuFuncSetAttribute");
+          !s.ok()) {
+        return s;
+      }
+    }
+  }
+
+  // Weights: the whole section, once, shared by every execution context.
+  const SectionRef* weights = bundle.Find("weights");
+  if (weights && weights->size > 0) {
+    CUdeviceptr p = 0;
+    if (Status s = m->Check(d->cuMemAlloc(&p, weights->size), "cuMemAlloc (weights)"); !s.ok()) return s;
+    m->weights_ = p;
+    m->weight_bytes_ = weights->size;
+    if (Status s = m->Check(d->cuMemcpyHtoD(p, weights->data, weights->size), "cuMemcpyHtoD (weights)"); !s.ok()) {
+      return s;
+    }
+  }
+  for (const auto& w : manifest.weights) m->weight_offsets_.push_back(w.offset);
+  m->call_ = manifest.call;
+  for (const auto& t : manifest.inputs) m->input_bytes_.push_back(t.num_bytes());
+  for (const auto& t : manifest.outputs) m->output_bytes_.push_back(t.num_bytes());
+  m->arena_bytes_ = target.arena_bytes;
+  const char* graphs = std::getenv("MLRT_CUDA_GRAPHS");
+  m->use_graphs_ = !(graphs && std::strcmp(graphs, "0") == 0);
+  return Result<std::unique_ptr<CudaModel>>(std::move(m));
+}
+
+CudaModel::~CudaModel() {
+  if (!d_) return;
+  if (ctx_) {
+    ScopedContext scope(d_, ctx_);
+    if (scope.result() == CUDA_SUCCESS) {
+      for (auto& c : idle_) DestroyContext(std::move(c));
+      idle_.clear();
+      if (weights_) d_->cuMemFree(weights_);
+      if (module_) d_->cuModuleUnload(module_);
+    }
+  }
+  if (ctx_) d_->cuDevicePrimaryCtxRelease(dev_);
+}
+
+Result<std::unique_ptr<CudaModel::Context>> CudaModel::NewContext() const {
+  auto c = std::make_unique<Context>();
+  size_t offset = Align(arena_bytes_);
+  for (size_t n : input_bytes_) {
+    c->inputs.push_back(offset);  // offsets for now; rebased below
+    offset += Align(n);
+  }
+  for (size_t n : output_bytes_) {
+    c->outputs.push_back(offset);
+    offset += Align(n);
+  }
+  size_t table_offset = offset;
+  c->bytes = offset + call_.size() * sizeof(CUdeviceptr);
+  CUresult r = d_->cuMemAlloc(&c->memory, c->bytes);
+  if (r != CUDA_SUCCESS) {
+    c->memory = 0;
+    return Check(r, "cuMemAlloc (execution context)");
+  }
+  context_bytes_.fetch_add(c->bytes, std::memory_order_relaxed);
+  for (auto& p : c->inputs) p += c->memory;
+  for (auto& p : c->outputs) p += c->memory;
+  c->argtable = c->memory + table_offset;
+  r = d_->cuStreamCreate(&c->stream, CU_STREAM_NON_BLOCKING);
+  if (r != CUDA_SUCCESS) {
+    c->stream = nullptr;
+    Status s = Check(r, "cuStreamCreate");
+    DestroyContext(std::move(c));
+    return s;
+  }
+  std::vector<CUdeviceptr> table(call_.size());
+  for (size_t i = 0; i < call_.size(); ++i) {
+    const CallArg& a = call_[i];
+    switch (a.kind) {
+      case CallArg::Kind::kInput: table[i] = c->inputs[a.index]; break;
+      case CallArg::Kind::kOutput: table[i] = c->outputs[a.index]; break;
+      case CallArg::Kind::kWeight: table[i] = weights_ + weight_offsets_[a.index]; break;
+      case CallArg::Kind::kArena: table[i] = c->memory; break;
+    }
+  }
+  Status s = Check(d_->cuMemcpyHtoDAsync(c->argtable, table.data(), table.size() * sizeof(CUdeviceptr), c->stream),
+                   "cuMemcpyHtoDAsync (argument table)");
+  if (s.ok()) s = Check(d_->cuStreamSynchronize(c->stream), "cuStreamSynchronize");
+  if (!s.ok()) {
+    DestroyContext(std::move(c));
+    return s;
+  }
+  return Result<std::unique_ptr<Context>>(std::move(c));
+}
+
+void CudaModel::DestroyContext(std::unique_ptr<Context> c) const {
+  if (!c) return;
+  if (c->stream) d_->cuStreamSynchronize(c->stream);  // nothing may still use the memory
+  if (c->graph) d_->cuGraphExecDestroy(c->graph);
+  if (c->stream) d_->cuStreamDestroy(c->stream);
+  if (c->memory) {
+    d_->cuMemFree(c->memory);
+    context_bytes_.fetch_sub(c->bytes, std::memory_order_relaxed);
+  }
+}
+
+Status CudaModel::LaunchAll(CUstream stream, CUdeviceptr argtable) const {
+  void* params[1] = {&argtable};  // the single kernel argument: the argument table's address
+  for (const Launch& l : launches_) {
+    CUresult r = d_->cuLaunchKernel(l.function, l.grid[0], l.grid[1], l.grid[2], l.block[0], l.block[1], l.block[2],
+                                    l.shared_bytes, stream, params, nullptr);
+    if (r != CUDA_SUCCESS) return Check(r, "cuLaunchKernel");
+  }
+  return Status::Ok();
+}
+
+Status CudaModel::Execute(Context& c, const std::vector<ConstTensorView>& inputs,
+                          const std::vector<TensorView>& outputs, bool device_pointers) const {
+  if (use_graphs_ && !c.graph && !launches_.empty()) {
+    // Capture once per context: the launches only ever see this context's argument table.
+    if (Status s = Check(d_->cuStreamBeginCapture(c.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+                         "cuStreamBeginCapture");
+        !s.ok()) {
+      return s;
+    }
+    Status launched = LaunchAll(c.stream, c.argtable);
+    CUgraph graph = nullptr;
+    CUresult r = d_->cuStreamEndCapture(c.stream, &graph);
+    if (!launched.ok() || r != CUDA_SUCCESS) {
+      if (graph) d_->cuGraphDestroy(graph);
+      return launched.ok() ? Check(r, "cuStreamEndCapture") : launched;
+    }
+    CUgraphExec exec = nullptr;
+    r = d_->cuGraphInstantiateWithFlags(&exec, graph, 0);
+    d_->cuGraphDestroy(graph);
+    if (Status s = Check(r, "cuGraphInstantiateWithFlags"); !s.ok()) return s;
+    c.graph = exec;
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    size_t n = input_bytes_[i];
+    if (n == 0) continue;
+    CUresult r = device_pointers ? d_->cuMemcpyDtoDAsync(c.inputs[i], reinterpret_cast<CUdeviceptr>(inputs[i].data),
+                                                         n, c.stream)
+                                 : d_->cuMemcpyHtoDAsync(c.inputs[i], inputs[i].data, n, c.stream);
+    if (r != CUDA_SUCCESS) return Check(r, device_pointers ? "cuMemcpyDtoDAsync (input)" : "cuMemcpyHtoDAsync (input)");
+  }
+  if (c.graph) {
+    if (Status s = Check(d_->cuGraphLaunch(c.graph, c.stream), "cuGraphLaunch"); !s.ok()) return s;
+  } else if (Status s = LaunchAll(c.stream, c.argtable); !s.ok()) {
+    return s;
+  }
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    size_t n = output_bytes_[i];
+    if (n == 0) continue;
+    CUresult r = device_pointers
+                     ? d_->cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(outputs[i].data), c.outputs[i], n, c.stream)
+                     : d_->cuMemcpyDtoHAsync(outputs[i].data, c.outputs[i], n, c.stream);
+    if (r != CUDA_SUCCESS) {
+      return Check(r, device_pointers ? "cuMemcpyDtoDAsync (output)" : "cuMemcpyDtoHAsync (output)");
+    }
+  }
+  return Check(d_->cuStreamSynchronize(c.stream), "cuStreamSynchronize");
+}
+
+Status CudaModel::Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
+                      bool device_pointers) const {
+  ScopedContext scope(d_, ctx_);
+  if (Status s = Check(scope.result(), "cuCtxPushCurrent"); !s.ok()) return s;
+  std::unique_ptr<Context> c;
+  {
+    std::lock_guard<std::mutex> lock(pool_mutex_);
+    if (!idle_.empty()) {
+      c = std::move(idle_.back());
+      idle_.pop_back();
+    }
+  }
+  if (!c) {
+    auto fresh = NewContext();
+    if (!fresh.ok()) return fresh.status();
+    c = std::move(fresh).value();
+  }
+  Status s = Execute(*c, inputs, outputs, device_pointers);
+  if (!s.ok()) {
+    DestroyContext(std::move(c));  // its stream or graph may be in any state: never reuse it
+    return s;
+  }
+  std::lock_guard<std::mutex> lock(pool_mutex_);
+  idle_.push_back(std::move(c));
+  return Status::Ok();
+}
+
+}  // namespace mlrt
