@@ -47,6 +47,16 @@ class Model:
     def num_threads(self) -> int:
         return self._native.num_threads
 
+    @property
+    def device(self) -> str:
+        """Where the model runs: 'cpu' or 'cuda:N'."""
+        return self._native.device
+
+    @property
+    def device_bytes(self) -> int:
+        """GPU memory the model holds (weights + execution contexts so far); 0 on cpu."""
+        return self._native.device_bytes
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run on numpy arrays, positionally or by input name. Returns the model's output structure
         (one output -> one array; tuples, lists and dicts as the PyTorch model returned them)."""
@@ -78,7 +88,8 @@ class Model:
     __call__ = run
 
     def __repr__(self) -> str:
-        return f"mlrt.Model({self.path!r}, inputs={self.inputs}, outputs={self.outputs})"
+        device = "" if self.device == "cpu" else f", device={self.device!r}"
+        return f"mlrt.Model({self.path!r}{device}, inputs={self.inputs}, outputs={self.outputs})"
 
 
 def _rebuild(node: Any, flat: list) -> Any:
@@ -105,13 +116,18 @@ def _public_key_bytes(key) -> bytes:
         raise Error("public_key must be 32 bytes, 64 hex digits, or a .pub file from `mlpack keygen`") from None
 
 
-def load(path: str | os.PathLike, verify: str = "full", num_threads: int = 0, public_key=None) -> Model:
+def load(path: str | os.PathLike, verify: str = "full", num_threads: int = 0, public_key=None,
+         device: str = "cpu") -> Model:
     """Load and verify a bundle. verify: 'full' (hash every section) or 'skip-weights'.
     num_threads: threads per run (0: MLRT_NUM_THREADS, else the physical cores).
-    public_key: require a valid Ed25519 signature by this key (bytes, hex, or a .pub file)."""
+    public_key: require a valid Ed25519 signature by this key (bytes, hex, or a .pub file).
+    device: 'cpu', 'cuda' (= 'cuda:0') or 'cuda:N' (needs a bundle built with --target cuda and the
+    NVIDIA driver); run/run_flat still take and return numpy arrays."""
     path = os.fspath(path)
     key = _public_key_bytes(public_key) if public_key is not None else b""
-    return Model(_load(path, verify, num_threads, key), path)
+    if not isinstance(device, str):
+        raise Error(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    return Model(_load(path, verify, num_threads, key, device), path)
 
 
 def get_cmake_dir() -> str:

@@ -115,13 +115,17 @@ PYBIND11_MODULE(_mlrt, m) {
       .def_property_readonly("manifest_json", &mlrt::Model::manifest_json)
       .def_property_readonly("arena_bytes", &mlrt::Model::arena_bytes)
       .def_property_readonly("num_threads", &mlrt::Model::num_threads)
+      .def_property_readonly("device", &mlrt::Model::device)
+      .def_property_readonly("device_bytes", &mlrt::Model::device_bytes)
       .def("run_flat", &RunFlat, py::arg("inputs"));
 
   m.def(
       "load",
-      [](const std::string& path, const std::string& verify, int num_threads, const py::bytes& public_key) {
+      [](const std::string& path, const std::string& verify, int num_threads, const py::bytes& public_key,
+         const std::string& device) {
         mlrt::LoadOptions options;
         options.num_threads = num_threads;
+        options.device = device;
         options.public_key = public_key;
         if (verify == "full") {
           options.verify = mlrt::LoadOptions::Verify::kFull;
@@ -139,7 +143,8 @@ PYBIND11_MODULE(_mlrt, m) {
         // pybind11 holds non-const pointers; the Model API is const-only, so nothing can mutate it.
         return std::const_pointer_cast<mlrt::Model>(std::move(model).value());
       },
-      py::arg("path"), py::arg("verify") = "full", py::arg("num_threads") = 0, py::arg("public_key") = py::bytes());
+      py::arg("path"), py::arg("verify") = "full", py::arg("num_threads") = 0, py::arg("public_key") = py::bytes(),
+      py::arg("device") = "cpu");
   m.def("version", &mlrt::Version);
   m.def("max_bundle_format_version", &mlrt::MaxBundleFormatVersion);
 }
