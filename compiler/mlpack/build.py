@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import BuildError, MissingCompilerDependencies
 
-TARGETS = ("cpu",)
+TARGETS = ("cpu", "cuda")
 
 
 @dataclass
@@ -23,6 +23,7 @@ class BuildResult:
     bundle_bytes: int
     manifest: dict
     timings: dict[str, float] = field(default_factory=dict)
+    cuda_source: str | None = None  # the generated CUDA C++ of a cuda target (for tests and debugging)
 
     @property
     def memory_plan(self) -> dict:
@@ -51,6 +52,8 @@ def build(
     target: str = "cpu",
     *,
     cpu: str | None = None,
+    precision: str = "fp32",
+    cuda_arch: int | None = None,
     input_shapes: Sequence[str] | None = None,
     progress: Callable[[str, float], None] | None = None,
     dump_ir: str | Path | None = None,
@@ -59,6 +62,8 @@ def build(
 
     example_inputs: tensors/arrays fixing input shapes and dtypes (needed unless the model file
     records them, as a .pt2 does). input_shapes: alternative, strings like "1x3x224x224:float32".
+    target: "cpu", "cuda" or "cpu,cuda". precision (cuda): operand precision of matmul/conv,
+    fp32 | tf32 | fp16 | bf16. cuda_arch: minimum compute capability as major*10+minor (default 80).
     """
     _require_compiler_deps()
     import numpy as np
@@ -67,6 +72,7 @@ def build(
     from . import bundle as bundle_fmt
     from . import frontend
     from .codegen_cpu import DEFAULT_CPU, compile_cpu
+    from .codegen_cuda import DEFAULT_SM, compile_cuda
     from .importer import import_program
 
     targets = [t.strip() for t in target.split(",") if t.strip()]
@@ -114,12 +120,20 @@ def build(
     with stage("import"):
         module = import_program(lifted)
         dump("linalg", str(module))
-    art = compile_cpu(module, cpu, dump, stage)
+        # Each codegen rewrites its module in place: the CUDA path gets its own copy.
+        cuda_module = import_program(lifted) if "cuda" in targets and "cpu" in targets else module
+    art = compile_cpu(module, cpu, dump, stage) if "cpu" in targets else None
+    cuda = None
+    if "cuda" in targets:
+        cuda = compile_cuda(cuda_module, precision, cuda_arch or DEFAULT_SM, dump, stage)
+        if art is not None and art.prepack != cuda.prepack:
+            raise BuildError("internal: the CPU and CUDA targets disagree on which weights are pre-packed")
+    main = art if art is not None else cuda
     with stage("write"):
         from .kernel_calls import pack_b_panels
 
         weights = list(lifted.weights)
-        for arg, (k, n) in art.prepack.items():  # stored in the GEMM's panel layout, packed once here
+        for arg, (k, n) in main.prepack.items():  # stored in the GEMM's panel layout, packed once here
             kind, i = lifted.call_args[arg]
             if kind != "weight" or weights[i][1].shape != (k, n):
                 raise BuildError(f"internal: argument {arg} marked for packing is not a [{k}, {n}] weight")
@@ -127,8 +141,9 @@ def build(
         weights_blob, weight_entries = bundle_fmt.pack_weights(weights)
         call = [f"{kind}:{i}" for kind, i in lifted.call_args]
         call += [f"output:{i}" for i in range(len(lifted.outputs))] + ["arena"]
-        if len(call) != art.num_args:
-            raise BuildError(f"internal: entry takes {art.num_args} args, the call list has {len(call)}")
+        for a in (art, cuda):
+            if a is not None and len(call) != a.num_args:
+                raise BuildError(f"internal: entry takes {a.num_args} args, the call list has {len(call)}")
         manifest = {
             "format_version": bundle_fmt.FORMAT_VERSION,
             "producer": {"mlpack": _version("mlpack-mlrt"), "torch": torch.__version__,
@@ -138,14 +153,19 @@ def build(
             "output_structure": lifted.output_structure,
             "weights": weight_entries,
             "call": call,
-            "memory_plan": art.memory_plan.to_json(),
+            "memory_plan": main.memory_plan.to_json(),
             "graph_passes": lifted.graph_passes,
-            "targets": {"cpu": {"arch": "x86_64", "cpu": art.cpu, "features": art.features,
-                                "section": "cpu.so", "entry": "mlrt_entry", "host_abi": 1,
-                                "kernels": art.kernels}},
+            "targets": {},
         }
-        size = bundle_fmt.write_bundle(output_path, manifest, [
-            ("cpu.so", art.shared_object, bundle_fmt.PAGE),
-            ("weights", weights_blob, bundle_fmt.PAGE),
-        ])
-    return BuildResult(Path(output_path), size, manifest, timings)
+        sections = []
+        if art is not None:
+            manifest["targets"]["cpu"] = {"arch": "x86_64", "cpu": art.cpu, "features": art.features,
+                                          "section": "cpu.so", "entry": "mlrt_entry", "host_abi": 1,
+                                          "kernels": art.kernels}
+            sections.append(("cpu.so", art.shared_object, bundle_fmt.PAGE))
+        if cuda is not None:
+            manifest["targets"]["cuda"] = cuda.manifest()
+            sections.append(("cuda.ptx", cuda.ptx.encode("ascii") + b"\0", 8))
+        sections.append(("weights", weights_blob, bundle_fmt.PAGE))
+        size = bundle_fmt.write_bundle(output_path, manifest, sections)
+    return BuildResult(Path(output_path), size, manifest, timings, cuda.source if cuda else None)

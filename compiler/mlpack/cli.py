@@ -31,12 +31,15 @@ def main() -> None:
                    "Needed for TorchScript and pickled models, which do not record shapes.")
 @click.option("--example-inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help=".npy (one input) or .npz (inputs in order) fixing input shapes and dtypes.")
-@click.option("--target", default="cpu", show_default=True, help="Code to generate: cpu.")
+@click.option("--target", default="cpu", show_default=True, help="Code to generate: cpu, cuda or cpu,cuda.")
 @click.option("--cpu", default=None, help="x86-64 level: x86-64, x86-64-v2, x86-64-v3 (default, AVX2+FMA).")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="cuda: operand precision of matmul/conv (tf32/fp16/bf16 use tensor cores, fp32 accumulation).")
+@click.option("--cuda-arch", type=int, default=None, help="cuda: minimum compute capability, e.g. 80 (default) or 90.")
 @click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), help="Write the IR after each stage here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the full traceback of errors.")
-def build(model, output, input_shapes, example_inputs, target, cpu, dump_ir, quiet, verbose):
+def build(model, output, input_shapes, example_inputs, target, cpu, precision, cuda_arch, dump_ir, quiet, verbose):
     """Compile MODEL into one bundle file.
 
     MODEL is a torch.export program (.pt2, torch.export.save), a TorchScript file (torch.jit.save)
@@ -63,8 +66,8 @@ def build(model, output, input_shapes, example_inputs, target, cpu, dump_ir, qui
 
     say(f"building {model} -> {output}")
     try:
-        result = do_build(str(model), examples, output, target, cpu=cpu, input_shapes=input_shapes or None,
-                          progress=progress, dump_ir=dump_ir)
+        result = do_build(str(model), examples, output, target, cpu=cpu, precision=precision, cuda_arch=cuda_arch,
+                          input_shapes=input_shapes or None, progress=progress, dump_ir=dump_ir)
     except BuildError as e:
         if verbose:
             raise
@@ -72,10 +75,16 @@ def build(model, output, input_shapes, example_inputs, target, cpu, dump_ir, qui
         sys.exit(1)
     plan = result.memory_plan
     folded = result.manifest.get("graph_passes", {})
-    kernels = result.manifest["targets"]["cpu"].get("kernels", {})
     say(f"graph: {folded.get('batchnorm_folded', 0)} BatchNorm folded into convs, "
-        f"{folded.get('constants_folded', 0)} weight-only subgraphs precomputed; "
-        f"{sum(kernels.values())} ops on microkernels")
+        f"{folded.get('constants_folded', 0)} weight-only subgraphs precomputed")
+    for name, t in result.manifest["targets"].items():
+        kernels = t.get("kernels", {})
+        if name == "cuda":
+            say(f"cuda: {len(t['launches'])} kernel launches ({', '.join(f'{k} x{v}' for k, v in sorted(kernels.items()))}), "
+                f"PTX ISA {t['ptx_isa']} for sm_{t['min_sm']}+ (driver >= {t['min_driver']}), {t['precision']}, "
+                f"device arena {_mib(t['arena_bytes'])}")
+        else:
+            say(f"cpu: {sum(kernels.values())} ops on microkernels")
     say(f"memory plan: arena {_mib(plan['arena_bytes'])} | sum of buffers {_mib(plan['sum_bytes'])} | "
         f"live-bytes lower bound {_mib(plan['lower_bound_bytes'])} ({len(plan['buffers'])} buffers, "
         f"{plan['algorithm']})")
@@ -137,7 +146,11 @@ def inspect(bundle, as_json, plot):
         for t in m[kind]:
             click.echo(f"  {t['name']}: {t['dtype']}{t['shape']}")
     for name, t in m["targets"].items():
-        click.echo(f"target {name}: {t.get('cpu', '')} needs [{', '.join(t.get('features', []))}]")
+        if name == "cuda":
+            click.echo(f"target cuda: PTX ISA {t['ptx_isa']}, sm_{t['min_sm']}+, driver >= {t['min_driver']}, "
+                       f"precision {t['precision']}, {len(t['launches'])} launches, device arena {_mib(t['arena_bytes'])}")
+        else:
+            click.echo(f"target {name}: {t.get('cpu', '')} needs [{', '.join(t.get('features', []))}]")
     click.echo("sections:")
     for s in info.sections:
         click.echo(f"  {s.name:<10} {s.size:>12,d} bytes at {s.offset:#x}  sha256 {s.sha256.hex()[:16]}…")

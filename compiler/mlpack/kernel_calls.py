@@ -194,10 +194,11 @@ class _Fusion:
 
 
 class _Rewriter:
-    def __init__(self, module, func_op):
+    def __init__(self, module, func_op, scratch: bool = True):
         from torch_mlir import ir
 
         self.ir = ir
+        self.scratch = scratch  # False: kernels read B in place (GPU), no packing scratch buffers
         self.module = module
         self.block = func_op.regions[0].blocks[0]
         self.globals = {}
@@ -425,7 +426,7 @@ class _Rewriter:
 
             args = [ptr(v) for v in leading]
             if scratch_floats is not None:
-                if scratch_floats:
+                if scratch_floats and self.scratch:
                     alloc = memref.AllocOp(ir.MemRefType.get([scratch_floats], f32), [], [])
                     alloc.attributes["alignment"] = ir.IntegerAttr.get(i64, 64)
                     args.append(ptr(alloc.result))
@@ -526,10 +527,11 @@ class _Rewriter:
         return used
 
 
-def replace_with_kernel_calls(module, func_op) -> tuple[Counter, dict[int, tuple[int, int]]]:
+def replace_with_kernel_calls(module, func_op, scratch: bool = True) -> tuple[Counter, dict[int, tuple[int, int]]]:
     """Rewrites supported ops in `func_op`. Returns how many of each kernel were used, and the
-    function arguments (weights) whose data must be stored as packed B panels: index -> (K, N)."""
-    rewriter = _Rewriter(module, func_op)
+    function arguments (weights) whose data must be stored as packed B panels: index -> (K, N).
+    scratch=False: no packed-B scratch buffers (the CUDA kernels stage operands in shared memory)."""
+    rewriter = _Rewriter(module, func_op, scratch)
     used = rewriter.run()
     return used, rewriter.prepack
 

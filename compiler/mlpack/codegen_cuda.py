@@ -1,0 +1,628 @@
+"""CUDA codegen: the same bufferized, memory-planned linalg IR as the CPU path -> CUDA C++ -> PTX.
+
+Why CUDA C++ and not MLIR's gpu/NVVM lowering: after the arena plan every buffer is an argument
+pointer plus a constant offset, so each op becomes one kernel whose addresses are all constants
+off a single argument table (docs/bundle-format.md, "The CUDA target"), which is what makes a CUDA
+graph captured once stay valid. The heavy ops reuse the CPU path's kernel substitution and fusion
+(kernel_calls.py: conv / depthwise / matmul with bias, residual and clamp folded in) and map onto
+the tiled shared-memory / tensor-core templates in kernels_cuda/; every remaining linalg op is
+generalized and emitted as one elementwise-parallel kernel (reduction dims loop inside a thread).
+nvcc turns the source into PTX for `compute_<min_sm>`; the driver JITs it for the GPU present.
+(MLIR's gpu-to-NVVM route works on simple IR, see TOOLCHAIN-NOTES §4, but gives naive kernels and
+a launch table to reconstruct from the host IR; C++ templates are the route TVM takes as well.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BuildError
+from .kernel_calls import defining_op, replace_with_kernel_calls
+from .memory_plan import MemoryPlan, assign_arena
+
+KERNELS_DIR = Path(__file__).parent / "kernels_cuda"
+PRECISIONS = {"fp32": 0, "tf32": 1, "fp16": 2, "bf16": 3}
+DEFAULT_SM = 80  # tensor-core WMMA for tf32/bf16 needs sm_80; the PTX JITs forward to sm_90
+THREADS = 256
+# PTX ISA version -> the CUDA driver version (cuDriverGetVersion) that first reads it.
+_PTX_ISA_DRIVER = {
+    "7.0": 11000, "7.1": 11010, "7.2": 11020, "7.3": 11030, "7.4": 11040, "7.5": 11050, "7.6": 11060,
+    "7.7": 11070, "7.8": 11080, "8.0": 12000, "8.1": 12010, "8.2": 12020, "8.3": 12030, "8.4": 12040,
+    "8.5": 12050, "8.6": 12070, "8.7": 12080, "8.8": 12090, "9.0": 13000, "9.1": 13010, "9.2": 13020,
+}
+_BUFFERIZE = (
+    "builtin.module(canonicalize,"
+    "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},"
+    "buffer-results-to-out-params{modify-public-functions=true hoist-static-allocs=true},canonicalize,cse)"
+)
+_GENERALIZE = "builtin.module(linalg-generalize-named-ops)"
+_ALIAS_OPS = {"memref.subview", "memref.expand_shape", "memref.collapse_shape", "memref.cast",
+              "memref.reinterpret_cast", "memref.transpose"}
+_SKIP_OPS = {"arith.constant", "memref.view", "memref.extract_aligned_pointer_as_index", "arith.index_cast",
+             "memref.get_global", "func.return", *_ALIAS_OPS}
+
+
+@dataclass
+class CudaArtifact:
+    ptx: str
+    source: str  # the generated CUDA C++ (kept for --dump-ir and tests)
+    memory_plan: MemoryPlan
+    launches: list
+    kernels: dict
+    prepack: dict
+    precision: str
+    min_sm: int
+    ptx_isa: str
+    min_driver: int
+    num_args: int
+
+    def manifest(self) -> dict:
+        return {"section": "cuda.ptx", "ptx_isa": self.ptx_isa, "min_sm": self.min_sm, "min_driver": self.min_driver,
+                "precision": self.precision, "arena_bytes": self.memory_plan.arena_bytes,
+                "memory_plan": self.memory_plan.to_json(), "kernels": self.kernels, "launches": self.launches}
+
+
+# --------------------------------------------------------------------------- scalar types and literals
+
+_CTYPES = {"f32": "float", "f64": "double", "f16": "half", "bf16": "__nv_bfloat16", "i1": "bool", "i8": "int8_t",
+           "i16": "int16_t", "i32": "int32_t", "i64": "int64_t", "index": "int64_t", "ui8": "uint8_t"}
+
+
+def _ctype(t) -> str:
+    s = str(t)
+    if s not in _CTYPES:
+        raise BuildError(f"CUDA backend: element type {s} is not supported")
+    return _CTYPES[s]
+
+
+def _literal(attr, ctype: str) -> str:
+    from torch_mlir import ir
+
+    if isinstance(attr, ir.FloatAttr):
+        v = attr.value
+        if v != v:
+            return f"(({ctype})__int_as_float(0x7fc00000))"
+        if v in (float("inf"), float("-inf")):
+            return f"(({ctype})__int_as_float({'0x7f800000' if v > 0 else '0xff800000'}))"
+        if ctype == "float":
+            (bits,) = struct.unpack("<I", struct.pack("<f", v))
+            return f"__int_as_float({bits:#x})"  # bit-exact
+        if ctype == "double":
+            (bits,) = struct.unpack("<q", struct.pack("<d", v))
+            return f"__longlong_as_double({bits}LL)"
+        return f"(({ctype}){v!r})"
+    if isinstance(attr, ir.IntegerAttr):
+        if ctype == "bool":
+            return "true" if attr.value else "false"
+        return f"(({ctype}){attr.value}LL)"
+    raise BuildError(f"CUDA backend: unsupported constant {attr}")
+
+
+_CMPF = {0: "false", 1: "({a} == {b})", 2: "({a} > {b})", 3: "({a} >= {b})", 4: "({a} < {b})", 5: "({a} <= {b})",
+         6: "({a} < {b} || {a} > {b})", 7: "({a} == {a} && {b} == {b})", 8: "!({a} < {b} || {a} > {b})",
+         9: "!({a} <= {b})", 10: "!({a} < {b})", 11: "!({a} >= {b})", 12: "!({a} > {b})", 13: "({a} != {b})",
+         14: "({a} != {a} || {b} != {b})", 15: "true"}
+_CMPI = {0: "==", 1: "!=", 2: "<", 3: "<=", 4: ">", 5: ">=", 6: "<", 7: "<=", 8: ">", 9: ">="}
+_BINARY = {"arith.addf": "+", "arith.subf": "-", "arith.mulf": "*", "arith.divf": "/", "arith.addi": "+",
+           "arith.subi": "-", "arith.muli": "*", "arith.divsi": "/", "arith.remsi": "%", "arith.andi": "&",
+           "arith.ori": "|", "arith.xori": "^", "arith.shli": "<<", "arith.shrsi": ">>", "arith.divui": "/",
+           "arith.remui": "%"}
+_CASTS = {"arith.extf", "arith.truncf", "arith.sitofp", "arith.uitofp", "arith.fptosi", "arith.fptoui",
+          "arith.index_cast", "arith.index_castui", "arith.extsi", "arith.extui", "arith.trunci"}
+# math op -> (float function, double function)
+_MATH = {"math.exp": ("expf", "exp"), "math.exp2": ("exp2f", "exp2"), "math.expm1": ("expm1f", "expm1"),
+         "math.log": ("logf", "log"), "math.log1p": ("log1pf", "log1p"), "math.log2": ("log2f", "log2"),
+         "math.log10": ("log10f", "log10"), "math.sqrt": ("sqrtf", "sqrt"), "math.rsqrt": ("rsqrtf", "rsqrt"),
+         "math.tanh": ("tanhf", "tanh"), "math.erf": ("erff", "erf"), "math.absf": ("fabsf", "fabs"),
+         "math.floor": ("floorf", "floor"), "math.ceil": ("ceilf", "ceil"), "math.round": ("roundf", "round"),
+         "math.roundeven": ("rintf", "rint"), "math.trunc": ("truncf", "trunc"), "math.sin": ("sinf", "sin"),
+         "math.cos": ("cosf", "cos"), "math.tan": ("tanf", "tan"), "math.atan": ("atanf", "atan"),
+         "math.powf": ("powf", "pow"), "math.atan2": ("atan2f", "atan2"), "math.fma": ("fmaf", "fma"),
+         "math.sinh": ("sinhf", "sinh"), "math.cosh": ("coshf", "cosh"), "math.asin": ("asinf", "asin"),
+         "math.acos": ("acosf", "acos"), "math.cbrt": ("cbrtf", "cbrt"), "math.copysign": ("copysignf", "copysign")}
+
+
+def _affine_c(expr) -> str:
+    """An affine expression over loop dims as C (`d1 * 2 + d4` -> `i1 * 2 + i4`)."""
+    s = str(expr)
+    if "ceildiv" in s or re.search(r"\bs\d", s):
+        raise BuildError(f"CUDA backend: affine expression {s} is not supported")
+    s = re.sub(r"\bd(\d+)\b", r"i\1", s).replace("floordiv", "/").replace("mod", "%")
+    if not re.fullmatch(r"[i0-9\s+\-*/%()]*", s):
+        raise BuildError(f"CUDA backend: affine expression {expr} is not supported")
+    return f"({s})"
+
+
+# --------------------------------------------------------------------------- the emitter
+
+
+class _Emitter:
+    def __init__(self, module, func_op):
+        from torch_mlir import ir
+
+        self.ir = ir
+        self.module = module
+        self.func = func_op
+        self.block = func_op.regions[0].blocks[0]
+        self.globals: dict[str, str] = {}  # symbol -> C declaration
+        self.global_ops = {}
+        for op in module.body.operations:
+            if op.operation.name == "memref.global":
+                self.global_ops[ir.StringAttr(op.attributes["sym_name"]).value] = op
+        self.kernels: list[str] = []
+        self.launches: list[dict] = []
+        self.counts: Counter = Counter()
+
+    # ---------------------------------------------------------------- buffers
+
+    def base(self, value) -> tuple[str, int]:
+        """(C expression of the base pointer as char*, byte offset) of a memref value."""
+        ir = self.ir
+        op = defining_op(value)
+        if op is None:
+            if value.owner != self.block:
+                raise BuildError("CUDA backend: a memref block argument inside a region is not supported")
+            return f"A[{value.arg_number}]", 0
+        if op.name == "memref.view":
+            src, shift = self.base(op.operands[0])
+            byte = self.index_constant(op.operands[1])
+            return src, shift + byte
+        if op.name in _ALIAS_OPS:
+            return self.base(op.operands[0])
+        if op.name == "memref.get_global":
+            name = ir.FlatSymbolRefAttr(op.attributes["name"]).value
+            self.declare_global(name)
+            return f"(char *)g_{self._ident(name)}", 0
+        raise BuildError(f"CUDA backend: cannot locate the buffer produced by {op.name}")
+
+    def declare_global(self, name: str) -> None:
+        """A constant global (e.g. a 0-d clamp bound) as a __device__ table; floats as raw bits."""
+        import numpy as np
+
+        ir = self.ir
+        if name in self.globals:
+            return
+        glob = self.global_ops[name]
+        mtype = ir.MemRefType(ir.TypeAttr(glob.attributes["type"]).value)
+        ctype = _ctype(mtype.element_type)
+        n = int(np.prod(mtype.shape)) if mtype.rank else 1
+        init = glob.attributes["initial_value"] if "initial_value" in glob.attributes else None
+        try:
+            dense = ir.DenseElementsAttr(init)
+        except (ValueError, TypeError) as e:
+            raise BuildError(f"CUDA backend: global {name} has no dense initializer") from e
+        if dense.is_splat:
+            v = dense.get_splat_value()
+            values = np.full(n, ir.FloatAttr(v).value if isinstance(v, ir.FloatAttr) else ir.IntegerAttr(v).value)
+        else:
+            values = np.array(dense).reshape(-1)
+        ident = self._ident(name)
+        if ctype == "float":
+            bits = values.astype(np.float32).view(np.uint32)
+            self.globals[name] = (f"__device__ const unsigned g_{ident}_bits[{n}] = {{{', '.join(map(hex, bits.tolist()))}}};\n"
+                                  f"#define g_{ident} ((const float *)g_{ident}_bits)\n")
+        elif ctype in ("half", "__nv_bfloat16", "double"):
+            raise BuildError(f"CUDA backend: {ctype} constant tables are not supported (global {name})")
+        else:
+            self.globals[name] = (f"__device__ const {ctype} g_{ident}[{n}] = "
+                                  f"{{{', '.join(str(int(x)) for x in values.tolist())}}};\n")
+
+    @staticmethod
+    def _ident(name: str) -> str:
+        return re.sub(r"\W", "_", name)
+
+    def index_constant(self, value) -> int:
+        ir = self.ir
+        op = defining_op(value)
+        if op is None or op.name != "arith.constant":
+            raise BuildError("CUDA backend: a buffer offset is not a constant")
+        return ir.IntegerAttr(op.attributes["value"]).value
+
+    def layout(self, value):
+        """(element C type, shape, strides, element offset) of a static memref."""
+        t = value.type
+        strides, offset = t.get_strides_and_offset()
+        dyn = -(1 << 63)
+        if not t.has_static_shape or offset == dyn or any(s == dyn for s in strides):
+            raise BuildError(f"CUDA backend: memref {t} has a dynamic shape or layout")
+        return _ctype(t.element_type), list(t.shape), list(strides), offset
+
+    def pointer(self, value, ptrs: dict, decls: list) -> tuple[str, list, list, int]:
+        """A named local pointer for `value`'s base (declared once per kernel) + its layout."""
+        ctype, shape, strides, offset = self.layout(value)
+        base, shift = self.base(value)
+        key = (base, shift, ctype)
+        if key not in ptrs:
+            ptrs[key] = f"p{len(ptrs)}"
+            decls.append(f"  {ctype} *__restrict__ {ptrs[key]} = ({ctype} *)({base} + {shift});\n")
+        return ptrs[key], shape, strides, offset
+
+    @staticmethod
+    def element(ptr: str, strides: list, offset: int, idx: list[str]) -> str:
+        terms = [str(offset)] if offset else []
+        terms += [f"{i} * {s}" if s != 1 else i for i, s in zip(idx, strides) if s != 0]
+        return f"{ptr}[{' + '.join(terms) or '0'}]"
+
+    # ---------------------------------------------------------------- kernels
+
+    def add_kernel(self, body: str, grid: list[int], block: list[int], kind: str) -> None:
+        name = f"k{len(self.kernels)}"
+        self.kernels.append(f'extern "C" __global__ void __launch_bounds__({block[0] * block[1] * block[2]}) '
+                            f"{name}(void *const *__restrict__ A_) {{\n"
+                            "  char *const *A = (char *const *)A_;\n" + body + "}\n")
+        self.launches.append({"kernel": name, "grid": grid, "block": block, "shared_bytes": 0})
+        self.counts[kind] += 1
+
+    @staticmethod
+    def _grid(total: int) -> tuple[list[int], list[int]]:
+        threads = THREADS if total >= THREADS else max(32, (total + 31) // 32 * 32)
+        blocks = max(1, -(-total // threads))
+        if blocks >= 2 ** 31:
+            raise BuildError("CUDA backend: an op has too many elements for one launch")
+        return [blocks, 1, 1], [threads, 1, 1]
+
+    def emit_generic(self, op) -> None:
+        ir = self.ir
+        operands = list(op.operands)
+        if len(op.results):
+            raise BuildError("CUDA backend: a linalg op on tensors survived bufferization")
+        segs = list(ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"]))
+        ins, outs = operands[:segs[0]], operands[segs[0]:]
+        maps = [ir.AffineMapAttr(m).value for m in ir.ArrayAttr(op.attributes["indexing_maps"])]
+        iters = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+        iters = ["reduction" if "reduction" in a else "parallel" for a in iters]
+        n_loops = len(iters)
+        ranges: list[int | None] = [None] * n_loops
+        for v, m in zip(operands, maps):
+            if not isinstance(v.type, ir.MemRefType):
+                continue
+            for r, e in enumerate(m.results):
+                mm = re.fullmatch(r"d(\d+)", str(e))
+                if mm and ranges[int(mm.group(1))] is None:
+                    ranges[int(mm.group(1))] = v.type.shape[r]
+        if None in ranges:
+            raise BuildError("CUDA backend: cannot infer the loop ranges of a linalg.generic")
+        par = [d for d in range(n_loops) if iters[d] == "parallel"]
+        red = [d for d in range(n_loops) if iters[d] == "reduction"]
+        total = 1
+        for d in par:
+            total *= ranges[d]
+        if total == 0:
+            return
+        ptrs: dict = {}
+        decls: list[str] = []
+        lines: list[str] = []
+        # thread index -> parallel loop indices (last parallel dim fastest: coalesced for row-major outputs)
+        lines.append(f"  int64_t t_ = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;\n  if (t_ >= {total}LL) return;\n")
+        for d in reversed(par):
+            lines.append(f"  const int64_t i{d} = t_ % {ranges[d]}; t_ /= {ranges[d]};\n")
+        body = op.regions[0].blocks[0]
+        args = list(body.arguments)
+        # outputs: accumulators loaded if the body reads them
+        out_refs = []
+        for k, v in enumerate(outs):
+            ptr, _, strides, offset = self.pointer(v, ptrs, decls)
+            idx = [_affine_c(e) for e in maps[len(ins) + k].results]
+            ref = self.element(ptr, strides, offset, idx)
+            out_refs.append(ref)
+        env: dict = {}
+        pre: list[str] = []  # loads of outputs (before the reduction loops)
+        for k, v in enumerate(outs):
+            arg = args[len(ins) + k]
+            ctype = _ctype(arg.type)
+            env[arg] = f"acc{k}"
+            pre.append(f"  {ctype} acc{k} = {out_refs[k] if list(arg.uses) else '0'};\n")
+        loop_open = "".join(f"  for (int64_t i{d} = 0; i{d} < {ranges[d]}; ++i{d}) {{\n" for d in red)
+        loop_close = "  }\n" * len(red)
+        inner: list[str] = []
+        for k, v in enumerate(ins):
+            arg = args[k]
+            if not list(arg.uses):
+                continue
+            if isinstance(v.type, ir.MemRefType):
+                ptr, _, strides, offset = self.pointer(v, ptrs, decls)
+                idx = [_affine_c(e) for e in maps[k].results]
+                inner.append(f"  const {_ctype(arg.type)} in{k} = {self.element(ptr, strides, offset, idx)};\n")
+                env[arg] = f"in{k}"
+            else:
+                env[arg] = self.scalar(v, ptrs, decls)
+        yields = self.emit_body(body, env, inner, ptrs, decls)
+        for k, y in enumerate(yields):
+            inner.append(f"  acc{k} = {y};\n")
+        stores = "".join(f"  {out_refs[k]} = acc{k};\n" for k in range(len(outs)))
+        src = "".join(decls) + "".join(lines) + "".join(pre) + loop_open + "".join(inner) + loop_close + stores
+        grid, block = self._grid(total)
+        self.add_kernel(src, grid, block, "generic")
+
+    def scalar(self, value, ptrs, decls) -> str:
+        """A scalar defined outside a linalg body (a top-level constant)."""
+        op = defining_op(value)
+        if op is not None and op.name == "arith.constant":
+            return _literal(op.attributes["value"], _ctype(value.type))
+        raise BuildError(f"CUDA backend: a linalg body uses a value defined by {op.name if op else 'an argument'}")
+
+    def emit_body(self, body, env: dict, out: list, ptrs, decls) -> list[str]:
+        ir = self.ir
+        counter = [0]
+
+        def get(v):
+            if v in env:
+                return env[v]
+            if isinstance(v.type, ir.MemRefType):
+                raise BuildError("CUDA backend: memref value used as a scalar")
+            s = self.scalar(v, ptrs, decls)
+            env[v] = s
+            return s
+
+        for o in body.operations:
+            o = o.operation
+            name = o.name
+            if name == "linalg.yield":
+                return [get(v) for v in o.operands]
+            res = o.results[0] if len(o.results) == 1 else None
+            if res is None:
+                raise BuildError(f"CUDA backend: unsupported op {name} in a linalg body")
+            ct = _ctype(res.type)
+            if name == "arith.constant":
+                expr = _literal(o.attributes["value"], ct)
+            elif name == "linalg.index":
+                expr = f"i{ir.IntegerAttr(o.attributes['dim']).value}"
+            elif name in _BINARY:
+                a = [get(v) for v in o.operands]
+                expr = f"({a[0]} {_BINARY[name]} {a[1]})"
+            elif name == "arith.remf":
+                a = [get(v) for v in o.operands]
+                expr = f"fmod({a[0]}, {a[1]})"
+            elif name == "arith.negf":
+                expr = f"(-{get(o.operands[0])})"
+            elif name in ("arith.maximumf", "arith.minimumf"):
+                a = [get(v) for v in o.operands]
+                expr = f"mlrt::{name[6:]}({a[0]}, {a[1]})"
+            elif name in ("arith.maxnumf", "arith.minnumf"):
+                a = [get(v) for v in o.operands]
+                expr = f"{'fmax' if 'max' in name else 'fmin'}({a[0]}, {a[1]})"
+            elif name in ("arith.maxsi", "arith.minsi", "arith.maxui", "arith.minui"):
+                a = [get(v) for v in o.operands]
+                cmp = ">" if "max" in name else "<"
+                expr = f"(({a[0]}) {cmp} ({a[1]}) ? ({a[0]}) : ({a[1]}))"
+            elif name == "arith.cmpf":
+                a = [get(v) for v in o.operands]
+                expr = _CMPF[ir.IntegerAttr(o.attributes["predicate"]).value].format(a=a[0], b=a[1])
+            elif name == "arith.cmpi":
+                a = [get(v) for v in o.operands]
+                pred = ir.IntegerAttr(o.attributes["predicate"]).value
+                if pred >= 6:
+                    a = [f"(uint64_t)({x})" for x in a]
+                expr = f"({a[0]} {_CMPI[pred]} {a[1]})"
+            elif name == "arith.select":
+                a = [get(v) for v in o.operands]
+                expr = f"({a[0]} ? {a[1]} : {a[2]})"
+            elif name in _CASTS:
+                expr = f"(({ct})({get(o.operands[0])}))"
+            elif name == "arith.bitcast":
+                expr = f"__builtin_bit_cast({ct}, {get(o.operands[0])})"
+            elif name in _MATH:
+                fn = _MATH[name][0 if ct == "float" else 1]
+                expr = f"{fn}({', '.join(get(v) for v in o.operands)})"
+            elif name == "math.fpowi":
+                a = [get(v) for v in o.operands]
+                expr = f"pow({a[0]}, (double)({a[1]}))"
+            elif name == "memref.load":
+                mem, *idx = list(o.operands)
+                ptr, _, strides, offset = self.pointer(mem, ptrs, decls)
+                expr = self.element(ptr, strides, offset, [f"({get(i)})" for i in idx])
+            else:
+                raise BuildError(f"CUDA backend: unsupported op {name} in a linalg body")
+            var = f"v{counter[0]}"
+            counter[0] += 1
+            out.append(f"  const {ct} {var} = {expr};\n")
+            env[res] = var
+        raise BuildError("CUDA backend: linalg body without a yield")
+
+    def emit_copy(self, op) -> None:
+        src, dst = op.operands
+        ptrs: dict = {}
+        decls: list[str] = []
+        sp, shape, s_strides, s_off = self.pointer(src, ptrs, decls)
+        dp, _, d_strides, d_off = self.pointer(dst, ptrs, decls)
+        total = 1
+        for d in shape:
+            total *= d
+        if total == 0:
+            return
+        lines = [f"  int64_t t_ = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;\n  if (t_ >= {total}LL) return;\n"]
+        for d in reversed(range(len(shape))):
+            lines.append(f"  const int64_t i{d} = t_ % {shape[d]}; t_ /= {shape[d]};\n")
+        idx = [f"i{d}" for d in range(len(shape))]
+        lines.append(f"  {self.element(dp, d_strides, d_off, idx)} = {self.element(sp, s_strides, s_off, idx)};\n")
+        grid, block = self._grid(total)
+        self.add_kernel("".join(decls) + "".join(lines), grid, block, "copy")
+
+    # ---------------------------------------------------------------- microkernel calls
+
+    def call_args(self, op) -> list:
+        """Each operand of a kernel call as ('ptr', C expr) | ('int', v) | ('float', v)."""
+        ir = self.ir
+        out = []
+        for v in op.operands:
+            d = defining_op(v)
+            if d is not None and d.name == "arith.constant":
+                attr = d.attributes["value"]
+                if isinstance(attr, ir.FloatAttr):
+                    out.append(("float", attr.value))
+                else:
+                    out.append(("int", ir.IntegerAttr(attr).value))
+                continue
+            if d is not None and d.name == "arith.index_cast":
+                e = defining_op(d.operands[0])
+                if e is not None and e.name == "memref.extract_aligned_pointer_as_index":
+                    mem = e.operands[0]
+                    ctype, _, _, offset = self.layout(mem)
+                    base, shift = self.base(mem)
+                    out.append(("ptr", f"(float *)({base} + {shift + offset * 4})"))
+                    continue
+            raise BuildError("CUDA backend: unexpected operand in a kernel call")
+        return out
+
+    def emit_call(self, op) -> None:
+        ir = self.ir
+        callee = ir.FlatSymbolRefAttr(op.attributes["callee"]).value
+        args = self.call_args(op)
+
+        def ptr(i):
+            kind, v = args[i]
+            if kind == "int" and v == 0:
+                return "nullptr"
+            if kind != "ptr":
+                raise BuildError("CUDA backend: kernel call pointer operand is not a buffer")
+            return v
+
+        def num(i):
+            return args[i][1]
+
+        def flt(v: float) -> str:
+            if v == float("inf"):
+                return "__int_as_float(0x7f800000)"
+            if v == float("-inf"):
+                return "__int_as_float(0xff800000)"
+            (bits,) = struct.unpack("<I", struct.pack("<f", v))
+            return f"__int_as_float({bits:#x})"
+
+        def epilogue(overwrite, bias, bias_per_col, residual, lo, hi, c, dst) -> str:
+            return (f"  mlrt::Epilogue ep{{{int(num(overwrite))}, {ptr(bias)}, {bias_per_col}, {ptr(residual)}, "
+                    f"{flt(num(lo))}, {flt(num(hi))}, {c}, {ptr(dst)}}};\n")
+
+        if callee == "mlrt_matmul_f32":
+            # (a, b, c, scratch, batch, M, N, K, overwrite, bias, bias_per_col, b_packed, residual, lo, hi, dst)
+            batch, m, n, k = (num(i) for i in (4, 5, 6, 7))
+            body = epilogue(8, 9, num(10), 12, 13, 14, ptr(2), 15)
+            body += f"  mlrt::matmul({ptr(0)}, {ptr(1)}, {m}, {n}, {k}, {num(11)}, ep);\n"
+            grid = [-(-n // 64), -(-m // 64), batch]
+            kind = "matmul"
+        elif callee == "mlrt_conv2d_f32":
+            # (x, w, y, scratch, batch, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, overwrite, bias,
+            #  residual, lo, hi, dst)
+            batch, c, h, w, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl = (num(i) for i in range(4, 19))
+            body = epilogue(19, 20, 0, 21, 22, 23, ptr(2), 24)
+            body += (f"  mlrt::conv2d({ptr(0)}, {ptr(1)}, {c}, {h}, {w}, {co}, {kh}, {kw}, {oh}, {ow}, {sh}, {sw}, "
+                     f"{dh}, {dw}, {pt}, {pl}, ep);\n")
+            grid = [-(-(oh * ow) // 64), -(-co // 64), batch]
+            kind = "conv2d"
+        elif callee == "mlrt_depthwise_conv2d_f32":
+            # (x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, overwrite, bias, residual, lo, hi, dst)
+            batch, c, h, w, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl = (num(i) for i in range(3, 17))
+            body = epilogue(17, 18, 0, 19, 20, 21, ptr(2), 22)
+            body += (f"  mlrt::depthwise_conv2d({ptr(0)}, {ptr(1)}, {batch}, {c}, {h}, {w}, {kh}, {kw}, {oh}, {ow}, "
+                     f"{sh}, {sw}, {dh}, {dw}, {pt}, {pl}, ep);\n")
+            grid, _ = self._grid(batch * c * oh * ow)
+            kind = "depthwise_conv2d"
+        else:
+            raise BuildError(f"CUDA backend: no GPU kernel for call to {callee}")
+        for g in grid[1:]:
+            if g >= 65536:
+                raise BuildError(f"CUDA backend: {kind} grid {grid} exceeds CUDA's limits")
+        self.add_kernel(body, grid, [THREADS, 1, 1], kind)
+
+    def run(self) -> None:
+        for op in self.block.operations:
+            op = op.operation
+            name = op.name
+            if name in _SKIP_OPS:
+                continue
+            if name == "linalg.generic":
+                self.emit_generic(op)
+            elif name == "memref.copy":
+                self.emit_copy(op)
+            elif name == "func.call":
+                self.emit_call(op)
+            else:
+                raise BuildError(f"CUDA backend: unsupported operation {name} at the top level of the model")
+
+    def source(self, precision: str) -> str:
+        return (f"// Generated by mlpack: CUDA target, precision {precision}.\n"
+                f"#define MLRT_PRECISION {PRECISIONS[precision]}\n"
+                '#include "mlrt_cuda_kernels.cuh"\n\n' + "".join(self.globals.values()) + "\n" + "\n".join(self.kernels))
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def find_nvcc() -> str | None:
+    for cand in (os.environ.get("MLPACK_NVCC"), shutil.which("nvcc"),
+                 os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def compile_ptx(source: str, min_sm: int) -> str:
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise BuildError("--target cuda needs the CUDA toolkit's nvcc (on PATH, in $CUDA_HOME/bin, or $MLPACK_NVCC) "
+                         "to compile the generated kernels to PTX")
+    with tempfile.TemporaryDirectory(prefix="mlpack-cuda-") as tmp:
+        cu = Path(tmp) / "model.cu"
+        cu.write_text(source)
+        cmd = [nvcc, "-ptx", f"-arch=compute_{min_sm}", "-O3", "-std=c++17", f"-I{KERNELS_DIR}", "-o",
+               str(Path(tmp) / "model.ptx"), str(cu)]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as e:
+            raise BuildError(f"nvcc failed on the generated CUDA source:\n{e.stderr[-4000:]}") from e
+        return (Path(tmp) / "model.ptx").read_text()
+
+
+def ptx_isa(ptx: str) -> str:
+    m = re.search(r"^\s*\.version\s+(\d+\.\d+)", ptx, flags=re.M)
+    if not m:
+        raise BuildError("internal: the PTX has no .version directive")
+    return m.group(1)
+
+
+def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump=None, stage=None) -> CudaArtifact:
+    """Lower an imported linalg-on-tensors module to PTX plus a launch table (see module doc)."""
+    if precision not in PRECISIONS:
+        raise BuildError(f"unknown --precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    if min_sm < 80 and precision != "fp32":
+        raise BuildError(f"--precision {precision} uses tensor cores that need sm_80 or newer")
+    from contextlib import nullcontext
+
+    from torch_mlir import ir
+
+    from .codegen_cpu import _forward, _run_pipeline, _set_all_arg_attrs, strip_asserts
+
+    dump = dump or (lambda name, text: None)
+    stage = stage or (lambda name: nullcontext())
+    func_op = _forward(module)
+    with stage("optimize (cuda)"):
+        strip_asserts(module)
+        with module.context, ir.Location.unknown():
+            _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
+        _run_pipeline(module, _BUFFERIZE, "bufferization")
+        with module.context, ir.Location.unknown():
+            _, prepack = replace_with_kernel_calls(module, func_op, scratch=False)
+    with stage("plan (cuda)"):
+        with module.context, ir.Location.unknown():
+            memory_plan = assign_arena(func_op)
+        num_args = len(func_op.regions[0].blocks[0].arguments)
+        _run_pipeline(module, _GENERALIZE, "generalizing linalg ops")
+        dump("cuda-planned", str(module))
+    with stage("codegen (cuda)"):
+        with module.context:
+            emitter = _Emitter(module, func_op)
+            emitter.run()
+        source = emitter.source(precision)
+        dump("cuda-source", source)
+        ptx = compile_ptx(source, min_sm)
+        dump("cuda-ptx", ptx)
+    isa = ptx_isa(ptx)
+    return CudaArtifact(ptx, source, memory_plan, emitter.launches, dict(emitter.counts), prepack, precision, min_sm,
+                        isa, _PTX_ISA_DRIVER.get(isa, 13000), num_args)

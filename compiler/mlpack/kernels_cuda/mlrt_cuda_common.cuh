@@ -1,0 +1,114 @@
+// Device code shared by the CUDA kernels (mlrt_cuda_kernels.cuh) and the host emulation the tests
+// use to check generated kernels without a GPU (tests/cuda_emulation): the epilogue, the operand
+// loaders, the conv/matmul wrappers and the non-GEMM kernels. Only plain arithmetic here; the
+// includer defines `gemm` (tiled on the GPU, a reference loop in the emulation).
+#pragma once
+
+#include <stdint.h>
+
+namespace mlrt {
+
+constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
+
+struct Epilogue {
+  int overwrite;          // 1: ignore C (the zero/bias fill was fused)
+  const float *bias;      // per row (bias_per_col = 0) or per column, or null
+  int bias_per_col;
+  const float *residual;  // shaped like C, or null
+  float lo, hi;           // clamp
+  const float *c;         // prior contents of C (used when !overwrite)
+  float *dst;             // final output
+};
+
+__device__ __forceinline__ void store_output(const Epilogue &ep, int64_t base, int m, int n, int N, float acc) {
+  int64_t at = base + (int64_t)m * N + n;
+  float v = ep.overwrite ? (ep.bias ? ep.bias[ep.bias_per_col ? n : m] : 0.0f) : ep.c[at];
+  v += acc;
+  if (ep.residual) v += ep.residual[at];
+  v = fminf(fmaxf(v, ep.lo), ep.hi);
+  ep.dst[at] = v;
+}
+
+// A(m, k) of a row-major [M, K] matrix.
+struct RowMajorA {
+  const float *p;
+  int lda;
+  __device__ __forceinline__ float operator()(int m, int k) const { return p[(int64_t)m * lda + k]; }
+};
+
+// B(k, n) of a row-major [K, N] matrix, or of the packed panels [ceil(N/16), K, 16] of one.
+struct DenseB {
+  const float *p;
+  int N, K, packed;
+  __device__ __forceinline__ float operator()(int k, int n) const {
+    return packed ? p[((int64_t)(n >> 4) * K + k) * 16 + (n & 15)] : p[(int64_t)k * N + n];
+  }
+};
+
+// B(k, n) of the implicit im2col matrix of one NCHW image: k = (c, kh, kw), n = (oh, ow).
+struct Im2colB {
+  const float *x;
+  int H, W, KH, KW, OW, sh, sw, dh, dw, pt, pl;
+  __device__ __forceinline__ float operator()(int k, int n) const {
+    int kw = k % KW, t = k / KW;
+    int kh = t % KH, c = t / KH;
+    int oh = n / OW, ow = n % OW;
+    int h = oh * sh - pt + kh * dh, w = ow * sw - pl + kw * dw;
+    return (h >= 0 && h < H && w >= 0 && w < W) ? x[((int64_t)c * H + h) * W + w] : 0.0f;
+  }
+};
+
+// Defined by the includer.
+template <class LA, class LB>
+__device__ void gemm(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t c_base);
+
+// C[z] (op)= A[z] * B[z]: grid (ceil(N/64), ceil(M/64), batch).
+__device__ __forceinline__ void matmul(const float *a, const float *b, int M, int N, int K, int packed, Epilogue ep) {
+  const int64_t z = blockIdx.z;
+  gemm(M, N, K, RowMajorA{a + z * M * K, K}, DenseB{b + (packed ? 0 : z * K * N), N, K, packed}, ep,
+       z * (int64_t)M * N);
+}
+
+// Convolution as implicit GEMM, one image per grid z: [CO, C*KH*KW] x im2col -> [CO, OH*OW].
+__device__ __forceinline__ void conv2d(const float *x, const float *w, int C, int H, int W, int CO, int KH, int KW,
+                                       int OH, int OW, int sh, int sw, int dh, int dw, int pt, int pl, Epilogue ep) {
+  const int64_t z = blockIdx.z;
+  gemm(CO, OH * OW, C * KH * KW, RowMajorA{w, C * KH * KW},
+       Im2colB{x + z * C * H * W, H, W, KH, KW, OW, sh, sw, dh, dw, pt, pl}, ep, z * (int64_t)CO * OH * OW);
+}
+
+// Depthwise convolution (one filter per channel): one thread per output element.
+__device__ __forceinline__ void depthwise_conv2d(const float *x, const float *w, int batch, int C, int H, int W, int KH,
+                                                 int KW, int OH, int OW, int sh, int sw, int dh, int dw, int pt,
+                                                 int pl, Epilogue ep) {
+  int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  const int64_t total = (int64_t)batch * C * OH * OW;
+  if (i >= total) return;
+  int ow = i % OW, oh = (i / OW) % OH;
+  int64_t nc = i / ((int64_t)OH * OW);
+  int c = nc % C;
+  const float *xc = x + nc * H * W, *wc = w + (int64_t)c * KH * KW;
+  float acc = 0.0f;
+  for (int kh = 0; kh < KH; ++kh) {
+    int h = oh * sh - pt + kh * dh;
+    if (h < 0 || h >= H) continue;
+    for (int kw = 0; kw < KW; ++kw) {
+      int ww = ow * sw - pl + kw * dw;
+      if (ww >= 0 && ww < W) acc = fmaf(xc[(int64_t)h * W + ww], wc[kh * KW + kw], acc);
+    }
+  }
+  // Per-channel bias: store_output with M = channel rows of one "column".
+  int64_t at = i;
+  float v = ep.overwrite ? (ep.bias ? ep.bias[c] : 0.0f) : ep.c[at];
+  v += acc;
+  if (ep.residual) v += ep.residual[at];
+  ep.dst[at] = fminf(fmaxf(v, ep.lo), ep.hi);
+}
+
+// IEEE maximum/minimum (NaN-propagating, as arith.maximumf / PyTorch's max).
+__device__ __forceinline__ float maximumf(float a, float b) { return (a != a || b != b) ? a + b : fmaxf(a, b); }
+__device__ __forceinline__ float minimumf(float a, float b) { return (a != a || b != b) ? a + b : fminf(a, b); }
+__device__ __forceinline__ double maximumf(double a, double b) { return (a != a || b != b) ? a + b : fmax(a, b); }
+__device__ __forceinline__ double minimumf(double a, double b) { return (a != a || b != b) ? a + b : fmin(a, b); }
+
+}  // namespace mlrt

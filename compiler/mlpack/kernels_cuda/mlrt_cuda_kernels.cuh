@@ -1,0 +1,148 @@
+// CUDA kernels the generated code instantiates (the GPU twin of kernels/mlrt_kernels.h).
+//
+// The generated source includes this file. Every kernel of a bundle is `extern "C" __global__ void kN(void *const *A)`: A is the argument
+// table (one device pointer per manifest `call` entry), and every shape, stride and offset is a
+// constant in the generated wrapper, so the wrappers below inline these templates with literal
+// arguments and the compiler folds them.
+//
+// GEMM-shaped work (matmul, batch matmul, convolution as implicit GEMM) goes through one tiled
+// kernel: a 64x64 output tile per 256-thread block, operands staged through shared memory in
+// K-steps of 16. fp32 precision uses CUDA-core FMA, 4x4 outputs per thread; tf32/fp16/bf16 use
+// tensor cores (WMMA, fp32 accumulation), each warp owning a 16x32 slice. The epilogue is fused:
+//   acc = (overwrite ? bias : C) + A*B;  D = clamp(acc + residual, lo, hi)
+// exactly as the CPU microkernels define it (kernels/mlrt_kernels.h).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#include <stdint.h>
+
+#include "mlrt_cuda_common.cuh"  // epilogue, loaders, wrappers: shared with the host emulation
+
+namespace mlrt {
+
+// fp32: CUDA cores, each thread a 4x4 block of the 64x64 tile.
+template <class LA, class LB>
+__device__ __forceinline__ void gemm_fp32(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t c_base) {
+  __shared__ float As[kBK][kBM + 4];
+  __shared__ float Bs[kBK][kBN + 4];
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < K; k0 += kBK) {
+    for (int i = tid; i < kBM * kBK; i += kThreads) {
+      int mm = i / kBK, kk = i % kBK, m = m0 + mm, k = k0 + kk;
+      As[kk][mm] = (m < M && k < K) ? la(m, k) : 0.0f;
+    }
+    for (int i = tid; i < kBK * kBN; i += kThreads) {
+      int kk = i / kBN, nn = i % kBN, k = k0 + kk, n = n0 + nn;
+      Bs[kk][nn] = (k < K && n < N) ? lb(k, n) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kBK; ++kk) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx * 4 + j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      int m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
+      if (m < M && n < N) store_output(ep, c_base, m, n, N, acc[i][j]);
+    }
+}
+
+// Operand element types of the tensor-core paths.
+template <class T> struct Convert;
+template <> struct Convert<half> { static __device__ __forceinline__ half from(float v) { return __float2half_rn(v); } };
+template <> struct Convert<__nv_bfloat16> {
+  static __device__ __forceinline__ __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
+};
+template <> struct Convert<float> {  // tf32: rounded when loaded into fragments
+  static __device__ __forceinline__ float from(float v) { return v; }
+};
+
+template <class T> struct Wmma { using In = T; static constexpr int kK = 16; };
+template <> struct Wmma<float> { using In = nvcuda::wmma::precision::tf32; static constexpr int kK = 8; };
+
+// tf32 / fp16 / bf16: tensor cores through WMMA, fp32 accumulation. 8 warps as 4 (M) x 2 (N), each
+// a 16x32 slice (two 16x16 fragments); the accumulators go through shared memory to the epilogue.
+template <class T, class LA, class LB>
+__device__ __forceinline__ void gemm_tc(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t c_base) {
+  using namespace nvcuda;
+  constexpr int kPad = 16 / sizeof(T) * 2;  // keeps every fragment pointer 32-byte aligned
+  constexpr int kLdA = kBK + kPad, kLdB = kBN + kPad, kLdC = kBN + 4;
+  __shared__ __align__(32) T As[kBM][kLdA];
+  __shared__ __align__(32) T Bs[kBK][kLdB];
+  __shared__ __align__(32) float Cs[kBM][kLdC];
+  const int tid = threadIdx.x, warp = tid / 32, wm = warp / 2, wn = warp % 2;
+  const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
+  using In = typename Wmma<T>::In;
+  constexpr int kK = Wmma<T>::kK;
+  wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  for (int k0 = 0; k0 < K; k0 += kBK) {
+    for (int i = tid; i < kBM * kBK; i += kThreads) {
+      int mm = i / kBK, kk = i % kBK, m = m0 + mm, k = k0 + kk;
+      As[mm][kk] = Convert<T>::from((m < M && k < K) ? la(m, k) : 0.0f);
+    }
+    for (int i = tid; i < kBK * kBN; i += kThreads) {
+      int kk = i / kBN, nn = i % kBN, k = k0 + kk, n = n0 + nn;
+      Bs[kk][nn] = Convert<T>::from((k < K && n < N) ? lb(k, n) : 0.0f);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += kK) {
+      wmma::fragment<wmma::matrix_a, 16, 16, kK, In, wmma::row_major> a;
+      wmma::load_matrix_sync(a, &As[wm * 16][kk], kLdA);
+      if constexpr (sizeof(T) == 4) {
+        for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::row_major> b;
+        wmma::load_matrix_sync(b, &Bs[kk][wn * 32 + j * 16], kLdB);
+        if constexpr (sizeof(T) == 4) {
+          for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+        }
+        wmma::mma_sync(acc[j], a, b, acc[j]);
+      }
+    }
+    __syncthreads();
+  }
+  wmma::store_matrix_sync(&Cs[wm * 16][wn * 32], acc[0], kLdC, wmma::mem_row_major);
+  wmma::store_matrix_sync(&Cs[wm * 16][wn * 32 + 16], acc[1], kLdC, wmma::mem_row_major);
+  __syncthreads();
+  for (int i = tid; i < kBM * kBN; i += kThreads) {
+    int mm = i / kBN, nn = i % kBN, m = m0 + mm, n = n0 + nn;
+    if (m < M && n < N) store_output(ep, c_base, m, n, N, Cs[mm][nn]);
+  }
+}
+
+// Precision tag -> GEMM implementation (MLRT_PRECISION is set by the generated source).
+template <class LA, class LB>
+__device__ void gemm(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t c_base) {
+#if MLRT_PRECISION == 0
+  gemm_fp32(M, N, K, la, lb, ep, c_base);
+#elif MLRT_PRECISION == 1
+  gemm_tc<float>(M, N, K, la, lb, ep, c_base);
+#elif MLRT_PRECISION == 2
+  gemm_tc<half>(M, N, K, la, lb, ep, c_base);
+#else
+  gemm_tc<__nv_bfloat16>(M, N, K, la, lb, ep, c_base);
+#endif
+}
+
+}  // namespace mlrt

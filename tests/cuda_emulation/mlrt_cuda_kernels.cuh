@@ -1,0 +1,76 @@
+// Host emulation of the CUDA target, for tests on machines without a GPU: the generated CUDA
+// source is compiled as C++ with this file standing in for the real mlrt_cuda_kernels.cuh. Each
+// kernel runs one (block, thread) at a time; GEMM-shaped kernels use a reference loop (thread 0 of
+// each block computes the block's 64x64 tile) with operands rounded to the bundle's precision, so
+// everything but the tiled/tensor-core GEMM bodies (checked on a real GPU) is exercised: addressing,
+// launch grids, operand loaders, fused epilogues, generated elementwise and reduction kernels.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+struct mlrt_dim3 {
+  unsigned x, y, z;
+};
+static mlrt_dim3 blockIdx, threadIdx, blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+
+static inline float __int_as_float(unsigned v) {
+  float f;
+  memcpy(&f, &v, 4);
+  return f;
+}
+static inline double __longlong_as_double(long long v) {
+  double d;
+  memcpy(&d, &v, 8);
+  return d;
+}
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+
+#include "mlrt_cuda_common.cuh"
+
+namespace mlrt {
+
+// Operand rounding of the tensor-core precisions (round to nearest even).
+static inline float round_operand(float v) {
+#if MLRT_PRECISION == 0
+  return v;
+#else
+  uint32_t b;
+  memcpy(&b, &v, 4);
+  if ((b & 0x7f800000u) == 0x7f800000u) return v;
+#if MLRT_PRECISION == 1
+  const int drop = 13;  // tf32: 10 mantissa bits
+#elif MLRT_PRECISION == 2
+  return (float)(_Float16)v;  // fp16 (range too)
+#else
+  const int drop = 16;  // bf16: 7 mantissa bits
+#endif
+#if MLRT_PRECISION != 2
+  uint32_t half = 1u << (drop - 1), lsb = (b >> drop) & 1u;
+  b = (b + half - 1 + lsb) & ~((1u << drop) - 1);
+  memcpy(&v, &b, 4);
+  return v;
+#endif
+#endif
+}
+
+template <class LA, class LB>
+void gemm(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t c_base) {
+  if (threadIdx.x != 0) return;
+  const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
+  for (int m = m0; m < m0 + kBM && m < M; ++m)
+    for (int n = n0; n < n0 + kBN && n < N; ++n) {
+      float acc = 0.0f;
+      for (int k = 0; k < K; ++k) acc = fmaf(round_operand(la(m, k)), round_operand(lb(k, n)), acc);
+      store_output(ep, c_base, m, n, N, acc);
+    }
+}
+
+}  // namespace mlrt

@@ -1,0 +1,210 @@
+"""The CUDA target: PTX generation (assembled by ptxas for sm_80 and sm_90), numerics of the generated
+kernels checked on the CPU through the host emulation (tests/cuda_emulation), and, where a GPU is
+present, real execution through mlrt compared with eager PyTorch.
+
+Tolerances (|a - r| <= tol * |r| + tol * max(1, max|r|)): fp32 1e-4 (as the CPU target); tf32 and
+fp16 operands carry 10-11 mantissa bits: 2e-2; bf16 carries 8: 6e-2. The emulation rounds GEMM
+operands exactly as the tensor cores see them, so these tolerances are the precision's, not slack.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_matches_eager, flat_outputs
+
+sys.path.insert(0, str(Path(__file__).parent / "cuda_emulation"))
+
+TOLERANCE = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 6e-2}
+
+
+def _nvcc():
+    from mlpack.codegen_cuda import find_nvcc
+
+    return find_nvcc()
+
+
+def _ptxas():
+    nvcc = _nvcc()
+    if nvcc is None:
+        return None
+    beside = Path(nvcc).parent / "ptxas"
+    return str(beside) if beside.exists() else shutil.which("ptxas")
+
+
+pytestmark = pytest.mark.skipif(_nvcc() is None, reason="the CUDA target needs nvcc (CUDA toolkit) to build PTX")
+
+_CACHE: dict = {}
+
+
+def build_cuda(name: str, precision: str, tmp_dir: Path, target: str = "cuda"):
+    """(BuildResult, example inputs, eager reference), built once per session."""
+    import torch
+
+    import mlpack
+    import zoo
+
+    key = (name, precision, target)
+    if key not in _CACHE:
+        model, inputs = zoo.make(name)
+        with torch.no_grad():
+            reference = flat_outputs(model(*inputs))
+        path = tmp_dir / f"{name}-{precision}-{target.replace(',', '+')}.bundle"
+        result = mlpack.build(model, inputs, path, target=target, precision=precision)
+        _CACHE[key] = (result, [x.numpy() for x in inputs], reference)
+    return _CACHE[key]
+
+
+@pytest.fixture(scope="module")
+def cuda_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cuda")
+
+
+def _weights_blob(path: Path) -> bytes:
+    from mlpack.bundle import read_bundle
+
+    info = read_bundle(path)
+    sec = next(s for s in info.sections if s.name == "weights")
+    with open(path, "rb") as f:
+        f.seek(sec.offset)
+        return f.read(sec.size)
+
+
+def _ptx(path: Path) -> str:
+    from mlpack.bundle import read_bundle
+
+    info = read_bundle(path)
+    sec = next(s for s in info.sections if s.name == "cuda.ptx")
+    with open(path, "rb") as f:
+        f.seek(sec.offset)
+        data = f.read(sec.size)
+    assert data.endswith(b"\0")
+    return data[:-1].decode("ascii")
+
+
+CASES = [("mlp", "fp32"), ("small_cnn", "fp32"), ("mobilenet_v2", "fp32"), ("encoder", "fp32"),
+         ("small_cnn", "tf32"), ("small_cnn", "fp16"), ("small_cnn", "bf16"), ("mlp", "bf16")]
+
+
+@pytest.mark.parametrize("name,precision", CASES)
+def test_ptx_assembles_for_sm80_and_sm90(name, precision, cuda_dir, tmp_path):
+    ptxas = _ptxas()
+    if ptxas is None:
+        pytest.skip("ptxas not found beside nvcc")
+    result, _, _ = build_cuda(name, precision, cuda_dir)
+    cuda = result.manifest["targets"]["cuda"]
+    ptx = _ptx(result.path)
+    assert f".version {cuda['ptx_isa']}" in ptx and f".target sm_{cuda['min_sm']}" in ptx
+    assert cuda["precision"] == precision and cuda["min_driver"] >= 11000
+    kernels = {l["kernel"] for l in cuda["launches"]}
+    for k in kernels:
+        assert f".entry {k}(" in ptx
+    (tmp_path / "m.ptx").write_text(ptx)
+    for arch in ("sm_80", "sm_90"):
+        proc = subprocess.run([ptxas, f"-arch={arch}", str(tmp_path / "m.ptx"), "-o", str(tmp_path / f"{arch}.cubin")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, f"ptxas {arch}: {proc.stderr[-2000:]}"
+    if precision != "fp32":  # tensor cores: WMMA lowers to mma.sync in the PTX
+        assert "mma.sync" in ptx or "wmma.mma" in ptx
+
+
+@pytest.mark.parametrize("name,precision", CASES)
+def test_generated_kernels_match_eager_in_emulation(name, precision, cuda_dir):
+    from emulate import run_bundle_emulated
+
+    result, inputs, reference = build_cuda(name, precision, cuda_dir)
+    outputs = run_bundle_emulated(result.cuda_source, result.manifest, _weights_blob(result.path), inputs)
+    assert_matches_eager(outputs, reference, rtol=TOLERANCE[precision])
+
+
+def test_cpu_and_cuda_in_one_bundle(cuda_dir):
+    """One bundle, both targets: the CPU target runs as before, the CUDA target's kernels agree."""
+    import mlrt
+    from emulate import run_bundle_emulated
+
+    result, inputs, reference = build_cuda("small_cnn", "fp32", cuda_dir, target="cpu,cuda")
+    assert set(result.manifest["targets"]) == {"cpu", "cuda"}
+    model = mlrt.load(str(result.path))
+    assert_matches_eager(model.run_flat(*inputs), reference)
+    emulated = run_bundle_emulated(result.cuda_source, result.manifest, _weights_blob(result.path), inputs)
+    assert_matches_eager(emulated, reference)
+
+
+def test_cuda_kernels_are_fused_and_planned(cuda_dir):
+    """Convs/matmuls become tiled GEMM kernels with their bias/activation fused (no separate ReLU
+    launches), and the device arena is planned like the CPU one (no packing scratch: smaller)."""
+    result, _, _ = build_cuda("small_cnn", "fp32", cuda_dir)
+    cuda = result.manifest["targets"]["cuda"]
+    assert cuda["kernels"]["conv2d"] == 3 and cuda["kernels"]["matmul"] == 1
+    plan = cuda["memory_plan"]
+    assert plan["arena_bytes"] <= 1.1 * plan["lower_bound_bytes"]
+    both, _, _ = build_cuda("small_cnn", "fp32", cuda_dir, target="cpu,cuda")
+    assert cuda["arena_bytes"] < both.manifest["targets"]["cuda"]["arena_bytes"] + 1
+    assert cuda["arena_bytes"] < both.manifest["memory_plan"]["arena_bytes"]  # CPU packs B into arena scratch
+
+
+def test_unknown_precision_is_refused(cuda_dir):
+    import mlpack
+    import zoo
+    from mlpack.errors import BuildError
+
+    model, inputs = zoo.make("mlp")
+    with pytest.raises(BuildError, match="precision"):
+        mlpack.build(model, inputs, cuda_dir / "bad.bundle", target="cuda", precision="fp8")
+
+
+def test_cli_builds_and_inspects_a_cuda_bundle(cuda_dir, tmp_path):
+    import torch
+
+    import zoo
+
+    model, inputs = zoo.make("mlp")
+    torch.export.save(torch.export.export(model, inputs), tmp_path / "mlp.pt2")
+    out = tmp_path / "mlp.bundle"
+    proc = subprocess.run([sys.executable, "-m", "mlpack.entry", "build", str(tmp_path / "mlp.pt2"), "-o", str(out),
+                           "--target", "cpu,cuda", "--precision", "tf32"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "cuda:" in proc.stdout and "tf32" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "mlpack.entry", "inspect", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "target cuda: PTX ISA" in proc.stdout and "cuda.ptx" in proc.stdout
+
+
+# --------------------------------------------------------------------------- on a real GPU
+
+
+def _gpu_reason() -> str | None:
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver (libcuda.so.1) on this machine"
+    count = ctypes.c_int(0)
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return "no CUDA GPU visible"
+    return None
+
+
+GPU_CASES = [("mlp", "fp32"), ("small_cnn", "fp32"), ("mobilenet_v2", "fp32"), ("encoder", "fp32"),
+             ("resnet18", "fp32"), ("small_cnn", "tf32"), ("small_cnn", "fp16"), ("small_cnn", "bf16"),
+             ("resnet18", "tf32"), ("encoder", "bf16")]
+
+
+@pytest.mark.parametrize("name,precision", GPU_CASES)
+def test_gpu_run_matches_eager(name, precision, cuda_dir):
+    reason = _gpu_reason()
+    if reason:
+        pytest.skip(reason)
+    import mlrt
+
+    result, inputs, reference = build_cuda(name, precision, cuda_dir)
+    model = mlrt.load(str(result.path), device="cuda:0")
+    for _ in range(3):  # first run captures the CUDA graph, later runs replay it
+        assert_matches_eager(model.run_flat(*inputs), reference, rtol=TOLERANCE[precision])
