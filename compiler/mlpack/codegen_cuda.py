@@ -32,6 +32,24 @@ KERNELS_DIR = Path(__file__).parent / "kernels_cuda"
 PRECISIONS = {"fp32": 0, "tf32": 1, "fp16": 2, "bf16": 3}
 DEFAULT_SM = 80  # tensor-core WMMA for tf32/bf16 needs sm_80; the PTX JITs forward to sm_90
 THREADS = 256
+TILE = 64  # GEMM output tile (kernels_cuda: kBM = kBN)
+# Split-K aims for this many GEMM blocks (about two per multiprocessor of an A100/H100/H200) when a
+# GEMM has fewer output tiles, e.g. late ResNet convs at batch 1 (7x7 outputs, K = 4608).
+TARGET_BLOCKS = 256
+MIN_SPLIT_K = 256  # a K slice shorter than this is not worth a partial-sum round trip
+
+
+def split_k(batch: int, m: int, n: int, k: int) -> int:
+    tiles = -(-m // TILE) * -(-n // TILE) * batch
+    if tiles * 2 > TARGET_BLOCKS:
+        return 1
+    return max(1, min(-(-TARGET_BLOCKS // tiles), k // MIN_SPLIT_K, 16))
+
+
+def split_k_scratch(batch: int, m: int, n: int, k: int) -> int:
+    """Floats of arena scratch a GEMM call needs for its split-K partial sums (0: no split)."""
+    s = split_k(batch, m, n, k)
+    return s * batch * m * n if s > 1 else 0
 # PTX ISA version -> the CUDA driver version (cuDriverGetVersion) that first reads it.
 _PTX_ISA_DRIVER = {
     "7.0": 11000, "7.1": 11010, "7.2": 11020, "7.3": 11030, "7.4": 11040, "7.5": 11050, "7.6": 11060,
@@ -138,10 +156,57 @@ def _affine_c(expr) -> str:
     s = re.sub(r"\bd(\d+)\b", r"i\1", s).replace("floordiv", "/").replace("mod", "%")
     if not re.fullmatch(r"[i0-9\s+\-*/%()]*", s):
         raise BuildError(f"CUDA backend: affine expression {expr} is not supported")
-    return f"({s})"
+    return s if re.fullmatch(r"i\d+|\d+", s) else f"({s})"
 
 
 # --------------------------------------------------------------------------- the emitter
+
+_SIZES = {"float": 4, "double": 8, "half": 2, "__nv_bfloat16": 2, "bool": 1, "int8_t": 1, "uint8_t": 1,
+          "int16_t": 2, "int32_t": 4, "int64_t": 8}
+
+
+@dataclass
+class _Generic:
+    """One linalg.generic (or memref.copy, op None) as loops: its operands' index expressions are C
+    over `i<d>` loop variables."""
+
+    op: object
+    position: int  # index among the function's top-level ops
+    ins: list
+    outs: list
+    maps: list  # per operand: index expressions
+    ranges: list
+    par: list
+    red: list
+
+    @property
+    def total(self) -> int:
+        n = 1
+        for d in self.par:
+            n *= self.ranges[d]
+        return n
+
+    @property
+    def space(self) -> tuple:
+        """The thread space: the parallel extents, size-1 dims dropped (so [1,128,1] ~ [1,128])."""
+        return tuple(self.ranges[d] for d in self.par if self.ranges[d] != 1)
+
+    def dim_names(self, j: int) -> dict[int, str]:
+        """Loop variable of each dim for group member j: parallel dims -> the group's thread indices
+        t0, t1, ... (size-1 dims -> 0), reduction dims -> member-local loop variables."""
+        names, k = {}, 0
+        for d in range(len(self.ranges)):
+            if d in self.red:
+                names[d] = f"o{j}_r{d}"
+            elif self.ranges[d] == 1:
+                names[d] = "0"
+            else:
+                names[d] = f"t{k}"
+                k += 1
+        return names
+
+    def index(self, operand: int, names: dict[int, str]) -> list[str]:
+        return [re.sub(r"\bi(\d+)\b", lambda m: names[int(m.group(1))], e) for e in self.maps[operand]]
 
 
 class _Emitter:
@@ -269,18 +334,16 @@ class _Emitter:
             raise BuildError("CUDA backend: an op has too many elements for one launch")
         return [blocks, 1, 1], [threads, 1, 1]
 
-    def emit_generic(self, op) -> None:
+    def analyze_generic(self, op, position: int):
+        """The loop structure of a linalg.generic, or None when it has no iterations."""
         ir = self.ir
         operands = list(op.operands)
         if len(op.results):
             raise BuildError("CUDA backend: a linalg op on tensors survived bufferization")
         segs = list(ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"]))
-        ins, outs = operands[:segs[0]], operands[segs[0]:]
         maps = [ir.AffineMapAttr(m).value for m in ir.ArrayAttr(op.attributes["indexing_maps"])]
-        iters = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
-        iters = ["reduction" if "reduction" in a else "parallel" for a in iters]
-        n_loops = len(iters)
-        ranges: list[int | None] = [None] * n_loops
+        iters = ["reduction" if "reduction" in str(a) else "parallel" for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+        ranges: list[int | None] = [None] * len(iters)
         for v, m in zip(operands, maps):
             if not isinstance(v.type, ir.MemRefType):
                 continue
@@ -290,57 +353,152 @@ class _Emitter:
                     ranges[int(mm.group(1))] = v.type.shape[r]
         if None in ranges:
             raise BuildError("CUDA backend: cannot infer the loop ranges of a linalg.generic")
-        par = [d for d in range(n_loops) if iters[d] == "parallel"]
-        red = [d for d in range(n_loops) if iters[d] == "reduction"]
-        total = 1
-        for d in par:
-            total *= ranges[d]
-        if total == 0:
-            return
+        g = _Generic(op, position, operands[:segs[0]], operands[segs[0]:], [[_affine_c(e) for e in m.results] for m in maps],
+                     ranges, [d for d in range(len(iters)) if iters[d] == "parallel"],
+                     [d for d in range(len(iters)) if iters[d] == "reduction"])
+        return g if g.total else None
+
+    def analyze_copy(self, op, position: int):
+        src, dst = op.operands
+        shape = list(dst.type.shape)
+        idx = [f"i{d}" for d in range(len(shape))]
+        g = _Generic(None, position, [src], [dst], [idx, idx], shape, list(range(len(shape))), [])
+        return g if g.total else None
+
+    def access(self, value, idx: list[str]):
+        """(base, first byte, end byte, element key) of `value` accessed at `idx`, for hazard checks."""
+        ctype, shape, strides, offset = self.layout(value)
+        base, shift = self.base(value)
+        size = _SIZES[ctype]
+        last = offset + sum((d - 1) * st for d, st in zip(shape, strides))
+        return base, shift + offset * size, shift + (last + 1) * size, (base, shift, ctype, tuple(strides), offset, tuple(idx))
+
+    def accesses(self, g, j: int):
+        names = g.dim_names(j)
+        reads = [self.access(v, g.index(k, names)) for k, v in enumerate(g.ins) if isinstance(v.type, self.ir.MemRefType)]
+        writes = [self.access(v, g.index(len(g.ins) + k, names)) for k, v in enumerate(g.outs)]
+        if g.op is not None:  # data-dependent reads (an embedding gather): any element may be read
+            for o in g.op.regions[0].blocks[0].operations:
+                if o.operation.name == "memref.load":
+                    base, lo, hi, _ = self.access(o.operands[0], [])
+                    reads.append((base, lo, hi, ("gather", g.position)))
+        return reads, writes
+
+    def can_fuse(self, group: list, g) -> bool:
+        """g may join `group` in one kernel when it has the same thread space (its parallel extents;
+        reduction dims loop inside each thread) and no thread can see an element another thread
+        writes: any overlap between what g touches and what the group writes (or between what g
+        writes and what the group reads) must be the very same element, at the same thread index."""
+        if g.space != group[0].space:
+            return False
+        reads, writes = self.accesses(g, len(group))
+        g_reads, g_writes = [], []
+        for j, m in enumerate(group):
+            r, w = self.accesses(m, j)
+            g_reads += r
+            g_writes += w
+
+        def clash(a, b):
+            return a[0] == b[0] and a[1] < b[2] and b[1] < a[2] and a[3] != b[3]
+
+        return not (any(clash(a, w) for a in reads + writes for w in g_writes)
+                    or any(clash(w, r) for w in writes for r in g_reads))
+
+    def dead_after(self, value, position: int) -> bool:
+        """True if nothing after top-level op `position` reads `value`'s buffer (an arena buffer)."""
+        from .memory_plan import collect_users
+
+        root = value
+        while True:
+            op = defining_op(root)
+            if op is None:
+                return False  # a function argument: an output, or the raw arena
+            if op.name == "memref.view":
+                break
+            if op.name not in _ALIAS_OPS:
+                return False
+            root = op.operands[0]
+        users: list = []
+        collect_users(root, users)
+        return all(self.position_of(u) <= position for u in users)
+
+    def position_of(self, op) -> int:
+        op = op.operation if hasattr(op, "operation") else op
+        while op not in self.positions:
+            op = op.parent
+        return self.positions[op]
+
+    def emit_generics(self, group: list) -> None:
+        """One kernel for `group`: one thread per point of the shared thread space runs every
+        member in order (its reduction loops inside); values written by one member and read by a
+        later one at the same element stay in registers, and stores to buffers nobody reads after
+        the group are dropped."""
+        ir = self.ir
+        space = group[0].space
+        total = group[0].total
         ptrs: dict = {}
         decls: list[str] = []
-        lines: list[str] = []
-        # thread index -> parallel loop indices (last parallel dim fastest: coalesced for row-major outputs)
-        lines.append(f"  int64_t t_ = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;\n  if (t_ >= {total}LL) return;\n")
-        for d in reversed(par):
-            lines.append(f"  const int64_t i{d} = t_ % {ranges[d]}; t_ /= {ranges[d]};\n")
-        body = op.regions[0].blocks[0]
-        args = list(body.arguments)
-        # outputs: accumulators loaded if the body reads them
-        out_refs = []
-        for k, v in enumerate(outs):
-            ptr, _, strides, offset = self.pointer(v, ptrs, decls)
-            idx = [_affine_c(e) for e in maps[len(ins) + k].results]
-            ref = self.element(ptr, strides, offset, idx)
-            out_refs.append(ref)
-        env: dict = {}
-        pre: list[str] = []  # loads of outputs (before the reduction loops)
-        for k, v in enumerate(outs):
-            arg = args[len(ins) + k]
-            ctype = _ctype(arg.type)
-            env[arg] = f"acc{k}"
-            pre.append(f"  {ctype} acc{k} = {out_refs[k] if list(arg.uses) else '0'};\n")
-        loop_open = "".join(f"  for (int64_t i{d} = 0; i{d} < {ranges[d]}; ++i{d}) {{\n" for d in red)
-        loop_close = "  }\n" * len(red)
-        inner: list[str] = []
-        for k, v in enumerate(ins):
-            arg = args[k]
-            if not list(arg.uses):
-                continue
-            if isinstance(v.type, ir.MemRefType):
+        lines = [f"  int64_t t_ = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;\n  if (t_ >= {total}LL) return;\n"]
+        for k in reversed(range(len(space))):  # last dim fastest: coalesced for row-major outputs
+            lines.append(f"  const int64_t t{k} = t_ % {space[k]}; t_ /= {space[k]};\n")
+        regs: dict[str, str] = {}  # element reference -> the register holding its current value
+        dirty: dict[str, tuple[str, object]] = {}  # element reference -> (register, value) to store
+        for j, g in enumerate(group):
+            names = g.dim_names(j)
+            args = list(g.op.regions[0].blocks[0].arguments) if g.op is not None else [None, None]
+            env: dict = {}
+            pre: list[str] = []
+            inner: list[str] = []
+            out_refs = []
+            for k, v in enumerate(g.outs):
                 ptr, _, strides, offset = self.pointer(v, ptrs, decls)
-                idx = [_affine_c(e) for e in maps[k].results]
-                inner.append(f"  const {_ctype(arg.type)} in{k} = {self.element(ptr, strides, offset, idx)};\n")
-                env[arg] = f"in{k}"
+                out_refs.append(self.element(ptr, strides, offset, g.index(len(g.ins) + k, names)))
+            for k, v in enumerate(g.outs):
+                arg = args[len(g.ins) + k]
+                acc = f"o{j}_acc{k}"
+                used = arg is not None and list(arg.uses)
+                if arg is not None:
+                    env[arg] = acc
+                pre.append(f"  {_ctype(v.type.element_type)} {acc} = {regs.get(out_refs[k], out_refs[k]) if used else '0'};\n")
+            loaded = []
+            for k, v in enumerate(g.ins):
+                arg = args[k]
+                if arg is not None and not list(arg.uses):
+                    continue
+                if isinstance(v.type, ir.MemRefType):
+                    ptr, _, strides, offset = self.pointer(v, ptrs, decls)
+                    ref = self.element(ptr, strides, offset, g.index(k, names))
+                    if ref in regs:
+                        loaded.append(regs[ref])
+                    else:
+                        inner.append(f"  const {_ctype(v.type.element_type)} o{j}_in{k} = {ref};\n")
+                        loaded.append(f"o{j}_in{k}")
+                else:
+                    loaded.append(self.scalar(v, ptrs, decls))
+                if arg is not None:
+                    env[arg] = loaded[-1]
+            if g.op is None:  # memref.copy
+                yields = loaded
             else:
-                env[arg] = self.scalar(v, ptrs, decls)
-        yields = self.emit_body(body, env, inner, ptrs, decls)
-        for k, y in enumerate(yields):
-            inner.append(f"  acc{k} = {y};\n")
-        stores = "".join(f"  {out_refs[k]} = acc{k};\n" for k in range(len(outs)))
-        src = "".join(decls) + "".join(lines) + "".join(pre) + loop_open + "".join(inner) + loop_close + stores
+                yields = self.emit_body(g.op.regions[0].blocks[0], env, inner, ptrs, decls, prefix=f"o{j}_", dims=names)
+            for k, y in enumerate(yields):
+                inner.append(f"  o{j}_acc{k} = {y};\n")
+            lines += pre
+            lines += [f"  for (int64_t {names[d]} = 0; {names[d]} < {g.ranges[d]}; ++{names[d]}) {{\n" for d in g.red]
+            lines += inner + ["  }\n" * len(g.red)]
+            for k, v in enumerate(g.outs):
+                regs[out_refs[k]] = f"o{j}_acc{k}"
+                dirty.pop(out_refs[k], None)
+                dirty[out_refs[k]] = (f"o{j}_acc{k}", v)
+        last = group[-1].position
+        for ref, (reg, v) in dirty.items():
+            if len(group) == 1 or not self.dead_after(v, last):
+                lines.append(f"  {ref} = {reg};\n")
         grid, block = self._grid(total)
-        self.add_kernel(src, grid, block, "generic")
+        kind = "fused" if len(group) > 1 else ("copy" if group[0].op is None else "generic")
+        self.add_kernel("".join(decls) + "".join(lines), grid, block, kind)
+        if len(group) > 1:
+            self.counts["fused_ops"] += len(group)
 
     def scalar(self, value, ptrs, decls) -> str:
         """A scalar defined outside a linalg body (a top-level constant)."""
@@ -349,7 +507,7 @@ class _Emitter:
             return _literal(op.attributes["value"], _ctype(value.type))
         raise BuildError(f"CUDA backend: a linalg body uses a value defined by {op.name if op else 'an argument'}")
 
-    def emit_body(self, body, env: dict, out: list, ptrs, decls) -> list[str]:
+    def emit_body(self, body, env: dict, out: list, ptrs, decls, prefix: str = "", dims=None) -> list[str]:
         ir = self.ir
         counter = [0]
 
@@ -374,7 +532,8 @@ class _Emitter:
             if name == "arith.constant":
                 expr = _literal(o.attributes["value"], ct)
             elif name == "linalg.index":
-                expr = f"i{ir.IntegerAttr(o.attributes['dim']).value}"
+                d = ir.IntegerAttr(o.attributes["dim"]).value
+                expr = dims[d] if dims else f"i{d}"
             elif name in _BINARY:
                 a = [get(v) for v in o.operands]
                 expr = f"({a[0]} {_BINARY[name]} {a[1]})"
@@ -421,30 +580,11 @@ class _Emitter:
                 expr = self.element(ptr, strides, offset, [f"({get(i)})" for i in idx])
             else:
                 raise BuildError(f"CUDA backend: unsupported op {name} in a linalg body")
-            var = f"v{counter[0]}"
+            var = f"{prefix}v{counter[0]}"
             counter[0] += 1
             out.append(f"  const {ct} {var} = {expr};\n")
             env[res] = var
         raise BuildError("CUDA backend: linalg body without a yield")
-
-    def emit_copy(self, op) -> None:
-        src, dst = op.operands
-        ptrs: dict = {}
-        decls: list[str] = []
-        sp, shape, s_strides, s_off = self.pointer(src, ptrs, decls)
-        dp, _, d_strides, d_off = self.pointer(dst, ptrs, decls)
-        total = 1
-        for d in shape:
-            total *= d
-        if total == 0:
-            return
-        lines = [f"  int64_t t_ = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;\n  if (t_ >= {total}LL) return;\n"]
-        for d in reversed(range(len(shape))):
-            lines.append(f"  const int64_t i{d} = t_ % {shape[d]}; t_ /= {shape[d]};\n")
-        idx = [f"i{d}" for d in range(len(shape))]
-        lines.append(f"  {self.element(dp, d_strides, d_off, idx)} = {self.element(sp, s_strides, s_off, idx)};\n")
-        grid, block = self._grid(total)
-        self.add_kernel("".join(decls) + "".join(lines), grid, block, "copy")
 
     # ---------------------------------------------------------------- microkernel calls
 
@@ -500,21 +640,25 @@ class _Emitter:
             return (f"  mlrt::Epilogue ep{{{int(num(overwrite))}, {ptr(bias)}, {bias_per_col}, {ptr(residual)}, "
                     f"{flt(num(lo))}, {flt(num(hi))}, {c}, {ptr(dst)}}};\n")
 
+        splits = 1
         if callee == "mlrt_matmul_f32":
             # (a, b, c, scratch, batch, M, N, K, overwrite, bias, bias_per_col, b_packed, residual, lo, hi, dst)
             batch, m, n, k = (num(i) for i in (4, 5, 6, 7))
-            body = epilogue(8, 9, num(10), 12, 13, 14, ptr(2), 15)
-            body += f"  mlrt::matmul({ptr(0)}, {ptr(1)}, {m}, {n}, {k}, {num(11)}, ep);\n"
-            grid = [-(-n // 64), -(-m // 64), batch]
+            splits = split_k(batch, m, n, k)
+            ep = epilogue(8, 9, num(10), 12, 13, 14, ptr(2), 15)
+            body = ep + f"  mlrt::matmul({ptr(0)}, {ptr(1)}, {m}, {n}, {k}, {num(11)}, ep, {splits}, {ptr(3)});\n"
+            grid = [-(-n // TILE), -(-m // TILE), batch * splits]
             kind = "matmul"
         elif callee == "mlrt_conv2d_f32":
             # (x, w, y, scratch, batch, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, overwrite, bias,
             #  residual, lo, hi, dst)
             batch, c, h, w, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl = (num(i) for i in range(4, 19))
-            body = epilogue(19, 20, 0, 21, 22, 23, ptr(2), 24)
-            body += (f"  mlrt::conv2d({ptr(0)}, {ptr(1)}, {c}, {h}, {w}, {co}, {kh}, {kw}, {oh}, {ow}, {sh}, {sw}, "
-                     f"{dh}, {dw}, {pt}, {pl}, ep);\n")
-            grid = [-(-(oh * ow) // 64), -(-co // 64), batch]
+            m, n = co, oh * ow
+            splits = split_k(batch, m, n, c * kh * kw)
+            ep = epilogue(19, 20, 0, 21, 22, 23, ptr(2), 24)
+            body = ep + (f"  mlrt::conv2d({ptr(0)}, {ptr(1)}, {c}, {h}, {w}, {co}, {kh}, {kw}, {oh}, {ow}, {sh}, {sw}, "
+                         f"{dh}, {dw}, {pt}, {pl}, ep, {splits}, {ptr(3)});\n")
+            grid = [-(-n // TILE), -(-m // TILE), batch * splits]
             kind = "conv2d"
         elif callee == "mlrt_depthwise_conv2d_f32":
             # (x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, overwrite, bias, residual, lo, hi, dst)
@@ -530,21 +674,39 @@ class _Emitter:
             if g >= 65536:
                 raise BuildError(f"CUDA backend: {kind} grid {grid} exceeds CUDA's limits")
         self.add_kernel(body, grid, [THREADS, 1, 1], kind)
+        if kind != "depthwise_conv2d" and splits > 1:
+            if ptr(3) == "nullptr":
+                raise BuildError("internal: a split-K GEMM got no partial-sum scratch")
+            grid, block = self._grid(batch * m * n)
+            self.add_kernel(ep + f"  mlrt::splitk_reduce({batch}, {m}, {n}, {splits}, {ptr(3)}, ep);\n", grid, block,
+                            "splitk_reduce")
 
     def run(self) -> None:
-        for op in self.block.operations:
+        self.positions = {op.operation: i for i, op in enumerate(self.block.operations)}
+        group: list = []
+        for position, op in enumerate(self.block.operations):
             op = op.operation
             name = op.name
             if name in _SKIP_OPS:
                 continue
-            if name == "linalg.generic":
-                self.emit_generic(op)
-            elif name == "memref.copy":
-                self.emit_copy(op)
-            elif name == "func.call":
+            if name in ("linalg.generic", "memref.copy"):
+                g = self.analyze_generic(op, position) if name == "linalg.generic" else self.analyze_copy(op, position)
+                if g is None:
+                    continue
+                if group and not self.can_fuse(group, g):
+                    self.emit_generics(group)
+                    group = []
+                group.append(g)
+                continue
+            if group:
+                self.emit_generics(group)
+                group = []
+            if name == "func.call":
                 self.emit_call(op)
             else:
                 raise BuildError(f"CUDA backend: unsupported operation {name} at the top level of the model")
+        if group:
+            self.emit_generics(group)
 
     def source(self, precision: str) -> str:
         return (f"// Generated by mlpack: CUDA target, precision {precision}.\n"
@@ -608,7 +770,7 @@ def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump
             _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
         _run_pipeline(module, _BUFFERIZE, "bufferization")
         with module.context, ir.Location.unknown():
-            _, prepack = replace_with_kernel_calls(module, func_op, scratch=False)
+            _, prepack = replace_with_kernel_calls(module, func_op, scratch=split_k_scratch)
     with stage("plan (cuda)"):
         with module.context, ir.Location.unknown():
             memory_plan = assign_arena(func_op)

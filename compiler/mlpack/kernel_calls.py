@@ -194,11 +194,13 @@ class _Fusion:
 
 
 class _Rewriter:
-    def __init__(self, module, func_op, scratch: bool = True):
+    def __init__(self, module, func_op, scratch=None):
         from torch_mlir import ir
 
         self.ir = ir
-        self.scratch = scratch  # False: kernels read B in place (GPU), no packing scratch buffers
+        # None: the CPU microkernels' packed-B scratch. Else a function (batch, M, N, K) -> floats
+        # of scratch a kernel call gets instead (the CUDA target's split-K partial sums).
+        self.scratch = scratch
         self.module = module
         self.block = func_op.regions[0].blocks[0]
         self.globals = {}
@@ -412,7 +414,7 @@ class _Rewriter:
     # ---------------------------------------------------------------- emission
 
     def emit(self, kernel_op, name: str, leading: list, scratch_floats, dims_before: list, fusion: _Fusion,
-             trailing_dims: list, out):
+             trailing_dims: list, out, gemm_shape=None):
         from torch_mlir.dialects import arith, func, memref
 
         ir = self.ir
@@ -426,7 +428,9 @@ class _Rewriter:
 
             args = [ptr(v) for v in leading]
             if scratch_floats is not None:
-                if scratch_floats and self.scratch:
+                if self.scratch is not None:
+                    scratch_floats = self.scratch(*gemm_shape)
+                if scratch_floats:
                     alloc = memref.AllocOp(ir.MemRefType.get([scratch_floats], f32), [], [])
                     alloc.attributes["alignment"] = ir.IntegerAttr.get(i64, 64)
                     args.append(ptr(alloc.result))
@@ -488,7 +492,7 @@ class _Rewriter:
                     kernel = "mlrt_depthwise_conv2d_f32"
                 else:
                     sig = self.emit(kernel_op, "mlrt_conv2d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
-                                    dims, fusion, [], y)
+                                    dims, fusion, [], y, gemm_shape=(n, co, oh * ow, c * kh * kw))
                     kernel = "mlrt_conv2d_f32"
             elif name in _DEFAULT_MAPS and _plain_matmul(kernel_op, name):
                 rank = 2 if name == "linalg.matmul" else 3
@@ -510,7 +514,7 @@ class _Rewriter:
                     scratch = _packed_floats(k, n) if m >= PACK_MIN_ROWS else 0
                 trailing = [int(fusion.bias_per_col), int(packed_arg is not None)]
                 sig = self.emit(kernel_op, "mlrt_matmul_f32", [a, b, c_out], scratch, [batch, m, n, k], fusion,
-                                trailing, c_out)
+                                trailing, c_out, gemm_shape=(batch, m, n, k))
                 kernel = "mlrt_matmul_f32"
             else:
                 continue
@@ -527,10 +531,11 @@ class _Rewriter:
         return used
 
 
-def replace_with_kernel_calls(module, func_op, scratch: bool = True) -> tuple[Counter, dict[int, tuple[int, int]]]:
+def replace_with_kernel_calls(module, func_op, scratch=None) -> tuple[Counter, dict[int, tuple[int, int]]]:
     """Rewrites supported ops in `func_op`. Returns how many of each kernel were used, and the
     function arguments (weights) whose data must be stored as packed B panels: index -> (K, N).
-    scratch=False: no packed-B scratch buffers (the CUDA kernels stage operands in shared memory)."""
+    scratch: None for the CPU microkernels' packed-B scratch, or (batch, M, N, K) -> floats for
+    another kernel's per-call scratch (the CUDA GEMM's split-K partials; 0 for none)."""
     rewriter = _Rewriter(module, func_op, scratch)
     used = rewriter.run()
     return used, rewriter.prepack

@@ -7,6 +7,8 @@
 #pragma once
 
 #include <math.h>
+
+#include <algorithm>
 #include <stdint.h>
 #include <string.h>
 
@@ -32,6 +34,7 @@ static inline double __longlong_as_double(long long v) {
 }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+using std::min;
 
 #include "mlrt_cuda_common.cuh"
 
@@ -61,15 +64,15 @@ static inline float round_operand(float v) {
 #endif
 }
 
-template <class LA, class LB>
-void gemm(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t c_base) {
+template <class LA, class LB, class ST>
+void gemm(int M, int N, int k0, int k1, LA la, LB lb, const ST &store) {
   if (threadIdx.x != 0) return;
   const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
   for (int m = m0; m < m0 + kBM && m < M; ++m)
     for (int n = n0; n < n0 + kBN && n < N; ++n) {
       float acc = 0.0f;
-      for (int k = 0; k < K; ++k) acc = fmaf(round_operand(la(m, k)), round_operand(lb(k, n)), acc);
-      store_output(ep, c_base, m, n, N, acc);
+      for (int k = k0; k < k1; ++k) acc = fmaf(round_operand(la(m, k)), round_operand(lb(k, n)), acc);
+      store(m, n, acc);
     }
 }
 

@@ -58,23 +58,71 @@ struct Im2colB {
   }
 };
 
-// Defined by the includer.
-template <class LA, class LB>
-__device__ void gemm(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t c_base);
+// Where a GEMM tile's results go: through the fused epilogue, or raw into a split-K partial.
+struct EpilogueStore {
+  const Epilogue &ep;
+  int64_t base;
+  int N;
+  __device__ __forceinline__ void operator()(int m, int n, float acc) const { store_output(ep, base, m, n, N, acc); }
+};
+struct PartialStore {
+  float *p;
+  int N;
+  __device__ __forceinline__ void operator()(int m, int n, float acc) const { p[(int64_t)m * N + n] = acc; }
+};
 
-// C[z] (op)= A[z] * B[z]: grid (ceil(N/64), ceil(M/64), batch).
-__device__ __forceinline__ void matmul(const float *a, const float *b, int M, int N, int K, int packed, Epilogue ep) {
-  const int64_t z = blockIdx.z;
-  gemm(M, N, K, RowMajorA{a + z * M * K, K}, DenseB{b + (packed ? 0 : z * K * N), N, K, packed}, ep,
-       z * (int64_t)M * N);
+// Defined by the includer: the block's 64x64 tile of A[:, k0:k1] * B[k0:k1, :], handed to `store`.
+template <class LA, class LB, class ST>
+__device__ void gemm(int M, int N, int k0, int k1, LA la, LB lb, const ST &store);
+
+// Split-K: when a GEMM has too few output tiles to fill the GPU, grid z runs `splits` slices of K
+// per batch element, each writing raw partial sums to `part` ([batch, splits, M, N]); a second
+// kernel (splitk_reduce) adds them in a fixed order (deterministic) and applies the epilogue.
+__device__ __forceinline__ void k_slice(int K, int splits, int s, int &k0, int &k1) {
+  int per = (K + splits - 1) / splits;
+  per = (per + kBK - 1) / kBK * kBK;
+  k0 = s * per;
+  k1 = min(K, k0 + per);
+}
+
+template <class LA, class LB>
+__device__ __forceinline__ void gemm_split(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t bz,
+                                           int splits, float *part) {
+  if (splits == 1) {
+    gemm(M, N, 0, K, la, lb, EpilogueStore{ep, bz * M * N, N});
+  } else {
+    const int s = blockIdx.z % splits;
+    int k0, k1;
+    k_slice(K, splits, s, k0, k1);
+    gemm(M, N, k0, k1, la, lb, PartialStore{part + (bz * splits + s) * M * N, N});
+  }
+}
+
+// C[z] (op)= A[z] * B[z]: grid (ceil(N/64), ceil(M/64), batch * splits).
+__device__ __forceinline__ void matmul(const float *a, const float *b, int M, int N, int K, int packed, Epilogue ep,
+                                       int splits, float *part) {
+  const int64_t z = blockIdx.z / splits;
+  gemm_split(M, N, K, RowMajorA{a + z * M * K, K}, DenseB{b + (packed ? 0 : z * K * N), N, K, packed}, ep, z, splits,
+             part);
 }
 
 // Convolution as implicit GEMM, one image per grid z: [CO, C*KH*KW] x im2col -> [CO, OH*OW].
 __device__ __forceinline__ void conv2d(const float *x, const float *w, int C, int H, int W, int CO, int KH, int KW,
-                                       int OH, int OW, int sh, int sw, int dh, int dw, int pt, int pl, Epilogue ep) {
-  const int64_t z = blockIdx.z;
-  gemm(CO, OH * OW, C * KH * KW, RowMajorA{w, C * KH * KW},
-       Im2colB{x + z * C * H * W, H, W, KH, KW, OW, sh, sw, dh, dw, pt, pl}, ep, z * (int64_t)CO * OH * OW);
+                                       int OH, int OW, int sh, int sw, int dh, int dw, int pt, int pl, Epilogue ep,
+                                       int splits, float *part) {
+  const int64_t z = blockIdx.z / splits;
+  gemm_split(CO, OH * OW, C * KH * KW, RowMajorA{w, C * KH * KW},
+             Im2colB{x + z * C * H * W, H, W, KH, KW, OW, sh, sw, dh, dw, pt, pl}, ep, z, splits, part);
+}
+
+// The second half of split-K: one thread per output element.
+__device__ __forceinline__ void splitk_reduce(int batch, int M, int N, int splits, const float *part, Epilogue ep) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, mn = (int64_t)M * N;
+  if (i >= batch * mn) return;
+  const int64_t bz = i / mn, r = i % mn;
+  float acc = 0.0f;
+  for (int s = 0; s < splits; ++s) acc += part[(bz * splits + s) * mn + r];
+  store_output(ep, bz * mn, r / N, r % N, N, acc);
 }
 
 // Depthwise convolution (one filter per channel): one thread per output element.

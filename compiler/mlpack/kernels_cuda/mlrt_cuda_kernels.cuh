@@ -23,14 +23,14 @@
 namespace mlrt {
 
 // fp32: CUDA cores, each thread a 4x4 block of the 64x64 tile.
-template <class LA, class LB>
-__device__ __forceinline__ void gemm_fp32(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t c_base) {
+template <class LA, class LB, class ST>
+__device__ __forceinline__ void gemm_fp32(int M, int N, int kbegin, int K, LA la, LB lb, const ST &store) {
   __shared__ float As[kBK][kBM + 4];
   __shared__ float Bs[kBK][kBN + 4];
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
   float acc[4][4] = {};
-  for (int k0 = 0; k0 < K; k0 += kBK) {
+  for (int k0 = kbegin; k0 < K; k0 += kBK) {
     for (int i = tid; i < kBM * kBK; i += kThreads) {
       int mm = i / kBK, kk = i % kBK, m = m0 + mm, k = k0 + kk;
       As[kk][mm] = (m < M && k < K) ? la(m, k) : 0.0f;
@@ -59,7 +59,7 @@ __device__ __forceinline__ void gemm_fp32(int M, int N, int K, LA la, LB lb, con
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       int m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
-      if (m < M && n < N) store_output(ep, c_base, m, n, N, acc[i][j]);
+      if (m < M && n < N) store(m, n, acc[i][j]);
     }
 }
 
@@ -78,8 +78,8 @@ template <> struct Wmma<float> { using In = nvcuda::wmma::precision::tf32; stati
 
 // tf32 / fp16 / bf16: tensor cores through WMMA, fp32 accumulation. 8 warps as 4 (M) x 2 (N), each
 // a 16x32 slice (two 16x16 fragments); the accumulators go through shared memory to the epilogue.
-template <class T, class LA, class LB>
-__device__ __forceinline__ void gemm_tc(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t c_base) {
+template <class T, class LA, class LB, class ST>
+__device__ __forceinline__ void gemm_tc(int M, int N, int kbegin, int K, LA la, LB lb, const ST &store) {
   using namespace nvcuda;
   constexpr int kPad = 16 / sizeof(T) * 2;  // keeps every fragment pointer 32-byte aligned
   constexpr int kLdA = kBK + kPad, kLdB = kBN + kPad, kLdC = kBN + 4;
@@ -93,7 +93,7 @@ __device__ __forceinline__ void gemm_tc(int M, int N, int K, LA la, LB lb, const
   wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2];
   wmma::fill_fragment(acc[0], 0.0f);
   wmma::fill_fragment(acc[1], 0.0f);
-  for (int k0 = 0; k0 < K; k0 += kBK) {
+  for (int k0 = kbegin; k0 < K; k0 += kBK) {
     for (int i = tid; i < kBM * kBK; i += kThreads) {
       int mm = i / kBK, kk = i % kBK, m = m0 + mm, k = k0 + kk;
       As[mm][kk] = Convert<T>::from((m < M && k < K) ? la(m, k) : 0.0f);
@@ -127,21 +127,21 @@ __device__ __forceinline__ void gemm_tc(int M, int N, int K, LA la, LB lb, const
   __syncthreads();
   for (int i = tid; i < kBM * kBN; i += kThreads) {
     int mm = i / kBN, nn = i % kBN, m = m0 + mm, n = n0 + nn;
-    if (m < M && n < N) store_output(ep, c_base, m, n, N, Cs[mm][nn]);
+    if (m < M && n < N) store(m, n, Cs[mm][nn]);
   }
 }
 
 // Precision tag -> GEMM implementation (MLRT_PRECISION is set by the generated source).
-template <class LA, class LB>
-__device__ void gemm(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t c_base) {
+template <class LA, class LB, class ST>
+__device__ void gemm(int M, int N, int k0, int k1, LA la, LB lb, const ST &store) {
 #if MLRT_PRECISION == 0
-  gemm_fp32(M, N, K, la, lb, ep, c_base);
+  gemm_fp32(M, N, k0, k1, la, lb, store);
 #elif MLRT_PRECISION == 1
-  gemm_tc<float>(M, N, K, la, lb, ep, c_base);
+  gemm_tc<float>(M, N, k0, k1, la, lb, store);
 #elif MLRT_PRECISION == 2
-  gemm_tc<half>(M, N, K, la, lb, ep, c_base);
+  gemm_tc<half>(M, N, k0, k1, la, lb, store);
 #else
-  gemm_tc<__nv_bfloat16>(M, N, K, la, lb, ep, c_base);
+  gemm_tc<__nv_bfloat16>(M, N, k0, k1, la, lb, store);
 #endif
 }
 
