@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 TOLERANCE = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 6e-2}
-DEFAULT_SET = [("mlp", 1, "fp32"), ("small_cnn", 1, "fp32"), ("small_cnn", 1, "tf32"), ("small_cnn", 1, "fp16"),
-               ("small_cnn", 1, "bf16"), ("mobilenet_v2", 1, "fp32"), ("mobilenet_v2", 32, "fp32"),
-               ("encoder", 1, "fp32"), ("encoder", 32, "fp32")]
+DEFAULT_SET = [(m, b, p) for m in ("resnet50", "mobilenet_v2", "encoder") for b in (1, 32) for p in ("fp32", "tf32", "bf16")]
+DEFAULT_SET += [("mlp", 1, "fp32"), ("small_cnn", 1, "fp16")]
 
 
 def make_inputs(specs: list[dict], seed: int = 0) -> list[np.ndarray]:
@@ -96,7 +96,7 @@ def _time(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
     return times
 
 
-def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json: Path | None) -> int:
+def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json: Path | None, only=()) -> int:
     import torch
 
     import mlrt
@@ -107,16 +107,24 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
     rows, failures = [], 0
     for bundle in sorted(directory.glob("*.bundle")):
         tag = bundle.stem
+        if only and not any(o in tag for o in only):
+            continue
         name, b, precision = tag.rsplit("-", 2)
         batch = int(b[1:])
+        t0 = time.perf_counter()
         model = mlrt.load(str(bundle), device="cuda:0")
+        load_ms = (time.perf_counter() - t0) * 1e3
         specs = [{"dtype": s.dtype.name, "shape": list(s.shape)} for s in model.inputs]
         inputs = make_inputs(specs)
         ref = np.load(directory / f"{tag}.ref.npz")
         refs = [ref[k] for k in ref.files]
         outputs = model.run_flat(*inputs)
         err = _check(outputs, refs, precision)
-        ok = err <= TOLERANCE[precision]
+        # Execution contexts under concurrency: 4 threads sharing the model must agree bit for bit.
+        with ThreadPoolExecutor(4) as pool:
+            same = all(all(np.array_equal(a, b) for a, b in zip(outs, outputs))
+                       for outs in pool.map(lambda _: model.run_flat(*inputs), range(16)))
+        ok = err <= TOLERANCE[precision] and same
         failures += not ok
         # Peers: the zoo model on the GPU, numpy in -> numpy out like mlrt.
         torch_model, _ = model_with_batch(name, batch)
@@ -135,7 +143,7 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
         torch.cuda.synchronize()
         eager_peak = torch.cuda.max_memory_allocated()
         eager_err = _check([eager()], refs, precision)
-        if use_compile:
+        if use_compile and precision == "fp32" and batch == 1:
             try:
                 compiled = torch.compile(torch_model, mode="reduce-overhead")
 
@@ -154,18 +162,19 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
         times = _time(fns, repeats, warmup)
         row = {"model": name, "batch": batch, "precision": precision, "max_err": err, "ok": ok,
                "eager_max_err": eager_err, "mlrt_device_mib": model.device_bytes / 2**20,
-               "eager_peak_mib": eager_peak / 2**20}
+               "eager_peak_mib": eager_peak / 2**20, "mlrt_load_ms": load_ms}
         for k, t in times.items():
             row[f"{k}_min_ms"] = min(t)
             row[f"{k}_median_ms"] = statistics.median(t)
         rows.append(row)
-        line = (f"{tag:<24} err {err:.1e} {'ok ' if ok else 'BAD'} | mlrt {row['mlrt_min_ms']:7.3f} / "
+        line = (f"{tag:<24} err {err:.1e}{'' if same else ' THREADS-DIFFER'} {'ok ' if ok else 'BAD'} | mlrt {row['mlrt_min_ms']:7.3f} / "
                 f"{row['mlrt_median_ms']:7.3f} ms | eager {row['eager_min_ms']:7.3f} / {row['eager_median_ms']:7.3f} ms"
                 f" | mlrt/eager {row['mlrt_min_ms'] / row['eager_min_ms']:.2f} (min) "
                 f"{row['mlrt_median_ms'] / row['eager_median_ms']:.2f} (median)")
         if "compile_min_ms" in row:
             line += f" | compile {row['compile_min_ms']:7.3f} ms, mlrt/compile {row['mlrt_min_ms'] / row['compile_min_ms']:.2f}"
-        line += f" | device MiB mlrt {row['mlrt_device_mib']:.1f} eager {row['eager_peak_mib']:.1f}"
+        line += (f" | device MiB mlrt {row['mlrt_device_mib']:.1f} eager {row['eager_peak_mib']:.1f}"
+                 f" | mlrt load {load_ms:.0f} ms")
         print(line, flush=True)
         del model, torch_model, fns
         torch.cuda.empty_cache()
@@ -186,14 +195,16 @@ def main() -> int:
     r.add_argument("dir", type=Path)
     r.add_argument("--repeats", type=int, default=30)
     r.add_argument("--warmup", type=int, default=5)
-    r.add_argument("--compile", action="store_true", help="also time torch.compile(mode='reduce-overhead')")
+    r.add_argument("--compile", action="store_true",
+                   help="also time torch.compile(mode='reduce-overhead') (fp32, batch 1: compiling takes ~a minute each)")
+    r.add_argument("--only", default="", help="comma-separated substrings: run only bundles whose name has one")
     r.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     if args.cmd == "prepare":
         cases = [(c.split(":")[0], int(c.split(":")[1]), c.split(":")[2]) for c in args.case] or DEFAULT_SET
         prepare(args.dir, cases)
         return 0
-    return run(args.dir, args.repeats, args.warmup, args.compile, args.json)
+    return run(args.dir, args.repeats, args.warmup, args.compile, args.json, [o for o in args.only.split(",") if o])
 
 
 if __name__ == "__main__":

@@ -14,5 +14,6 @@ if ! PYTHONPATH=$site python3 -c "import mlrt" 2>/dev/null; then
   echo "runtime built in $(( $(date +%s) - t0 )) s"
 fi
 export PYTHONPATH=$site
-python3 -m pytest tests/test_cuda_runtime.py -q -p no:cacheprovider -x -k "gpu or cuda_only" 2>&1 | tail -15
 python3 benchmarks/gpu_bench.py run "$dir" --json "$out/gpu_bench.json" "$@"
+# The same numerics with CUDA graphs off (plain launches every run).
+MLRT_CUDA_GRAPHS=0 python3 benchmarks/gpu_bench.py run "$dir" --repeats 3 --warmup 1 --only small_cnn,mobilenet_v2-b1-fp32

@@ -167,11 +167,11 @@ def test_cli_builds_and_inspects_a_cuda_bundle(cuda_dir, tmp_path):
     model, inputs = zoo.make("mlp")
     torch.export.save(torch.export.export(model, inputs), tmp_path / "mlp.pt2")
     out = tmp_path / "mlp.bundle"
-    proc = subprocess.run([sys.executable, "-m", "mlpack.entry", "build", str(tmp_path / "mlp.pt2"), "-o", str(out),
+    proc = subprocess.run([sys.executable, "-m", "mlpack.cli", "build", str(tmp_path / "mlp.pt2"), "-o", str(out),
                            "--target", "cpu,cuda", "--precision", "tf32"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "cuda:" in proc.stdout and "tf32" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "mlpack.entry", "inspect", str(out)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "mlpack.cli", "inspect", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "target cuda: PTX ISA" in proc.stdout and "cuda.ptx" in proc.stdout
 

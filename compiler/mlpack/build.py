@@ -125,7 +125,7 @@ def build(
     art = compile_cpu(module, cpu, dump, stage) if "cpu" in targets else None
     cuda = None
     if "cuda" in targets:
-        cuda = compile_cuda(cuda_module, precision, cuda_arch or DEFAULT_SM, dump, stage)
+        cuda = compile_cuda(cuda_module, precision, cuda_arch or DEFAULT_SM, dump, stage, prepack=art is not None)
         if art is not None and art.prepack != cuda.prepack:
             raise BuildError("internal: the CPU and CUDA targets disagree on which weights are pre-packed")
     main = art if art is not None else cuda

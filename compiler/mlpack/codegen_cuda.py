@@ -749,8 +749,12 @@ def ptx_isa(ptx: str) -> str:
     return m.group(1)
 
 
-def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump=None, stage=None) -> CudaArtifact:
-    """Lower an imported linalg-on-tensors module to PTX plus a launch table (see module doc)."""
+def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump=None, stage=None,
+                 prepack: bool = False) -> CudaArtifact:
+    """Lower an imported linalg-on-tensors module to PTX plus a launch table (see module doc).
+    prepack: read single-use Linear weights as packed B panels, as the CPU target stores them (set
+    when both targets share one weights section); otherwise weights keep their plain layout, so
+    bundles of one model at different batch sizes carry byte-identical weights."""
     if precision not in PRECISIONS:
         raise BuildError(f"unknown --precision {precision!r}: one of {', '.join(PRECISIONS)}")
     if min_sm < 80 and precision != "fp32":
@@ -770,7 +774,7 @@ def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump
             _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
         _run_pipeline(module, _BUFFERIZE, "bufferization")
         with module.context, ir.Location.unknown():
-            _, prepack = replace_with_kernel_calls(module, func_op, scratch=split_k_scratch)
+            _, packed = replace_with_kernel_calls(module, func_op, scratch=split_k_scratch, prepack=prepack)
     with stage("plan (cuda)"):
         with module.context, ir.Location.unknown():
             memory_plan = assign_arena(func_op)
@@ -786,5 +790,5 @@ def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump
         ptx = compile_ptx(source, min_sm)
         dump("cuda-ptx", ptx)
     isa = ptx_isa(ptx)
-    return CudaArtifact(ptx, source, memory_plan, emitter.launches, dict(emitter.counts), prepack, precision, min_sm,
+    return CudaArtifact(ptx, source, memory_plan, emitter.launches, dict(emitter.counts), packed, precision, min_sm,
                         isa, _PTX_ISA_DRIVER.get(isa, 13000), num_args)

@@ -194,13 +194,14 @@ class _Fusion:
 
 
 class _Rewriter:
-    def __init__(self, module, func_op, scratch=None):
+    def __init__(self, module, func_op, scratch=None, prepack: bool = True):
         from torch_mlir import ir
 
         self.ir = ir
         # None: the CPU microkernels' packed-B scratch. Else a function (batch, M, N, K) -> floats
         # of scratch a kernel call gets instead (the CUDA target's split-K partial sums).
         self.scratch = scratch
+        self.prepack_weights = prepack
         self.module = module
         self.block = func_op.regions[0].blocks[0]
         self.globals = {}
@@ -506,7 +507,7 @@ class _Rewriter:
                 col_map = "(d0, d1) -> (d1)" if rank == 2 else "(d0, d1, d2) -> (d2)"
                 self.prologue(kernel_op, c_out, bias_dims, fusion)
                 self.epilogue(kernel_op, c_out, f"affine_map<{col_map}>", fusion, {a, b})
-                packed_arg = self.packable_weight(b, kernel_op) if rank == 2 and m >= PACK_MIN_ROWS else None
+                packed_arg = self.packable_weight(b, kernel_op) if rank == 2 and m >= PACK_MIN_ROWS and self.prepack_weights else None
                 if packed_arg is not None:  # B is a weight: the bundle stores it packed, no scratch
                     self.prepack[packed_arg] = (k, n)
                     scratch = 0
@@ -531,12 +532,13 @@ class _Rewriter:
         return used
 
 
-def replace_with_kernel_calls(module, func_op, scratch=None) -> tuple[Counter, dict[int, tuple[int, int]]]:
+def replace_with_kernel_calls(module, func_op, scratch=None, prepack: bool = True) -> tuple[Counter, dict[int, tuple[int, int]]]:
     """Rewrites supported ops in `func_op`. Returns how many of each kernel were used, and the
     function arguments (weights) whose data must be stored as packed B panels: index -> (K, N).
     scratch: None for the CPU microkernels' packed-B scratch, or (batch, M, N, K) -> floats for
-    another kernel's per-call scratch (the CUDA GEMM's split-K partials; 0 for none)."""
-    rewriter = _Rewriter(module, func_op, scratch)
+    another kernel's per-call scratch (the CUDA GEMM's split-K partials; 0 for none).
+    prepack: store single-use Linear weights as packed B panels (False keeps the plain layout)."""
+    rewriter = _Rewriter(module, func_op, scratch, prepack)
     used = rewriter.run()
     return used, rewriter.prepack
 
