@@ -112,6 +112,13 @@ def test_ptx_assembles_for_sm80_and_sm90(name, precision, cuda_dir, tmp_path):
         assert proc.returncode == 0, f"ptxas {arch}: {proc.stderr[-2000:]}"
     if precision != "fp32":  # tensor cores: WMMA lowers to mma.sync in the PTX
         assert "mma.sync" in ptx or "wmma.mma" in ptx
+    # Machine code for sm_80 and sm_90 ships beside the PTX (no JIT on those GPUs).
+    from mlpack.bundle import read_bundle, section_bytes
+
+    assert cuda["sass"] == {"80": "cuda.sm_80", "90": "cuda.sm_90"}
+    names = {s.name for s in read_bundle(result.path).sections}
+    for section in cuda["sass"].values():
+        assert section in names and section_bytes(result.path, section)[:4] == b"\x7fELF"
 
 
 @pytest.mark.parametrize("name,precision", CASES)

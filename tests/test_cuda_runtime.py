@@ -325,6 +325,10 @@ def _drop(key):
     (_drop("launches"), "targets.cuda needs"),
     (_drop("min_driver"), "targets.cuda needs"),
     (lambda m: m["targets"].update(cuda=[1]), "targets.cuda is not an object"),
+    (lambda m: m["targets"]["cuda"].update(sass={"90": "cuda.sm_90"}), "sass section 'cuda.sm_90' is missing"),
+    (lambda m: m["targets"]["cuda"].update(sass={"90": "cuda.ptx"}), "'cuda.ptx' is not an ELF cubin"),
+    (lambda m: m["targets"]["cuda"].update(sass={"sm90": "cuda.ptx"}), "maps a compute capability"),
+    (lambda m: m["targets"]["cuda"].update(sass=["cuda.ptx"]), "sass must be an object"),
 ])
 def test_hostile_cuda_target(both_bundle, cpu_bundle, tmp_path, edit, message):
     dst = add_cuda_target(cpu_bundle, tmp_path / "hostile.bundle", edit)

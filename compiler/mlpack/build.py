@@ -54,6 +54,7 @@ def build(
     cpu: str | None = None,
     precision: str = "fp32",
     cuda_arch: int | None = None,
+    cuda_sass: Sequence[int] | None = None,
     input_shapes: Sequence[str] | None = None,
     progress: Callable[[str, float], None] | None = None,
     dump_ir: str | Path | None = None,
@@ -64,6 +65,7 @@ def build(
     records them, as a .pt2 does). input_shapes: alternative, strings like "1x3x224x224:float32".
     target: "cpu", "cuda" or "cpu,cuda". precision (cuda): operand precision of matmul/conv,
     fp32 | tf32 | fp16 | bf16. cuda_arch: minimum compute capability as major*10+minor (default 80).
+    cuda_sass: architectures to ship machine code for besides the PTX (default 80 and 90; () for none).
     """
     _require_compiler_deps()
     import numpy as np
@@ -72,7 +74,7 @@ def build(
     from . import bundle as bundle_fmt
     from . import frontend
     from .codegen_cpu import DEFAULT_CPU, compile_cpu
-    from .codegen_cuda import DEFAULT_SM, compile_cuda
+    from .codegen_cuda import DEFAULT_SASS, DEFAULT_SM, compile_cuda
     from .importer import import_program
 
     targets = [t.strip() for t in target.split(",") if t.strip()]
@@ -125,7 +127,8 @@ def build(
     art = compile_cpu(module, cpu, dump, stage) if "cpu" in targets else None
     cuda = None
     if "cuda" in targets:
-        cuda = compile_cuda(cuda_module, precision, cuda_arch or DEFAULT_SM, dump, stage, prepack=art is not None)
+        cuda = compile_cuda(cuda_module, precision, cuda_arch or DEFAULT_SM, dump, stage, prepack=art is not None,
+                            sass=DEFAULT_SASS if cuda_sass is None else tuple(cuda_sass))
         if art is not None and art.prepack != cuda.prepack:
             raise BuildError("internal: the CPU and CUDA targets disagree on which weights are pre-packed")
     main = art if art is not None else cuda
@@ -165,7 +168,7 @@ def build(
             sections.append(("cpu.so", art.shared_object, bundle_fmt.PAGE))
         if cuda is not None:
             manifest["targets"]["cuda"] = cuda.manifest()
-            sections.append(("cuda.ptx", cuda.ptx.encode("ascii") + b"\0", 8))
+            sections += cuda.sections()
         sections.append(("weights", weights_blob, bundle_fmt.PAGE))
         size = bundle_fmt.write_bundle(output_path, manifest, sections)
     return BuildResult(Path(output_path), size, manifest, timings, cuda.source if cuda else None)

@@ -36,10 +36,13 @@ def main() -> None:
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="cuda: operand precision of matmul/conv (tf32/fp16/bf16 use tensor cores, fp32 accumulation).")
 @click.option("--cuda-arch", type=int, default=None, help="cuda: minimum compute capability, e.g. 80 (default) or 90.")
+@click.option("--cuda-sass", default="80,90", show_default=True,
+              help="cuda: architectures to ship machine code for besides the PTX (no JIT at load), or 'none'.")
 @click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), help="Write the IR after each stage here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the full traceback of errors.")
-def build(model, output, input_shapes, example_inputs, target, cpu, precision, cuda_arch, dump_ir, quiet, verbose):
+def build(model, output, input_shapes, example_inputs, target, cpu, precision, cuda_arch, cuda_sass, dump_ir, quiet,
+          verbose):
     """Compile MODEL into one bundle file.
 
     MODEL is a torch.export program (.pt2, torch.export.save), a TorchScript file (torch.jit.save)
@@ -66,7 +69,12 @@ def build(model, output, input_shapes, example_inputs, target, cpu, precision, c
 
     say(f"building {model} -> {output}")
     try:
+        try:
+            sass = [] if cuda_sass.strip().lower() in ("", "none") else [int(a) for a in cuda_sass.split(",")]
+        except ValueError:
+            raise BuildError(f"--cuda-sass takes compute capabilities like 80,90 (or none), got {cuda_sass!r}") from None
         result = do_build(str(model), examples, output, target, cpu=cpu, precision=precision, cuda_arch=cuda_arch,
+                          cuda_sass=sass,
                           input_shapes=input_shapes or None, progress=progress, dump_ir=dump_ir)
     except BuildError as e:
         if verbose:
@@ -82,7 +90,8 @@ def build(model, output, input_shapes, example_inputs, target, cpu, precision, c
         if name == "cuda":
             say(f"cuda: {len(t['launches'])} kernel launches ({', '.join(f'{k} x{v}' for k, v in sorted(kernels.items()))}), "
                 f"PTX ISA {t['ptx_isa']} for sm_{t['min_sm']}+ (driver >= {t['min_driver']}), {t['precision']}, "
-                f"device arena {_mib(t['arena_bytes'])}")
+                f"device arena {_mib(t['arena_bytes'])}, machine code for "
+                f"{', '.join('sm_' + k for k in t.get('sass', {})) or 'no GPU (PTX only)'}")
         else:
             say(f"cpu: {sum(kernels.values())} ops on microkernels")
     say(f"memory plan: arena {_mib(plan['arena_bytes'])} | sum of buffers {_mib(plan['sum_bytes'])} | "
@@ -148,7 +157,8 @@ def inspect(bundle, as_json, plot):
     for name, t in m["targets"].items():
         if name == "cuda":
             click.echo(f"target cuda: PTX ISA {t['ptx_isa']}, sm_{t['min_sm']}+, driver >= {t['min_driver']}, "
-                       f"precision {t['precision']}, {len(t['launches'])} launches, device arena {_mib(t['arena_bytes'])}")
+                       f"precision {t['precision']}, {len(t['launches'])} launches, device arena {_mib(t['arena_bytes'])}, "
+                       f"machine code for {', '.join('sm_' + k for k in t.get('sass', {})) or 'none (PTX JIT)'}")
         else:
             click.echo(f"target {name}: {t.get('cpu', '')} needs [{', '.join(t.get('features', []))}]")
     click.echo("sections:")

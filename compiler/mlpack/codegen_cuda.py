@@ -81,11 +81,17 @@ class CudaArtifact:
     ptx_isa: str
     min_driver: int
     num_args: int
+    sass: dict  # compute capability -> cubin bytes (machine code: no JIT at load on those GPUs)
 
     def manifest(self) -> dict:
         return {"section": "cuda.ptx", "ptx_isa": self.ptx_isa, "min_sm": self.min_sm, "min_driver": self.min_driver,
                 "precision": self.precision, "arena_bytes": self.memory_plan.arena_bytes,
-                "memory_plan": self.memory_plan.to_json(), "kernels": self.kernels, "launches": self.launches}
+                "memory_plan": self.memory_plan.to_json(), "kernels": self.kernels, "launches": self.launches,
+                "sass": {str(cc): f"cuda.sm_{cc}" for cc in sorted(self.sass)}}
+
+    def sections(self) -> list[tuple[str, bytes, int]]:
+        return [("cuda.ptx", self.ptx.encode("ascii") + b"\0", 8)] + \
+               [(f"cuda.sm_{cc}", cubin, 8) for cc, cubin in sorted(self.sass.items())]
 
 
 # --------------------------------------------------------------------------- scalar types and literals
@@ -742,6 +748,34 @@ def compile_ptx(source: str, min_sm: int) -> str:
         return (Path(tmp) / "model.ptx").read_text()
 
 
+def find_ptxas() -> str | None:
+    nvcc = find_nvcc()
+    beside = Path(nvcc).parent / "ptxas" if nvcc else None
+    return str(beside) if beside and beside.exists() else shutil.which("ptxas")
+
+
+def compile_sass(ptx: str, archs: list[int]) -> dict[int, bytes]:
+    """PTX -> cubin for each architecture with ptxas (in parallel), so GPUs of those architectures
+    load machine code instead of JIT-compiling the PTX (seconds for a ResNet-50 on first load)."""
+    ptxas = find_ptxas()
+    if not archs:
+        return {}
+    if ptxas is None:
+        raise BuildError("--cuda-sass needs ptxas (beside nvcc); pass --cuda-sass none to ship PTX only")
+    with tempfile.TemporaryDirectory(prefix="mlpack-sass-") as tmp:
+        src = Path(tmp) / "model.ptx"
+        src.write_text(ptx)
+        procs = {cc: subprocess.Popen([ptxas, f"-arch=sm_{cc}", "-O3", str(src), "-o", str(Path(tmp) / f"{cc}.cubin")],
+                                      stderr=subprocess.PIPE, text=True) for cc in archs}
+        out = {}
+        for cc, p in procs.items():
+            _, err = p.communicate()
+            if p.returncode != 0:
+                raise BuildError(f"ptxas -arch=sm_{cc} failed on the generated PTX:\n{err[-4000:]}")
+            out[cc] = (Path(tmp) / f"{cc}.cubin").read_bytes()
+        return out
+
+
 def ptx_isa(ptx: str) -> str:
     m = re.search(r"^\s*\.version\s+(\d+\.\d+)", ptx, flags=re.M)
     if not m:
@@ -749,8 +783,11 @@ def ptx_isa(ptx: str) -> str:
     return m.group(1)
 
 
+DEFAULT_SASS = (80, 90)  # A100-class and H100/H200: machine code shipped for both by default
+
+
 def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump=None, stage=None,
-                 prepack: bool = False) -> CudaArtifact:
+                 prepack: bool = False, sass=DEFAULT_SASS) -> CudaArtifact:
     """Lower an imported linalg-on-tensors module to PTX plus a launch table (see module doc).
     prepack: read single-use Linear weights as packed B panels, as the CPU target stores them (set
     when both targets share one weights section); otherwise weights keep their plain layout, so
@@ -789,6 +826,8 @@ def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump
         dump("cuda-source", source)
         ptx = compile_ptx(source, min_sm)
         dump("cuda-ptx", ptx)
+    with stage("sass (cuda)"):
+        cubins = compile_sass(ptx, [cc for cc in sass if cc >= min_sm])
     isa = ptx_isa(ptx)
     return CudaArtifact(ptx, source, memory_plan, emitter.launches, dict(emitter.counts), packed, precision, min_sm,
-                        isa, _PTX_ISA_DRIVER.get(isa, 13000), num_args)
+                        isa, _PTX_ISA_DRIVER.get(isa, 13000), num_args, cubins)

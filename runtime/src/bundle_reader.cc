@@ -317,6 +317,25 @@ Status ParseCudaTarget(const json::Value& t, const BundleView& bundle, CudaTarge
     }
   }
 
+  // Optional prebuilt machine code: {"90": "cuda.sm_90", ...}, each section an ELF cubin.
+  if (const json::Value* sass = t.find("sass")) {
+    if (!sass->is_object() || sass->members().size() > 16) return BadManifest("targets.cuda.sass must be an object");
+    for (const auto& [key, value] : sass->members()) {
+      uint32_t cc = 0;
+      if (!ReadIndex(key, &cc) || cc < 10 || cc > 10000 || !value.is_string()) {
+        return BadManifest("targets.cuda.sass maps a compute capability like \"90\" to a section name");
+      }
+      const SectionRef* cubin = bundle.Find(value.as_string());
+      if (!cubin || value.as_string() == "manifest" || value.as_string() == "weights") {
+        return BadManifest("targets.cuda.sass section '" + value.as_string() + "' is missing");
+      }
+      if (cubin->size < 64 || std::memcmp(cubin->data, "\x7f" "ELF", 4) != 0) {
+        return BadManifest("targets.cuda.sass section '" + value.as_string() + "' is not an ELF cubin");
+      }
+      out->sass.emplace_back(static_cast<int>(cc), value.as_string());
+    }
+  }
+
   if (launches->items().size() > kMaxCudaLaunches) return BadManifest("targets.cuda.launches has more than 1e6 entries");
   for (size_t i = 0; i < launches->items().size(); ++i) {
     const json::Value& l = launches->items()[i];

@@ -87,6 +87,9 @@ struct CudaTarget {
   std::string precision;  // fp32 | tf32 | fp16 | bf16
   uint64_t arena_bytes = 0;
   std::vector<CudaLaunch> launches;
+  // Optional machine code compiled at build time (targets.cuda.sass): compute capability
+  // (major * 10 + minor) -> section holding a cubin (ELF) for exactly that architecture.
+  std::vector<std::pair<int, std::string>> sass;
 };
 
 struct Manifest {

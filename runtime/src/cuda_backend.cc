@@ -132,8 +132,18 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::str
   ScopedContext scope(d, ctx);
   if (Status s = m->Check(scope.result(), "cuCtxPushCurrent"); !s.ok()) return s;
 
-  // The PTX: JIT-compiled by the driver for this GPU; its logs go into the error on failure.
+  // Machine code built for this GPU's architecture when the bundle has it (a cubin for sm_XY runs on
+  // compute capability X.Y' with Y' >= Y: same major), else the PTX, JIT-compiled by the driver;
+  // the JIT's logs go into the error on failure.
   const SectionRef* ptx = bundle.Find(target.section);
+  const int cc = major * 10 + minor;
+  int best = -1;
+  for (const auto& [arch, section] : target.sass) {
+    if (arch / 10 == major && arch <= cc && arch > best) {
+      best = arch;
+      ptx = bundle.Find(section);
+    }
+  }
   std::vector<char> error_log(kJitLogBytes, 0), info_log(kJitLogBytes, 0);
   int options[4] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES, CU_JIT_INFO_LOG_BUFFER,
                     CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES};
@@ -146,7 +156,7 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::str
     std::string info = std::string(info_log.data());
     if (!info.empty()) log += (log.empty() ? "" : "\n") + info;
     return fail(StatusCode::kFailedPrecondition,
-                "the driver could not load the bundle's PTX (ISA " + target.ptx_isa + ", sm_" +
+                "the driver could not load the bundle's " + std::string(best >= 0 ? "cubin" : "PTX") + " (ISA " + target.ptx_isa + ", sm_" +
                     std::to_string(target.min_sm) + ") on GPU " + std::to_string(ordinal) + " (" + name +
                     "): " + ErrorText(*d, r, "cuModuleLoadDataEx") + (log.empty() ? "" : "; JIT log:\n" + log));
   }
