@@ -119,6 +119,7 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
         ref = np.load(directory / f"{tag}.ref.npz")
         refs = [ref[k] for k in ref.files]
         outputs = model.run_flat(*inputs)
+        device_bytes = model.device_bytes  # weights + one execution context (before the threads add more)
         err = _check(outputs, refs, precision)
         # Execution contexts under concurrency: 4 threads sharing the model must agree bit for bit.
         with ThreadPoolExecutor(4) as pool:
@@ -161,7 +162,7 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
                 print(f"  torch.compile failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
         times = _time(fns, repeats, warmup)
         row = {"model": name, "batch": batch, "precision": precision, "max_err": err, "ok": ok,
-               "eager_max_err": eager_err, "mlrt_device_mib": model.device_bytes / 2**20,
+               "eager_max_err": eager_err, "mlrt_device_mib": device_bytes / 2**20,
                "eager_peak_mib": eager_peak / 2**20, "mlrt_load_ms": load_ms}
         for k, t in times.items():
             row[f"{k}_min_ms"] = min(t)

@@ -130,6 +130,27 @@ def test_generated_kernels_match_eager_in_emulation(name, precision, cuda_dir):
     assert_matches_eager(outputs, reference, rtol=TOLERANCE[precision])
 
 
+def test_large_gemms_use_big_tiles_and_match(cuda_dir, tmp_path):
+    """A conv with enough output tiles takes the 128x128 fp32 GEMM (grid sized for it); its
+    output matches eager through the emulation and the PTX assembles."""
+    import torch
+
+    import mlpack
+    from emulate import run_bundle_emulated
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 128, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(4, 16, 64, 64)
+    with torch.no_grad():
+        ref = [model(x).numpy()]
+    result = mlpack.build(model, (x,), tmp_path / "conv.bundle", target="cuda", cuda_sass=())
+    assert "mlrt::conv2d<128>" in result.cuda_source
+    launch = next(l for l in result.manifest["targets"]["cuda"]["launches"] if l["grid"][2] == 4)
+    assert launch["grid"][:2] == [64 * 64 // 128, 1]
+    out = run_bundle_emulated(result.cuda_source, result.manifest, _weights_blob(result.path), [x.numpy()])
+    assert_matches_eager(out, ref)
+
+
 def test_cpu_and_cuda_in_one_bundle(cuda_dir):
     """One bundle, both targets: the CPU target runs as before, the CUDA target's kernels agree."""
     import mlrt

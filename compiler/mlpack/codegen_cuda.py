@@ -32,7 +32,8 @@ KERNELS_DIR = Path(__file__).parent / "kernels_cuda"
 PRECISIONS = {"fp32": 0, "tf32": 1, "fp16": 2, "bf16": 3}
 DEFAULT_SM = 80  # tensor-core WMMA for tf32/bf16 needs sm_80; the PTX JITs forward to sm_90
 THREADS = 256
-TILE = 64  # GEMM output tile (kernels_cuda: kBM = kBN)
+TILE = 64  # GEMM output tile (kernels_cuda: kBM = kBN); fp32 GEMMs with many tiles use BIG_TILE
+BIG_TILE = 128
 # Split-K aims for this many GEMM blocks (about two per multiprocessor of an A100/H100/H200) when a
 # GEMM has fewer output tiles, e.g. late ResNet convs at batch 1 (7x7 outputs, K = 4608).
 TARGET_BLOCKS = 256
@@ -46,10 +47,19 @@ def split_k(batch: int, m: int, n: int, k: int) -> int:
     return max(1, min(-(-TARGET_BLOCKS // tiles), k // MIN_SPLIT_K, 16))
 
 
+def gemm_tile(batch: int, m: int, n: int, precision: str) -> int:
+    """128x128 tiles (8x8 outputs per thread: more FMAs per shared-memory load) when they alone give
+    the GPU a full wave of blocks; 64x64 otherwise, and always for the tensor-core paths."""
+    big = -(-m // BIG_TILE) * -(-n // BIG_TILE) * batch
+    return BIG_TILE if precision == "fp32" and big >= TARGET_BLOCKS // 2 else TILE
+
+
 def split_k_scratch(batch: int, m: int, n: int, k: int) -> int:
     """Floats of arena scratch a GEMM call needs for its split-K partial sums (0: no split)."""
     s = split_k(batch, m, n, k)
     return s * batch * m * n if s > 1 else 0
+
+
 # PTX ISA version -> the CUDA driver version (cuDriverGetVersion) that first reads it.
 _PTX_ISA_DRIVER = {
     "7.0": 11000, "7.1": 11010, "7.2": 11020, "7.3": 11030, "7.4": 11040, "7.5": 11050, "7.6": 11060,
@@ -216,10 +226,11 @@ class _Generic:
 
 
 class _Emitter:
-    def __init__(self, module, func_op):
+    def __init__(self, module, func_op, precision: str = "fp32"):
         from torch_mlir import ir
 
         self.ir = ir
+        self.precision = precision
         self.module = module
         self.func = func_op
         self.block = func_op.regions[0].blocks[0]
@@ -326,7 +337,9 @@ class _Emitter:
 
     def add_kernel(self, body: str, grid: list[int], block: list[int], kind: str) -> None:
         name = f"k{len(self.kernels)}"
-        self.kernels.append(f'extern "C" __global__ void __launch_bounds__({block[0] * block[1] * block[2]}) '
+        # GEMMs: at most 128 registers, so two 256-thread blocks fit per multiprocessor.
+        bounds = f"{block[0] * block[1] * block[2]}" + (", 2" if kind in ("conv2d", "matmul") else "")
+        self.kernels.append(f'extern "C" __global__ void __launch_bounds__({bounds}) '
                             f"{name}(void *const *__restrict__ A_) {{\n"
                             "  char *const *A = (char *const *)A_;\n" + body + "}\n")
         self.launches.append({"kernel": name, "grid": grid, "block": block, "shared_bytes": 0})
@@ -651,9 +664,10 @@ class _Emitter:
             # (a, b, c, scratch, batch, M, N, K, overwrite, bias, bias_per_col, b_packed, residual, lo, hi, dst)
             batch, m, n, k = (num(i) for i in (4, 5, 6, 7))
             splits = split_k(batch, m, n, k)
+            tile = gemm_tile(batch, m, n, self.precision)
             ep = epilogue(8, 9, num(10), 12, 13, 14, ptr(2), 15)
-            body = ep + f"  mlrt::matmul({ptr(0)}, {ptr(1)}, {m}, {n}, {k}, {num(11)}, ep, {splits}, {ptr(3)});\n"
-            grid = [-(-n // TILE), -(-m // TILE), batch * splits]
+            body = ep + f"  mlrt::matmul<{tile}>({ptr(0)}, {ptr(1)}, {m}, {n}, {k}, {num(11)}, ep, {splits}, {ptr(3)});\n"
+            grid = [-(-n // tile), -(-m // tile), batch * splits]
             kind = "matmul"
         elif callee == "mlrt_conv2d_f32":
             # (x, w, y, scratch, batch, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, overwrite, bias,
@@ -661,10 +675,11 @@ class _Emitter:
             batch, c, h, w, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl = (num(i) for i in range(4, 19))
             m, n = co, oh * ow
             splits = split_k(batch, m, n, c * kh * kw)
+            tile = gemm_tile(batch, m, n, self.precision)
             ep = epilogue(19, 20, 0, 21, 22, 23, ptr(2), 24)
-            body = ep + (f"  mlrt::conv2d({ptr(0)}, {ptr(1)}, {c}, {h}, {w}, {co}, {kh}, {kw}, {oh}, {ow}, {sh}, {sw}, "
-                         f"{dh}, {dw}, {pt}, {pl}, ep, {splits}, {ptr(3)});\n")
-            grid = [-(-n // TILE), -(-m // TILE), batch * splits]
+            body = ep + (f"  mlrt::conv2d<{tile}>({ptr(0)}, {ptr(1)}, {c}, {h}, {w}, {co}, {kh}, {kw}, {oh}, {ow}, {sh}, "
+                         f"{sw}, {dh}, {dw}, {pt}, {pl}, ep, {splits}, {ptr(3)});\n")
+            grid = [-(-n // tile), -(-m // tile), batch * splits]
             kind = "conv2d"
         elif callee == "mlrt_depthwise_conv2d_f32":
             # (x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, overwrite, bias, residual, lo, hi, dst)
@@ -820,7 +835,7 @@ def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump
         dump("cuda-planned", str(module))
     with stage("codegen (cuda)"):
         with module.context:
-            emitter = _Emitter(module, func_op)
+            emitter = _Emitter(module, func_op, precision)
             emitter.run()
         source = emitter.source(precision)
         dump("cuda-source", source)

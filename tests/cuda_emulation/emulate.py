@@ -38,7 +38,7 @@ extern "C" int mlrt_emulate(int index, void *const *args, const unsigned *grid, 
 class Emulation:
     def __init__(self, source: str, launches: list[dict], workdir: Path):
         names = [l["kernel"] for l in launches]
-        kernels = sorted(set(re.findall(r"void __launch_bounds__\(\d+\) (k\d+)\(", source)), key=lambda k: int(k[1:]))
+        kernels = sorted(set(re.findall(r"void __launch_bounds__\([\d, ]+\) (k\d+)\(", source)), key=lambda k: int(k[1:]))
         self.index = {k: i for i, k in enumerate(kernels)}
         self.launches = launches
         assert set(names) <= set(kernels), "launch table names a kernel the source lacks"

@@ -20,7 +20,7 @@ static mlrt_dim3 blockIdx, threadIdx, blockDim, gridDim;
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 
 static inline float __int_as_float(unsigned v) {
   float f;
@@ -64,12 +64,12 @@ static inline float round_operand(float v) {
 #endif
 }
 
-template <class LA, class LB, class ST>
+template <int T, class LA, class LB, class ST>
 void gemm(int M, int N, int k0, int k1, LA la, LB lb, const ST &store) {
   if (threadIdx.x != 0) return;
-  const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
-  for (int m = m0; m < m0 + kBM && m < M; ++m)
-    for (int n = n0; n < n0 + kBN && n < N; ++n) {
+  const int m0 = blockIdx.y * T, n0 = blockIdx.x * T;
+  for (int m = m0; m < m0 + T && m < M; ++m)
+    for (int n = n0; n < n0 + T && n < N; ++n) {
       float acc = 0.0f;
       for (int k = k0; k < k1; ++k) acc = fmaf(round_operand(la(m, k)), round_operand(lb(k, n)), acc);
       store(m, n, acc);

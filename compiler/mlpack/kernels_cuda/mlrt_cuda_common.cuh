@@ -71,8 +71,8 @@ struct PartialStore {
   __device__ __forceinline__ void operator()(int m, int n, float acc) const { p[(int64_t)m * N + n] = acc; }
 };
 
-// Defined by the includer: the block's 64x64 tile of A[:, k0:k1] * B[k0:k1, :], handed to `store`.
-template <class LA, class LB, class ST>
+// Defined by the includer: the block's T x T tile of A[:, k0:k1] * B[k0:k1, :], handed to `store`.
+template <int T, class LA, class LB, class ST>
 __device__ void gemm(int M, int N, int k0, int k1, LA la, LB lb, const ST &store);
 
 // Split-K: when a GEMM has too few output tiles to fill the GPU, grid z runs `splits` slices of K
@@ -85,34 +85,36 @@ __device__ __forceinline__ void k_slice(int K, int splits, int s, int &k0, int &
   k1 = min(K, k0 + per);
 }
 
-template <class LA, class LB>
+template <int T, class LA, class LB>
 __device__ __forceinline__ void gemm_split(int M, int N, int K, LA la, LB lb, const Epilogue &ep, int64_t bz,
                                            int splits, float *part) {
   if (splits == 1) {
-    gemm(M, N, 0, K, la, lb, EpilogueStore{ep, bz * M * N, N});
+    gemm<T>(M, N, 0, K, la, lb, EpilogueStore{ep, bz * M * N, N});
   } else {
     const int s = blockIdx.z % splits;
     int k0, k1;
     k_slice(K, splits, s, k0, k1);
-    gemm(M, N, k0, k1, la, lb, PartialStore{part + (bz * splits + s) * M * N, N});
+    gemm<T>(M, N, k0, k1, la, lb, PartialStore{part + (bz * splits + s) * M * N, N});
   }
 }
 
-// C[z] (op)= A[z] * B[z]: grid (ceil(N/64), ceil(M/64), batch * splits).
+// C[z] (op)= A[z] * B[z]: grid (ceil(N/T), ceil(M/T), batch * splits).
+template <int T>
 __device__ __forceinline__ void matmul(const float *a, const float *b, int M, int N, int K, int packed, Epilogue ep,
                                        int splits, float *part) {
   const int64_t z = blockIdx.z / splits;
-  gemm_split(M, N, K, RowMajorA{a + z * M * K, K}, DenseB{b + (packed ? 0 : z * K * N), N, K, packed}, ep, z, splits,
-             part);
+  gemm_split<T>(M, N, K, RowMajorA{a + z * M * K, K}, DenseB{b + (packed ? 0 : z * K * N), N, K, packed}, ep, z,
+                splits, part);
 }
 
 // Convolution as implicit GEMM, one image per grid z: [CO, C*KH*KW] x im2col -> [CO, OH*OW].
+template <int T>
 __device__ __forceinline__ void conv2d(const float *x, const float *w, int C, int H, int W, int CO, int KH, int KW,
                                        int OH, int OW, int sh, int sw, int dh, int dw, int pt, int pl, Epilogue ep,
                                        int splits, float *part) {
   const int64_t z = blockIdx.z / splits;
-  gemm_split(CO, OH * OW, C * KH * KW, RowMajorA{w, C * KH * KW},
-             Im2colB{x + z * C * H * W, H, W, KH, KW, OW, sh, sw, dh, dw, pt, pl}, ep, z, splits, part);
+  gemm_split<T>(CO, OH * OW, C * KH * KW, RowMajorA{w, C * KH * KW},
+                Im2colB{x + z * C * H * W, H, W, KH, KW, OW, sh, sw, dh, dw, pt, pl}, ep, z, splits, part);
 }
 
 // The second half of split-K: one thread per output element.

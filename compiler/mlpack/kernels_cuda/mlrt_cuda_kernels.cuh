@@ -22,43 +22,63 @@
 
 namespace mlrt {
 
-// fp32: CUDA cores, each thread a 4x4 block of the 64x64 tile.
-template <class LA, class LB, class ST>
+// fp32: CUDA cores. A (16*TM) x (16*TN) tile per 256-thread block, each thread a TM x TN block of
+// it; K in steps of 8. The next step's operands are loaded into registers while the current one
+// is multiplied from shared memory, so global-memory latency hides behind the FMAs.
+template <int TM, int TN, class LA, class LB, class ST>
 __device__ __forceinline__ void gemm_fp32(int M, int N, int kbegin, int K, LA la, LB lb, const ST &store) {
-  __shared__ float As[kBK][kBM + 4];
-  __shared__ float Bs[kBK][kBN + 4];
+  constexpr int BM = 16 * TM, BN = 16 * TN, BK = 8, A_PER = BM * BK / kThreads, B_PER = BN * BK / kThreads;
+  __shared__ float As[BK][BM + 4];
+  __shared__ float Bs[BK][BN + 4];
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-  const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
-  float acc[4][4] = {};
-  for (int k0 = kbegin; k0 < K; k0 += kBK) {
-    for (int i = tid; i < kBM * kBK; i += kThreads) {
-      int mm = i / kBK, kk = i % kBK, m = m0 + mm, k = k0 + kk;
-      As[kk][mm] = (m < M && k < K) ? la(m, k) : 0.0f;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  float acc[TM][TN] = {};
+  float ra[A_PER], rb[B_PER];
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int r = 0; r < A_PER; ++r) {
+      int i = tid + r * kThreads, mm = i / BK, kk = i % BK, m = m0 + mm, k = k0 + kk;
+      ra[r] = (m < M && k < K) ? la(m, k) : 0.0f;
     }
-    for (int i = tid; i < kBK * kBN; i += kThreads) {
-      int kk = i / kBN, nn = i % kBN, k = k0 + kk, n = n0 + nn;
-      Bs[kk][nn] = (k < K && n < N) ? lb(k, n) : 0.0f;
+#pragma unroll
+    for (int r = 0; r < B_PER; ++r) {
+      int i = tid + r * kThreads, kk = i / BN, nn = i % BN, k = k0 + kk, n = n0 + nn;
+      rb[r] = (k < K && n < N) ? lb(k, n) : 0.0f;
+    }
+  };
+  load(kbegin);
+  for (int k0 = kbegin; k0 < K; k0 += BK) {
+#pragma unroll
+    for (int r = 0; r < A_PER; ++r) {
+      int i = tid + r * kThreads;
+      As[i % BK][i / BK] = ra[r];
+    }
+#pragma unroll
+    for (int r = 0; r < B_PER; ++r) {
+      int i = tid + r * kThreads;
+      Bs[i / BN][i % BN] = rb[r];
     }
     __syncthreads();
+    if (k0 + BK < K) load(k0 + BK);
 #pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-      float a[4], b[4];
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[TM], b[TN];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i];
+      for (int i = 0; i < TM; ++i) a[i] = As[kk][ty * TM + i];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx * 4 + j];
+      for (int j = 0; j < TN; ++j) b[j] = Bs[kk][tx * TN + j];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
     }
     __syncthreads();
   }
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < TM; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      int m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
+    for (int j = 0; j < TN; ++j) {
+      int m = m0 + ty * TM + i, n = n0 + tx * TN + j;
       if (m < M && n < N) store(m, n, acc[i][j]);
     }
 }
@@ -131,11 +151,12 @@ __device__ __forceinline__ void gemm_tc(int M, int N, int kbegin, int K, LA la, 
   }
 }
 
-// Precision tag -> GEMM implementation (MLRT_PRECISION is set by the generated source).
-template <class LA, class LB, class ST>
+// Precision tag -> GEMM implementation (MLRT_PRECISION is set by the generated source); T is the
+// output tile (64, or 128 for fp32 GEMMs with enough tiles to fill the GPU).
+template <int T, class LA, class LB, class ST>
 __device__ void gemm(int M, int N, int k0, int k1, LA la, LB lb, const ST &store) {
 #if MLRT_PRECISION == 0
-  gemm_fp32(M, N, k0, k1, la, lb, store);
+  gemm_fp32<T / 16, T / 16>(M, N, k0, k1, la, lb, store);
 #elif MLRT_PRECISION == 1
   gemm_tc<float>(M, N, k0, k1, la, lb, store);
 #elif MLRT_PRECISION == 2
