@@ -47,11 +47,11 @@ def split_k(batch: int, m: int, n: int, k: int) -> int:
     return max(1, min(-(-TARGET_BLOCKS // tiles), k // MIN_SPLIT_K, 16))
 
 
-def gemm_tile(batch: int, m: int, n: int, precision: str) -> int:
-    """128x128 tiles (8x8 outputs per thread: more FMAs per shared-memory load) when they alone give
-    the GPU a full wave of blocks; 64x64 otherwise, and always for the tensor-core paths."""
+def gemm_tile(batch: int, m: int, n: int) -> int:
+    """128x128 tiles (more multiply-adds per shared-memory load) when they alone give the GPU a full
+    wave of blocks; 64x64 otherwise."""
     big = -(-m // BIG_TILE) * -(-n // BIG_TILE) * batch
-    return BIG_TILE if precision == "fp32" and big >= TARGET_BLOCKS // 2 else TILE
+    return BIG_TILE if big >= TARGET_BLOCKS // 2 else TILE
 
 
 def split_k_scratch(batch: int, m: int, n: int, k: int) -> int:
@@ -337,8 +337,10 @@ class _Emitter:
 
     def add_kernel(self, body: str, grid: list[int], block: list[int], kind: str) -> None:
         name = f"k{len(self.kernels)}"
-        # GEMMs: at most 128 registers, so two 256-thread blocks fit per multiprocessor.
-        bounds = f"{block[0] * block[1] * block[2]}" + (", 2" if kind in ("conv2d", "matmul") else "")
+        # fp32 GEMMs: at most 128 registers, so two 256-thread blocks fit per multiprocessor (the
+        # tensor-core tiles hold more accumulators and would spill under that cap).
+        two = kind in ("conv2d", "matmul") and self.precision == "fp32"
+        bounds = f"{block[0] * block[1] * block[2]}" + (", 2" if two else "")
         self.kernels.append(f'extern "C" __global__ void __launch_bounds__({bounds}) '
                             f"{name}(void *const *__restrict__ A_) {{\n"
                             "  char *const *A = (char *const *)A_;\n" + body + "}\n")
@@ -664,7 +666,7 @@ class _Emitter:
             # (a, b, c, scratch, batch, M, N, K, overwrite, bias, bias_per_col, b_packed, residual, lo, hi, dst)
             batch, m, n, k = (num(i) for i in (4, 5, 6, 7))
             splits = split_k(batch, m, n, k)
-            tile = gemm_tile(batch, m, n, self.precision)
+            tile = gemm_tile(batch, m, n)
             ep = epilogue(8, 9, num(10), 12, 13, 14, ptr(2), 15)
             body = ep + f"  mlrt::matmul<{tile}>({ptr(0)}, {ptr(1)}, {m}, {n}, {k}, {num(11)}, ep, {splits}, {ptr(3)});\n"
             grid = [-(-n // tile), -(-m // tile), batch * splits]
@@ -675,7 +677,7 @@ class _Emitter:
             batch, c, h, w, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl = (num(i) for i in range(4, 19))
             m, n = co, oh * ow
             splits = split_k(batch, m, n, c * kh * kw)
-            tile = gemm_tile(batch, m, n, self.precision)
+            tile = gemm_tile(batch, m, n)
             ep = epilogue(19, 20, 0, 21, 22, 23, ptr(2), 24)
             body = ep + (f"  mlrt::conv2d<{tile}>({ptr(0)}, {ptr(1)}, {c}, {h}, {w}, {co}, {kh}, {kw}, {oh}, {ow}, {sh}, "
                          f"{sw}, {dh}, {dw}, {pt}, {pl}, ep, {splits}, {ptr(3)});\n")

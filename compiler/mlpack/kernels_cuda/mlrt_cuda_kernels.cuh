@@ -151,18 +151,105 @@ __device__ __forceinline__ void gemm_tc(int M, int N, int kbegin, int K, LA la, 
   }
 }
 
+// The tensor-core GEMM for large problems: a 128x128 tile, 8 warps as 2 (M) x 4 (N), each a 64x32
+// slice (4x2 fragments); operands converted once when staged in shared memory (the next K step is
+// prefetched into registers meanwhile); each warp hands its accumulators to the epilogue through a
+// private 16x16 scratch, so no full-tile staging buffer is needed.
+template <class T, class LA, class LB, class ST>
+__device__ __forceinline__ void gemm_tc128(int M, int N, int kbegin, int K, LA la, LB lb, const ST &store) {
+  using namespace nvcuda;
+  constexpr int BM = 128, BN = 128, BK = 16, PER = BM * BK / kThreads;
+  constexpr int kPad = 16 / sizeof(T) * 2;
+  constexpr int kLdA = BK + kPad, kLdB = BN + kPad;
+  __shared__ __align__(32) T As[BM][kLdA];
+  __shared__ __align__(32) T Bs[BK][kLdB];
+  __shared__ __align__(32) float Ws[8][16 * 16];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wm = warp / 4, wn = warp % 4;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  using In = typename Wmma<T>::In;
+  constexpr int kK = Wmma<T>::kK;
+  wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[4][2];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  float ra[PER], rb[PER];
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int r = 0; r < PER; ++r) {
+      int i = tid + r * kThreads, mm = i / BK, kk = i % BK, m = m0 + mm, k = k0 + kk;
+      ra[r] = (m < M && k < K) ? la(m, k) : 0.0f;
+      int kb = i / BN, nn = i % BN, kb2 = k0 + kb, n = n0 + nn;
+      rb[r] = (kb2 < K && n < N) ? lb(kb2, n) : 0.0f;
+    }
+  };
+  load(kbegin);
+  for (int k0 = kbegin; k0 < K; k0 += BK) {
+#pragma unroll
+    for (int r = 0; r < PER; ++r) {
+      int i = tid + r * kThreads;
+      As[i / BK][i % BK] = Convert<T>::from(ra[r]);
+      Bs[i / BN][i % BN] = Convert<T>::from(rb[r]);
+    }
+    __syncthreads();
+    if (k0 + BK < K) load(k0 + BK);
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += kK) {
+      wmma::fragment<wmma::matrix_b, 16, 16, kK, In, wmma::row_major> b[2];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        wmma::load_matrix_sync(b[j], &Bs[kk][wn * 32 + j * 16], kLdB);
+        if constexpr (sizeof(T) == 4) {
+          for (int e = 0; e < b[j].num_elements; ++e) b[j].x[e] = wmma::__float_to_tf32(b[j].x[e]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        wmma::fragment<wmma::matrix_a, 16, 16, kK, In, wmma::row_major> a;
+        wmma::load_matrix_sync(a, &As[wm * 64 + i * 16][kk], kLdA);
+        if constexpr (sizeof(T) == 4) {
+          for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      wmma::store_matrix_sync(Ws[warp], acc[i][j], 16, wmma::mem_row_major);
+      __syncwarp();
+#pragma unroll
+      for (int e = lane; e < 256; e += 32) {
+        int m = m0 + wm * 64 + i * 16 + e / 16, n = n0 + wn * 32 + j * 16 + e % 16;
+        if (m < M && n < N) store(m, n, Ws[warp][e]);
+      }
+      __syncwarp();
+    }
+}
+
 // Precision tag -> GEMM implementation (MLRT_PRECISION is set by the generated source); T is the
-// output tile (64, or 128 for fp32 GEMMs with enough tiles to fill the GPU).
+// output tile (64, or 128 for GEMMs with enough tiles to fill the GPU).
 template <int T, class LA, class LB, class ST>
 __device__ void gemm(int M, int N, int k0, int k1, LA la, LB lb, const ST &store) {
 #if MLRT_PRECISION == 0
   gemm_fp32<T / 16, T / 16>(M, N, k0, k1, la, lb, store);
-#elif MLRT_PRECISION == 1
-  gemm_tc<float>(M, N, k0, k1, la, lb, store);
-#elif MLRT_PRECISION == 2
-  gemm_tc<half>(M, N, k0, k1, la, lb, store);
 #else
-  gemm_tc<__nv_bfloat16>(M, N, k0, k1, la, lb, store);
+#if MLRT_PRECISION == 1
+  using Op = float;
+#elif MLRT_PRECISION == 2
+  using Op = half;
+#else
+  using Op = __nv_bfloat16;
+#endif
+  if constexpr (T == 128) {
+    gemm_tc128<Op>(M, N, k0, k1, la, lb, store);
+  } else {
+    gemm_tc<Op>(M, N, k0, k1, la, lb, store);
+  }
 #endif
 }
 
