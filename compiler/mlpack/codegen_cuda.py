@@ -48,10 +48,11 @@ def split_k(batch: int, m: int, n: int, k: int) -> int:
 
 
 def gemm_tile(batch: int, m: int, n: int) -> int:
-    """128x128 tiles (more multiply-adds per shared-memory load) when they alone give the GPU a full
-    wave of blocks; 64x64 otherwise."""
+    """128x128 tiles (more multiply-adds per shared-memory load) when both output dims fill them and
+    they alone give the GPU a full wave of blocks; 64x64 otherwise (a 16-channel conv would waste
+    7/8 of a 128-row tile: MobileNetV2 at batch 32 got slower with it)."""
     big = -(-m // BIG_TILE) * -(-n // BIG_TILE) * batch
-    return BIG_TILE if big >= TARGET_BLOCKS // 2 else TILE
+    return BIG_TILE if m >= BIG_TILE and n >= BIG_TILE and big >= TARGET_BLOCKS // 2 else TILE
 
 
 def split_k_scratch(batch: int, m: int, n: int, k: int) -> int:

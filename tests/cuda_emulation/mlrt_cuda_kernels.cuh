@@ -71,7 +71,10 @@ void gemm(int M, int N, int k0, int k1, LA la, LB lb, const ST &store) {
   for (int m = m0; m < m0 + T && m < M; ++m)
     for (int n = n0; n < n0 + T && n < N; ++n) {
       float acc = 0.0f;
-      for (int k = k0; k < k1; ++k) acc = fmaf(round_operand(la(m, k)), round_operand(lb(k, n)), acc);
+      for (int k = k0; k < k1; ++k) {
+        // Tensor cores (rounded operands) only in 128x128 tiles; 64x64 tiles compute in fp32.
+        acc = T == 128 ? fmaf(round_operand(la(m, k)), round_operand(lb(k, n)), acc) : fmaf(la(m, k), lb(k, n), acc);
+      }
       store(m, n, acc);
     }
 }

@@ -8,7 +8,7 @@
 
 namespace mlrt {
 
-constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
+constexpr int kBK = 16, kThreads = 256;  // split-K slices are multiples of kBK
 
 struct Epilogue {
   int overwrite;          // 1: ignore C (the zero/bias fill was fused)
