@@ -180,6 +180,16 @@ def test_cuda_kernels_are_fused_and_planned(cuda_dir):
     assert cuda["arena_bytes"] < both.manifest["memory_plan"]["arena_bytes"]  # CPU packs B into arena scratch
 
 
+def test_encoder_kernels_are_fused_and_reduce_per_warp(cuda_dir):
+    """LayerNorm / softmax chains collapse into few kernels, and their row reductions are split
+    over a warp's lanes (the emulation above checks their numbers; shuffles run on a GPU only)."""
+    result, _, _ = build_cuda("encoder", "fp32", cuda_dir)
+    cuda = result.manifest["targets"]["cuda"]
+    assert len(cuda["launches"]) < 150  # 282 without fusion
+    assert cuda["kernels"]["warp_reductions"] >= 9 * 3  # 9 LayerNorms, 3 statistics each at least
+    assert "mlrt::warp_sum" in result.cuda_source  # (softmax's max comes with its index: serial)
+
+
 def test_unknown_precision_is_refused(cuda_dir):
     import mlpack
     import zoo

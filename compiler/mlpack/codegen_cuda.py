@@ -178,6 +178,13 @@ def _affine_c(expr) -> str:
 
 # --------------------------------------------------------------------------- the emitter
 
+# Reduction combiners a warp can split: op -> (warp helper, identity, how to merge a and b).
+_COMBINERS = {
+    "arith.addf": ("sum", "(({t})0)", "({a} + {b})"),
+    "arith.maximumf": ("max", "(({t})-INFINITY)", "mlrt::maximumf({a}, {b})"),
+    "arith.minimumf": ("min", "(({t})INFINITY)", "mlrt::minimumf({a}, {b})"),
+}
+
 _SIZES = {"float": 4, "double": 8, "half": 2, "__nv_bfloat16": 2, "bool": 1, "int8_t": 1, "uint8_t": 1,
           "int16_t": 2, "int32_t": 4, "int64_t": 8}
 
@@ -450,23 +457,54 @@ class _Emitter:
             op = op.parent
         return self.positions[op]
 
+    def combiner(self, g) -> str | None:
+        """For a member with one innermost reduction dim whose body ends in `out = op(x, out)` with
+        op an add / max / min and `out` used nowhere else: op, so lanes of a warp can each reduce a
+        slice and combine the partials. None otherwise (the member loops serially)."""
+        if g.op is None or len(g.red) != 1 or len(g.outs) != 1 or g.red[0] != len(g.ranges) - 1:
+            return None
+        body = g.op.regions[0].blocks[0]
+        out_arg = list(body.arguments)[-1]
+        ops = [o.operation for o in body.operations]
+        term = ops[-1]
+        if len(term.operands) != 1:
+            return None
+        final = defining_op(term.operands[0])
+        uses = [u.owner for u in out_arg.uses]
+        if final is None or final.name not in _COMBINERS or len(uses) != 1 or uses[0] != final:
+            return None
+        if _ctype(out_arg.type) not in ("float", "double"):
+            return None
+        return final.name
+
     def emit_generics(self, group: list) -> None:
         """One kernel for `group`: one thread per point of the shared thread space runs every
         member in order (its reduction loops inside); values written by one member and read by a
         later one at the same element stay in registers, and stores to buffers nobody reads after
-        the group are dropped."""
+        the group are dropped. When a member reduces along its innermost dim with an add/max/min
+        over at least 32 elements, a whole warp takes each point instead: its lanes split those
+        reductions (coalesced loads) and combine with shuffles, everything else runs redundantly on
+        every lane, and lane 0 stores."""
         ir = self.ir
         space = group[0].space
         total = group[0].total
+        combiners = [self.combiner(g) for g in group]
+        warp = any(c and g.ranges[g.red[0]] >= 32 for c, g in zip(combiners, group))
         ptrs: dict = {}
         decls: list[str] = []
-        lines = [f"  int64_t t_ = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;\n  if (t_ >= {total}LL) return;\n"]
+        if warp:
+            lines = ["  int64_t t_ = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32;\n",
+                     "  const int lane_ = threadIdx.x % 32;\n",
+                     f"  if (t_ >= {total}LL || lane_ >= MLRT_LANES) return;\n"]
+        else:
+            lines = [f"  int64_t t_ = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;\n  if (t_ >= {total}LL) return;\n"]
         for k in reversed(range(len(space))):  # last dim fastest: coalesced for row-major outputs
             lines.append(f"  const int64_t t{k} = t_ % {space[k]}; t_ /= {space[k]};\n")
         regs: dict[str, str] = {}  # element reference -> the register holding its current value
         dirty: dict[str, tuple[str, object]] = {}  # element reference -> (register, value) to store
         for j, g in enumerate(group):
             names = g.dim_names(j)
+            split = warp and combiners[j] is not None
             args = list(g.op.regions[0].blocks[0].arguments) if g.op is not None else [None, None]
             env: dict = {}
             pre: list[str] = []
@@ -479,9 +517,12 @@ class _Emitter:
                 arg = args[len(g.ins) + k]
                 acc = f"o{j}_acc{k}"
                 used = arg is not None and list(arg.uses)
+                ctype = _ctype(v.type.element_type)
                 if arg is not None:
-                    env[arg] = acc
-                pre.append(f"  {_ctype(v.type.element_type)} {acc} = {regs.get(out_refs[k], out_refs[k]) if used else '0'};\n")
+                    env[arg] = f"o{j}_part{k}" if split else acc
+                pre.append(f"  {ctype} {acc} = {regs.get(out_refs[k], out_refs[k]) if used else '0'};\n")
+                if split:
+                    pre.append(f"  {ctype} o{j}_part{k} = {_COMBINERS[combiners[j]][1].format(t=ctype)};\n")
             loaded = []
             for k, v in enumerate(g.ins):
                 arg = args[k]
@@ -503,24 +544,38 @@ class _Emitter:
                 yields = loaded
             else:
                 yields = self.emit_body(g.op.regions[0].blocks[0], env, inner, ptrs, decls, prefix=f"o{j}_", dims=names)
+            target = "part" if split else "acc"
             for k, y in enumerate(yields):
-                inner.append(f"  o{j}_acc{k} = {y};\n")
+                inner.append(f"  o{j}_{target}{k} = {y};\n")
             lines += pre
-            lines += [f"  for (int64_t {names[d]} = 0; {names[d]} < {g.ranges[d]}; ++{names[d]}) {{\n" for d in g.red]
+            for d in g.red:
+                start, step = ("lane_", "MLRT_LANES") if split else ("0", "1")
+                lines.append(f"  for (int64_t {names[d]} = {start}; {names[d]} < {g.ranges[d]}; {names[d]} += {step}) {{\n")
             lines += inner + ["  }\n" * len(g.red)]
+            if split:
+                op = combiners[j]
+                lines.append(f"  o{j}_part0 = mlrt::warp_{_COMBINERS[op][0]}(o{j}_part0);\n")
+                lines.append(f"  o{j}_acc0 = {_COMBINERS[op][2].format(a=f'o{j}_acc0', b=f'o{j}_part0')};\n")
             for k, v in enumerate(g.outs):
                 regs[out_refs[k]] = f"o{j}_acc{k}"
                 dirty.pop(out_refs[k], None)
                 dirty[out_refs[k]] = (f"o{j}_acc{k}", v)
         last = group[-1].position
-        for ref, (reg, v) in dirty.items():
-            if len(group) == 1 or not self.dead_after(v, last):
-                lines.append(f"  {ref} = {reg};\n")
-        grid, block = self._grid(total)
+        stores = [f"  {ref} = {reg};\n" for ref, (reg, v) in dirty.items()
+                  if len(group) == 1 or not self.dead_after(v, last)]
+        if warp and stores:
+            lines.append("  if (lane_ == 0) {\n")
+            lines += stores
+            lines.append("  }\n")
+        else:
+            lines += stores
+        grid, block = self._grid(total * 32 if warp else total)
         kind = "fused" if len(group) > 1 else ("copy" if group[0].op is None else "generic")
         self.add_kernel("".join(decls) + "".join(lines), grid, block, kind)
         if len(group) > 1:
             self.counts["fused_ops"] += len(group)
+        if warp:
+            self.counts["warp_reductions"] += 1
 
     def scalar(self, value, ptrs, decls) -> str:
         """A scalar defined outside a linalg body (a top-level constant)."""

@@ -36,6 +36,7 @@ static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 using std::min;
 
+#define MLRT_LANES 1  // warp-split reductions: lane 0 alone walks the whole reduction
 #include "mlrt_cuda_common.cuh"
 
 namespace mlrt {

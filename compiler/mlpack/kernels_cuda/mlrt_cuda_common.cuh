@@ -161,4 +161,31 @@ __device__ __forceinline__ float minimumf(float a, float b) { return (a != a || 
 __device__ __forceinline__ double maximumf(double a, double b) { return (a != a || b != b) ? a + b : fmax(a, b); }
 __device__ __forceinline__ double minimumf(double a, double b) { return (a != a || b != b) ? a + b : fmin(a, b); }
 
+// Warp-wide reductions for the generated kernels (a warp per output point). MLRT_LANES is 32 on
+// the GPU; the host emulation sets 1 (lane 0 alone then walks the whole reduction).
+#ifndef MLRT_LANES
+#define MLRT_LANES 32
+#endif
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+#if MLRT_LANES > 1
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+#endif
+  return v;
+}
+template <class T>
+__device__ __forceinline__ T warp_max(T v) {
+#if MLRT_LANES > 1
+  for (int o = 16; o > 0; o >>= 1) v = maximumf(v, __shfl_xor_sync(0xffffffffu, v, o));
+#endif
+  return v;
+}
+template <class T>
+__device__ __forceinline__ T warp_min(T v) {
+#if MLRT_LANES > 1
+  for (int o = 16; o > 0; o >>= 1) v = minimumf(v, __shfl_xor_sync(0xffffffffu, v, o));
+#endif
+  return v;
+}
+
 }  // namespace mlrt
