@@ -215,6 +215,12 @@ def test_cli_builds_and_inspects_a_cuda_bundle(cuda_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mlpack.cli", "inspect", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "target cuda: PTX ISA" in proc.stdout and "cuda.ptx" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "mlpack.cli", "run", str(out), "--random", "--device", "cuda:0"],
+                          capture_output=True, text=True)
+    if _gpu_reason() is None:
+        assert proc.returncode == 0, proc.stderr
+    else:  # no GPU here: a clear message, not a crash
+        assert proc.returncode == 1 and "error:" in proc.stderr and "cuda" in proc.stderr, proc.stderr
 
 
 # --------------------------------------------------------------------------- on a real GPU

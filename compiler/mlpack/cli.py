@@ -217,14 +217,15 @@ def _plot_memory(plan: dict, title: str, out: Path) -> None:
               help=".npy file per input, in order.")
 @click.option("--random", "use_random", is_flag=True, help="Feed seeded random inputs of the right signature.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write outputs to .npz / .npy.")
-def run(bundle, inputs, use_random, output):
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (a bundle built with --target cuda).")
+def run(bundle, inputs, use_random, output, device):
     """Run BUNDLE with mlrt on .npy inputs (or --random) and print or save the outputs."""
     import numpy as np
 
     import mlrt
 
     try:
-        model = mlrt.load(bundle)
+        model = mlrt.load(bundle, device=device)
         if use_random:
             arrays = _random_inputs(model)
         else:
@@ -251,11 +252,12 @@ def run(bundle, inputs, use_random, output):
 @click.option("-n", "--iterations", default=50, show_default=True, help="Timed runs.")
 @click.option("--warmup", default=5, show_default=True, help="Untimed runs first.")
 @click.option("--threads", default=0, help="Threads per run (default: physical cores).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (a bundle built with --target cuda).")
 @click.option("--compare", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A model file (.pt2 / TorchScript / pickled nn.Module) to run in eager PyTorch on the same inputs.")
 @click.option("--cold/--no-cold", default=True, show_default=True,
               help="Also measure cold start (process start -> first result) and peak RSS in a fresh process.")
-def bench(bundle, iterations, warmup, threads, compare, cold):
+def bench(bundle, iterations, warmup, threads, device, compare, cold):
     """Latency (min / median / p99), throughput, cold start and peak RSS of BUNDLE with mlrt."""
     import statistics
     import subprocess
@@ -265,14 +267,14 @@ def bench(bundle, iterations, warmup, threads, compare, cold):
     import mlrt
 
     try:
-        model = mlrt.load(bundle, num_threads=threads)
+        model = mlrt.load(bundle, num_threads=threads, device=device)
     except mlrt.Error as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     arrays = _random_inputs(model)
     runners = {"mlrt": lambda: model.run_flat(*arrays)}
     if compare:
-        runners["eager"] = _eager_runner(compare, arrays, model.num_threads)
+        runners["eager"] = _eager_runner(compare, arrays, model.num_threads, device)
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(warmup):
         for fn in runners.values():
@@ -294,13 +296,13 @@ def bench(bundle, iterations, warmup, threads, compare, cold):
         click.echo(f"  mlrt / eager: {ratio_min:.2f}x (min), {ratio_med:.2f}x (median)")
     if cold:
         code = ("import sys, numpy as np, mlrt\n"
-                "m = mlrt.load(sys.argv[1])\n"
+                "m = mlrt.load(sys.argv[1], device=sys.argv[2])\n"
                 "m.run_flat(*[np.zeros(s.shape, s.dtype) for s in m.inputs])\n"
                 "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')))\n")
         best, rss = float("inf"), 0
         for _ in range(3):
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-c", code, str(bundle), device], capture_output=True, text=True)
             best = min(best, (time.perf_counter() - t0) * 1e3)
             if proc.returncode != 0:
                 click.echo(f"error: cold-start process failed: {proc.stderr.strip()}", err=True)
@@ -318,7 +320,8 @@ def _random_inputs(model):
             for s in model.inputs]
 
 
-def _eager_runner(path: Path, arrays, threads: int):
+def _eager_runner(path: Path, arrays, threads: int, device: str = "cpu"):
+    """Eager PyTorch on the same inputs and device; like mlrt, numpy in and numpy out."""
     import warnings
 
     import torch
@@ -330,12 +333,24 @@ def _eager_runner(path: Path, arrays, threads: int):
     tensors = [torch.from_numpy(a) for a in arrays]
     ep = load_model(path, tensors)
     module = ep.module()
+    if device == "cpu":
+        def run():
+            with torch.inference_mode():
+                return module(*tensors)
 
-    def run():
+        return run
+    if not torch.cuda.is_available():
+        click.echo(f"error: --compare on {device} needs PyTorch with CUDA", err=True)
+        sys.exit(1)
+    dev = torch.device("cuda:0" if device == "cuda" else device)
+    module = module.to(dev)
+
+    def run_gpu():
         with torch.inference_mode():
-            return module(*tensors)
+            out = module(*[t.to(dev) for t in tensors])
+            return [o.cpu() for o in torch.utils._pytree.tree_leaves(out)]
 
-    return run
+    return run_gpu
 
 
 if __name__ == "__main__":
