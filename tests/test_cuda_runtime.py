@@ -361,7 +361,9 @@ def test_many_launches_are_bounded(cpu_bundle, tmp_path):
 
 FAKE_LIBCUDA = r"""/* A stand-in libcuda.so.1 for testing mlrt's CUDA backend on machines without a GPU: device memory
  * is host memory, and the two "kernels" of the test bundle (k0, k1) run on the host. It checks
- * what a real driver would refuse (no current context, capture misuse) and reports leaks at exit. */
+ * what a real driver would refuse (no current context, capture misuse) and reports leaks at exit.
+ * Stream ordering: a device-to-device copy on a stream that has not waited on an event since its
+ * last synchronize counts as unordered (fake_cuda_count("dtod_unordered")). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -371,17 +373,22 @@ typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
 #define N 1000
 
-static long g_allocs, g_modules, g_retains, g_streams, g_execs, g_graphs;
+static long g_allocs, g_modules, g_retains, g_streams, g_execs, g_graphs, g_events;
 static long g_launches, g_graph_launches, g_captures;
+static long g_records, g_waits, g_dtod, g_dtod_unordered, g_last_record_stream, g_fail_calls;
 static __thread int t_depth; /* context push depth on this thread */
 static int g_ctx_token;
 
 static void add(long *c, long v) { __atomic_add_fetch(c, v, __ATOMIC_SEQ_CST); }
 static int envi(const char *n, int d) { const char *v = getenv(n); return v ? atoi(v) : d; }
 static CUresult fail(const char *fn) {
-  const char *f = getenv("FAKE_CUDA_FAIL"); /* "cuStreamSynchronize:700" */
+  const char *f = getenv("FAKE_CUDA_FAIL"); /* "cuStreamSynchronize:700"; "cuMemAlloc_v2:2@1": after 1 call */
   size_t n = strlen(fn);
-  if (f && strncmp(f, fn, n) == 0 && f[n] == ':') return atoi(f + n + 1);
+  if (f && strncmp(f, fn, n) == 0 && f[n] == ':') {
+    const char *at = strchr(f + n, '@');
+    if (at && __atomic_fetch_add(&g_fail_calls, 1, __ATOMIC_SEQ_CST) < atol(at + 1)) return 0;
+    return atoi(f + n + 1);
+  }
   return 0;
 }
 #define FAIL(fn) do { CUresult r_ = fail(fn); if (r_) return r_; } while (0)
@@ -390,9 +397,20 @@ static CUresult fail(const char *fn) {
 static void report(void) {
   if (getenv("FAKE_CUDA_STATS"))
     fprintf(stderr, "FAKE_CUDA_STATS launches=%ld graph_launches=%ld captures=%ld\n", g_launches, g_graph_launches, g_captures);
-  if (g_allocs || g_modules || g_retains || g_streams || g_execs || g_graphs)
-    fprintf(stderr, "FAKE_CUDA_LEAK allocs=%ld modules=%ld retains=%ld streams=%ld execs=%ld graphs=%ld\n", g_allocs,
-            g_modules, g_retains, g_streams, g_execs, g_graphs);
+  if (g_allocs || g_modules || g_retains || g_streams || g_execs || g_graphs || g_events)
+    fprintf(stderr, "FAKE_CUDA_LEAK allocs=%ld modules=%ld retains=%ld streams=%ld execs=%ld graphs=%ld events=%ld\n",
+            g_allocs, g_modules, g_retains, g_streams, g_execs, g_graphs, g_events);
+}
+
+/* Not a driver function: lets a test read the counters (live handles and stream-ordering events). */
+long fake_cuda_count(const char *what) {
+  static const struct { const char *name; long *v; } all[] = {
+    {"allocs", &g_allocs}, {"retains", &g_retains}, {"streams", &g_streams}, {"events", &g_events},
+    {"records", &g_records}, {"waits", &g_waits}, {"dtod", &g_dtod}, {"dtod_unordered", &g_dtod_unordered},
+    {"last_record_stream", &g_last_record_stream}, {"launches", &g_launches}, {"graph_launches", &g_graph_launches}};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; ++i)
+    if (strcmp(all[i].name, what) == 0) return __atomic_load_n(all[i].v, __ATOMIC_SEQ_CST);
+  return -1;
 }
 
 CUresult cuInit(unsigned flags) {
@@ -493,9 +511,11 @@ CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) {
 CUresult cuMemFree_v2(CUdeviceptr p) { NEED_CTX(); free((void *)p); add(&g_allocs, -1); return 0; }
 CUresult cuMemGetInfo_v2(size_t *f, size_t *t) { *f = 1 << 30; *t = 1 << 30; return 0; }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { NEED_CTX(); memcpy((void *)d, s, n); return 0; }
+CUresult cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { NEED_CTX(); FAIL("cuMemcpyDtoH_v2"); memcpy(d, (void *)s, n); return 0; }
 
 typedef struct { Function *f; unsigned grid, block, shared; void **args; } Launch;
-typedef struct { int capturing; Launch *rec; int nrec; } Stream;
+typedef struct { int capturing; Launch *rec; int nrec; int waited; } Stream;
+typedef struct { void *stream; int recorded; } Event;
 typedef struct { Launch *rec; int nrec; } Graph;
 
 CUresult cuStreamCreate(void **s, unsigned flags) {
@@ -506,11 +526,53 @@ CUresult cuStreamCreate(void **s, unsigned flags) {
   return 0;
 }
 CUresult cuStreamDestroy_v2(void *s) { NEED_CTX(); free(((Stream *)s)->rec); free(s); add(&g_streams, -1); return 0; }
-CUresult cuStreamSynchronize(void *s) { NEED_CTX(); FAIL("cuStreamSynchronize"); if (((Stream *)s)->capturing) return 900; return 0; }
+CUresult cuStreamSynchronize(void *s) {
+  NEED_CTX();
+  FAIL("cuStreamSynchronize");
+  if (((Stream *)s)->capturing) return 900;
+  ((Stream *)s)->waited = 0;
+  return 0;
+}
 #define NO_CAPTURE(s) do { if (((Stream *)(s))->capturing) return 900; } while (0)
+#define IS_SPECIAL(s) ((unsigned long long)(s) <= 2) /* NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD */
+
+CUresult cuEventCreate(void **e, unsigned flags) {
+  NEED_CTX();
+  FAIL("cuEventCreate");
+  if (flags != 2) return 1; /* CU_EVENT_DISABLE_TIMING */
+  *e = calloc(1, sizeof(Event));
+  add(&g_events, 1);
+  return 0;
+}
+CUresult cuEventDestroy_v2(void *e) { NEED_CTX(); free(e); add(&g_events, -1); return 0; }
+CUresult cuEventRecord(void *e, void *s) {
+  NEED_CTX();
+  FAIL("cuEventRecord");
+  if (!IS_SPECIAL(s)) NO_CAPTURE(s);
+  ((Event *)e)->stream = s;
+  ((Event *)e)->recorded = 1;
+  add(&g_records, 1);
+  __atomic_store_n(&g_last_record_stream, (long)(unsigned long long)s, __ATOMIC_SEQ_CST);
+  return 0;
+}
+CUresult cuStreamWaitEvent(void *s, void *e, unsigned flags) {
+  NEED_CTX();
+  if (flags != 0 || IS_SPECIAL(s)) return 1; /* mlrt only makes its own streams wait */
+  NO_CAPTURE(s);
+  if (((Event *)e)->recorded) ((Stream *)s)->waited = 1;
+  add(&g_waits, 1);
+  return 0;
+}
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *src, size_t n, void *s) { NEED_CTX(); NO_CAPTURE(s); memcpy((void *)d, src, n); return 0; }
 CUresult cuMemcpyDtoHAsync_v2(void *d, CUdeviceptr src, size_t n, void *s) { NEED_CTX(); NO_CAPTURE(s); memcpy(d, (void *)src, n); return 0; }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s) { NEED_CTX(); NO_CAPTURE(s); memcpy((void *)d, (void *)src, n); return 0; }
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s) {
+  NEED_CTX();
+  NO_CAPTURE(s);
+  add(&g_dtod, 1);
+  if (!((Stream *)s)->waited) add(&g_dtod_unordered, 1);
+  memcpy((void *)d, (void *)src, n);
+  return 0;
+}
 
 static void run_kernel(const Launch *l) {
   void **a = l->args;

@@ -62,12 +62,12 @@ struct CudaModel::Context {
   std::vector<CUdeviceptr> inputs, outputs;
   CUstream stream = nullptr;
   CUgraphExec graph = nullptr;  // captured on the first run
+  CUevent ready = nullptr;      // RunDevice: recorded on the caller's stream, waited on by `stream`
 };
 
 Status CudaModel::Check(CUresult r, const char* call) const {
   if (r == CUDA_SUCCESS) return Status::Ok();
-  constexpr CUresult kOutOfMemory = 2;
-  return Status(r == kOutOfMemory ? StatusCode::kResourceExhausted : StatusCode::kInternal,
+  return Status(r == CUDA_ERROR_OUT_OF_MEMORY ? StatusCode::kResourceExhausted : StatusCode::kInternal,
                 "device '" + device_ + "': " + ErrorText(*d_, r, call));
 }
 
@@ -84,6 +84,7 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::str
   std::unique_ptr<CudaModel> m(new CudaModel());
   m->d_ = d;
   m->device_ = device;
+  m->ordinal_ = ordinal;
   int version = 0;
   if (Status s = m->Check(d->cuDriverGetVersion(&version), "cuDriverGetVersion"); !s.ok()) return s;
   auto version_text = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
@@ -128,6 +129,12 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::str
 
   CUcontext ctx = nullptr;
   if (Status s = m->Check(d->cuDevicePrimaryCtxRetain(&ctx, m->dev_), "cuDevicePrimaryCtxRetain"); !s.ok()) return s;
+  auto handle = std::make_shared<CudaDevice>();  // from here on, releases the retain
+  handle->d = d;
+  handle->dev = m->dev_;
+  handle->ctx = ctx;
+  handle->name = device;
+  m->device_handle_ = std::move(handle);
   m->ctx_ = ctx;
   ScopedContext scope(d, ctx);
   if (Status s = m->Check(scope.result(), "cuCtxPushCurrent"); !s.ok()) return s;
@@ -236,7 +243,43 @@ CudaModel::~CudaModel() {
       if (module_) d_->cuModuleUnload(module_);
     }
   }
-  if (ctx_) d_->cuDevicePrimaryCtxRelease(dev_);
+  // device_handle_ releases the primary context when the last DeviceTensor from this model is gone.
+}
+
+namespace internal {
+DeviceBuffer::~DeviceBuffer() {
+  if (!ptr) return;
+  ScopedContext scope(device->d, device->ctx);
+  if (scope.result() == CUDA_SUCCESS) device->d->cuMemFree(ptr);
+}
+}  // namespace internal
+
+Result<std::shared_ptr<internal::DeviceBuffer>> CudaModel::Allocate(size_t bytes, const std::string& what) const {
+  ScopedContext scope(d_, ctx_);
+  if (Status s = Check(scope.result(), "cuCtxPushCurrent"); !s.ok()) return s;
+  CUdeviceptr p = 0;
+  const std::string call = "cuMemAlloc (" + what + ", " + std::to_string(bytes) + " bytes)";
+  if (Status s = Check(d_->cuMemAlloc(&p, bytes), call.c_str()); !s.ok()) return s;
+  auto b = std::make_shared<internal::DeviceBuffer>();
+  b->device = device_handle_;
+  b->ptr = p;
+  return b;
+}
+
+Status DeviceTensor::CopyToHost(void* host) const {
+  if (num_bytes_ == 0) return Status::Ok();
+  if (!buffer_) return Status(StatusCode::kFailedPrecondition, "DeviceTensor::CopyToHost: the tensor was moved from");
+  const CudaDevice& dev = *buffer_->device;
+  ScopedContext scope(dev.d, dev.ctx);
+  CUresult r = scope.result();
+  const char* call = "cuCtxPushCurrent";
+  if (r == CUDA_SUCCESS) {
+    r = dev.d->cuMemcpyDtoH(host, buffer_->ptr, num_bytes_);
+    call = "cuMemcpyDtoH";
+  }
+  if (r == CUDA_SUCCESS) return Status::Ok();
+  return Status(r == CUDA_ERROR_OUT_OF_MEMORY ? StatusCode::kResourceExhausted : StatusCode::kInternal,
+                "device '" + dev.name + "': " + ErrorText(*dev.d, r, call));
 }
 
 Result<std::unique_ptr<CudaModel::Context>> CudaModel::NewContext() const {
@@ -292,6 +335,7 @@ void CudaModel::DestroyContext(std::unique_ptr<Context> c) const {
   if (!c) return;
   if (c->stream) d_->cuStreamSynchronize(c->stream);  // nothing may still use the memory
   if (c->graph) d_->cuGraphExecDestroy(c->graph);
+  if (c->ready) d_->cuEventDestroy(c->ready);
   if (c->stream) d_->cuStreamDestroy(c->stream);
   if (c->memory) {
     d_->cuMemFree(c->memory);
@@ -310,7 +354,7 @@ Status CudaModel::LaunchAll(CUstream stream, CUdeviceptr argtable) const {
 }
 
 Status CudaModel::Execute(Context& c, const std::vector<ConstTensorView>& inputs,
-                          const std::vector<TensorView>& outputs, bool device_pointers) const {
+                          const std::vector<TensorView>& outputs, bool device_pointers, uintptr_t wait_stream) const {
   if (use_graphs_ && !c.graph && !launches_.empty()) {
     // Capture once per context: the launches only ever see this context's argument table.
     if (Status s = Check(d_->cuStreamBeginCapture(c.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
@@ -330,6 +374,21 @@ Status CudaModel::Execute(Context& c, const std::vector<ConstTensorView>& inputs
     d_->cuGraphDestroy(graph);
     if (Status s = Check(r, "cuGraphInstantiateWithFlags"); !s.ok()) return s;
     c.graph = exec;
+  }
+  if (device_pointers) {
+    // The caller's buffers may still be written by work queued on `wait_stream` (e.g. the DLPack
+    // producer's kernels): this context's non-blocking stream starts its copies after that work.
+    if (!c.ready) {
+      if (Status s = Check(d_->cuEventCreate(&c.ready, CU_EVENT_DISABLE_TIMING), "cuEventCreate"); !s.ok()) {
+        c.ready = nullptr;
+        return s;
+      }
+    }
+    if (Status s = Check(d_->cuEventRecord(c.ready, reinterpret_cast<CUstream>(wait_stream)), "cuEventRecord");
+        !s.ok()) {
+      return s;
+    }
+    if (Status s = Check(d_->cuStreamWaitEvent(c.stream, c.ready, 0), "cuStreamWaitEvent"); !s.ok()) return s;
   }
   for (size_t i = 0; i < inputs.size(); ++i) {
     size_t n = input_bytes_[i];
@@ -358,7 +417,7 @@ Status CudaModel::Execute(Context& c, const std::vector<ConstTensorView>& inputs
 }
 
 Status CudaModel::Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
-                      bool device_pointers) const {
+                      bool device_pointers, uintptr_t wait_stream) const {
   ScopedContext scope(d_, ctx_);
   if (Status s = Check(scope.result(), "cuCtxPushCurrent"); !s.ok()) return s;
   std::unique_ptr<Context> c;
@@ -374,7 +433,7 @@ Status CudaModel::Run(const std::vector<ConstTensorView>& inputs, const std::vec
     if (!fresh.ok()) return fresh.status();
     c = std::move(fresh).value();
   }
-  Status s = Execute(*c, inputs, outputs, device_pointers);
+  Status s = Execute(*c, inputs, outputs, device_pointers, wait_stream);
   if (!s.ok()) {
     DestroyContext(std::move(c));  // its stream or graph may be in any state: never reuse it
     return s;

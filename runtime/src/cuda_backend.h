@@ -17,6 +17,33 @@
 
 namespace mlrt {
 
+// One GPU's primary context, retained for as long as anything on it lives: the model, and every
+// DeviceTensor it returned (which may outlive the model).
+struct CudaDevice {
+  const cuda::Driver* d = nullptr;
+  cuda::CUdevice dev = 0;
+  cuda::CUcontext ctx = nullptr;
+  std::string name;  // "cuda:0", for messages
+  CudaDevice() = default;
+  CudaDevice(const CudaDevice&) = delete;
+  CudaDevice& operator=(const CudaDevice&) = delete;
+  ~CudaDevice() {
+    if (ctx) d->cuDevicePrimaryCtxRelease(dev);
+  }
+};
+
+namespace internal {
+// One cuMemAlloc allocation (the memory of a DeviceTensor), freed on destruction.
+struct DeviceBuffer {
+  std::shared_ptr<const CudaDevice> device;
+  cuda::CUdeviceptr ptr = 0;
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer();
+};
+}  // namespace internal
+
 // "cpu" -> -1; "cuda" -> 0; "cuda:N" -> N. Anything else: INVALID_ARGUMENT naming the string.
 Result<int> ParseDevice(const std::string& device);
 
@@ -31,9 +58,15 @@ class CudaModel final {
   CudaModel& operator=(const CudaModel&) = delete;
 
   // Inputs and outputs are already validated against the manifest. `device_pointers`: their data
-  // are device pointers in this model's context (RunDevice), else host pointers. Thread-safe.
+  // are device pointers in this model's context (RunDevice), else host pointers; the input copies
+  // then wait for the work queued on `wait_stream` first. Thread-safe.
   Status Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
-             bool device_pointers) const;
+             bool device_pointers, uintptr_t wait_stream = 0) const;
+
+  // A device allocation of `bytes` (> 0) that keeps the primary context alive; `what` names it in
+  // errors ("output 0"). RESOURCE_EXHAUSTED when the GPU is out of memory. Thread-safe.
+  Result<std::shared_ptr<internal::DeviceBuffer>> Allocate(size_t bytes, const std::string& what) const;
+  int ordinal() const { return ordinal_; }
 
   // Device memory this model holds: the weights plus every execution context allocated so far.
   size_t device_bytes() const { return weight_bytes_ + context_bytes_.load(std::memory_order_relaxed); }
@@ -51,13 +84,15 @@ class CudaModel final {
   Result<std::unique_ptr<Context>> NewContext() const;
   void DestroyContext(std::unique_ptr<Context> c) const;  // the primary context must be current
   Status Execute(Context& c, const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
-                 bool device_pointers) const;
+                 bool device_pointers, uintptr_t wait_stream) const;
   Status LaunchAll(cuda::CUstream stream, cuda::CUdeviceptr argtable) const;
 
   const cuda::Driver* d_ = nullptr;
   std::string device_;
+  int ordinal_ = 0;
   cuda::CUdevice dev_ = 0;
-  cuda::CUcontext ctx_ = nullptr;  // the device's primary context, retained
+  cuda::CUcontext ctx_ = nullptr;                // the device's primary context, retained by device_handle_
+  std::shared_ptr<const CudaDevice> device_handle_;  // released after everything else in the destructor
   cuda::CUmodule module_ = nullptr;
   cuda::CUdeviceptr weights_ = 0;
   size_t weight_bytes_ = 0;

@@ -49,12 +49,17 @@ Loaded Load() {
   bind(d.cuMemFree, "cuMemFree_v2");
   bind(d.cuMemGetInfo, "cuMemGetInfo_v2");
   bind(d.cuMemcpyHtoD, "cuMemcpyHtoD_v2");
+  bind(d.cuMemcpyDtoH, "cuMemcpyDtoH_v2");
   bind(d.cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2");
   bind(d.cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2");
   bind(d.cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2");
   bind(d.cuStreamCreate, "cuStreamCreate");
   bind(d.cuStreamDestroy, "cuStreamDestroy_v2");
   bind(d.cuStreamSynchronize, "cuStreamSynchronize");
+  bind(d.cuStreamWaitEvent, "cuStreamWaitEvent");
+  bind(d.cuEventCreate, "cuEventCreate");
+  bind(d.cuEventRecord, "cuEventRecord");
+  bind(d.cuEventDestroy, "cuEventDestroy_v2");
   bind(d.cuStreamBeginCapture, "cuStreamBeginCapture_v2");
   bind(d.cuStreamEndCapture, "cuStreamEndCapture");
   bind(d.cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags");

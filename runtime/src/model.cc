@@ -53,18 +53,23 @@ bool Overlaps(const void* a, size_t an, const void* b, size_t bn) {
   return an && bn && pa < pb + bn && pb < pa + an;
 }
 
-// Count, dtype and shape of every input and output; outputs must not overlap inputs.
-Status Validate(const Manifest& m, const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) {
+Status ValidateInputs(const Manifest& m, const std::vector<ConstTensorView>& inputs) {
   if (inputs.size() != m.inputs.size()) {
     return Status(StatusCode::kInvalidArgument, "expected " + std::to_string(m.inputs.size()) + " input(s), got " +
                                                     std::to_string(inputs.size()));
   }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (Status s = CheckTensor(inputs[i], m.inputs[i], "input", i); !s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
+// Count, dtype and shape of every input and output; outputs must not overlap inputs.
+Status Validate(const Manifest& m, const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) {
+  if (Status s = ValidateInputs(m, inputs); !s.ok()) return s;
   if (outputs.size() != m.outputs.size()) {
     return Status(StatusCode::kInvalidArgument, "expected " + std::to_string(m.outputs.size()) +
                                                     " output buffer(s), got " + std::to_string(outputs.size()));
-  }
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (Status s = CheckTensor(inputs[i], m.inputs[i], "input", i); !s.ok()) return s;
   }
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (Status s = CheckTensor(outputs[i], m.outputs[i], "output", i); !s.ok()) return s;
@@ -188,14 +193,47 @@ int Model::num_threads() const { return impl_->pool->num_threads(); }
 const std::string& Model::device() const { return impl_->device; }
 size_t Model::device_bytes() const { return impl_->cuda ? impl_->cuda->device_bytes() : 0; }
 
-Status Model::RunDevice(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const {
-  if (!impl_->cuda) {
-    return Status(StatusCode::kFailedPrecondition,
-                  "RunDevice takes CUDA device pointers: it needs a model loaded with device \"cuda:N\", and this one "
-                  "runs on " + impl_->device);
-  }
+namespace {
+Status NotOnCuda(const std::string& device) {
+  return Status(StatusCode::kFailedPrecondition,
+                "RunDevice takes CUDA device pointers: it needs a model loaded with device \"cuda:N\", and this one "
+                "runs on " + device);
+}
+}  // namespace
+
+Status Model::RunDevice(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
+                        uintptr_t wait_stream) const {
+  if (!impl_->cuda) return NotOnCuda(impl_->device);
   if (Status s = Validate(impl_->manifest, inputs, outputs); !s.ok()) return s;
-  return impl_->cuda->Run(inputs, outputs, /*device_pointers=*/true);
+  return impl_->cuda->Run(inputs, outputs, /*device_pointers=*/true, wait_stream);
+}
+
+Result<std::vector<DeviceTensor>> Model::RunDevice(const std::vector<ConstTensorView>& inputs,
+                                                   uintptr_t wait_stream) const {
+  if (!impl_->cuda) return NotOnCuda(impl_->device);
+  const Manifest& m = impl_->manifest;
+  if (Status s = ValidateInputs(m, inputs); !s.ok()) return s;  // before allocating anything
+  std::vector<DeviceTensor> outputs;
+  std::vector<TensorView> views;
+  outputs.reserve(m.outputs.size());
+  for (size_t i = 0; i < m.outputs.size(); ++i) {
+    const TensorSpec& spec = m.outputs[i];
+    DeviceTensor t;
+    t.dtype_ = spec.dtype;
+    t.shape_ = spec.shape;
+    t.ordinal_ = impl_->cuda->ordinal();
+    t.num_bytes_ = spec.num_bytes();
+    if (t.num_bytes_ > 0) {  // zero-byte outputs own nothing (cuMemAlloc refuses size 0)
+      auto buffer = impl_->cuda->Allocate(t.num_bytes_, "output " + std::to_string(i));
+      if (!buffer.ok()) return buffer.status();
+      t.buffer_ = std::move(buffer).value();
+      t.data_ = reinterpret_cast<void*>(t.buffer_->ptr);
+    }
+    outputs.push_back(std::move(t));
+    views.push_back(outputs.back().view());
+  }
+  if (Status s = RunDevice(inputs, views, wait_stream); !s.ok()) return s;
+  return Result<std::vector<DeviceTensor>>(std::move(outputs));
 }
 
 Status Model::Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const {

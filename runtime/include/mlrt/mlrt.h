@@ -128,6 +128,55 @@ class Tensor final {
   std::unique_ptr<void, Free> data_;
 };
 
+namespace internal {
+struct DeviceBuffer;  // a device allocation and the CUDA context it lives in (defined in the runtime)
+}  // namespace internal
+
+// CU_STREAM_LEGACY of cuda.h: the legacy default stream (the CUDA runtime's default stream, stream 1
+// in DLPack). The default `wait_stream` of Model::RunDevice.
+inline constexpr uintptr_t kCudaStreamLegacy = 0x1;
+
+// An owning tensor in GPU memory (the outputs of Model::RunDevice without caller buffers): dense,
+// row-major, allocated with cuMemAlloc in the device's primary context. The allocation and the
+// primary context stay valid until the DeviceTensor is destroyed, even after its Model is gone.
+// Move-only; thread-compatible.
+class DeviceTensor final {
+ public:
+  DeviceTensor(DeviceTensor&& other) noexcept { *this = std::move(other); }
+  DeviceTensor& operator=(DeviceTensor&& other) noexcept {
+    dtype_ = other.dtype_;
+    shape_ = std::move(other.shape_);
+    ordinal_ = other.ordinal_;
+    num_bytes_ = std::exchange(other.num_bytes_, 0);
+    data_ = std::exchange(other.data_, nullptr);
+    buffer_ = std::move(other.buffer_);
+    return *this;
+  }
+  ~DeviceTensor() = default;
+
+  DType dtype() const { return dtype_; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int device_ordinal() const { return ordinal_; }  // N of "cuda:N"
+  size_t num_bytes() const { return num_bytes_; }
+  // The CUdeviceptr as a pointer (null for a zero-byte tensor or after a move). Not host-readable.
+  void* data() { return data_; }
+  const void* data() const { return data_; }
+  TensorView view() { return {data_, dtype_, shape_}; }
+  ConstTensorView const_view() const { return {data_, dtype_, shape_}; }
+  // Copies all num_bytes() to host memory (synchronous, ordered after the legacy default stream).
+  Status CopyToHost(void* host) const;
+
+ private:
+  friend class Model;
+  DeviceTensor() = default;
+  DType dtype_ = DType::kFloat32;
+  std::vector<int64_t> shape_;
+  int ordinal_ = -1;
+  size_t num_bytes_ = 0;
+  void* data_ = nullptr;
+  std::shared_ptr<internal::DeviceBuffer> buffer_;
+};
+
 struct LoadOptions {
   // kFull hashes every section before use (default). kSkipWeights still hashes the manifest and
   // the code (code is never mapped executable unverified) but trusts the weights: for huge bundles
@@ -175,8 +224,15 @@ class Model final {
   Result<std::vector<Tensor>> Run(const std::vector<ConstTensorView>& inputs) const;
   // CUDA models only: like Run, but every data pointer is a CUDA device pointer (CUdeviceptr) valid
   // in the device's primary context. Inputs are copied device-to-device into the execution context
-  // and outputs out of it; returns after the outputs are written. FAILED_PRECONDITION on a cpu model.
-  Status RunDevice(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const;
+  // and outputs out of it. Stream ordering: the input copies start after all work queued so far on
+  // `wait_stream` (a CUstream handle value of that context; default CU_STREAM_LEGACY), through an
+  // event. Synchronous: returns after the outputs are written (no work of this call is left on any
+  // stream). FAILED_PRECONDITION on a cpu model.
+  Status RunDevice(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
+                   uintptr_t wait_stream = kCudaStreamLegacy) const;
+  // Same, allocating the outputs on the model's GPU (RESOURCE_EXHAUSTED when it is out of memory).
+  Result<std::vector<DeviceTensor>> RunDevice(const std::vector<ConstTensorView>& inputs,
+                                              uintptr_t wait_stream = kCudaStreamLegacy) const;
 
  private:
   struct Impl;
