@@ -4,6 +4,10 @@
     model = mlrt.load("model.bundle")
     y = model.run(x)               # one output -> one array; a tuple of outputs -> a tuple
     model.inputs, model.outputs    # [TensorSpec(name, dtype, shape), ...]
+
+    gpu = mlrt.load("model.bundle", device="cuda:0")
+    y = gpu.run_dlpack(x_cuda)     # DLPack in (torch/CuPy/JAX CUDA tensors), DeviceArray out
+    torch.from_dlpack(y)           # zero-copy; or y.numpy()
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ._mlrt import Error, TensorSpec
+from ._mlrt import DeviceArray, Error, TensorSpec
 from ._mlrt import load as _load
 from ._mlrt import max_bundle_format_version, version
 
-__all__ = ["load", "Model", "Error", "TensorSpec", "version", "get_cmake_dir", "get_include_dir", "get_pkgconfig_dir"]
+__all__ = ["load", "Model", "Error", "TensorSpec", "DeviceArray", "version", "get_cmake_dir", "get_include_dir", "get_pkgconfig_dir"]
 __version__ = version()
 
 
@@ -84,6 +88,26 @@ class Model:
                     raise Error(f"input {i} ('{specs[i].name}'): expected a numpy array, got {type(a).__name__}")
             arrays.append(np.ascontiguousarray(a))  # copies only when not already C-contiguous
         return self._native.run_flat(arrays)
+
+    def run_dlpack(self, *args: Any, stream: int = 1) -> Any:
+        """CUDA models only: run on GPU tensors from any DLPack producer (torch CUDA tensors, CuPy,
+        JAX, or this model's DeviceArray outputs), without a trip through host memory. Each input
+        must be on this model's GPU (`__dlpack_device__() == (2, N)`), with exactly the declared
+        dtype and shape, and contiguous row-major (else mlrt.Error; numpy arrays are refused: use
+        `run`). The inputs are read in place (copied device to device into the run's buffers).
+
+        `stream`: the CUDA stream the inputs are ready on, as DLPack's stream argument (1, the
+        default: the legacy default stream, e.g. torch's default stream; 2: the per-thread default
+        stream; else a cudaStream_t value; 0 means 1). Each producer is asked to order its pending
+        work before that stream (`__dlpack__(stream=...)`), and the run waits for that stream.
+        Synchronous: returns when the outputs are complete.
+
+        Returns the model's output structure (like `run`) of `DeviceArray`s: mlrt-owned GPU memory,
+        freed when the DeviceArray and every DLPack consumer of it are gone (even after the model)."""
+        specs = self._native.inputs
+        if len(args) != len(specs):
+            raise Error(f"expected {len(specs)} input(s) {[s.name for s in specs]}, got {len(args)}")
+        return _rebuild(self._structure, self._native.run_dlpack(list(args), stream))
 
     __call__ = run
 
