@@ -318,6 +318,17 @@ def link_shared_object(obj: bytes, num_args: int, cpu: str) -> bytes:
         return (tmp_path / "model.so").read_bytes()
 
 
+def bufferize(module, func_op) -> None:
+    """Tensors -> memrefs, results as out-parameters (both targets start here). Inputs and weights
+    are read-only: on the CPU the weights are mapped read-only from the bundle."""
+    from torch_mlir import ir
+
+    strip_asserts(module)
+    with module.context, ir.Location.unknown():
+        _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
+    _run_pipeline(module, _BUFFERIZE, "bufferization")
+
+
 def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None) -> CpuArtifact:
     """Lower an imported linalg-on-tensors module to a shared object. `dump(name, text)` sees the
     IR after each step; `stage(name)` is a context manager timing each step (optimize, plan,
@@ -332,11 +343,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None) -> CpuArt
     stage = stage or (lambda name: nullcontext())
     func_op = _forward(module)
     with stage("optimize"):
-        strip_asserts(module)
-        with module.context, ir.Location.unknown():
-            # Inputs and weights are read-only: the weights are mapped read-only from the bundle.
-            _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
-        _run_pipeline(module, _BUFFERIZE, "bufferization")
+        bufferize(module, func_op)
         dump("bufferized", str(module))
         with module.context, ir.Location.unknown():
             kernels, prepack = replace_with_kernel_calls(module, func_op)

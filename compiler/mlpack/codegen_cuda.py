@@ -67,11 +67,6 @@ _PTX_ISA_DRIVER = {
     "7.7": 11070, "7.8": 11080, "8.0": 12000, "8.1": 12010, "8.2": 12020, "8.3": 12030, "8.4": 12040,
     "8.5": 12050, "8.6": 12070, "8.7": 12080, "8.8": 12090, "9.0": 13000, "9.1": 13010, "9.2": 13020,
 }
-_BUFFERIZE = (
-    "builtin.module(canonicalize,"
-    "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},"
-    "buffer-results-to-out-params{modify-public-functions=true hoist-static-allocs=true},canonicalize,cse)"
-)
 _GENERALIZE = "builtin.module(linalg-generalize-named-ops)"
 _ALIAS_OPS = {"memref.subview", "memref.expand_shape", "memref.collapse_shape", "memref.cast",
               "memref.reinterpret_cast", "memref.transpose"}
@@ -873,16 +868,13 @@ def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump
 
     from torch_mlir import ir
 
-    from .codegen_cpu import _forward, _run_pipeline, _set_all_arg_attrs, strip_asserts
+    from .codegen_cpu import _forward, _run_pipeline, bufferize
 
     dump = dump or (lambda name, text: None)
     stage = stage or (lambda name: nullcontext())
     func_op = _forward(module)
     with stage("optimize (cuda)"):
-        strip_asserts(module)
-        with module.context, ir.Location.unknown():
-            _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
-        _run_pipeline(module, _BUFFERIZE, "bufferization")
+        bufferize(module, func_op)
         with module.context, ir.Location.unknown():
             _, packed = replace_with_kernel_calls(module, func_op, scratch=split_k_scratch, prepack=prepack)
     with stage("plan (cuda)"):

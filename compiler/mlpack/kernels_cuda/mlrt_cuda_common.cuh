@@ -166,26 +166,15 @@ __device__ __forceinline__ double minimumf(double a, double b) { return (a != a 
 #ifndef MLRT_LANES
 #define MLRT_LANES 32
 #endif
-template <class T>
-__device__ __forceinline__ T warp_sum(T v) {
+template <class T, class F>
+__device__ __forceinline__ T warp_reduce(T v, F combine) {
 #if MLRT_LANES > 1
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = 16; o > 0; o >>= 1) v = combine(v, __shfl_xor_sync(0xffffffffu, v, o));
 #endif
   return v;
 }
-template <class T>
-__device__ __forceinline__ T warp_max(T v) {
-#if MLRT_LANES > 1
-  for (int o = 16; o > 0; o >>= 1) v = maximumf(v, __shfl_xor_sync(0xffffffffu, v, o));
-#endif
-  return v;
-}
-template <class T>
-__device__ __forceinline__ T warp_min(T v) {
-#if MLRT_LANES > 1
-  for (int o = 16; o > 0; o >>= 1) v = minimumf(v, __shfl_xor_sync(0xffffffffu, v, o));
-#endif
-  return v;
-}
+template <class T> __device__ __forceinline__ T warp_sum(T v) { return warp_reduce(v, [](T a, T b) { return a + b; }); }
+template <class T> __device__ __forceinline__ T warp_max(T v) { return warp_reduce(v, [](T a, T b) { return maximumf(a, b); }); }
+template <class T> __device__ __forceinline__ T warp_min(T v) { return warp_reduce(v, [](T a, T b) { return minimumf(a, b); }); }
 
 }  // namespace mlrt
