@@ -273,6 +273,97 @@ def _legacy_fp_literals(llvm_ir: str) -> str:
     return _SPECIAL_FP.sub(lambda m: _SPECIAL_BITS[m.group(1).lstrip("+")], llvm_ir)
 
 
+def _f(v: float) -> str:
+    """An LLVM IR float constant (the float32 value written as a double bit pattern)."""
+    (single,) = struct.unpack("<f", struct.pack("<f", v))
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", single))[0]
+
+
+# exp and erf written in LLVM IR, so LLVM inlines and vectorizes them: through libm they are scalar
+# calls (transformers' softmax and GELU spent ~10% of their time there). expf: Cephes' range
+# reduction and degree-6 polynomial (~1 ulp), 2^n applied as two factors so the whole float range
+# including denormal results is covered; erff: Cephes' odd polynomial below |x| = 1 (relative
+# error ~1e-7), Abramowitz & Stegun 7.1.26 above (|error| < 1.5e-7 on values >= 0.84).
+_VECTOR_MATH = f"""
+define internal float @mlrt_expf(float %x) alwaysinline {{
+  %c1 = call float @llvm.minnum.f32(float %x, float {_f(88.72283172607421875)})
+  %c = call float @llvm.maxnum.f32(float %c1, float {_f(-103.97208404541015625)})
+  %t = fmul float %c, {_f(1.44269504088896341)}
+  %n = call float @llvm.rint.f32(float %t)
+  %r0 = call float @llvm.fma.f32(float %n, float {_f(-0.693359375)}, float %c)
+  %r = call float @llvm.fma.f32(float %n, float {_f(2.12194440e-4)}, float %r0)
+  %p0 = call float @llvm.fma.f32(float {_f(1.9875691500e-4)}, float %r, float {_f(1.3981999507e-3)})
+  %p1 = call float @llvm.fma.f32(float %p0, float %r, float {_f(8.3334519073e-3)})
+  %p2 = call float @llvm.fma.f32(float %p1, float %r, float {_f(4.1665795894e-2)})
+  %p3 = call float @llvm.fma.f32(float %p2, float %r, float {_f(1.6666665459e-1)})
+  %p4 = call float @llvm.fma.f32(float %p3, float %r, float {_f(5.0000001201e-1)})
+  %rr = fmul float %r, %r
+  %y0 = call float @llvm.fma.f32(float %p4, float %rr, float %r)
+  %y = fadd float %y0, {_f(1.0)}
+  %ni = fptosi float %n to i32
+  %h = ashr i32 %ni, 1
+  %l = sub i32 %ni, %h
+  %eh = add i32 %h, 127
+  %el = add i32 %l, 127
+  %bh = shl i32 %eh, 23
+  %bl = shl i32 %el, 23
+  %sh = bitcast i32 %bh to float
+  %sl = bitcast i32 %bl to float
+  %v0 = fmul float %y, %sh
+  %v = fmul float %v0, %sl
+  %big = fcmp ogt float %x, {_f(88.72283172607421875)}
+  %v1 = select i1 %big, float 0x7FF0000000000000, float %v
+  %small = fcmp olt float %x, {_f(-103.97208404541015625)}
+  %v2 = select i1 %small, float 0.0, float %v1
+  %nan = fcmp uno float %x, 0.0
+  %v3 = select i1 %nan, float %x, float %v2
+  ret float %v3
+}}
+
+define internal float @mlrt_erff(float %x) alwaysinline {{
+  %a = call float @llvm.fabs.f32(float %x)
+  %z = fmul float %x, %x
+  %s0 = call float @llvm.fma.f32(float {_f(7.853861353153693e-5)}, float %z, float {_f(-8.010193625184903e-4)})
+  %s1 = call float @llvm.fma.f32(float %s0, float %z, float {_f(5.188327685732524e-3)})
+  %s2 = call float @llvm.fma.f32(float %s1, float %z, float {_f(-2.685381193529856e-2)})
+  %s3 = call float @llvm.fma.f32(float %s2, float %z, float {_f(1.128358514861418e-1)})
+  %s4 = call float @llvm.fma.f32(float %s3, float %z, float {_f(-3.761262582423300e-1)})
+  %s5 = call float @llvm.fma.f32(float %s4, float %z, float {_f(1.128379165726710)})
+  %inner = fmul float %x, %s5
+  %d = call float @llvm.fma.f32(float {_f(0.3275911)}, float %a, float {_f(1.0)})
+  %t = fdiv float {_f(1.0)}, %d
+  %q0 = call float @llvm.fma.f32(float {_f(1.061405429)}, float %t, float {_f(-1.453152027)})
+  %q1 = call float @llvm.fma.f32(float %q0, float %t, float {_f(1.421413741)})
+  %q2 = call float @llvm.fma.f32(float %q1, float %t, float {_f(-0.284496736)})
+  %q3 = call float @llvm.fma.f32(float %q2, float %t, float {_f(0.254829592)})
+  %q = fmul float %q3, %t
+  %m = fneg float %z
+  %ex = call float @mlrt_expf(float %m)
+  %qe = fmul float %q, %ex
+  %y = fsub float {_f(1.0)}, %qe
+  %outer = call float @llvm.copysign.f32(float %y, float %x)
+  %near = fcmp olt float %a, {_f(1.0)}
+  %r = select i1 %near, float %inner, float %outer
+  ret float %r
+}}
+"""
+_VECTOR_MATH_INTRINSICS = [("llvm.minnum.f32", "(float, float)"), ("llvm.maxnum.f32", "(float, float)"),
+                           ("llvm.rint.f32", "(float)"), ("llvm.fabs.f32", "(float)"),
+                           ("llvm.fma.f32", "(float, float, float)"), ("llvm.copysign.f32", "(float, float)")]
+
+
+def vectorizable_math(llvm_ir: str) -> str:
+    """Route exp / erf calls on floats to the IR definitions above."""
+    if "@llvm.exp.f32(" not in llvm_ir and "@erff(" not in llvm_ir:
+        return llvm_ir
+    llvm_ir = re.sub(r"^declare [^\n]*@erff\(float\)[^\n]*\n", "", llvm_ir, flags=re.M)
+    llvm_ir = re.sub(r"(call [^\n]*?)@(?:llvm\.exp\.f32|erff)\(", lambda m: m.group(0).replace(
+        "@llvm.exp.f32(", "@mlrt_expf(").replace("@erff(", "@mlrt_erff("), llvm_ir)
+    decls = [f"declare float @{name}{sig}" for name, sig in _VECTOR_MATH_INTRINSICS
+             if not re.search(rf"^declare [^\n]*@{re.escape(name)}\(", llvm_ir, flags=re.M)]
+    return llvm_ir + _VECTOR_MATH + "\n".join(decls) + "\n"
+
+
 def compile_object(llvm_ir: str, cpu: str) -> bytes:
     import llvmlite.binding as llvm
 
@@ -361,7 +452,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None) -> CpuArt
             split_parallel_loops(func_op)
         dump("loops", str(module))
         _run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
-        llvm_ir = translate_to_llvm_ir(module)
+        llvm_ir = vectorizable_math(translate_to_llvm_ir(module))
         dump("llvm", llvm_ir)
         _check_externals(llvm_ir)
         obj = compile_object(llvm_ir, cpu)
