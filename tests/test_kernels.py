@@ -153,3 +153,27 @@ def test_vectorized_exp_and_erf_are_accurate(tmp_path):
         ok = np.isfinite(r)
         rel = np.abs(a[ok] - r[ok]) / np.maximum(np.abs(r[ok]), np.finfo(np.float32).tiny)
         assert rel.max() <= tol, (name, rel.max())
+
+
+def test_layernorm_and_var_mean_stay_in_float32(tmp_path):
+    """var_mean (LayerNorm's statistics) is computed in float32 instead of torch-mlir's float64
+    lowering; biased and unbiased variance both match eager."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(64)
+
+        def forward(self, x):
+            v, m = torch.var_mean(x, dim=1, correction=1)
+            return self.ln(x), v, m
+
+    torch.manual_seed(0)
+    model = M().eval()
+    x = torch.randn(16, 64) * 3 + 5
+    path = tmp_path / "ln.bundle"
+    result = mlpack.build(model, (x,), path)
+    assert result.manifest["graph_passes"]["var_mean_in_float32"] == 2
+    with torch.no_grad():
+        ref = flat_outputs(model(x))
+    assert_matches_eager(mlrt.load(path).run_flat(x.numpy()), ref)

@@ -289,6 +289,7 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
         if kind == "weight":
             values[placeholders[k]] = torch.from_numpy(weights[i][1])
             placeholders[k].meta["mlpack_weight_name"] = weights[i][0]
+    stats["var_mean_in_float32"] = graph_passes.run_pass(gm.graph, values, graph_passes.var_mean_in_input_dtype)
     stats["constants_folded"] = graph_passes.run_pass(gm.graph, values, graph_passes.fold_constants)
     gm.recompile()
     call_args, weights, example_args = _flatten(gm, inputs, input_nodes, values)

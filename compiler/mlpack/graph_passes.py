@@ -2,6 +2,10 @@
 
 - fold eval-mode BatchNorm into the convolution that feeds it (scaled weights, shifted bias); runs
   on core ATen, before torch-mlir's decompositions split BatchNorm into elementwise ops;
+- compute variance (`var_mean`, as LayerNorm decomposes) in the input's dtype: torch-mlir lowers
+  it through float64, which doubles the memory traffic of every LayerNorm and halves its vector
+  width; a two-pass mean / mean of squared deviations in float32 is what eager PyTorch's own
+  kernels match to float rounding;
 - constant-fold every op whose inputs are all weights (weight transposes for Linear, the scale
   vectors of a BatchNorm not after a conv, ...), storing the result as a new weight instead of
   recomputing it on every run; runs after the decompositions, which create such ops.
@@ -128,6 +132,45 @@ def fold_constants(wg: WeightGraph) -> int:
         node.replace_all_uses_with(wg.add_weight(const[node], "const"))
     wg.drop_unused()
     return len(materialize)
+
+
+def var_mean_in_input_dtype(wg: WeightGraph) -> int:
+    """aten.var_mean.correction(x, dims, correction=c, keepdim=k) -> (var, mean) as two-pass
+    float32 arithmetic: mean = mean(x); var = mean((x - mean)^2) * n / (n - c)."""
+    count = 0
+    for node in list(wg.graph.nodes):
+        if node.op != "call_function" or node.target != aten.var_mean.correction:
+            continue
+        x, dims = node.args[0], node.args[1] if len(node.args) > 1 else None
+        correction = node.kwargs.get("correction", 1)
+        keepdim = node.kwargs.get("keepdim", False)
+        val = x.meta.get("val")
+        if val is None or val.dtype != torch.float32 or dims is None or not isinstance(correction, (int, float)):
+            continue
+        dims = list(dims)
+        n = 1
+        for d in dims:
+            n *= int(val.shape[d])
+        if n - correction <= 0:
+            continue
+        users = list(node.users)
+        if not all(u.op == "call_function" and u.target is operator.getitem for u in users):
+            continue
+        g = wg.graph
+        with g.inserting_before(node):
+            mean_k = g.call_function(aten.mean.dim, (x, dims, True))
+            dev = g.call_function(aten.sub.Tensor, (x, mean_k))
+            sq = g.call_function(aten.mul.Tensor, (dev, dev))
+            var = g.call_function(aten.mean.dim, (sq, dims, keepdim))
+            if correction:
+                var = g.call_function(aten.mul.Tensor, (var, float(n) / float(n - correction)))
+            mean = mean_k if keepdim else g.call_function(aten.mean.dim, (x, dims, False))
+        for u in users:
+            u.replace_all_uses_with(var if u.args[1] == 0 else mean)
+            g.erase_node(u)
+        g.erase_node(node)
+        count += 1
+    return count
 
 
 def run_pass(graph: fx.Graph, values: dict[fx.Node, torch.Tensor], fn) -> int:
