@@ -186,7 +186,7 @@ def test_encoder_kernels_are_fused_and_reduce_per_warp(cuda_dir):
     result, _, _ = build_cuda("encoder", "fp32", cuda_dir)
     cuda = result.manifest["targets"]["cuda"]
     assert len(cuda["launches"]) < 150  # 282 without fusion
-    assert cuda["kernels"]["warp_reductions"] >= 9 * 3  # 9 LayerNorms, 3 statistics each at least
+    assert cuda["kernels"]["warp_reductions"] >= 9 * 2  # 9 LayerNorms: mean and variance each
     assert "mlrt::warp_sum" in result.cuda_source  # (softmax's max comes with its index: serial)
 
 
