@@ -45,8 +45,6 @@ def make_inputs(specs: list[dict], seed: int = 0) -> list[np.ndarray]:
 
 
 def model_with_batch(name: str, batch: int):
-    import torch
-
     import zoo
 
     model, inputs = zoo.make(name)
@@ -177,7 +175,7 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
         line += (f" | device MiB mlrt {row['mlrt_device_mib']:.1f} eager {row['eager_peak_mib']:.1f}"
                  f" | mlrt load {load_ms:.0f} ms")
         print(line, flush=True)
-        del model, torch_model, fns
+        model = torch_model = fns = None  # release this model's GPU memory before the next
         torch.cuda.empty_cache()
     if out_json:
         out_json.write_text(json.dumps(rows, indent=1))

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import assert_matches_eager, flat_outputs
@@ -152,6 +151,25 @@ def test_large_gemms_use_big_tiles_and_match(precision, tmp_path):
     assert launch["grid"][:2] == [64 * 64 // 128, 1]
     out = run_bundle_emulated(result.cuda_source, result.manifest, _weights_blob(result.path), [x.numpy()])
     assert_matches_eager(out, ref, rtol=TOLERANCE[precision])
+
+
+def test_constant_tables_and_unfused_clamps_match(tmp_path):
+    """Scalar constants torch-mlir keeps as memref.global (ReLU6 bounds on a non-conv input) become
+    __device__ tables; results match eager through the emulation."""
+    import torch
+
+    import mlpack
+    from emulate import run_bundle_emulated
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.relu6(x * 2.0 + 1.0), torch.clamp(x, min=-0.5)
+
+    x = torch.randn(4, 33)
+    result = mlpack.build(M(), (x,), tmp_path / "g.bundle", target="cuda", cuda_sass=())
+    assert "__device__ const unsigned g_" in result.cuda_source
+    out = run_bundle_emulated(result.cuda_source, result.manifest, _weights_blob(result.path), [x.numpy()])
+    assert_matches_eager(out, flat_outputs(M()(x)))
 
 
 def test_cpu_and_cuda_in_one_bundle(cuda_dir):

@@ -262,8 +262,6 @@ def bench(bundle, iterations, warmup, threads, device, compare, cold):
     import statistics
     import subprocess
 
-    import numpy as np
-
     import mlrt
 
     try:

@@ -5,11 +5,14 @@ pointer plus a constant offset, so each op becomes one kernel whose addresses ar
 off a single argument table (docs/bundle-format.md, "The CUDA target"), which is what makes a CUDA
 graph captured once stay valid. The heavy ops reuse the CPU path's kernel substitution and fusion
 (kernel_calls.py: conv / depthwise / matmul with bias, residual and clamp folded in) and map onto
-the tiled shared-memory / tensor-core templates in kernels_cuda/; every remaining linalg op is
-generalized and emitted as one elementwise-parallel kernel (reduction dims loop inside a thread).
-nvcc turns the source into PTX for `compute_<min_sm>`; the driver JITs it for the GPU present.
-(MLIR's gpu-to-NVVM route works on simple IR, see TOOLCHAIN-NOTES §4, but gives naive kernels and
-a launch table to reconstruct from the host IR; C++ templates are the route TVM takes as well.)
+the tiled shared-memory / tensor-core templates in kernels_cuda/ (64x64 tiles with split-K for
+small GEMMs, 128x128 for large ones). Every remaining linalg op is generalized and emitted as a
+kernel with one thread per output point; consecutive ops over the same thread space share one
+kernel, and row reductions are split over a warp's lanes. nvcc turns the source into PTX for
+`compute_<min_sm>` and ptxas into cubins for the architectures asked for; the driver JITs the PTX
+only on other GPUs. (MLIR's gpu-to-NVVM route works on simple IR, see TOOLCHAIN-NOTES §4, but
+gives naive kernels and a launch table to reconstruct from the host IR; generating C++ is the
+route TVM takes as well.)
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ KERNELS_DIR = Path(__file__).parent / "kernels_cuda"
 PRECISIONS = {"fp32": 0, "tf32": 1, "fp16": 2, "bf16": 3}
 DEFAULT_SM = 80  # tensor-core WMMA for tf32/bf16 needs sm_80; the PTX JITs forward to sm_90
 THREADS = 256
-TILE = 64  # GEMM output tile (kernels_cuda: kBM = kBN); fp32 GEMMs with many tiles use BIG_TILE
+TILE = 64  # GEMM output tiles (square); large GEMMs use BIG_TILE (gemm_tile)
 BIG_TILE = 128
 # Split-K aims for this many GEMM blocks (about two per multiprocessor of an A100/H100/H200) when a
 # GEMM has fewer output tiles, e.g. late ResNet convs at batch 1 (7x7 outputs, K = 4608).
@@ -132,6 +135,8 @@ def _literal(attr, ctype: str) -> str:
     if isinstance(attr, ir.IntegerAttr):
         if ctype == "bool":
             return "true" if attr.value else "false"
+        if attr.value == -(1 << 63):  # the literal 9223372036854775808 does not fit int64
+            return f"(({ctype})(-9223372036854775807LL - 1))"
         return f"(({ctype}){attr.value}LL)"
     raise BuildError(f"CUDA backend: unsupported constant {attr}")
 
