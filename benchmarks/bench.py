@@ -69,16 +69,22 @@ def _onnx_session(model, inputs, path: Path, threads: int):
 
 
 def _time_interleaved(fns: dict, repeats: int, block: int = 4, budget_s: float = 60.0) -> dict:
-    """Alternate blocks of `block` timed calls per runtime, each block after one untimed call.
+    """Alternate blocks of `block` timed calls per runtime, each block after at least 5 ms of
+    untimed calls.
 
     Every runtime here keeps its worker threads spinning for a while after a call (OpenMP, ORT's
     pool, mlrt's pool); on 2 cores, strict call-by-call alternation would time each runtime while
-    the other's threads still spin. Blocks keep the comparison interleaved but steady-state."""
+    the other's threads still spin. Blocks keep the comparison interleaved but steady-state; the
+    switch-over is time-based because one call of a 30-us model ends long before the other
+    runtime's spinning does (the MLP was measured 1.5-2x slow that way)."""
     times = {k: [] for k in fns}
     start = time.perf_counter()
     while min(len(t) for t in times.values()) < repeats:
         for k, fn in fns.items():
-            fn()  # switch-over call, untimed
+            settle = time.perf_counter() + 0.005
+            fn()  # switch-over calls, untimed
+            while time.perf_counter() < settle:
+                fn()
             for _ in range(block):
                 t0 = time.perf_counter()
                 fn()

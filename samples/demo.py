@@ -40,20 +40,23 @@ def main() -> None:
     print(f"torch output : {np.array2string(ref[0, :5], precision=5)} ...")
     print(f"max abs diff : {err:.2e}  ({'OK' if err <= 1e-4 * max(1, np.abs(ref).max()) else 'MISMATCH'})")
 
-    # 4. Latency, interleaved so both see the same machine load: min and median of 50
+    # 4. Latency: blocks of 40 runs of each runtime in turn (both see the same machine load), the
+    # first 10 of each block untimed: right after a switch the other runtime's thread pool is still
+    # spinning on the same 2 cores (libgomp spins for a while after each parallel region).
     torch.set_num_threads(2)
     t_mlrt, t_torch = [], []
-    with torch.inference_mode():
-        for _ in range(5):
-            bundle.run(x), model(*inputs)
-        for _ in range(50):
+
+    def block(fn, into):
+        for i in range(40):
             t0 = time.perf_counter()
-            bundle.run(x)
-            t1 = time.perf_counter()
-            model(*inputs)
-            t2 = time.perf_counter()
-            t_mlrt.append((t1 - t0) * 1e3)
-            t_torch.append((t2 - t1) * 1e3)
+            fn()
+            if i >= 10:
+                into.append((time.perf_counter() - t0) * 1e3)
+
+    with torch.inference_mode():
+        for _ in range(3):
+            block(lambda: bundle.run(x), t_mlrt)
+            block(lambda: model(*inputs), t_torch)
     print(f"\nlatency (batch 1, ms)   min     median")
     print(f"  mlrt              {min(t_mlrt):8.3f} {statistics.median(t_mlrt):8.3f}")
     print(f"  torch eager (2t)  {min(t_torch):8.3f} {statistics.median(t_torch):8.3f}")
