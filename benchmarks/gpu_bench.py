@@ -7,7 +7,7 @@ Two steps, because the compiler (torch-mlir) and the GPU need not be on the same
 
 `run` needs mlrt and, for the peers, PyTorch with CUDA. Inputs are regenerated from a seed on both
 sides (numpy's PCG64 is stable), so DIR holds bundles and reference outputs only. For every bundle
-it checks mlrt's outputs against the eager CPU reference (tolerance by precision, as tests/test_cuda.py),
+it checks mlrt's outputs against the eager CPU reference (tolerance by precision: zoo.PRECISION_TOLERANCE),
 then interleaves timed runs of mlrt and eager PyTorch on the GPU — both from numpy inputs to numpy
 outputs, so both pay the same host copies — and prints min / median latency, the ratio, and peak
 device memory (mlrt: weights + execution context it allocated; PyTorch: max_memory_allocated).
@@ -28,7 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-TOLERANCE = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 6e-2}
+from zoo import PRECISION_TOLERANCE  # noqa: E402  (the tests' tolerances: tests/test_cuda.py)
+
 DEFAULT_SET = [(m, b, p) for m in ("resnet50", "mobilenet_v2", "encoder") for b in (1, 32) for p in ("fp32", "tf32", "bf16")]
 DEFAULT_SET += [("mlp", 1, "fp32"), ("small_cnn", 1, "fp16")]
 
@@ -123,7 +124,7 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
         with ThreadPoolExecutor(4) as pool:
             same = all(all(np.array_equal(a, b) for a, b in zip(outs, outputs))
                        for outs in pool.map(lambda _: model.run_flat(*inputs), range(16)))
-        ok = err <= TOLERANCE[precision] and same
+        ok = err <= PRECISION_TOLERANCE[precision] and same
         failures += not ok
         # Peers: the zoo model on the GPU, numpy in -> numpy out like mlrt.
         torch_model, _ = model_with_batch(name, batch)

@@ -9,7 +9,6 @@ operands exactly as the tensor cores see them, so these tolerances are the preci
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,8 @@ from conftest import assert_matches_eager, flat_outputs
 
 sys.path.insert(0, str(Path(__file__).parent / "cuda_emulation"))
 
-TOLERANCE = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 6e-2}
+from test_cuda_runtime import HAS_GPU  # noqa: E402
+from zoo import PRECISION_TOLERANCE as TOLERANCE  # noqa: E402
 
 
 def _nvcc():
@@ -30,11 +30,9 @@ def _nvcc():
 
 
 def _ptxas():
-    nvcc = _nvcc()
-    if nvcc is None:
-        return None
-    beside = Path(nvcc).parent / "ptxas"
-    return str(beside) if beside.exists() else shutil.which("ptxas")
+    from mlpack.codegen_cuda import find_ptxas
+
+    return find_ptxas()
 
 
 pytestmark = pytest.mark.skipif(_nvcc() is None, reason="the CUDA target needs nvcc (CUDA toolkit) to build PTX")
@@ -235,7 +233,7 @@ def test_cli_builds_and_inspects_a_cuda_bundle(cuda_dir, tmp_path):
     assert "target cuda: PTX ISA" in proc.stdout and "cuda.ptx" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "mlpack.cli", "run", str(out), "--random", "--device", "cuda:0"],
                           capture_output=True, text=True)
-    if _gpu_reason() is None:
+    if HAS_GPU:
         assert proc.returncode == 0, proc.stderr
     else:  # no GPU here: a clear message, not a crash
         assert proc.returncode == 1 and "error:" in proc.stderr and "cuda" in proc.stderr, proc.stderr
@@ -244,29 +242,14 @@ def test_cli_builds_and_inspects_a_cuda_bundle(cuda_dir, tmp_path):
 # --------------------------------------------------------------------------- on a real GPU
 
 
-def _gpu_reason() -> str | None:
-    import ctypes
-
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return "no NVIDIA driver (libcuda.so.1) on this machine"
-    count = ctypes.c_int(0)
-    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
-        return "no CUDA GPU visible"
-    return None
-
-
 GPU_CASES = [("mlp", "fp32"), ("small_cnn", "fp32"), ("mobilenet_v2", "fp32"), ("encoder", "fp32"),
              ("resnet18", "fp32"), ("small_cnn", "tf32"), ("small_cnn", "fp16"), ("small_cnn", "bf16"),
              ("resnet18", "tf32"), ("encoder", "bf16")]
 
 
+@pytest.mark.skipif(not HAS_GPU, reason="needs a real NVIDIA GPU and driver (libcuda.so.1)")
 @pytest.mark.parametrize("name,precision", GPU_CASES)
 def test_gpu_run_matches_eager(name, precision, cuda_dir):
-    reason = _gpu_reason()
-    if reason:
-        pytest.skip(reason)
     import mlrt
 
     result, inputs, reference = build_cuda(name, precision, cuda_dir)

@@ -8,6 +8,11 @@ import torch
 from torch import nn
 
 
+# Tolerance of a zoo model's outputs against eager fp32 PyTorch by the CUDA target's --precision:
+# |a - r| <= tol * |r| + tol * max(1, max|r|). tf32 / fp16 operands keep 10-11 mantissa bits, bf16 8.
+PRECISION_TOLERANCE = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 6e-2}
+
+
 def _randomize_batchnorm(model: nn.Module, gen: torch.Generator) -> None:
     """Give BatchNorm non-trivial running statistics and affine params, so folding bugs show."""
     for m in model.modules():

@@ -88,10 +88,7 @@ def build(model, output, input_shapes, example_inputs, target, cpu, precision, c
     for name, t in result.manifest["targets"].items():
         kernels = t.get("kernels", {})
         if name == "cuda":
-            say(f"cuda: {len(t['launches'])} kernel launches ({', '.join(f'{k} x{v}' for k, v in sorted(kernels.items()))}), "
-                f"PTX ISA {t['ptx_isa']} for sm_{t['min_sm']}+ (driver >= {t['min_driver']}), {t['precision']}, "
-                f"device arena {_mib(t['arena_bytes'])}, machine code for "
-                f"{', '.join('sm_' + k for k in t.get('sass', {})) or 'no GPU (PTX only)'}")
+            say(f"cuda: {_describe_cuda(t)}; kernels: {', '.join(f'{k} x{v}' for k, v in sorted(kernels.items()))}")
         else:
             say(f"cpu: {sum(kernels.values())} ops on microkernels")
     say(f"memory plan: arena {_mib(plan['arena_bytes'])} | sum of buffers {_mib(plan['sum_bytes'])} | "
@@ -156,9 +153,7 @@ def inspect(bundle, as_json, plot):
             click.echo(f"  {t['name']}: {t['dtype']}{t['shape']}")
     for name, t in m["targets"].items():
         if name == "cuda":
-            click.echo(f"target cuda: PTX ISA {t['ptx_isa']}, sm_{t['min_sm']}+, driver >= {t['min_driver']}, "
-                       f"precision {t['precision']}, {len(t['launches'])} launches, device arena {_mib(t['arena_bytes'])}, "
-                       f"machine code for {', '.join('sm_' + k for k in t.get('sass', {})) or 'none (PTX JIT)'}")
+            click.echo(f"target cuda: {_describe_cuda(t)}")
         else:
             click.echo(f"target {name}: {t.get('cpu', '')} needs [{', '.join(t.get('features', []))}]")
     click.echo("sections:")
@@ -177,6 +172,14 @@ def inspect(bundle, as_json, plot):
     if plot:
         _plot_memory(plan, bundle.name, plot)
         click.echo(f"wrote {plot}")
+
+
+def _describe_cuda(t: dict) -> str:
+    """One line about a bundle's CUDA target (manifest targets.cuda), for build and inspect."""
+    sass = ", ".join("sm_" + k for k in t.get("sass", {})) or "none (PTX JIT only)"
+    return (f"PTX ISA {t['ptx_isa']} for sm_{t['min_sm']}+ (driver >= {t['min_driver']}), precision "
+            f"{t['precision']}, {len(t['launches'])} launches, device arena {_mib(t['arena_bytes'])}, "
+            f"machine code for {sass}")
 
 
 def _plot_memory(plan: dict, title: str, out: Path) -> None:

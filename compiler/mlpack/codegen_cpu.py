@@ -261,7 +261,7 @@ def _legacy_fp_literals(llvm_ir: str) -> str:
             return "0x" + digits.upper()
         if len(digits) == 8:
             (value,) = struct.unpack("<f", int(digits, 16).to_bytes(4, "little"))
-            return "0x%016X" % struct.unpack("<Q", struct.pack("<d", value))[0]
+            return _f(value)
         if len(digits) == 4 and "bfloat" not in llvm_ir:
             return "0xH" + digits.upper()
         raise BuildError(f"cannot translate floating-point literal f0x{digits} for llvmlite")

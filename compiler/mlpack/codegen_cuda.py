@@ -116,18 +116,22 @@ def _ctype(t) -> str:
     return _CTYPES[s]
 
 
+def _float_literal(v: float) -> str:
+    """A float constant, bit-exact (also inf / nan)."""
+    if v != v:
+        return "__int_as_float(0x7fc00000)"
+    (bits,) = struct.unpack("<I", struct.pack("<f", v))
+    return f"__int_as_float({bits:#x})"
+
+
 def _literal(attr, ctype: str) -> str:
     from torch_mlir import ir
 
     if isinstance(attr, ir.FloatAttr):
         v = attr.value
-        if v != v:
-            return f"(({ctype})__int_as_float(0x7fc00000))"
-        if v in (float("inf"), float("-inf")):
-            return f"(({ctype})__int_as_float({'0x7f800000' if v > 0 else '0xff800000'}))"
-        if ctype == "float":
-            (bits,) = struct.unpack("<I", struct.pack("<f", v))
-            return f"__int_as_float({bits:#x})"  # bit-exact
+        if ctype == "float" or v != v or v in (float("inf"), float("-inf")):
+            lit = _float_literal(v)
+            return lit if ctype == "float" else f"(({ctype}){lit})"
         if ctype == "double":
             (bits,) = struct.unpack("<q", struct.pack("<d", v))
             return f"__longlong_as_double({bits}LL)"
@@ -537,7 +541,7 @@ class _Emitter:
                         inner.append(f"  const {_ctype(v.type.element_type)} o{j}_in{k} = {ref};\n")
                         loaded.append(f"o{j}_in{k}")
                 else:
-                    loaded.append(self.scalar(v, ptrs, decls))
+                    loaded.append(self.scalar(v))
                 if arg is not None:
                     env[arg] = loaded[-1]
             if g.op is None:  # memref.copy
@@ -577,7 +581,7 @@ class _Emitter:
         if warp:
             self.counts["warp_reductions"] += 1
 
-    def scalar(self, value, ptrs, decls) -> str:
+    def scalar(self, value) -> str:
         """A scalar defined outside a linalg body (a top-level constant)."""
         op = defining_op(value)
         if op is not None and op.name == "arith.constant":
@@ -593,7 +597,7 @@ class _Emitter:
                 return env[v]
             if isinstance(v.type, ir.MemRefType):
                 raise BuildError("CUDA backend: memref value used as a scalar")
-            s = self.scalar(v, ptrs, decls)
+            s = self.scalar(v)
             env[v] = s
             return s
 
@@ -705,17 +709,9 @@ class _Emitter:
         def num(i):
             return args[i][1]
 
-        def flt(v: float) -> str:
-            if v == float("inf"):
-                return "__int_as_float(0x7f800000)"
-            if v == float("-inf"):
-                return "__int_as_float(0xff800000)"
-            (bits,) = struct.unpack("<I", struct.pack("<f", v))
-            return f"__int_as_float({bits:#x})"
-
         def epilogue(overwrite, bias, bias_per_col, residual, lo, hi, c, dst) -> str:
             return (f"  mlrt::Epilogue ep{{{int(num(overwrite))}, {ptr(bias)}, {bias_per_col}, {ptr(residual)}, "
-                    f"{flt(num(lo))}, {flt(num(hi))}, {c}, {ptr(dst)}}};\n")
+                    f"{_float_literal(num(lo))}, {_float_literal(num(hi))}, {c}, {ptr(dst)}}};\n")
 
         splits = 1
         if callee == "mlrt_matmul_f32":
