@@ -124,7 +124,9 @@ def build(
         dump("linalg", str(module))
         # Each codegen rewrites its module in place: the CUDA path gets its own copy.
         cuda_module = import_program(lifted) if "cuda" in targets and "cpu" in targets else module
-    art = compile_cpu(module, cpu, dump, stage) if "cpu" in targets else None
+    # Winograd weights are a CPU-only layout: a bundle whose weights the CUDA target shares keeps
+    # its 3x3 convs on im2col.
+    art = compile_cpu(module, cpu, dump, stage, winograd="cuda" not in targets) if "cpu" in targets else None
     cuda = None
     if "cuda" in targets:
         cuda = compile_cuda(cuda_module, precision, cuda_arch or DEFAULT_SM, dump, stage, prepack=art is not None,
@@ -133,14 +135,18 @@ def build(
             raise BuildError("internal: the CPU and CUDA targets disagree on which weights are pre-packed")
     main = art if art is not None else cuda
     with stage("write"):
-        from .kernel_calls import pack_b_panels
+        from .kernel_calls import pack_b_panels, winograd_weights
 
         weights = list(lifted.weights)
-        for arg, (k, n) in main.prepack.items():  # stored in the GEMM's panel layout, packed once here
+        for arg, (layout, *dims) in main.prepack.items():  # stored in a kernel's layout, transformed once here
             kind, i = lifted.call_args[arg]
-            if kind != "weight" or weights[i][1].shape != (k, n):
-                raise BuildError(f"internal: argument {arg} marked for packing is not a [{k}, {n}] weight")
-            weights[i] = (weights[i][0] + " (packed B panels)", pack_b_panels(weights[i][1]))
+            shape = tuple(dims) if layout == "panels" else (*dims, 3, 3)
+            if kind != "weight" or weights[i][1].shape != shape:
+                raise BuildError(f"internal: argument {arg} marked for packing is not a {list(shape)} weight")
+            if layout == "panels":
+                weights[i] = (weights[i][0] + " (packed B panels)", pack_b_panels(weights[i][1]))
+            else:
+                weights[i] = (weights[i][0] + " (Winograd F(2x2,3x3))", winograd_weights(weights[i][1]))
         weights_blob, weight_entries = bundle_fmt.pack_weights(weights)
         call = [f"{kind}:{i}" for kind, i in lifted.call_args]
         call += [f"output:{i}" for i in range(len(lifted.outputs))] + ["arena"]

@@ -53,7 +53,8 @@ _TO_LLVM = (
 )
 # Functions the generated code may call. Anything else (malloc above all) is a compiler bug.
 _ALLOWED_EXTERNALS = {"memrefCopy", "memcpy", "memset", "memmove", "mlrt_matmul_f32", "mlrt_conv2d_f32",
-                      "mlrt_depthwise_conv2d_f32", "__kmpc_fork_call", "__kmpc_global_thread_num",
+                      "mlrt_depthwise_conv2d_f32", "mlrt_conv2d_winograd_f32",
+                      "__kmpc_fork_call", "__kmpc_global_thread_num",
                       "__kmpc_for_static_init_8u", "__kmpc_for_static_init_8", "__kmpc_for_static_init_4u",
                       "__kmpc_for_static_init_4", "__kmpc_for_static_fini", "__kmpc_barrier"}
 _FORK_ARGS = re.compile(r"@__kmpc_fork_call\(ptr @[\w.]+, i32 (\d+),")
@@ -420,7 +421,7 @@ def bufferize(module, func_op) -> None:
     _run_pipeline(module, _BUFFERIZE, "bufferization")
 
 
-def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None) -> CpuArtifact:
+def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd: bool = True) -> CpuArtifact:
     """Lower an imported linalg-on-tensors module to a shared object. `dump(name, text)` sees the
     IR after each step; `stage(name)` is a context manager timing each step (optimize, plan,
     codegen, link)."""
@@ -437,7 +438,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None) -> CpuArt
         bufferize(module, func_op)
         dump("bufferized", str(module))
         with module.context, ir.Location.unknown():
-            kernels, prepack = replace_with_kernel_calls(module, func_op)
+            kernels, prepack = replace_with_kernel_calls(module, func_op, winograd=winograd)
         dump("kernels", str(module))
     with stage("plan"):
         with module.context, ir.Location.unknown():

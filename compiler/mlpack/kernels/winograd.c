@@ -1,0 +1,290 @@
+/* 3x3 stride-1 convolution by Winograd F(2x2, 3x3), NCHW fp32 (Lavin & Gray, 2015).
+ * Each 2x2 block of outputs ("tile") comes from a 4x4 input patch. In the transformed domain the
+ * 3x3 conv becomes 16 independent GEMMs (one per transform element e):
+ *   M[e][co][tile] = sum_c U[e][co][c] * V[e][c][tile]
+ * with U = G g G^T (the weights, transformed at build time: kernel_calls.winograd_weights) and
+ * V = B^T d B (each input patch d). Y = A^T M A then gives the 2x2 outputs. That is 16 multiplies
+ * per tile and (co, c) pair instead of 36: 2.25x fewer FLOPs than the direct/im2col conv, and no
+ * 9x im2col copy of the input. Float32 error grows only slightly (transform entries are 0, +-1,
+ * +-1/2).
+ *
+ * Tiles are grouped 16 at a time into panels (the GEMM's MLRT_NR columns):
+ *   V: [16 e][panels][C][16 lanes]  -- per e, exactly the packed-B layout mlrt_gemm_panels reads
+ *   M: [16 e][CO][panels * 16]      -- the GEMMs' output
+ * and the output transform applies the fused epilogue (bias or prior contents, residual, clamp).
+ * Tasks take a group of panels x a chunk of output channels. Many panels (large feature maps):
+ * each task owns whole panels and transforms their input itself, so its V stays in cache and the
+ * weights of each e are reused across its panels. Few panels: the input transform runs first and
+ * tasks split the output channels, so each weight is read once. */
+#include <math.h>
+#include <string.h>
+
+#include "mlrt_kernels.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define MLRT_HAVE_AVX2 1
+#endif
+
+enum { NR = MLRT_NR, E = 16, MR = 6 };
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+typedef struct {
+  const float *x, *u;
+  float *y, *xp, *v, *m;
+  int64_t C, H, W, CO, OH, OW, pt, pl, tw, tiles, panels, hp, wp;
+  int64_t group, co_chunk, co_chunks; /* task grid: panels per task, output channels per task */
+  mlrt_epilogue ep;
+} winograd_job;
+
+/* The input with the conv's zero padding made explicit, and enough extra zeros on the bottom/right
+ * that every tile's 4x4 patch lies inside: [C][2*th + 2][2*tw + 2]. One copy of the input buys a
+ * transform without bounds checks. */
+static void pad_channel(void *ctx, int64_t c) {
+  const winograd_job *j = (const winograd_job *)ctx;
+  float *dst = j->xp + c * j->hp * j->wp;
+  const float *src = j->x + c * j->H * j->W;
+  memset(dst, 0, (size_t)(j->hp * j->wp) * sizeof(float));
+  const int64_t cols = min64(j->W, j->wp - j->pl); /* input columns that land inside */
+  for (int64_t yy = 0; yy < j->hp; ++yy) {
+    const int64_t iy = yy - j->pt;
+    if (iy < 0 || iy >= j->H || cols <= 0) continue;
+    memcpy(dst + yy * j->wp + j->pl, src + iy * j->W, (size_t)cols * sizeof(float));
+  }
+}
+
+#ifdef MLRT_HAVE_AVX2
+/* Elements 0, 2, .., 14 / 1, 3, .., 15 of the 16 floats in a, b. */
+static inline __m256 even_lanes(__m256 a, __m256 b) {
+  const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)); /* a0 a2 b0 b2 | a4 a6 b4 b6 */
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+static inline __m256 odd_lanes(__m256 a, __m256 b) {
+  const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+/* Output transform and epilogue for 8 neighboring tiles of one tile row whose 2x2 outputs all lie
+ * inside: o[a][b] holds output (oy + a, ox + 2l + b) for lane l. */
+static inline void store_run(const winograd_job *j, int64_t co, int64_t oy, int64_t ox, __m256 o[2][2]) {
+  const mlrt_epilogue *ep = &j->ep;
+  const int64_t plane = j->OH * j->OW;
+  const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
+  const __m256 bias = _mm256_set1_ps(ep->overwrite && ep->bias ? ep->bias[co] : 0.0f);
+  for (int a = 0; a < 2; ++a) {
+    const __m256 l = _mm256_unpacklo_ps(o[a][0], o[a][1]), h = _mm256_unpackhi_ps(o[a][0], o[a][1]);
+    __m256 v[2] = {_mm256_permute2f128_ps(l, h, 0x20), _mm256_permute2f128_ps(l, h, 0x31)};
+    const int64_t at = co * plane + (oy + a) * j->OW + ox;
+    for (int q = 0; q < 2; ++q) {
+      v[q] = _mm256_add_ps(v[q], ep->overwrite ? bias : _mm256_loadu_ps(j->y + at + 8 * q));
+      if (ep->residual) v[q] = _mm256_add_ps(v[q], _mm256_loadu_ps(ep->residual + at + 8 * q));
+      _mm256_storeu_ps(ep->dst + at + 8 * q, _mm256_min_ps(hi, _mm256_max_ps(lo, v[q]))); /* NaN kept */
+    }
+  }
+}
+#endif
+
+/* V[p] = B^T d B for the 16 tiles of panel p, every channel, with
+ * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] applied to the patch's rows, then its columns. */
+static void input_transform(const winograd_job *j, int64_t p) {
+  float *vp = j->v + p * j->C * NR;
+  const int64_t plane = j->hp * j->wp, estride = j->panels * j->C * NR;
+  int32_t off[NR]; /* each lane's patch origin in a padded channel (lanes past the last tile: tile 0) */
+  for (int l = 0; l < NR; ++l) {
+    const int64_t t = p * NR + l < j->tiles ? p * NR + l : 0;
+    off[l] = (int32_t)(2 * (t / j->tw) * j->wp + 2 * (t % j->tw));
+  }
+#ifdef MLRT_HAVE_AVX2
+  int run[2];
+  for (int h = 0; h < 2; ++h) {
+    run[h] = 1;
+    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= off[l] == off[l - 1] + 2;
+  }
+  const __m256i idx[2] = {_mm256_loadu_si256((const __m256i *)off), _mm256_loadu_si256((const __m256i *)(off + 8))};
+  for (int64_t c = 0; c < j->C; ++c) {
+    const float *in = j->xp + c * plane;
+    for (int h = 0; h < 2; ++h) {
+      __m256 d[4][4], r[4][4];
+      if (run[h]) { /* 8 neighbors in one tile row: patch columns 2l+k are 4 contiguous loads, deinterleaved */
+        for (int i = 0; i < 4; ++i) {
+          const float *row = in + off[8 * h] + i * j->wp;
+          d[i][0] = even_lanes(_mm256_loadu_ps(row), _mm256_loadu_ps(row + 8));
+          d[i][1] = odd_lanes(_mm256_loadu_ps(row), _mm256_loadu_ps(row + 8));
+          d[i][2] = even_lanes(_mm256_loadu_ps(row + 2), _mm256_loadu_ps(row + 10));
+          d[i][3] = odd_lanes(_mm256_loadu_ps(row + 2), _mm256_loadu_ps(row + 10));
+        }
+      } else {
+        for (int i = 0; i < 4; ++i)
+          for (int k = 0; k < 4; ++k) d[i][k] = _mm256_i32gather_ps(in + i * j->wp + k, idx[h], 4);
+      }
+      for (int k = 0; k < 4; ++k) {
+        r[0][k] = _mm256_sub_ps(d[0][k], d[2][k]);
+        r[1][k] = _mm256_add_ps(d[1][k], d[2][k]);
+        r[2][k] = _mm256_sub_ps(d[2][k], d[1][k]);
+        r[3][k] = _mm256_sub_ps(d[1][k], d[3][k]);
+      }
+      float *dst = vp + c * NR + h * 8;
+      for (int i = 0; i < 4; ++i) {
+        _mm256_store_ps(dst + (i * 4 + 0) * estride, _mm256_sub_ps(r[i][0], r[i][2]));
+        _mm256_store_ps(dst + (i * 4 + 1) * estride, _mm256_add_ps(r[i][1], r[i][2]));
+        _mm256_store_ps(dst + (i * 4 + 2) * estride, _mm256_sub_ps(r[i][2], r[i][1]));
+        _mm256_store_ps(dst + (i * 4 + 3) * estride, _mm256_sub_ps(r[i][1], r[i][3]));
+      }
+    }
+  }
+#else
+  for (int64_t c = 0; c < j->C; ++c) {
+    const float *in = j->xp + c * plane;
+    float *dst = vp + c * NR;
+    for (int l = 0; l < NR; ++l) {
+      float d[4][4], r[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int k = 0; k < 4; ++k) d[i][k] = in[off[l] + i * j->wp + k];
+      for (int k = 0; k < 4; ++k) {
+        r[0][k] = d[0][k] - d[2][k];
+        r[1][k] = d[1][k] + d[2][k];
+        r[2][k] = d[2][k] - d[1][k];
+        r[3][k] = d[1][k] - d[3][k];
+      }
+      for (int i = 0; i < 4; ++i) {
+        dst[(i * 4 + 0) * estride + l] = r[i][0] - r[i][2];
+        dst[(i * 4 + 1) * estride + l] = r[i][1] + r[i][2];
+        dst[(i * 4 + 2) * estride + l] = r[i][2] - r[i][1];
+        dst[(i * 4 + 3) * estride + l] = r[i][1] - r[i][3];
+      }
+    }
+  }
+#endif
+}
+
+/* M[e] rows [co0, co1) x panels [p0, p1) = U[e] * V[e], for every e. */
+static void multiply(const winograd_job *j, int64_t p0, int64_t p1, int64_t co0, int64_t co1) {
+  const int64_t C = j->C, CO = j->CO, ldm = j->panels * NR;
+  for (int e = 0; e < E; ++e) {
+    float *out = j->m + (e * CO + co0) * ldm;
+    const mlrt_epilogue plain = {1, NULL, 0, NULL, -INFINITY, INFINITY, out};
+    mlrt_gemm_panels(co1 - co0, ldm, C, j->u + (e * CO + co0) * C, C, j->v + e * j->panels * C * NR, out, ldm,
+                     &plain, p0, p1);
+  }
+}
+
+/* Y = A^T M A for the tiles of panel p, output channels [co0, co1), with the epilogue. */
+static void output_transform(const winograd_job *j, int64_t p, int64_t co0, int64_t co1) {
+  const int64_t CO = j->CO, ldm = j->panels * NR;
+  const float *mp = j->m + p * NR;
+  /* A^T = [1 1 1 0; 0 1 -1 -1] */
+  const mlrt_epilogue *ep = &j->ep;
+  const int64_t plane = j->OH * j->OW;
+  int64_t oy[NR], ox[NR];
+  for (int l = 0; l < NR; ++l) {
+    const int64_t t = p * NR + l;
+    oy[l] = t < j->tiles ? 2 * (t / j->tw) : j->OH;
+    ox[l] = t < j->tiles ? 2 * (t % j->tw) : j->OW;
+  }
+#ifdef MLRT_HAVE_AVX2
+  int run[2]; /* lanes 8h..8h+7: neighbors in one tile row, all outputs inside */
+  for (int h = 0; h < 2; ++h) {
+    run[h] = oy[8 * h] + 2 <= j->OH && ox[8 * h + 7] + 2 <= j->OW;
+    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= oy[l] == oy[l - 1] && ox[l] == ox[l - 1] + 2;
+  }
+#endif
+  for (int64_t co = co0; co < co1; ++co) {
+    float s[2][4][NR], o[2][2][NR];
+    const float *mc = mp + co * ldm;
+    const int64_t es = CO * ldm;
+    for (int k = 0; k < 4; ++k) {
+      const float *restrict m0 = mc + (0 * 4 + k) * es, *restrict m1 = mc + (1 * 4 + k) * es;
+      const float *restrict m2 = mc + (2 * 4 + k) * es, *restrict m3 = mc + (3 * 4 + k) * es;
+      for (int l = 0; l < NR; ++l) {
+        s[0][k][l] = m0[l] + m1[l] + m2[l];
+        s[1][k][l] = m1[l] - m2[l] - m3[l];
+      }
+    }
+    for (int a = 0; a < 2; ++a)
+      for (int l = 0; l < NR; ++l) {
+        o[a][0][l] = s[a][0][l] + s[a][1][l] + s[a][2][l];
+        o[a][1][l] = s[a][1][l] - s[a][2][l] - s[a][3][l];
+      }
+#ifdef MLRT_HAVE_AVX2
+    for (int h = 0; h < 2; ++h) {
+      if (!run[h]) continue;
+      __m256 v[2][2];
+      for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) v[a][b] = _mm256_loadu_ps(&o[a][b][8 * h]);
+      store_run(j, co, oy[8 * h], ox[8 * h], v);
+    }
+#else
+    const int run[2] = {0, 0};
+#endif
+    const float bias = ep->overwrite && ep->bias ? ep->bias[co] : 0.0f;
+    float *yc = j->y + co * plane, *dc = ep->dst + co * plane;
+    const float *rc = ep->residual ? ep->residual + co * plane : NULL;
+    for (int l = 0; l < NR; ++l) {
+      if (oy[l] >= j->OH || run[l / 8]) continue;
+      const int rows = oy[l] + 2 <= j->OH ? 2 : 1, cols = ox[l] + 2 <= j->OW ? 2 : 1; /* odd OH/OW */
+      for (int a = 0; a < rows; ++a)
+        for (int b = 0; b < cols; ++b) {
+          const int64_t at = (oy[l] + a) * j->OW + ox[l] + b;
+          float v = o[a][b][l] + (ep->overwrite ? bias : yc[at]);
+          if (rc) v += rc[at];
+          v = v < ep->lo ? ep->lo : v;
+          dc[at] = v > ep->hi ? ep->hi : v;
+        }
+    }
+  }
+}
+
+static void transform_panel(void *ctx, int64_t p) { input_transform((const winograd_job *)ctx, p); }
+
+static void winograd_task(void *ctx, int64_t t) {
+  const winograd_job *j = (const winograd_job *)ctx;
+  const int64_t p0 = t / j->co_chunks * j->group, p1 = min64(j->panels, p0 + j->group);
+  const int64_t co0 = t % j->co_chunks * j->co_chunk, co1 = min64(j->CO, co0 + j->co_chunk);
+  if (j->co_chunks == 1)
+    for (int64_t p = p0; p < p1; ++p) input_transform(j, p);
+  multiply(j, p0, p1, co0, co1);
+  for (int64_t p = p0; p < p1; ++p) output_transform(j, p, co0, co1);
+}
+
+void mlrt_conv2d_winograd_f32(int64_t x, int64_t u, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
+                              int64_t W, int64_t CO, int64_t OH, int64_t OW, int64_t pad_top, int64_t pad_left,
+                              int64_t overwrite, int64_t bias, int64_t residual, float act_lo, float act_hi,
+                              int64_t dst) {
+  const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = th * tw, panels = (tiles + NR - 1) / NR;
+  const int64_t hp = 2 * th + 2, wp = 2 * tw + 2;
+  float *xp = (float *)(intptr_t)scratch, *v = xp + (C * hp * wp + NR - 1) / NR * NR, *m = v + panels * E * C * NR;
+  const int64_t threads = mlrt_threads_for(16 * CO * C * tiles);
+  for (int64_t n = 0; n < batch; ++n) {
+    const int64_t off = n * CO * OH * OW;
+    winograd_job j = {(const float *)(intptr_t)x + n * C * H * W, (const float *)(intptr_t)u,
+                      (float *)(intptr_t)y + off, xp, v, m, C, H, W, CO, OH, OW, pad_top, pad_left, tw, tiles,
+                      panels, hp, wp, 0, 0, 0,
+                      {(int)overwrite, (const float *)(intptr_t)bias, 0,
+                       residual ? (const float *)(intptr_t)residual + off : NULL, act_lo, act_hi,
+                       (float *)(intptr_t)dst + off}};
+    if (threads == 1)
+      for (int64_t c = 0; c < C; ++c) pad_channel(&j, c);
+    else
+      mlrt_parallel_for(C, pad_channel, &j);
+    /* About 4 tasks per thread. Enough panels: tasks own whole panels (co_chunks = 1), in groups
+     * that share each weight block. Otherwise the channels are split, in multiples of the GEMM's
+     * 6-row tile. */
+    const int64_t want = threads == 1 ? 1 : 4 * threads;
+    if (panels >= want) {
+      j.group = (panels + want - 1) / want;
+      j.co_chunk = CO;
+      j.co_chunks = 1;
+    } else {
+      j.group = panels;
+      j.co_chunk = ((CO + want - 1) / want + MR - 1) / MR * MR;
+      j.co_chunks = (CO + j.co_chunk - 1) / j.co_chunk;
+      mlrt_parallel_for(panels, transform_panel, &j); /* threads > 1 here */
+    }
+    const int64_t tasks = (panels + j.group - 1) / j.group * j.co_chunks;
+    if (threads == 1)
+      for (int64_t t = 0; t < tasks; ++t) winograd_task(&j, t);
+    else
+      mlrt_parallel_for(tasks, winograd_task, &j);
+  }
+}
