@@ -61,6 +61,15 @@ CASES = {
     "linear_gemv": (lambda: LinearChain(1), [(1, 300)]),
     "linear_gemm": (lambda: LinearChain(40), [(40, 300)]),
     "batch_matmul": (lambda: Attention(), [(3, 20, 16), (3, 24, 16)]),
+    # 3x3 stride-1 convs with >= 16 channels: Winograd F(2x2,3x3). Odd sizes leave partial tiles,
+    # widths that are not a multiple of 16 tiles put panels across tile rows (the gather path).
+    "winograd_bias_relu_odd": (lambda: nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU()),
+                               [(2, 16, 13, 30)]),
+    "winograd_residual_relu": (lambda: Residual(16), [(1, 16, 34, 34)]),
+    "winograd_unpadded_bn_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(32, 16, 3, bias=False), nn.BatchNorm2d(16),
+                                                             nn.ReLU6())), [(1, 32, 9, 7)]),
+    "winograd_asymmetric_padding": (lambda: nn.Conv2d(16, 20, 3, padding=(0, 1)), [(1, 16, 11, 20)]),
+    "winograd_few_tiles_many_channels": (lambda: nn.Conv2d(64, 96, 3, padding=1), [(1, 64, 7, 7)]),
 }
 
 
@@ -78,6 +87,23 @@ def test_kernel_path_matches_eager(name, tmp_path):
     kernels = result.manifest["targets"]["cpu"]["kernels"]
     if "fallback" not in name:
         assert kernels, f"{name}: expected a microkernel call"
+    assert ("mlrt_conv2d_winograd_f32" in kernels) == name.startswith("winograd"), kernels
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 40, 44), (1, 64, 7, 7), (2, 48, 14, 14)])
+def test_winograd_is_the_same_on_any_thread_count(shape, tmp_path):
+    """Every task split (whole panels, channel chunks, serial) gives the same result as eager."""
+    torch.manual_seed(1)
+    model = Residual(shape[1]).eval()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        ref = flat_outputs(model(x))
+    result = mlpack.build(model, (x,), tmp_path / "m.bundle")
+    assert result.manifest["targets"]["cpu"]["kernels"] == {"mlrt_conv2d_winograd_f32": 1}
+    outs = [mlrt.load(tmp_path / "m.bundle", num_threads=t).run_flat(x.numpy()) for t in (1, 2, 3, 5)]
+    for out in outs:
+        assert_matches_eager(out, ref)
+        np.testing.assert_array_equal(out[0], outs[0][0])  # the split never changes a sum's order
 
 
 def test_relu_keeps_nan(tmp_path):

@@ -205,7 +205,7 @@ class _Rewriter:
         # of scratch a kernel call gets instead (the CUDA target's split-K partial sums).
         self.scratch = scratch
         self.prepack_weights = prepack
-        self.winograd = winograd and prepack and scratch is None and not __import__("os").environ.get("XNOW")
+        self.winograd = winograd and prepack and scratch is None
         self.module = module
         self.block = func_op.regions[0].blocks[0]
         self.globals = {}

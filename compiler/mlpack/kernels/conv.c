@@ -32,17 +32,25 @@ static void im2col_panel(void *ctx, int64_t p) {
     for (int64_t kx = 0; kx < j->KW; ++kx) {
       /* offsets of this tap for the 16 output positions; -1 where it falls in the padding */
       int64_t off[NR];
-      int contiguous = 1;
+      int contiguous = 1, stride2 = 1;
       for (int l = 0; l < NR; ++l) {
         const int64_t iy = oy[l] * j->sh + ky * j->dh - j->pt, ix = ox[l] * j->sw + kx * j->dw - j->pl;
         off[l] = (oy[l] >= 0 && iy >= 0 && iy < j->H && ix >= 0 && ix < j->W) ? iy * j->W + ix : -1;
         if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 1)) contiguous = 0;
+        if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 2)) stride2 = 0;
       }
+      (void)stride2; /* used by the AVX2 path only */
       float *d = dst + (ky * j->KW + kx) * NR;
       const float *src = j->x;
       for (int64_t c = 0; c < j->C; ++c, d += taps * NR, src += plane) {
         if (contiguous) {
           memcpy(d, src + off[0], NR * sizeof(float));
+#ifdef MLRT_HAVE_AVX2
+        } else if (stride2) { /* stride-2 convs: deinterleave; reads end at the last element used */
+          const float *s = src + off[0];
+          _mm256_storeu_ps(d, mlrt_even_lanes(_mm256_loadu_ps(s), _mm256_loadu_ps(s + 8)));
+          _mm256_storeu_ps(d + 8, mlrt_odd_lanes(_mm256_loadu_ps(s + 15), _mm256_loadu_ps(s + 23)));
+#endif
         } else {
           for (int l = 0; l < NR; ++l) d[l] = off[l] >= 0 ? src[off[l]] : 0.0f;
         }
@@ -57,12 +65,12 @@ typedef struct {
   const float *w;
   float *y;
   const mlrt_epilogue *ep;
-  int64_t CO, K, N, chunk, panels;
+  int64_t CO, K, N, tasks, panels;
 } conv_job;
 
 static void conv_task(void *ctx, int64_t t) {
   const conv_job *j = (const conv_job *)ctx;
-  const int64_t p0 = t * j->chunk, p1 = min64(j->panels, p0 + j->chunk);
+  const int64_t p0 = mlrt_part(j->panels, j->tasks, t), p1 = mlrt_part(j->panels, j->tasks, t + 1);
   for (int64_t p = p0; p < p1; ++p) im2col_panel((void *)&j->im2col, p);
   mlrt_gemm_panels(j->CO, j->N, j->K, j->w, j->K, j->im2col.bp, j->y, j->N, j->ep, p0, p1);
 }
@@ -81,10 +89,19 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
                         (float *)(intptr_t)dst + y_off};
     im2col_job j = {X + n * C * H * W, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left};
     const int64_t threads = mlrt_threads_for(CO * N * K), panels = (N + NR - 1) / NR;
-    if (threads > 1 && panels >= 2 * threads) {
-      const int64_t tasks = 2 * threads, chunk = (panels + tasks - 1) / tasks;
-      conv_job cj = {j, Wt, Y + y_off, &ep, CO, K, N, chunk, panels};
-      mlrt_parallel_for((panels + chunk - 1) / chunk, conv_task, &cj);
+    /* im2col fused into the GEMM per task: tasks take even shares of the panels, small enough
+     * that a task's packed columns stay in L2 (~256 KiB), as long as the threads stay within 3%
+     * of the best balance a rows x columns split would give. Else im2col first, then the GEMM. */
+    int64_t tm, tn, tasks = 0;
+    if (threads > 1) {
+      const int64_t best = mlrt_gemm_split(CO, panels, threads, 1, &tm, &tn);
+      const int64_t blocks = (CO + 5) / 6, fit = (panels * K * NR * 4 + (256 << 10) - 1) / (256 << 10);
+      for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads && !tasks; ++n)
+        if (mlrt_gemm_makespan(blocks, panels, 1, n, threads) * 100 <= best * 103) tasks = n;
+    }
+    if (tasks > 1) {
+      conv_job cj = {j, Wt, Y + y_off, &ep, CO, K, N, tasks, panels};
+      mlrt_parallel_for(tasks, conv_task, &cj);
       continue;
     }
     if (threads == 1)

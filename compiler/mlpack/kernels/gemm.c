@@ -8,10 +8,6 @@
 
 #include "mlrt_kernels.h"
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define MLRT_HAVE_AVX2 1
-#endif
 
 enum { MR = 6, NR = MLRT_NR, KC = 256, MC = 96 };
 
@@ -121,6 +117,23 @@ static inline __attribute__((always_inline)) void store_row(const tile *t, int64
     }                                                                                        \
     ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)             \
   }
+/* The same for a last panel with <= 8 valid columns: half the FMAs (N = 49 spatial positions of
+ * ResNet's last stage wastes 15 of 64 columns otherwise). */
+#define ROW_FMA8(r)                                         \
+  if (rows > r) c##r##0 = _mm256_fmadd_ps(_mm256_broadcast_ss(A + r * lda + k), b0, c##r##0);
+#define ROW_STORE8(r) \
+  if (rows > r) store_row(t, r, c##r##0, zero);
+#define DEFINE_UKERNEL8(ROWS)                                                                \
+  static void ukernel8_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) { \
+    const int rows = ROWS;                                                                   \
+    const __m256 zero = _mm256_setzero_ps();                                                 \
+    __m256 c00 = zero, c10 = zero, c20 = zero, c30 = zero, c40 = zero, c50 = zero;            \
+    for (int64_t k = 0; k < K; ++k) {                                                        \
+      const __m256 b0 = _mm256_load_ps(Bp + k * NR);                                         \
+      ROW_FMA8(0) ROW_FMA8(1) ROW_FMA8(2) ROW_FMA8(3) ROW_FMA8(4) ROW_FMA8(5)                 \
+    }                                                                                        \
+    ROW_STORE8(0) ROW_STORE8(1) ROW_STORE8(2) ROW_STORE8(3) ROW_STORE8(4) ROW_STORE8(5)       \
+  }
 #else
 #define DEFINE_UKERNEL(ROWS)                                                                 \
   static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) { \
@@ -142,7 +155,29 @@ DEFINE_UKERNEL(4)
 DEFINE_UKERNEL(5)
 DEFINE_UKERNEL(6)
 
+#ifdef MLRT_HAVE_AVX2
+DEFINE_UKERNEL8(1)
+DEFINE_UKERNEL8(2)
+DEFINE_UKERNEL8(3)
+DEFINE_UKERNEL8(4)
+DEFINE_UKERNEL8(5)
+DEFINE_UKERNEL8(6)
+#endif
+
 static void ukernel_rows(int64_t mr, int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) {
+#ifdef MLRT_HAVE_AVX2
+  if (t->n <= 8) {
+    switch (mr) {
+      case 6: ukernel8_6(K, A, lda, Bp, t); break;
+      case 5: ukernel8_5(K, A, lda, Bp, t); break;
+      case 4: ukernel8_4(K, A, lda, Bp, t); break;
+      case 3: ukernel8_3(K, A, lda, Bp, t); break;
+      case 2: ukernel8_2(K, A, lda, Bp, t); break;
+      default: ukernel8_1(K, A, lda, Bp, t); break;
+    }
+    return;
+  }
+#endif
   switch (mr) {
     case 6: ukernel_6(K, A, lda, Bp, t); break;
     case 5: ukernel_5(K, A, lda, Bp, t); break;
@@ -158,7 +193,7 @@ typedef struct {
   const float *A, *Bp;
   float *C;
   const mlrt_epilogue *ep;
-  int64_t panels, panel_chunk, m_chunk, n_tasks_n;
+  int64_t panels, tm, tn; /* task grid: tm row chunks x tn panel chunks, evenly partitioned */
 } gemm_job;
 
 /* Rows [m0, m1) x panels [p0, p1) of the product, with the epilogue. */
@@ -183,21 +218,52 @@ static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, in
 
 static void gemm_task(void *ctx, int64_t task) {
   const gemm_job *g = (const gemm_job *)ctx;
-  const int64_t tm = task / g->n_tasks_n, tn = task % g->n_tasks_n;
-  const int64_t m0 = tm * g->m_chunk, p0 = tn * g->panel_chunk;
-  gemm_block(g, m0, min64(g->M, m0 + g->m_chunk), p0, min64(g->panels, p0 + g->panel_chunk));
+  const int64_t i = task / g->tn, k = task % g->tn, blocks = (g->M + MR - 1) / MR;
+  const int64_t m0 = mlrt_part(blocks, g->tm, i) * MR, m1 = min64(g->M, mlrt_part(blocks, g->tm, i + 1) * MR);
+  gemm_block(g, m0, m1, mlrt_part(g->panels, g->tn, k), mlrt_part(g->panels, g->tn, k + 1));
 }
 
 void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1) {
-  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 0, 0, 0};
+  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 1, 1};
   gemm_block(&g, 0, M, p0, p1);
+}
+
+/* Finish time of the tm x tn tasks over `rows` x `panels` units, handed out in order to `threads`
+ * workers: even partitions make the tasks differ by at most one unit per side, so round-robin
+ * is what the pool's take-the-next-task order amounts to. */
+int64_t mlrt_gemm_makespan(int64_t rows, int64_t panels, int64_t tm, int64_t tn, int64_t threads) {
+  int64_t busy[32] = {0}, end = 0;
+  if (threads > 32) threads = 32;
+  for (int64_t t = 0; t < tm * tn; ++t) {
+    const int64_t i = t / tn, k = t % tn;
+    busy[t % threads] += (mlrt_part(rows, tm, i + 1) - mlrt_part(rows, tm, i)) *
+                         (mlrt_part(panels, tn, k + 1) - mlrt_part(panels, tn, k));
+  }
+  for (int64_t i = 0; i < threads; ++i) end = busy[i] > end ? busy[i] : end;
+  return end;
+}
+
+int64_t mlrt_gemm_split(int64_t M, int64_t panels, int64_t threads, int split_rows, int64_t *tm, int64_t *tn) {
+  /* The grid with the earliest finish over 6-row blocks x panels, for up to 4 tasks per thread.
+   * Ties go to fewer row chunks (each re-reads B), then fewer tasks. Splitting 13 panels into
+   * column chunks of 4 alone left 2 threads 20% off balance. */
+  if (threads > 32) threads = 32; /* keeps the search to a few microseconds */
+  const int64_t rows = (M + MR - 1) / MR, most = min64(4 * threads, 32);
+  int64_t best = -1;
+  *tm = *tn = 1;
+  for (int64_t m = 1; m <= min64(split_rows ? rows : 1, most); ++m)
+    for (int64_t n = 1; n <= min64(panels, most / m); ++n) {
+      const int64_t t = mlrt_gemm_makespan(rows, panels, m, n, threads);
+      if (best < 0 || t < best) best = t, *tm = m, *tn = n;
+    }
+  return best;
 }
 
 void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep) {
   if (M <= 0 || N <= 0) return;
-  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 0, 0, 0};
+  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 1, 1};
   if (K <= 0) {  /* no product: only the epilogue (one zero-depth block) */
     float zero[NR] = {0};
     for (int64_t i = 0; i < M; ++i)
@@ -208,16 +274,10 @@ void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
     return;
   }
   const int64_t threads = mlrt_threads_for(M * N * K);
-  /* Split columns (panels) first: each task then reads all of A once per K block. When there are
-   * fewer panels than threads, split rows too (in multiples of MR). */
-  int64_t tn = min64(g.panels, threads > 1 ? 2 * threads : 1);
-  int64_t tm = 1;
-  if (tn < threads) tm = min64((M + MR - 1) / MR, (threads + tn - 1) / tn);
-  g.panel_chunk = (g.panels + tn - 1) / tn;
-  tn = (g.panels + g.panel_chunk - 1) / g.panel_chunk;
-  g.m_chunk = ((M + tm - 1) / tm + MR - 1) / MR * MR;
-  tm = (M + g.m_chunk - 1) / g.m_chunk;
-  g.n_tasks_n = tn;
+  int64_t tm = 1, tn = 1;
+  if (threads > 1) mlrt_gemm_split(M, g.panels, threads, 1, &tm, &tn);
+  g.tm = tm;
+  g.tn = tn;
   if (threads == 1) {
     for (int64_t t = 0; t < tm * tn; ++t) gemm_task(&g, t);
   } else {

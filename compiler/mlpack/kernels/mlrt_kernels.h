@@ -30,6 +30,20 @@ static inline int64_t mlrt_threads_for(int64_t macs) { return macs < MLRT_MIN_PA
 
 #define MLRT_NR 16 /* columns per packed B panel */
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define MLRT_HAVE_AVX2 1
+/* Elements 0, 2, .., 14 (even) / 1, 3, .., 15 (odd) of the 16 floats in a, b: stride-2 reads. */
+static inline __m256 mlrt_even_lanes(__m256 a, __m256 b) {
+  const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)); /* a0 a2 b0 b2 | a4 a6 b4 b6 */
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+static inline __m256 mlrt_odd_lanes(__m256 a, __m256 b) {
+  const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+#endif
+
 /* Bytes of scratch mlrt_conv2d_f32 / mlrt_matmul_f32 need for their packed B operand. */
 static inline int64_t mlrt_packed_b_floats(int64_t K, int64_t N) { return ((N + MLRT_NR - 1) / MLRT_NR) * K * MLRT_NR; }
 
@@ -73,5 +87,12 @@ void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
 /* Internal: the same, all rows but only panels [p0, p1), on the calling thread. */
 void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1);
+/* Internal: start of part i of n when `total` units are split as evenly as possible. */
+static inline int64_t mlrt_part(int64_t total, int64_t n, int64_t i) { return total * i / n; }
+/* Internal: a tm x tn grid of row chunks x panel chunks (tm = 1 unless split_rows) that keeps
+ * `threads` evenly busy; returns its finish time in units of 6 rows x 1 panel. */
+int64_t mlrt_gemm_split(int64_t M, int64_t panels, int64_t threads, int split_rows, int64_t *tm, int64_t *tn);
+/* Internal: when `threads` workers finish a tm x tn grid over rows x panels units (6-row blocks). */
+int64_t mlrt_gemm_makespan(int64_t rows, int64_t panels, int64_t tm, int64_t tn, int64_t threads);
 
 #endif

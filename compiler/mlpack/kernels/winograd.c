@@ -21,10 +21,6 @@
 
 #include "mlrt_kernels.h"
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define MLRT_HAVE_AVX2 1
-#endif
 
 enum { NR = MLRT_NR, E = 16, MR = 6 };
 
@@ -55,16 +51,6 @@ static void pad_channel(void *ctx, int64_t c) {
 }
 
 #ifdef MLRT_HAVE_AVX2
-/* Elements 0, 2, .., 14 / 1, 3, .., 15 of the 16 floats in a, b. */
-static inline __m256 even_lanes(__m256 a, __m256 b) {
-  const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)); /* a0 a2 b0 b2 | a4 a6 b4 b6 */
-  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
-}
-static inline __m256 odd_lanes(__m256 a, __m256 b) {
-  const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
-}
-
 /* Output transform and epilogue for 8 neighboring tiles of one tile row whose 2x2 outputs all lie
  * inside: o[a][b] holds output (oy + a, ox + 2l + b) for lane l. */
 static inline void store_run(const winograd_job *j, int64_t co, int64_t oy, int64_t ox, __m256 o[2][2]) {
@@ -109,10 +95,10 @@ static void input_transform(const winograd_job *j, int64_t p) {
       if (run[h]) { /* 8 neighbors in one tile row: patch columns 2l+k are 4 contiguous loads, deinterleaved */
         for (int i = 0; i < 4; ++i) {
           const float *row = in + off[8 * h] + i * j->wp;
-          d[i][0] = even_lanes(_mm256_loadu_ps(row), _mm256_loadu_ps(row + 8));
-          d[i][1] = odd_lanes(_mm256_loadu_ps(row), _mm256_loadu_ps(row + 8));
-          d[i][2] = even_lanes(_mm256_loadu_ps(row + 2), _mm256_loadu_ps(row + 10));
-          d[i][3] = odd_lanes(_mm256_loadu_ps(row + 2), _mm256_loadu_ps(row + 10));
+          d[i][0] = mlrt_even_lanes(_mm256_loadu_ps(row), _mm256_loadu_ps(row + 8));
+          d[i][1] = mlrt_odd_lanes(_mm256_loadu_ps(row), _mm256_loadu_ps(row + 8));
+          d[i][2] = mlrt_even_lanes(_mm256_loadu_ps(row + 2), _mm256_loadu_ps(row + 10));
+          d[i][3] = mlrt_odd_lanes(_mm256_loadu_ps(row + 2), _mm256_loadu_ps(row + 10));
         }
       } else {
         for (int i = 0; i < 4; ++i)
