@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import mlrt
 import zoo
-from conftest import ROOT, assert_matches_eager
+from conftest import ROOT, assert_matches_eager, flat_outputs
 from mlpack.cli import main as cli
 
 
@@ -141,3 +141,24 @@ def test_cmake_install_prefix_and_find_package(cnn_files, tmp_path):
     assert proc.returncode == 0, proc.stderr
     with torch.no_grad():
         assert_matches_eager([np.load(tmp_path / "y0.npy")], [model(*inputs).numpy()])
+
+
+def test_build_no_winograd_keeps_plain_conv_weights(cnn_files):
+    d, model, inputs = cnn_files
+    args = [str(d / "cnn.pt2"), "-q", "--no-winograd", "-o", str(d / "plain.bundle")]
+    assert CliRunner().invoke(cli, ["build", *args]).exit_code == 0
+    plain, wino = mlrt.load(d / "plain.bundle"), mlrt.load(d / "cnn.bundle")
+    import json
+
+    kernels = {}
+    for name in ("plain", "cnn"):
+        manifest = json.loads(CliRunner().invoke(cli, ["inspect", str(d / f"{name}.bundle"), "--json"]).output)
+        kernels[name] = manifest["targets"]["cpu"]["kernels"]
+    assert kernels["plain"]["mlrt_conv2d_f32"] == 3 and "mlrt_conv2d_winograd_f32" not in kernels["plain"]
+    assert kernels["cnn"]["mlrt_conv2d_winograd_f32"] == 2
+    with torch.no_grad():
+        ref = flat_outputs(model(*inputs))
+    x = [t.numpy() for t in inputs]
+    assert_matches_eager(plain.run_flat(*x), ref)
+    assert_matches_eager(wino.run_flat(*x), ref)
+    assert (d / "plain.bundle").stat().st_size < (d / "cnn.bundle").stat().st_size  # 16 vs 9 floats per 3x3

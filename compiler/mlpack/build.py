@@ -58,6 +58,7 @@ def build(
     input_shapes: Sequence[str] | None = None,
     progress: Callable[[str, float], None] | None = None,
     dump_ir: str | Path | None = None,
+    winograd: bool = True,
 ) -> BuildResult:
     """Compile `model` (nn.Module, ExportedProgram, or a path to .pt2/.pt) into one bundle file.
 
@@ -66,6 +67,8 @@ def build(
     target: "cpu", "cuda" or "cpu,cuda". precision (cuda): operand precision of matmul/conv,
     fp32 | tf32 | fp16 | bf16. cuda_arch: minimum compute capability as major*10+minor (default 80).
     cuda_sass: architectures to ship machine code for besides the PTX (default 80 and 90; () for none).
+    winograd (cpu): run 3x3 stride-1 convs with >= 16 channels as Winograd F(2x2,3x3), their
+    weights stored transformed (16/9 the bytes). Off, or with a CUDA target, they use im2col.
     """
     _require_compiler_deps()
     import numpy as np
@@ -126,7 +129,7 @@ def build(
         cuda_module = import_program(lifted) if "cuda" in targets and "cpu" in targets else module
     # Winograd weights are a CPU-only layout: a bundle whose weights the CUDA target shares keeps
     # its 3x3 convs on im2col.
-    art = compile_cpu(module, cpu, dump, stage, winograd="cuda" not in targets) if "cpu" in targets else None
+    art = compile_cpu(module, cpu, dump, stage, winograd=winograd and "cuda" not in targets) if "cpu" in targets else None
     cuda = None
     if "cuda" in targets:
         cuda = compile_cuda(cuda_module, precision, cuda_arch or DEFAULT_SM, dump, stage, prepack=art is not None,

@@ -33,6 +33,8 @@ def main() -> None:
               help=".npy (one input) or .npz (inputs in order) fixing input shapes and dtypes.")
 @click.option("--target", default="cpu", show_default=True, help="Code to generate: cpu, cuda or cpu,cuda.")
 @click.option("--cpu", default=None, help="x86-64 level: x86-64, x86-64-v2, x86-64-v3 (default, AVX2+FMA).")
+@click.option("--winograd/--no-winograd", default=True, show_default=True,
+              help="cpu: run 3x3 stride-1 convs as Winograd F(2x2,3x3): faster, but those weights take 16/9 the bytes.")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="cuda: operand precision of matmul/conv (tf32/fp16/bf16 use tensor cores, fp32 accumulation).")
 @click.option("--cuda-arch", type=int, default=None, help="cuda: minimum compute capability, e.g. 80 (default) or 90.")
@@ -41,8 +43,8 @@ def main() -> None:
 @click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), help="Write the IR after each stage here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the full traceback of errors.")
-def build(model, output, input_shapes, example_inputs, target, cpu, precision, cuda_arch, cuda_sass, dump_ir, quiet,
-          verbose):
+def build(model, output, input_shapes, example_inputs, target, cpu, winograd, precision, cuda_arch, cuda_sass, dump_ir,
+          quiet, verbose):
     """Compile MODEL into one bundle file.
 
     MODEL is a torch.export program (.pt2, torch.export.save), a TorchScript file (torch.jit.save)
@@ -74,7 +76,7 @@ def build(model, output, input_shapes, example_inputs, target, cpu, precision, c
         except ValueError:
             raise BuildError(f"--cuda-sass takes compute capabilities like 80,90 (or none), got {cuda_sass!r}") from None
         result = do_build(str(model), examples, output, target, cpu=cpu, precision=precision, cuda_arch=cuda_arch,
-                          cuda_sass=sass,
+                          cuda_sass=sass, winograd=winograd,
                           input_shapes=input_shapes or None, progress=progress, dump_ir=dump_ir)
     except BuildError as e:
         if verbose:
