@@ -30,7 +30,7 @@ typedef struct {
   const float *x, *u;
   float *y, *xp, *v, *m;
   int64_t C, H, W, CO, OH, OW, pt, pl, tw, tiles, panels, hp, wp;
-  int64_t group, co_chunk, co_chunks; /* task grid: panels per task, output channels per task */
+  int64_t groups, co_chunk, co_chunks; /* task grid: even shares of the panels x output-channel chunks */
   mlrt_epilogue ep;
 } winograd_job;
 
@@ -225,7 +225,8 @@ static void transform_panel(void *ctx, int64_t p) { input_transform((const winog
 
 static void winograd_task(void *ctx, int64_t t) {
   const winograd_job *j = (const winograd_job *)ctx;
-  const int64_t p0 = t / j->co_chunks * j->group, p1 = min64(j->panels, p0 + j->group);
+  const int64_t g = t / j->co_chunks;
+  const int64_t p0 = mlrt_part(j->panels, j->groups, g), p1 = mlrt_part(j->panels, j->groups, g + 1);
   const int64_t co0 = t % j->co_chunks * j->co_chunk, co1 = min64(j->CO, co0 + j->co_chunk);
   if (j->co_chunks == 1)
     for (int64_t p = p0; p < p1; ++p) input_transform(j, p);
@@ -253,21 +254,21 @@ void mlrt_conv2d_winograd_f32(int64_t x, int64_t u, int64_t y, int64_t scratch, 
       for (int64_t c = 0; c < C; ++c) pad_channel(&j, c);
     else
       mlrt_parallel_for(C, pad_channel, &j);
-    /* About 4 tasks per thread. Enough panels: tasks own whole panels (co_chunks = 1), in groups
-     * that share each weight block. Otherwise the channels are split, in multiples of the GEMM's
+    /* About 4 tasks per thread. Enough panels: tasks own even shares of whole panels
+     * (co_chunks = 1), each share reusing every weight block across its panels. Otherwise the channels are split, in multiples of the GEMM's
      * 6-row tile. */
     const int64_t want = threads == 1 ? 1 : 4 * threads;
     if (panels >= want) {
-      j.group = (panels + want - 1) / want;
+      j.groups = want;
       j.co_chunk = CO;
       j.co_chunks = 1;
     } else {
-      j.group = panels;
+      j.groups = 1;
       j.co_chunk = ((CO + want - 1) / want + MR - 1) / MR * MR;
       j.co_chunks = (CO + j.co_chunk - 1) / j.co_chunk;
       mlrt_parallel_for(panels, transform_panel, &j); /* threads > 1 here */
     }
-    const int64_t tasks = (panels + j.group - 1) / j.group * j.co_chunks;
+    const int64_t tasks = j.groups * j.co_chunks;
     if (threads == 1)
       for (int64_t t = 0; t < tasks; ++t) winograd_task(&j, t);
     else
