@@ -95,7 +95,7 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
     int64_t tm, tn, tasks = 0;
     if (threads > 1) {
       const int64_t best = mlrt_gemm_split(CO, panels, threads, 1, &tm, &tn);
-      const int64_t blocks = (CO + 5) / 6, fit = (panels * K * NR * 4 + (256 << 10) - 1) / (256 << 10);
+      const int64_t blocks = (CO + MLRT_MR - 1) / MLRT_MR, fit = (panels * K * NR * 4 + (256 << 10) - 1) / (256 << 10);
       for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads && !tasks; ++n)
         if (mlrt_gemm_makespan(blocks, panels, 1, n, threads) * 100 <= best * 103) tasks = n;
     }
@@ -155,8 +155,7 @@ static void depthwise_channel(void *ctx, int64_t t) {
     const float *restrict r = ep->residual ? ep->residual + off : NULL;
     for (int64_t ox = 0; ox < j->OW; ++ox) {
       float v = o[ox] + (r ? r[ox] : 0.0f);
-      v = v < ep->lo ? ep->lo : v;
-      d[ox] = v > ep->hi ? ep->hi : v;
+      d[ox] = mlrt_clamp(v, ep->lo, ep->hi);
     }
   }
 }

@@ -8,8 +8,7 @@
 
 #include "mlrt_kernels.h"
 
-
-enum { MR = 6, NR = MLRT_NR, KC = 256, MC = 96 };
+enum { MR = MLRT_MR, NR = MLRT_NR, KC = 256, MC = 96 };
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -38,9 +37,7 @@ static void store_row_scalar(const tile *t, int64_t r, const float *acc) {
     float v = base + acc[j];
     if (t->last) {
       if (ep->residual) v += ep->residual[off + j];
-      v = v < ep->lo ? ep->lo : v;
-      v = v > ep->hi ? ep->hi : v;
-      ep->dst[off + j] = v;
+      ep->dst[off + j] = mlrt_clamp(v, ep->lo, ep->hi);
     } else {
       c[j] = v;
     }
@@ -87,12 +84,8 @@ static inline __attribute__((always_inline)) void store_row(const tile *t, int64
     x1 = _mm256_add_ps(x1, _mm256_loadu_ps(ep->residual + off + 8));
   }
   const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
-  /* max/min return their second operand when one is NaN: keep x second so NaN propagates, as
-   * in PyTorch (relu(nan) = nan). */
-  x0 = _mm256_min_ps(hi, _mm256_max_ps(lo, x0));
-  x1 = _mm256_min_ps(hi, _mm256_max_ps(lo, x1));
-  _mm256_storeu_ps(ep->dst + off, x0);
-  _mm256_storeu_ps(ep->dst + off + 8, x1);
+  _mm256_storeu_ps(ep->dst + off, mlrt_clamp8(x0, lo, hi));
+  _mm256_storeu_ps(ep->dst + off + 8, mlrt_clamp8(x1, lo, hi));
 }
 
 /* C[ROWS x n] += A[ROWS x K] * Bp[K x 16]: 2*ROWS named accumulators stay in registers
@@ -164,28 +157,18 @@ DEFINE_UKERNEL8(5)
 DEFINE_UKERNEL8(6)
 #endif
 
-static void ukernel_rows(int64_t mr, int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) {
+typedef void (*ukernel_fn)(int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t);
+static const ukernel_fn ukernels[MR + 1] = {NULL, ukernel_1, ukernel_2, ukernel_3, ukernel_4, ukernel_5, ukernel_6};
 #ifdef MLRT_HAVE_AVX2
-  if (t->n <= 8) {
-    switch (mr) {
-      case 6: ukernel8_6(K, A, lda, Bp, t); break;
-      case 5: ukernel8_5(K, A, lda, Bp, t); break;
-      case 4: ukernel8_4(K, A, lda, Bp, t); break;
-      case 3: ukernel8_3(K, A, lda, Bp, t); break;
-      case 2: ukernel8_2(K, A, lda, Bp, t); break;
-      default: ukernel8_1(K, A, lda, Bp, t); break;
-    }
-    return;
-  }
+static const ukernel_fn ukernels8[MR + 1] = {NULL,       ukernel8_1, ukernel8_2, ukernel8_3,
+                                             ukernel8_4, ukernel8_5, ukernel8_6};
+#else
+static const ukernel_fn *const ukernels8 = ukernels; /* the plain C kernel has no 8-wide variant */
 #endif
-  switch (mr) {
-    case 6: ukernel_6(K, A, lda, Bp, t); break;
-    case 5: ukernel_5(K, A, lda, Bp, t); break;
-    case 4: ukernel_4(K, A, lda, Bp, t); break;
-    case 3: ukernel_3(K, A, lda, Bp, t); break;
-    case 2: ukernel_2(K, A, lda, Bp, t); break;
-    default: ukernel_1(K, A, lda, Bp, t); break;
-  }
+
+/* mr (1..6) rows; a panel with <= 8 valid columns takes the 8-wide kernel. */
+static void ukernel_rows(int64_t mr, int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) {
+  (t->n <= 8 ? ukernels8 : ukernels)[mr](K, A, lda, Bp, t);
 }
 
 typedef struct {
@@ -335,8 +318,7 @@ static void direct_task(void *ctx, int64_t task) {
     }
     for (int64_t j = j0; j < j1; ++j) {
       float v = c[j] + (ep->residual ? ep->residual[i * d->N + j] : 0.0f);
-      v = v < ep->lo ? ep->lo : v;
-      ep->dst[i * d->N + j] = v > ep->hi ? ep->hi : v;
+      ep->dst[i * d->N + j] = mlrt_clamp(v, ep->lo, ep->hi);
     }
   }
 }

@@ -29,6 +29,14 @@ void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx);
 static inline int64_t mlrt_threads_for(int64_t macs) { return macs < MLRT_MIN_PARALLEL_MACS ? 1 : mlrt_threads(); }
 
 #define MLRT_NR 16 /* columns per packed B panel */
+#define MLRT_MR 6  /* rows per GEMM register tile: work splits go in multiples of it */
+
+/* The activation clamp of every epilogue. A NaN fails both comparisons and passes through, as in
+ * PyTorch (relu(nan) = nan). */
+static inline float mlrt_clamp(float v, float lo, float hi) {
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
+}
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -42,6 +50,8 @@ static inline __m256 mlrt_odd_lanes(__m256 a, __m256 b) {
   const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
 }
+/* mlrt_clamp on 8 lanes: max/min return their second operand when one is NaN, so v goes second. */
+static inline __m256 mlrt_clamp8(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
 #endif
 
 /* Bytes of scratch mlrt_conv2d_f32 / mlrt_matmul_f32 need for their packed B operand. */

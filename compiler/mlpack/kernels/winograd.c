@@ -22,7 +22,7 @@
 #include "mlrt_kernels.h"
 
 
-enum { NR = MLRT_NR, E = 16, MR = 6 };
+enum { NR = MLRT_NR, E = 16, MR = MLRT_MR };
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -65,7 +65,7 @@ static inline void store_run(const winograd_job *j, int64_t co, int64_t oy, int6
     for (int q = 0; q < 2; ++q) {
       v[q] = _mm256_add_ps(v[q], ep->overwrite ? bias : _mm256_loadu_ps(j->y + at + 8 * q));
       if (ep->residual) v[q] = _mm256_add_ps(v[q], _mm256_loadu_ps(ep->residual + at + 8 * q));
-      _mm256_storeu_ps(ep->dst + at + 8 * q, _mm256_min_ps(hi, _mm256_max_ps(lo, v[q]))); /* NaN kept */
+      _mm256_storeu_ps(ep->dst + at + 8 * q, mlrt_clamp8(v[q], lo, hi));
     }
   }
 }
@@ -214,8 +214,7 @@ static void output_transform(const winograd_job *j, int64_t p, int64_t co0, int6
           const int64_t at = (oy[l] + a) * j->OW + ox[l] + b;
           float v = o[a][b][l] + (ep->overwrite ? bias : yc[at]);
           if (rc) v += rc[at];
-          v = v < ep->lo ? ep->lo : v;
-          dc[at] = v > ep->hi ? ep->hi : v;
+          dc[at] = mlrt_clamp(v, ep->lo, ep->hi);
         }
     }
   }
