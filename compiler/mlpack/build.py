@@ -138,18 +138,15 @@ def build(
             raise BuildError("internal: the CPU and CUDA targets disagree on which weights are pre-packed")
     main = art if art is not None else cuda
     with stage("write"):
-        from .kernel_calls import pack_b_panels, winograd_weights
+        from .kernel_calls import WEIGHT_LAYOUTS
 
         weights = list(lifted.weights)
-        for arg, (layout, *dims) in main.prepack.items():  # stored in a kernel's layout, transformed once here
+        for arg, (layout, *shape) in main.prepack.items():  # stored in a kernel's layout, transformed once here
             kind, i = lifted.call_args[arg]
-            shape = tuple(dims) if layout == "panels" else (*dims, 3, 3)
-            if kind != "weight" or weights[i][1].shape != shape:
-                raise BuildError(f"internal: argument {arg} marked for packing is not a {list(shape)} weight")
-            if layout == "panels":
-                weights[i] = (weights[i][0] + " (packed B panels)", pack_b_panels(weights[i][1]))
-            else:
-                weights[i] = (weights[i][0] + " (Winograd F(2x2,3x3))", winograd_weights(weights[i][1]))
+            if kind != "weight" or weights[i][1].shape != tuple(shape):
+                raise BuildError(f"internal: argument {arg} marked for packing is not a {shape} weight")
+            what, transform = WEIGHT_LAYOUTS[layout]
+            weights[i] = (f"{weights[i][0]} ({what})", transform(weights[i][1]))
         weights_blob, weight_entries = bundle_fmt.pack_weights(weights)
         call = [f"{kind}:{i}" for kind, i in lifted.call_args]
         call += [f"output:{i}" for i in range(len(lifted.outputs))] + ["arena"]

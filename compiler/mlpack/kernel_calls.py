@@ -500,7 +500,7 @@ class _Rewriter:
                     sig = self.emit(kernel_op, "mlrt_depthwise_conv2d_f32", [x, w, y], None, dims, fusion, [], y)
                     kernel = "mlrt_depthwise_conv2d_f32"
                 elif winograd_arg is not None:  # the bundle stores the weight Winograd-transformed
-                    self.prepack[winograd_arg] = ("winograd3x3", co, c)
+                    self.prepack[winograd_arg] = ("winograd3x3", co, c, 3, 3)
                     sig = self.emit(kernel_op, "mlrt_conv2d_winograd_f32", [x, w, y],
                                     winograd_scratch_floats(c, co, oh, ow), [n, c, h, wd, co, oh, ow, pt, pl],
                                     fusion, [], y)
@@ -549,9 +549,9 @@ class _Rewriter:
 def replace_with_kernel_calls(module, func_op, scratch=None, prepack: bool = True,
                               winograd: bool = False) -> tuple[Counter, dict[int, tuple]]:
     """Rewrites supported ops in `func_op`. Returns how many of each kernel were used, and the
-    function arguments (weights) the bundle must store in a kernel's layout: index ->
-    ("panels", K, N) for packed B panels (pack_b_panels), ("winograd3x3", CO, C) for a 3x3 conv
-    weight in the Winograd domain (winograd_weights).
+    function arguments (weights) the bundle must store in a kernel's layout: index -> (layout,
+    *shape of the plain weight), with layout a key of WEIGHT_LAYOUTS: ("panels", K, N) for packed
+    B panels, ("winograd3x3", CO, C, 3, 3) for a 3x3 conv weight in the Winograd domain.
     scratch: None for the CPU microkernels' packed-B scratch, or (batch, M, N, K) -> floats for
     another kernel's per-call scratch (the CUDA GEMM's split-K partials; 0 for none).
     prepack: store single-use Linear weights as packed B panels (False keeps the plain layout).
@@ -590,3 +590,10 @@ def winograd_weights(w):
     u = np.einsum("ik,ockl,jl->ijoc", g, w.astype(np.float64), g)
     co, c = w.shape[:2]
     return np.ascontiguousarray(u.reshape(16, co, c).astype(w.dtype))
+
+
+# Layouts of pre-transformed weights: name -> (what the bundle's weight name says, numpy transform).
+WEIGHT_LAYOUTS = {
+    "panels": ("packed B panels", pack_b_panels),
+    "winograd3x3": ("Winograd F(2x2,3x3)", winograd_weights),
+}
