@@ -86,6 +86,13 @@ def _run_pipeline(module, pipeline: str, stage: str) -> None:
         raise BuildError(f"{stage} failed: {str(e).strip().splitlines()[0]}") from e
 
 
+def _hooks(dump, stage):
+    """A code generator's `dump(name, text)` and `stage(name)` callbacks, or no-ops for None."""
+    from contextlib import nullcontext
+
+    return dump or (lambda name, text: None), stage or (lambda name: nullcontext())
+
+
 def _forward(module):
     from torch_mlir import ir
 
@@ -427,12 +434,9 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
     codegen, link)."""
     if cpu not in CPU_LEVELS:
         raise BuildError(f"unknown --cpu {cpu!r}: one of {', '.join(CPU_LEVELS)}")
-    from contextlib import nullcontext
-
     from torch_mlir import ir
 
-    dump = dump or (lambda name, text: None)
-    stage = stage or (lambda name: nullcontext())
+    dump, stage = _hooks(dump, stage)
     func_op = _forward(module)
     with stage("optimize"):
         bufferize(module, func_op)

@@ -865,14 +865,11 @@ def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump
         raise BuildError(f"unknown --precision {precision!r}: one of {', '.join(PRECISIONS)}")
     if min_sm < 80 and precision != "fp32":
         raise BuildError(f"--precision {precision} uses tensor cores that need sm_80 or newer")
-    from contextlib import nullcontext
-
     from torch_mlir import ir
 
-    from .codegen_cpu import _forward, _run_pipeline, bufferize
+    from .codegen_cpu import _forward, _hooks, _run_pipeline, bufferize
 
-    dump = dump or (lambda name, text: None)
-    stage = stage or (lambda name: nullcontext())
+    dump, stage = _hooks(dump, stage)
     func_op = _forward(module)
     with stage("optimize (cuda)"):
         bufferize(module, func_op)
