@@ -1,7 +1,9 @@
 """The microkernels and the fusions around them (kernel_calls.py), one small model per path,
 each compared with eager PyTorch (fp32, rtol 1e-4). The names say which rewrite they exercise."""
 
+import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,8 +58,19 @@ CASES = {
     "conv_grouped_fallback": (lambda: nn.Conv2d(8, 8, 3, groups=2), [(1, 8, 9, 9)]),
     "depthwise_pad_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
                                                       nn.BatchNorm2d(8), nn.ReLU6())), [(1, 8, 11, 11)]),
-    "depthwise_stride2_bias": (lambda: nn.Conv2d(6, 6, 5, 2, 2, groups=6), [(1, 6, 13, 12)]),
+    "depthwise_stride2_bias": (lambda: nn.Conv2d(6, 6, 5, 2, 2, groups=6), [(1, 6, 13, 40)]),
     "inverted_residual_inplace": (lambda: _bn(zoo.InvertedResidual(16, 16, 1, 6)), [(1, 16, 14, 14)]),
+    # Depthwise paths: rows shorter than a vector (6: merged tails; 3: lane by lane), more taps than
+    # the vector kernel unrolls (7x7), stride 3 and dilation (scalar taps), stride 2 with odd
+    # padding (even/odd staging), batch 2, and rows too wide for the ring (the direct loop).
+    "depthwise_inplace_short_rows": (lambda: _bn(zoo.InvertedResidual(8, 8, 1, 2)), [(2, 8, 9, 6)]),
+    "depthwise_inplace_tiny_rows": (lambda: _bn(zoo.InvertedResidual(8, 8, 1, 2)), [(1, 8, 5, 3)]),
+    "depthwise_7x7_taps": (lambda: nn.Conv2d(4, 4, 7, padding=3, groups=4), [(1, 4, 10, 19)]),
+    "depthwise_stride3_dilated": (lambda: nn.Conv2d(5, 5, 3, stride=3, padding=2, dilation=2, groups=5),
+                                  [(1, 5, 17, 23)]),
+    "depthwise_stride2_odd_pad": (lambda: nn.Conv2d(6, 6, (3, 4), stride=2, padding=(2, 1), groups=6),
+                                  [(2, 6, 21, 37)]),
+    "depthwise_wide_rows_direct": (lambda: nn.Conv2d(2, 2, 3, padding=1, groups=2), [(1, 2, 5, 800)]),
     "linear_gemv": (lambda: LinearChain(1), [(1, 300)]),
     "linear_gemm": (lambda: LinearChain(40), [(40, 300)]),
     "batch_matmul": (lambda: Attention(), [(3, 20, 16), (3, 24, 16)]),
@@ -104,6 +117,43 @@ def test_winograd_is_the_same_on_any_thread_count(shape, tmp_path):
     for out in outs:
         assert_matches_eager(out, ref)
         np.testing.assert_array_equal(out[0], outs[0][0])  # the split never changes a sum's order
+
+
+@pytest.mark.parametrize("shape", [(1, 24, 14, 14), (2, 16, 7, 7), (1, 12, 28, 30)])
+def test_depthwise_runs_in_place_the_same_on_any_thread_count(shape, tmp_path):
+    """The expanded activation is padded in place (no padded copy, the depthwise conv overwrites
+    its own input), and every channel split gives the same result as eager."""
+    torch.manual_seed(2)
+    model = _bn(zoo.InvertedResidual(shape[1], shape[1], 1, 6))
+    x = torch.randn(shape)
+    with torch.no_grad():
+        ref = flat_outputs(model(x))
+    mlpack.build(model, (x,), tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
+    kernels_ir = next((tmp_path / "ir").glob("*-kernels.mlir")).read_text()
+    assert "memref.copy" not in kernels_ir and "mlrt_depthwise_conv2d_f32" in kernels_ir
+    outs = [mlrt.load(tmp_path / "m.bundle", num_threads=t).run_flat(x.numpy()) for t in (1, 2, 3, 5)]
+    for out in outs:
+        assert_matches_eager(out, ref)
+        np.testing.assert_array_equal(out[0], outs[0][0])
+
+
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])
+def test_depthwise_kernel_under_sanitizers(march, tmp_path):
+    """kernels_c/depthwise_check.c: the depthwise kernel against a reference loop on ~1200 shapes
+    (in place, every short row width, strides 1-3, dilation, padding, 1x1 to 7x7 taps, the wide-row
+    fallback), buffers allocated to their exact size under ASan + UBSan, tasks run in reverse
+    order. x86-64-v3 is the AVX2 path, x86-64 the portable one."""
+    if march == "x86-64-v3" and "avx2" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has no AVX2")
+    from mlpack.codegen_cpu import KERNELS_DIR
+
+    exe = tmp_path / "depthwise_check"
+    sources = [Path(__file__).parent / "kernels_c" / "depthwise_check.c", *(KERNELS_DIR / f for f in ("conv.c", "gemm.c", "host.c"))]
+    subprocess.run([os.environ.get("CC", "cc"), "-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=all", f"-march={march}", "-Wall", "-Wextra", "-Werror", f"-I{KERNELS_DIR}",
+                    *map(str, sources), "-o", str(exe), "-lm"], check=True)
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stdout + run.stderr
 
 
 def test_relu_keeps_nan(tmp_path):

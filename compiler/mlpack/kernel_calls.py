@@ -28,6 +28,7 @@ PACK_MIN_ROWS = 8
 # domain would be too thin to pay for its input and output transforms.
 WINOGRAD_MIN_CHANNELS = 16
 NR = 16  # packed panel width, kernels/mlrt_kernels.h MLRT_NR
+DW_RING_FLOATS, DW_MAX_KH, DW_ROWS = 16384, 16, 4  # the depthwise kernel's row ring, kernels/mlrt_kernels.h
 
 # The indexing maps of plain (non-transposed, non-broadcast) matmuls; other variants keep loops.
 _DEFAULT_MAPS = {
@@ -293,11 +294,12 @@ class _Rewriter:
             fusion.overwrite = True
             fusion.erase.append(p)
 
-    def unpadded_input(self, x, kernel_op, out):
+    def unpadded_input(self, x, kernel_op, out, in_place_ok=False, fused=()):
         """If `x` is a zero-filled buffer holding a copy of another tensor in its middle, return
         (that tensor, pad_top, pad_left, ops to erase); else None. The copy's source must stay
-        intact until the kernel reads it, and must not be the kernel's output (bufferization
-        happily reuses a dead source as the output once the copy exists)."""
+        intact until the kernel reads it (ops in `fused` are absorbed into the kernel and do not
+        count). Bufferization happily reuses a dead source as the output once the copy exists:
+        that source qualifies only if the kernel can run in place (`in_place_ok`)."""
         alloc = defining_op(x)
         if alloc is None or alloc.name != "memref.alloc":
             return None
@@ -324,9 +326,10 @@ class _Rewriter:
         offsets, strides = _ints(subview, "static_offsets"), _ints(subview, "static_strides")
         if len(offsets) != 4 or offsets[:2] != [0, 0] or strides != [1, 1, 1, 1] or not _is_dense_f32(src, 4):
             return None
-        if not (self.index[fill] < self.index[copy] < self.index[kernel_op]) or src == out:
+        if not (self.index[fill] < self.index[copy] < self.index[kernel_op]) or (src == out and not in_place_ok):
             return None
-        if any(self.index[copy] < p < self.index[kernel_op] for p in self.user_positions(src)):
+        skip = {self.index[op] for op in fused}
+        if any(self.index[copy] < p < self.index[kernel_op] and p not in skip for p in self.user_positions(src)):
             return None  # something between the copy and the kernel touches the source
         return src, offsets[2], offsets[3], [copy, subview, fill, alloc]
 
@@ -481,15 +484,20 @@ class _Rewriter:
                 if not (_is_dense_f32(x, 4) and _is_dense_f32(w, 3 if depthwise else 4) and _is_dense_f32(y, 4)):
                     continue
                 (sh, sw), (dh, dw) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
+                kh, kw = w.type.shape[-2:]
+                co, oh, ow = y.type.shape[1:]
+                self.prologue(kernel_op, y, ([0, 2, 3], False), fusion)
+                # The CPU depthwise kernel stages rows in a ring, so it may overwrite its input:
+                # when the padding is smaller than the kernel (see kernels/conv.c).
+                in_place_ok = depthwise and self.scratch is None and depthwise_ring_fits(kh, kw, ow, sh, sw, dh, dw)
                 pt = pl = 0
-                unpadded = self.unpadded_input(x, kernel_op, y)
+                unpadded = self.unpadded_input(x, kernel_op, y, in_place_ok, fusion.erase)
+                if unpadded and unpadded[0] == y and unpadded[1] > (kh - 1) * dh:
+                    unpadded = None
                 if unpadded:
                     x, pt, pl, absorbed = unpadded
                     fusion.erase += absorbed
                 n, c, h, wd = x.type.shape
-                kh, kw = w.type.shape[-2:]
-                co, oh, ow = y.type.shape[1:]
-                self.prologue(kernel_op, y, ([0, 2, 3], False), fusion)
                 self.epilogue(kernel_op, y, None, fusion, {x, w})
                 dims = [n, c, h, wd] + ([] if depthwise else [co]) + [kh, kw, oh, ow, sh, sw, dh, dw, pt, pl]
                 winograd_arg = None
@@ -570,6 +578,13 @@ def pack_b_panels(b):
     padded = np.zeros((k, panels * NR), dtype=b.dtype)
     padded[:, :n] = b
     return np.ascontiguousarray(padded.reshape(k, panels, NR).transpose(1, 0, 2))
+
+
+def depthwise_ring_fits(kh: int, kw: int, ow: int, sh: int, sw: int, dh: int, dw: int) -> bool:
+    """Whether mlrt_depthwise_conv2d_f32 stages these rows in its ring (and so may run in place);
+    kernels/conv.c dw_row_floats and mlrt_kernels.h."""
+    row = (sw * ((ow + 7) // 8 * 8) + (kw - 1) * dw + 7) // 8 * 8
+    return kh <= DW_MAX_KH and ((kh - 1) * dh + 2 + (DW_ROWS - 1) * sh) * row <= DW_RING_FLOATS
 
 
 def winograd_scratch_floats(c: int, co: int, oh: int, ow: int) -> int:

@@ -2,7 +2,7 @@
  * padding follows from OH/OW), so the compiler can drop torch-mlir's padded copy of the input.
  * conv2d: im2col written straight into the packed-panel layout of the GEMM's B operand, then
  *   Y[CO x OH*OW] = epilogue(W[CO x C*KH*KW] * cols), the weights read in place as A.
- * depthwise: a direct loop per channel, vectorized by the compiler along the output row. */
+ * depthwise: per channel, input rows staged in a zero-padded ring; AVX2 taps along the output row. */
 #include <string.h>
 
 #include "mlrt_kernels.h"
@@ -112,15 +112,230 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
   }
 }
 
+/* ------------------------------------------------------------------------- depthwise
+ * Each task takes a run of channels. A channel's input rows pass through a ring of zero-padded
+ * rows on the stack (each input row staged once), so padding costs no branches and every tap is
+ * a unit-stride vector load: stride-2 rows are staged as their even columns, then their odd
+ * columns. MLRT_DW_ROWS output rows are computed per step (independent FMA chains even on 7x7
+ * maps). The output may overwrite the input in place: with a pad smaller than the kernel, output
+ * row oy is written only after input row oy (and every row a later output reads) is staged. The
+ * compiler relies on that when it drops the padded copy of an input whose buffer is reused as the
+ * output (kernel_calls.py). */
+
+enum { DW_ROWS = MLRT_DW_ROWS };
+
+/* Floats of one ring row: every column a vector tap can read, in whole vectors. Padded column j
+ * is input column j - pad_left; stride 2 stores column j at j / 2 (even j) or rw / 2 + j / 2. */
+static inline int64_t dw_row_floats(int64_t OW, int64_t KW, int64_t sw, int64_t dw) {
+  return (sw * ((OW + 7) / 8 * 8) + (KW - 1) * dw + 7) / 8 * 8;
+}
+
+typedef struct {
+  const float *x, *w;
+  float *y;
+  int64_t batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, tasks;
+  int64_t ring_rows, rw; /* the ring: ring_rows rows of rw floats, then a zero row */
+  mlrt_epilogue ep;
+} depthwise_job;
+
+/* Stages input row `src` (W floats) into ring row `dst`: padded column j = pl + ix. */
+static inline void dw_stage_row(const depthwise_job *j, float *dst, const float *src) {
+  const int64_t n = min64(j->W, max64(0, j->rw - j->pl)); /* input columns a tap can reach */
+  int64_t i = 0;
+  if (j->sw != 2) {
+#ifdef MLRT_HAVE_AVX2
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + j->pl + i, _mm256_loadu_ps(src + i));
+#endif
+    for (; i < n; ++i) dst[j->pl + i] = src[i];
+    return;
+  }
+  float *even = dst, *odd = dst + j->rw / 2;
+#ifdef MLRT_HAVE_AVX2
+  /* 16 columns at a time: even ix go where j = pl + ix has pl's parity, odd ix to the other half */
+  float *ev = j->pl % 2 ? odd + (j->pl - 1) / 2 : even + j->pl / 2;
+  float *od = j->pl % 2 ? even + (j->pl + 1) / 2 : odd + j->pl / 2;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 a = _mm256_loadu_ps(src + i), b = _mm256_loadu_ps(src + i + 8);
+    _mm256_storeu_ps(ev + i / 2, mlrt_even_lanes(a, b));
+    _mm256_storeu_ps(od + i / 2, mlrt_odd_lanes(a, b));
+  }
+#endif
+  for (; i < n; ++i) {
+    const int64_t c = j->pl + i;
+    (c % 2 ? odd : even)[c / 2] = src[i];
+  }
+}
+
+/* A ring of staged input rows: row iy lives in ring row iy mod ring_rows, and a zero row follows
+ * the last. `next`: the first input row not yet staged. */
+typedef struct {
+  float *rows;
+  int64_t next;
+} dw_ring;
+
+static inline int64_t dw_slot(const depthwise_job *j, int64_t iy) { return iy % j->ring_rows; }
+
+/* Stages the input rows the step of output rows [oy, oy + DW_ROWS) reads, each input row once per
+ * channel. The ring holds two steps: the caller stages one step ahead (and the next channel's first
+ * step into the other ring), so the vector loads never wait on these stores. */
+static inline void dw_stage(const depthwise_job *j, dw_ring *ring, const float *in, int64_t oy) {
+  const int64_t end = min64(j->H, (oy + DW_ROWS - 1) * j->sh - j->pt + (j->KH - 1) * j->dh + 1);
+  for (int64_t iy = max64(ring->next, max64(oy * j->sh - j->pt, 0)); iy < end; ++iy)
+    dw_stage_row(j, ring->rows + dw_slot(j, iy) * j->rw, in + iy * j->W);
+  ring->next = max64(ring->next, end);
+}
+
+/* Points rows[r * KH + ky] at the ring rows of the step at oy: the zero row for input rows outside
+ * the input and for the rows r >= n a short last step computes but does not store. */
+static inline __attribute__((always_inline)) void dw_row_ptrs(const depthwise_job *j, const float *ring, int64_t oy,
+                                                              int64_t n, const float **rows, const int64_t KH) {
+  const int64_t ring_rows = j->ring_rows, rw = j->rw, iy0 = oy * j->sh - j->pt;
+  int64_t slot0 = iy0 % ring_rows; /* one division per step; the rows after it wrap at most once */
+  slot0 += slot0 < 0 ? ring_rows : 0;
+  for (int64_t r = 0; r < DW_ROWS; ++r)
+    for (int64_t ky = 0; ky < KH; ++ky) {
+      const int64_t k = r * j->sh + ky * j->dh, iy = iy0 + k, slot = slot0 + k < ring_rows ? slot0 + k : slot0 + k - ring_rows;
+      rows[r * KH + ky] = iy >= 0 && iy < j->H && r < n ? ring + slot * rw : ring + ring_rows * rw;
+    }
+}
+
+/* The epilogue, copied to locals: stores through float pointers could alias the job's fields. */
+typedef struct {
+  int overwrite;
+  float base, lo, hi; /* base: the channel's bias (or 0) when overwriting */
+} dw_epilogue;
+
+static inline float dw_finish(const dw_epilogue *e, float acc, const float *yrow, const float *res, int64_t i) {
+  return mlrt_clamp((e->overwrite ? e->base : yrow[i]) + acc + (res ? res[i] : 0.0f), e->lo, e->hi);
+}
+
+#ifdef MLRT_HAVE_AVX2
+/* Where tap kx of 8 outputs from ox reads in a ring row: unit stride, or the even / odd half. */
+static inline __attribute__((always_inline)) const float *dw_tap(const float *row, int64_t ox, int64_t kx,
+                                                                 int64_t dw, int64_t half, const int64_t SW) {
+  if (SW == 1) return row + ox + kx * dw;
+  const int64_t c = kx * dw; /* padded column 2 * ox + c */
+  return c % 2 ? row + half + ox + c / 2 : row + ox + c / 2;
+}
+
+/* DW_ROWS output rows, of which the first n are stored (rows[r * KH + ky] their input rows; yrow,
+ * res, d their first output row, the others OW apart): 8 outputs per row per step, one
+ * accumulator per row. KH, KW and SW are constants at the call sites, so the taps unroll and the
+ * weights stay in registers. A row's last, partial vector is merged into the 8 floats in place
+ * (`tail` masks the valid lanes; AMD cores run masked stores microcoded and slowly): the extra
+ * lanes are the next row's first values, rewritten unchanged by this thread. Not past the
+ * channel's last row (`last`: its index here, or -1), nor for rows shorter than 4 (the extra
+ * lanes would reach past the next row): there, lane by lane. */
+static inline __attribute__((always_inline)) void dw_rows_avx2(const float *const *rows, const __m256 *wv,
+                                                               const dw_epilogue *e, __m256i tail, const float *yrow,
+                                                               const float *res, float *d, int64_t OW, int64_t n,
+                                                               int64_t last, int64_t dw, int64_t half,
+                                                               const int64_t KH, const int64_t KW, const int64_t SW) {
+  const __m256 lo = _mm256_set1_ps(e->lo), hi = _mm256_set1_ps(e->hi), base = _mm256_set1_ps(e->base);
+  for (int64_t ox = 0; ox < OW; ox += 8) {
+    __m256 acc[DW_ROWS];
+    for (int64_t r = 0; r < DW_ROWS; ++r) {
+      acc[r] = _mm256_setzero_ps();
+      for (int64_t ky = 0; ky < KH; ++ky)
+        for (int64_t kx = 0; kx < KW; ++kx)
+          acc[r] = _mm256_fmadd_ps(wv[ky * KW + kx], _mm256_loadu_ps(dw_tap(rows[r * KH + ky], ox, kx, dw, half, SW)),
+                                   acc[r]);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t o = r * OW + ox;
+      if (ox + 8 <= OW) {
+        __m256 v = _mm256_add_ps(acc[r], e->overwrite ? base : _mm256_loadu_ps(yrow + o));
+        if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + o));
+        _mm256_storeu_ps(d + o, mlrt_clamp8(v, lo, hi));
+      } else if (r != last && OW >= 4) {
+        __m256 v = _mm256_add_ps(acc[r], e->overwrite ? base : _mm256_maskload_ps(yrow + o, tail));
+        if (res) v = _mm256_add_ps(v, _mm256_maskload_ps(res + o, tail));
+        v = mlrt_clamp8(v, lo, hi);
+        _mm256_storeu_ps(d + o, _mm256_blendv_ps(_mm256_loadu_ps(d + o), v, _mm256_castsi256_ps(tail)));
+      } else {
+        float v[8];
+        _mm256_storeu_ps(v, acc[r]);
+        for (int64_t i = 0; ox + i < OW; ++i) d[o + i] = dw_finish(e, v[i], yrow, res, o + i);
+      }
+    }
+  }
+}
+#endif
+
+/* Channel t (= n * C + c) of the output, with its epilogue, DW_ROWS output rows per step (the rows
+ * give the out-of-order core independent FMA chains even on 7x7 maps). Without AVX2, or for
+ * strides above 2 or more than 25 taps, a scalar loop. */
+static inline __attribute__((always_inline)) void dw_channel(const depthwise_job *j, int64_t t, int64_t t_end,
+                                                             dw_ring *rings, const int64_t KH, const int64_t KW,
+                                                             const int64_t SW) {
+  const int64_t c = t % j->C, dw = j->dw, OW = j->OW, half = j->rw / 2;
+  const float *in = j->x + t * j->H * j->W, *f = j->w + c * KH * KW, *res_all = j->ep.residual;
+  const dw_epilogue e = {j->ep.overwrite, j->ep.bias ? j->ep.bias[c] : 0.0f, j->ep.lo, j->ep.hi};
+  const float *rows[DW_ROWS * MLRT_DW_MAX_KH];
+#ifdef MLRT_HAVE_AVX2
+  const int vector = SW <= 2 && KH * KW <= 25;
+  __m256 wv[25];
+  for (int64_t k = 0; k < (vector ? KH * KW : 0); ++k) wv[k] = _mm256_broadcast_ss(f + k);
+  const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(OW % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#endif
+  dw_ring *ring = &rings[t % 2], *following = &rings[(t + 1) % 2];
+  for (int64_t oy = 0; oy < j->OH; oy += DW_ROWS) {
+    const int64_t n = min64(DW_ROWS, j->OH - oy), off = t * j->OH * OW + oy * OW;
+    if (oy + DW_ROWS < j->OH) {
+      dw_stage(j, ring, in, oy + DW_ROWS);
+    } else if (t + 1 < t_end) {
+      following->next = 0;
+      dw_stage(j, following, in + j->H * j->W, 0);
+    }
+    dw_row_ptrs(j, ring->rows, oy, n, rows, KH);
+    const float *yrow = j->y + off, *res = res_all ? res_all + off : NULL;
+    float *d = j->ep.dst + off;
+#ifdef MLRT_HAVE_AVX2
+    if (vector) {
+      dw_rows_avx2(rows, wv, &e, tail, yrow, res, d, OW, n, oy + n == j->OH ? n - 1 : -1, dw, half, KH, KW, SW);
+      continue;
+    }
+#endif
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t ox = 0; ox < OW; ++ox) {
+        float acc = 0.0f;
+        for (int64_t ky = 0; ky < KH; ++ky)
+          for (int64_t kx = 0; kx < KW; ++kx) {
+            const int64_t col = ox * SW + kx * dw;
+            acc += f[ky * KW + kx] * rows[r * KH + ky][SW == 2 ? (col % 2 ? half : 0) + col / 2 : col];
+          }
+        d[r * OW + ox] = dw_finish(&e, acc, yrow, res, r * OW + ox);
+      }
+  }
+}
+
+static void depthwise_task(void *ctx, int64_t task) {
+  const depthwise_job *j = (const depthwise_job *)ctx;
+  const int64_t total = j->batch * j->C, t0 = mlrt_part(total, j->tasks, task), t1 = mlrt_part(total, j->tasks, task + 1);
+  const int64_t ring_floats = (j->ring_rows + 1) * j->rw;
+  float buf[MLRT_DW_RING_FLOATS];
+  memset(buf, 0, (size_t)(2 * ring_floats) * sizeof(float)); /* padding stays zero: staging skips it */
+  dw_ring rings[2] = {{buf, 0}, {buf + ring_floats, 0}};
+  if (t0 < t1) dw_stage(j, &rings[t0 % 2], j->x + t0 * j->H * j->W, 0);
+  for (int64_t t = t0; t < t1; ++t) {
+    if (j->KH == 3 && j->KW == 3 && j->sw == 1)
+      dw_channel(j, t, t1, rings, 3, 3, 1);
+    else if (j->KH == 3 && j->KW == 3 && j->sw == 2)
+      dw_channel(j, t, t1, rings, 3, 3, 2);
+    else
+      dw_channel(j, t, t1, rings, j->KH, j->KW, j->sw);
+  }
+}
+
 typedef struct {
   const float *x, *w;
   float *y;
   int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl;
   mlrt_epilogue ep;
-} depthwise_job;
+} direct_dw_job;
 
-static void depthwise_channel(void *ctx, int64_t t) {
-  const depthwise_job *j = (const depthwise_job *)ctx;
+static void direct_dw_channel(void *ctx, int64_t t) {
+  const direct_dw_job *j = (const direct_dw_job *)ctx;
   const mlrt_epilogue *ep = &j->ep;
   const int64_t c = t % j->C, plane_out = j->OH * j->OW;
   const float *in = j->x + t * j->H * j->W; /* t = n * C + c */
@@ -160,16 +375,42 @@ static void depthwise_channel(void *ctx, int64_t t) {
   }
 }
 
-void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
-                               int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
-                               int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
-                               int64_t residual, float act_lo, float act_hi, int64_t dst) {
-  depthwise_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, C, H, W, KH, KW,
+/* Rows too wide for the ring: a direct loop per channel, partial sums kept in y (never in place). */
+static void depthwise_direct(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                             int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
+                             int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                             int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  direct_dw_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, C, H, W, KH, KW,
                      OH, OW, sh, sw, dh, dw, pad_top, pad_left,
                      {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual, act_lo,
                       act_hi, (float *)(intptr_t)dst}};
   if (mlrt_threads_for(batch * C * OH * OW * KH * KW) == 1)
-    for (int64_t t = 0; t < batch * C; ++t) depthwise_channel(&j, t);
+    for (int64_t t = 0; t < batch * C; ++t) direct_dw_channel(&j, t);
   else
-    mlrt_parallel_for(batch * C, depthwise_channel, &j);
+    mlrt_parallel_for(batch * C, direct_dw_channel, &j);
+}
+
+void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                               int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
+                               int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                               int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  const int64_t ring_rows = (KH - 1) * dh + 1 + (2 * DW_ROWS - 1) * sh, rw = dw_row_floats(OW, KW, sw, dw);
+  if (batch * C <= 0 || OH <= 0 || OW <= 0) return;
+  if (KH > MLRT_DW_MAX_KH || 2 * (ring_rows + 1) * rw > MLRT_DW_RING_FLOATS) {
+    depthwise_direct(x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, overwrite, bias,
+                     residual, act_lo, act_hi, dst);
+    return;
+  }
+  depthwise_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, batch, C, H, W,
+                     KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 1, ring_rows, rw,
+                     {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual, act_lo,
+                      act_hi, (float *)(intptr_t)dst}};
+  /* Channels cost the same: a few even runs per thread balance them with little dispatch. A tap
+   * costs several times a GEMM multiply-add (a load per FMA, short rows), hence the weight 8. */
+  const int64_t threads = mlrt_threads_for(8 * batch * C * OH * OW * KH * KW);
+  j.tasks = threads == 1 ? 1 : min64(batch * C, 4 * threads);
+  if (j.tasks == 1)
+    depthwise_task(&j, 0);
+  else
+    mlrt_parallel_for(j.tasks, depthwise_task, &j);
 }
