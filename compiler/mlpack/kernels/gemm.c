@@ -342,8 +342,9 @@ void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t b
       mlrt_gemm_packed(M, N, K, Ab, K, B, Cb, N, &ep);
       continue;
     }
-    const int64_t threads = mlrt_threads_for(M * N * K);
     if (!Bp) {
+      /* B streams from memory (or L2) once: a multiply-add costs several of a packed GEMM's */
+      const int64_t threads = mlrt_threads_for(8 * M * N * K);
       int64_t chunk = (N + threads - 1) / threads;
       chunk = (chunk + 15) / 16 * 16;
       direct_job d = {Ab, Bb, Cb, M, N, K, chunk, &ep};
@@ -353,6 +354,7 @@ void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t b
         mlrt_parallel_for((N + chunk - 1) / chunk, direct_task, &d);
       continue;
     }
+    const int64_t threads = mlrt_threads_for(M * N * K);
     pack_job p = {Bb, Bp, K, N, N};
     if (threads == 1)
       for (int64_t i = 0; i < (N + NR - 1) / NR; ++i) pack_panel(&p, i);
