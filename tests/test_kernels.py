@@ -131,6 +131,7 @@ def test_depthwise_runs_in_place_the_same_on_any_thread_count(shape, tmp_path):
     mlpack.build(model, (x,), tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
     kernels_ir = next((tmp_path / "ir").glob("*-kernels.mlir")).read_text()
     assert "memref.copy" not in kernels_ir and "mlrt_depthwise_conv2d_f32" in kernels_ir
+    assert "linalg.generic" not in kernels_ir  # BN, ReLU6 and the residual all fused into the kernels
     outs = [mlrt.load(tmp_path / "m.bundle", num_threads=t).run_flat(x.numpy()) for t in (1, 2, 3, 5)]
     for out in outs:
         assert_matches_eager(out, ref)
@@ -154,6 +155,19 @@ def test_depthwise_kernel_under_sanitizers(march, tmp_path):
                     *map(str, sources), "-o", str(exe), "-lm"], check=True)
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.startswith("ok"), run.stdout + run.stderr
+
+
+def _stage(tmp_path, name) -> str:
+    return next((tmp_path / "ir").glob(f"*-{name}.mlir")).read_text()
+
+
+def test_linear_bias_and_clamp_fuse_into_the_matmul(tmp_path):
+    model, x = LinearChain(40).eval(), torch.randn(40, 300)
+    with torch.no_grad():
+        ref = flat_outputs(model(x))
+    mlpack.build(model, (x,), tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
+    assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(x.numpy()), ref)
+    assert "linalg.generic" not in _stage(tmp_path, "kernels")
 
 
 def test_relu_keeps_nan(tmp_path):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError
-from .kernel_calls import defining_op, replace_with_kernel_calls
-from .memory_plan import MemoryPlan, assign_arena
+from .kernel_calls import replace_with_kernel_calls
+from .memory_plan import MemoryPlan, assign_arena, defining_op
 
 # Named x86-64 micro-architecture levels -> the CPU features the runtime must find (cpuid names).
 CPU_LEVELS = {

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError
-from .kernel_calls import defining_op, replace_with_kernel_calls
-from .memory_plan import MemoryPlan, assign_arena
+from .kernel_calls import replace_with_kernel_calls
+from .memory_plan import MemoryPlan, assign_arena, defining_op
 
 KERNELS_DIR = Path(__file__).parent / "kernels_cuda"
 PRECISIONS = {"fp32": 0, "tf32": 1, "fp16": 2, "bf16": 3}

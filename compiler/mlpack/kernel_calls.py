@@ -20,7 +20,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .memory_plan import collect_users
+from .memory_plan import collect_users, defining_op, overwrites, root_buffer
 
 # Matmuls with fewer rows than this read B in place instead of packing it (GEMV-like shapes).
 PACK_MIN_ROWS = 8
@@ -28,6 +28,7 @@ PACK_MIN_ROWS = 8
 # domain would be too thin to pay for its input and output transforms.
 WINOGRAD_MIN_CHANNELS = 16
 NR = 16  # packed panel width, kernels/mlrt_kernels.h MLRT_NR
+GEMM_KC = 256  # the GEMM's K block (kernels/gemm.c KC): deeper products keep partial sums in C
 DW_RING_FLOATS, DW_MAX_KH, DW_ROWS = 16384, 16, 4  # the depthwise kernel's row ring, kernels/mlrt_kernels.h
 
 # The indexing maps of plain (non-transposed, non-broadcast) matmuls; other variants keep loops.
@@ -79,16 +80,6 @@ def _plain_matmul(op, name: str) -> bool:
 
 def _packed_floats(k: int, n: int) -> int:
     return (n + NR - 1) // NR * k * NR
-
-
-def defining_op(value):
-    """The operation producing `value`, or None for a block argument."""
-    from torch_mlir import ir
-
-    owner = value.owner
-    if isinstance(owner, ir.Block):
-        return None
-    return owner.operation if hasattr(owner, "operation") else owner
 
 
 def _float_constant(value):
@@ -232,6 +223,11 @@ class _Rewriter:
             j += step
         return self.ops[j] if 0 <= j < len(self.ops) else None
 
+    def dead_after(self, value, i: int) -> bool:
+        """Whether the contents of `value` are never read after top-level op i."""
+        later = sorted(p for p in self.user_positions(root_buffer(value)) if p > i)
+        return not later or overwrites(self.ops[later[0]], value)
+
     def user_positions(self, value) -> list[int]:
         users: list = []
         collect_users(value, users)
@@ -293,6 +289,8 @@ class _Rewriter:
                 and self.last_writer_is_zero_fill(p.operands[0], self.index[p]):
             fusion.overwrite = True
             fusion.erase.append(p)
+        elif self.last_writer_is_zero_fill(out, i):  # zeroed earlier, read by others since: keep the fill
+            fusion.overwrite = True
 
     def unpadded_input(self, x, kernel_op, out, in_place_ok=False, fused=()):
         """If `x` is a zero-filled buffer holding a copy of another tensor in its middle, return
@@ -360,11 +358,15 @@ class _Rewriter:
             if len(cur_slots) != 1 or str(maps[cur_slots[0]]) != str(maps[-1]):
                 return
             slot = cur_slots[0]
-            # The value in `cur` must not be needed after this op (unless the op overwrites it).
-            if target != cur and any(p > self.index[e] for p in self.user_positions(cur)):
+            # The value in `cur` must not be needed after this op (unless the op overwrites it):
+            # its buffer's next use, if any, overwrites it (bufferization reuses buffers).
+            if target != cur and not self.dead_after(cur, self.index[e]):
                 return
             if target in inputs:
                 return
+            alloc = defining_op(target)
+            if alloc is not None and self.top(alloc) > self.index[kernel_op]:
+                return  # allocated after the kernel: moving it up would lengthen its life in the plan
             others = [k for k in range(len(ins)) if k != slot]
             try:
                 if not others:
@@ -427,6 +429,10 @@ class _Rewriter:
 
         ir = self.ir
         i64, f32 = ir.IntegerType.get_signless(64), ir.F32Type.get()
+        # The GEMM kernels keep partial sums in C between K blocks; the others never write C.
+        out_alloc = self.spare_output(kernel_op, leading, fusion, out, gemm_shape is not None and gemm_shape[3] > GEMM_KC)
+        if out_alloc is not None:  # the CPU kernels keep partial sums in dst: no buffer for `out`
+            leading = [*leading[:2], fusion.dst]
         with ir.InsertionPoint(kernel_op), kernel_op.location:
             def ptr(v):
                 if v is None:
@@ -453,7 +459,30 @@ class _Rewriter:
             func.CallOp([], name, args)
         for op in [kernel_op, *fusion.erase]:
             op.erase()
+        if out_alloc is not None and not list(out_alloc.results[0].uses):
+            out_alloc.erase()
         return [a.type for a in args]
+
+    def spare_output(self, kernel_op, leading: list, fusion: _Fusion, out, writes_c: bool):
+        """The alloc of the kernel's output C if the call can take the fused epilogue's dst as C,
+        leaving C's buffer unused: on the CPU, with C overwritten (no prior contents to read), C
+        used by nothing but this kernel and the ops fused into it, C not also an input (in-place
+        depthwise), and, if the kernel writes partial sums to C (`writes_c`), no residual in dst
+        (they would overwrite it before the last K block reads it)."""
+        if self.scratch is not None or not fusion.overwrite or fusion.dst is None or fusion.dst == out:
+            return None
+        if out in leading[:2] or (writes_c and fusion.residual is not None
+                                  and root_buffer(fusion.residual) == root_buffer(fusion.dst)):
+            return None
+        alloc = defining_op(out)
+        if alloc is None or alloc.name != "memref.alloc":
+            return None
+        users: list = []
+        collect_users(out, users)
+        absorbed = {kernel_op, *fusion.erase}
+        if any((u.operation if hasattr(u, "operation") else u) not in absorbed for u in users):
+            return None
+        return alloc
 
     def packable_weight(self, value, kernel_op) -> int | None:
         """Argument index of `value` if it is a function argument used by `kernel_op` alone: its
@@ -498,7 +527,7 @@ class _Rewriter:
                     x, pt, pl, absorbed = unpadded
                     fusion.erase += absorbed
                 n, c, h, wd = x.type.shape
-                self.epilogue(kernel_op, y, None, fusion, {x, w})
+                self.epilogue(kernel_op, y, None, fusion, {w} if x == y else {x, w})  # x == y: in place
                 dims = [n, c, h, wd] + ([] if depthwise else [co]) + [kh, kw, oh, ow, sh, sw, dh, dw, pt, pl]
                 winograd_arg = None
                 if self.winograd and not depthwise and (kh, kw, sh, sw, dh, dw) == (3, 3, 1, 1, 1, 1) \
@@ -528,7 +557,7 @@ class _Rewriter:
                 bias_dims = ([0], True) if rank == 2 else ([0, 1], True)
                 col_map = "(d0, d1) -> (d1)" if rank == 2 else "(d0, d1, d2) -> (d2)"
                 self.prologue(kernel_op, c_out, bias_dims, fusion)
-                self.epilogue(kernel_op, c_out, f"affine_map<{col_map}>", fusion, {a, b})
+                self.epilogue(kernel_op, c_out, col_map, fusion, {a, b})
                 packed_arg = self.packable_weight(b, kernel_op) if rank == 2 and m >= PACK_MIN_ROWS and self.prepack_weights else None
                 if packed_arg is not None:  # B is a weight: the bundle stores it packed, no scratch
                     self.prepack[packed_arg] = ("panels", k, n)

@@ -131,6 +131,49 @@ def collect_users(value, out: list) -> None:
                 collect_users(r, out)
 
 
+def defining_op(value):
+    """The operation producing `value`, or None for a block argument."""
+    from torch_mlir import ir
+
+    owner = value.owner
+    if isinstance(owner, ir.Block):
+        return None
+    return owner.operation if hasattr(owner, "operation") else owner
+
+
+def root_buffer(value):
+    """The allocation or function argument a memref value is a view of (through _VIEW_OPS)."""
+    op = defining_op(value)
+    while op is not None and op.name in _VIEW_OPS:
+        value = op.operands[0]
+        op = defining_op(value)
+    return value
+
+
+def overwrites(op, buf) -> bool:
+    """Whether `op` writes all of `buf` (the memref itself, not a view) without reading any of it:
+    what `buf` held before is dead when this is its next use."""
+    from torch_mlir import ir
+
+    name = op.name
+    if name == "memref.copy":
+        return op.operands[1] == buf and root_buffer(op.operands[0]) != root_buffer(buf)
+    if name in ("linalg.fill", "linalg.broadcast", "linalg.transpose"):
+        return op.operands[-1] == buf and all(root_buffer(v) != root_buffer(buf) for v in list(op.operands)[:-1])
+    if name == "linalg.generic":
+        segments = ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"])
+        operands = list(op.operands)
+        ins, outs = operands[:segments[0]], operands[segments[0]:]
+        maps = [ir.AffineMapAttr(m).value for m in ir.ArrayAttr(op.attributes["indexing_maps"])]
+        iters = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+        if outs != [buf] or any(root_buffer(v) == root_buffer(buf) for v in ins):
+            return False
+        if any("parallel" not in it for it in iters) or list(op.regions[0].blocks[0].arguments[-1].uses):
+            return False
+        return str(maps[-1]) == str(ir.AffineMap.get_identity(len(iters)))
+    return False
+
+
 def assign_arena(func_op) -> MemoryPlan:
     """Plan `func_op`'s allocs and rewrite them into views of a new trailing `memref<Nxi8>` argument."""
     from torch_mlir import ir
