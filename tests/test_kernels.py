@@ -157,6 +157,16 @@ def test_depthwise_kernel_under_sanitizers(march, tmp_path):
     assert run.returncode == 0 and run.stdout.startswith("ok"), run.stdout + run.stderr
 
 
+class NormGelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln = nn.LayerNorm(64)
+        self.fc = nn.Linear(64, 48)
+
+    def forward(self, x):
+        return nn.functional.gelu(self.fc(self.ln(x))) * 0.5 + 1.0
+
+
 def _stage(tmp_path, name) -> str:
     return next((tmp_path / "ir").glob(f"*-{name}.mlir")).read_text()
 
@@ -168,6 +178,19 @@ def test_linear_bias_and_clamp_fuse_into_the_matmul(tmp_path):
     mlpack.build(model, (x,), tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
     assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(x.numpy()), ref)
     assert "linalg.generic" not in _stage(tmp_path, "kernels")
+
+
+def test_elementwise_chains_fuse(tmp_path):
+    """LayerNorm's steps, the GELU and the trailing scale/shift leave fewer, fused loops
+    (elementwise_fusion.py), and the result still matches eager."""
+    torch.manual_seed(4)
+    model, x = NormGelu().eval(), torch.randn(1, 20, 64)
+    with torch.no_grad():
+        ref = flat_outputs(model(x))
+    mlpack.build(model, (x,), tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
+    assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(x.numpy()), ref)
+    before, after = _stage(tmp_path, "bufferized").count("linalg.generic"), _stage(tmp_path, "kernels").count("linalg.generic")
+    assert after <= before // 2, (before, after)
 
 
 def test_relu_keeps_nan(tmp_path):

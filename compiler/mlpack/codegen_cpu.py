@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .elementwise_fusion import fuse_elementwise_chains
 from .errors import BuildError
 from .kernel_calls import replace_with_kernel_calls
 from .memory_plan import MemoryPlan, assign_arena, defining_op
@@ -443,6 +444,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
         dump("bufferized", str(module))
         with module.context, ir.Location.unknown():
             kernels, prepack = replace_with_kernel_calls(module, func_op, winograd=winograd)
+            fuse_elementwise_chains(func_op)
         dump("kernels", str(module))
     with stage("plan"):
         with module.context, ir.Location.unknown():

@@ -1,0 +1,180 @@
+"""Fuse chains of elementwise linalg.generic ops on bufferized IR, so a chain (LayerNorm's scale,
+shift and affine steps, a squared deviation feeding its sum) reads and writes memory once
+instead of once per op, runs as one parallel region instead of several, and its intermediate
+buffers drop out of the memory plan.
+
+A producer P is folded into its consumer Q when:
+- P is all-parallel and writes one buffer T through the identity map, without reading its
+  output (it may read T as an input, elementwise: an in-place update);
+- Q is the next op to touch T and reads it through the identity map of Q's iteration space (so
+  both loops run over the same space; Q may reduce over it);
+- either Q writes T back elementwise (an in-place chain: T ends up as before), or what P left in
+  T is dead after Q: T is an arena buffer whose next use overwrites all of it without reading it,
+  or has none (bufferization reuses one buffer for many short-lived values);
+- nothing between P and Q touches (a view of) P's inputs, so reading them at Q's place sees the
+  same values;
+- Q does not write a buffer P reads, unless it is the very same memref read and written at the
+  same element (identity maps, Q all-parallel).
+The fused op reads P's inputs and Q's other inputs and computes P's body in front of Q's.
+
+MLIR's linalg-fuse-elementwise-ops does this on tensors but also folds producers into named
+matmuls and propagates reshapes through them, turning them into generics the microkernels cannot
+take (codegen_cpu.py); this runs after the kernel calls are in place, on what is left.
+"""
+
+from __future__ import annotations
+
+from .memory_plan import collect_users, defining_op, overwrites
+from .memory_plan import root_buffer as _root
+
+
+def _is_identity(map_attr, rank: int) -> bool:
+    from torch_mlir import ir
+
+    m = ir.AffineMapAttr(map_attr).value
+    return m.n_dims == rank and str(m) == str(ir.AffineMap.get_identity(rank))
+
+
+def _parts(op):
+    """(inputs, outputs, indexing maps, iterator types as strings) of a linalg.generic."""
+    from torch_mlir import ir
+
+    operands = list(op.operands)
+    segments = ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"])
+    n_in = segments[0]
+    n_out = segments[1]
+    maps = list(ir.ArrayAttr(op.attributes["indexing_maps"]))
+    iters = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+    return operands[:n_in], operands[n_in:n_in + n_out], maps, iters
+
+
+class _Fuser:
+    def __init__(self, func_op):
+        self.block = func_op.regions[0].blocks[0]
+        self.reindex()
+
+    def reindex(self) -> None:
+        self.ops = [op.operation for op in self.block.operations]
+        self.index = {op: i for i, op in enumerate(self.ops)}
+
+    def top(self, op) -> int:
+        while op not in self.index:
+            op = op.parent
+        return self.index[op]
+
+    def positions(self, value) -> set[int]:
+        users: list = []
+        collect_users(_root(value), users)
+        return {self.top(u.operation if hasattr(u, "operation") else u) for u in users}
+
+    def consumer(self, p):
+        """P's consumer Q if the pair can be fused (see the module docstring), else None."""
+        if p.name != "linalg.generic" or p.results:
+            return None
+        p_ins, p_outs, p_maps, p_iters = _parts(p)
+        if len(p_outs) != 1 or any("parallel" not in it for it in p_iters):
+            return None
+        t, rank, i = p_outs[0], len(p_iters), self.index[p]
+        if not _is_identity(p_maps[-1], rank) or list(p.regions[0].blocks[0].arguments[-1].uses):
+            return None
+        if not _elementwise_uses(t, p_ins, p_maps, rank):
+            return None
+        later = sorted(pos for pos in self.positions(t) if pos > i)
+        if not later or self.ops[later[0]].name != "linalg.generic" or self.ops[later[0]].results:
+            return None
+        q, j = self.ops[later[0]], later[0]
+        q_ins, q_outs, q_maps, q_iters = _parts(q)
+        q_all_parallel = all("parallel" in it for it in q_iters)
+        if len(q_iters) != rank or t not in q_ins or not _elementwise_uses(t, q_ins, q_maps, rank):
+            return None
+        if any(_root(v) == _root(t) for v in q_outs):  # an in-place chain: Q writes T back
+            if not (q_all_parallel and _elementwise_uses(t, q_outs, q_maps[len(q_ins):], rank)):
+                return None
+        else:  # T's value from P must be dead after Q
+            alloc = defining_op(t)
+            if alloc is None or alloc.name != "memref.alloc":
+                return None
+            if len(later) > 1 and not overwrites(self.ops[later[1]], t):
+                return None
+        if any(i < pos < j for v in p_ins for pos in self.positions(v)):
+            return None
+        for k, v in enumerate(p_ins):
+            for out_k, out in enumerate(q_outs):
+                if _root(v) == _root(out) and not (
+                        v == out and _is_identity(p_maps[k], rank) and
+                        _is_identity(q_maps[len(q_ins) + out_k], rank) and q_all_parallel):
+                    return None
+        return q
+
+    def fuse(self, p, q) -> None:
+        from torch_mlir import ir
+        from torch_mlir.dialects import linalg
+
+        p_ins, p_outs, p_maps, _ = _parts(p)
+        q_ins, q_outs, q_maps, _ = _parts(q)
+        t = p_outs[0]
+        kept = [k for k, v in enumerate(q_ins) if v != t]
+        inputs = [*p_ins, *(q_ins[k] for k in kept)]
+        maps = [*p_maps[:len(p_ins)], *(q_maps[k] for k in kept), *q_maps[len(q_ins):]]
+        with ir.InsertionPoint(q), q.location:
+            fused = linalg.GenericOp([], inputs, list(q_outs), ir.ArrayAttr.get(maps),
+                                     q.attributes["iterator_types"])
+            p_block, q_block = p.regions[0].blocks[0], q.regions[0].blocks[0]
+            arg_types = [a.type for a in p_block.arguments[:len(p_ins)]] + \
+                        [q_block.arguments[k].type for k in kept] + \
+                        [a.type for a in q_block.arguments[len(q_ins):]]
+            block = fused.regions[0].blocks.append(*arg_types)
+            args = list(block.arguments)
+            mapping = dict(zip(p_block.arguments[:len(p_ins)], args[:len(p_ins)]))
+            with ir.InsertionPoint(block):
+                produced = _clone_body(p_block, mapping)
+                mapping = {q_block.arguments[k]: args[len(p_ins) + n] for n, k in enumerate(kept)}
+                mapping.update({q_block.arguments[k]: produced for k, v in enumerate(q_ins) if v == t})
+                mapping.update(zip(q_block.arguments[len(q_ins):], args[len(p_ins) + len(kept):]))
+                _clone_body(q_block, mapping, keep_yield=True)
+        alloc = defining_op(t)
+        p.erase()
+        q.erase()
+        if alloc is not None and alloc.name == "memref.alloc" and not list(alloc.results[0].uses):
+            alloc.erase()
+
+    def run(self) -> int:
+        fused, i = 0, 0
+        while i < len(self.ops):
+            p = self.ops[i]
+            q = self.consumer(p)
+            if q is None:
+                i += 1
+                continue
+            self.fuse(p, q)
+            self.reindex()
+            fused += 1
+            i = max(0, i - 1)  # the fused op may now feed its own consumer, or take a producer
+        return fused
+
+
+def _elementwise_uses(t, operands, maps, rank: int) -> bool:
+    """Whether every operand aliasing buffer `t` is `t` itself, accessed through the identity map."""
+    return all(v == t and _is_identity(m, rank) for v, m in zip(operands, maps) if _root(v) == _root(t))
+
+
+def _clone_body(block, mapping: dict, keep_yield: bool = False):
+    """Clones the ops of a linalg.generic body at the insertion point, operands remapped through
+    `mapping`. Returns the (remapped) value the body yields, or clones the yield too."""
+    result = None
+    for op in block.operations:
+        op = op.operation
+        if op.name == "linalg.yield" and not keep_yield:
+            result = mapping.get(op.operands[0], op.operands[0])
+            continue
+        clone = op.clone()
+        for k, v in enumerate(clone.operands):
+            if v in mapping:
+                clone.operands[k] = mapping[v]
+        mapping.update(zip(op.results, clone.results))
+    return result
+
+
+def fuse_elementwise_chains(func_op) -> int:
+    """Fuses elementwise producer / consumer pairs in `func_op` (bufferized); returns how many."""
+    return _Fuser(func_op).run()
