@@ -39,6 +39,14 @@ def test_cpp_threads_share_a_model_tsan(build_zoo, sanitizer_build):
     assert "0 mismatches, 0 errors" in out
 
 
+@pytest.mark.parametrize("kind", ["thread", "address"])
+def test_thread_pool_runs_each_task_once(kind, sanitizer_build):
+    """Thousands of short loops, workers often waking late: each task runs once, never after its
+    loop returned, without a sanitizer report."""
+    out = _stress(sanitizer_build(kind), "pool", 3, 20000, env={"TSAN_OPTIONS": "halt_on_error=1"})
+    assert "3 threads x 20000 loops, 0 errors" in out
+
+
 def test_load_run_unload_loop_has_no_leaks(build_zoo, sanitizer_build):
     out = _stress(sanitizer_build("address"), "leak", build_zoo("small_cnn").bundle, 300,
                   env={"ASAN_OPTIONS": "detect_leaks=1"})

@@ -49,38 +49,47 @@ ThreadPool::~ThreadPool() {
   for (auto& w : workers_) w.join();
 }
 
-void ThreadPool::RunTasks() {
-  for (int64_t i = next_.fetch_add(1, std::memory_order_relaxed); i < n_; i = next_.fetch_add(1, std::memory_order_relaxed)) {
-    task_(ctx_, i);
+void ThreadPool::RunTasks(const Loop& loop) {
+  const uint64_t tag = static_cast<uint64_t>(loop.generation) << 32;
+  uint64_t c = claim_.load(std::memory_order_relaxed);
+  while ((c & ~0xffffffffULL) == tag && static_cast<int64_t>(c & 0xffffffffULL) < loop.n) {
+    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_relaxed)) continue;
+    loop.task(loop.ctx, static_cast<int64_t>(c & 0xffffffffULL));
+    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == loop.n) {
+      std::lock_guard<std::mutex> lock(mutex_);  // the caller may be asleep on done_cv_
+      done_cv_.notify_all();
+    }
+    c = claim_.load(std::memory_order_relaxed);
   }
 }
 
 void ThreadPool::ParallelFor(int64_t n, TaskFn task, void* ctx) {
-  if (n <= 1 || workers_.empty() || t_inside_task) return RunSerial(n, task, ctx);
+  if (n <= 1 || workers_.empty() || t_inside_task || n > 0xffffffffLL) return RunSerial(n, task, ctx);
   std::unique_lock<std::mutex> owner(dispatch_mutex_, std::try_to_lock);
   if (!owner.owns_lock()) return RunSerial(n, task, ctx);  // another Run holds the workers
 
+  Loop loop;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    task_ = task;
-    ctx_ = ctx;
-    n_ = n;
-    next_.store(0, std::memory_order_relaxed);
-    busy_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+    const uint64_t generation = generation_.load(std::memory_order_relaxed) + 1;
+    loop = {task, ctx, n, static_cast<uint32_t>(generation)};
+    loop_ = loop;
+    done_.store(0, std::memory_order_relaxed);
+    claim_.store(static_cast<uint64_t>(loop.generation) << 32, std::memory_order_relaxed);
+    generation_.store(generation, std::memory_order_release);
   }
   work_cv_.notify_all();
 
   t_inside_task = true;
-  RunTasks();
+  RunTasks(loop);
   t_inside_task = false;
 
   auto deadline = std::chrono::steady_clock::now() + kSpin;
   int spins = 0;
-  while (busy_.load(std::memory_order_acquire) != 0) {
+  while (done_.load(std::memory_order_acquire) != n) {
     if ((spins & 63) == 0 && std::chrono::steady_clock::now() > deadline) {
       std::unique_lock<std::mutex> lock(mutex_);
-      done_cv_.wait(lock, [this] { return busy_.load(std::memory_order_acquire) == 0; });
+      done_cv_.wait(lock, [&] { return done_.load(std::memory_order_acquire) == n; });
       break;
     }
     SpinStep(spins);
@@ -104,18 +113,16 @@ void ThreadPool::WorkerLoop() {
       }
       SpinStep(spins);
     }
+    Loop loop;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (stop_) return;
       seen = generation_.load(std::memory_order_acquire);
+      loop = loop_;  // the loop current now: maybe newer than the one that woke us
     }
     t_inside_task = true;
-    RunTasks();
+    RunTasks(loop);
     t_inside_task = false;
-    if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      done_cv_.notify_all();
-    }
   }
 }
 

@@ -32,8 +32,15 @@ class ThreadPool final {
   static void ParallelForThunk(void* pool, int64_t n, TaskFn task, void* ctx);
 
  private:
+  struct Loop {
+    TaskFn task;
+    void* ctx;
+    int64_t n;
+    uint32_t generation;
+  };
   void WorkerLoop();
-  void RunTasks();
+  // Claims and runs tasks of `loop` until none is left or the loop is no longer current.
+  void RunTasks(const Loop& loop);
 
   std::mutex dispatch_mutex_;  // held by the caller owning the workers for one loop
 
@@ -42,13 +49,15 @@ class ThreadPool final {
   std::condition_variable done_cv_;
   bool stop_ = false;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> busy_{0};
 
-  // The current loop; written before generation_ is bumped, read after it is observed.
-  TaskFn task_ = nullptr;
-  void* ctx_ = nullptr;
-  int64_t n_ = 0;
-  std::atomic<int64_t> next_{0};
+  // The current loop, written under mutex_ before generation_ is bumped and read under mutex_.
+  Loop loop_{nullptr, nullptr, 0, 0};
+  // The loop's generation (high 32 bits) and next task index (low 32 bits): a task is claimed only
+  // while its loop is current, so a worker that wakes late never runs a finished loop's task.
+  std::atomic<uint64_t> claim_{0};
+  // Tasks of the current loop finished. The caller returns when all are: it never waits for a
+  // worker that has not woken up (on a busy machine that can take a scheduler time slice).
+  std::atomic<int64_t> done_{0};
 
   std::vector<std::thread> workers_;
 };

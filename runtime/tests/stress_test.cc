@@ -3,8 +3,11 @@
 //                                                 bit-identical to a single-threaded run
 //   stress_test leak BUNDLE ITERATIONS            load / run / unload in a loop (LeakSanitizer and
 //                                                 RSS growth catch leaks)
+//   stress_test pool THREADS LOOPS                the thread pool alone: every task of every loop
+//                                                 runs once, and never after its loop returned
 // Inputs are deterministic per (thread, run); exit 0 on success, 1 with a message otherwise.
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -13,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "../src/thread_pool.h"
 #include "mlrt/mlrt.h"
 
 namespace {
@@ -101,11 +105,43 @@ int Leak(const char* path, int iterations) {
   return 0;
 }
 
+struct PoolLoop {
+  std::vector<std::atomic<int>>* hits;
+  std::atomic<bool>* returned;
+  std::atomic<int>* errors;
+};
+
+// Loops of 1-7 tasks back to back, with pauses now and then so that workers fall asleep and wake
+// late: a task must run exactly once, and never once its loop has returned (its context, on the
+// caller's stack, is gone by then: ASan and TSan see that too).
+int Pool(int threads, int loops) {
+  mlrt::ThreadPool pool(threads);
+  std::atomic<int> errors{0};
+  for (int l = 0; l < loops; ++l) {
+    const int64_t n = 1 + l % 7;
+    std::vector<std::atomic<int>> hits(n);
+    std::atomic<bool> returned{false};
+    PoolLoop loop{&hits, &returned, &errors};
+    pool.ParallelFor(n, [](void* ctx, int64_t i) {
+      auto* job = static_cast<PoolLoop*>(ctx);
+      if (job->returned->load()) job->errors->fetch_add(1);
+      if (i % 3 == 1) std::this_thread::yield();
+      (*job->hits)[i].fetch_add(1);
+    }, &loop);
+    returned.store(true);
+    for (const auto& h : hits) errors += h.load() != 1;
+    if (l % 97 == 0) std::this_thread::sleep_for(std::chrono::microseconds(300));
+  }
+  std::printf("pool: %d threads x %d loops, %d errors\n", threads, loops, errors.load());
+  return errors.load() == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc == 5 && std::strcmp(argv[1], "concurrency") == 0) return Concurrency(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
   if (argc == 4 && std::strcmp(argv[1], "leak") == 0) return Leak(argv[2], std::atoi(argv[3]));
-  std::fprintf(stderr, "usage: stress_test concurrency BUNDLE THREADS RUNS | leak BUNDLE ITERATIONS\n");
+  if (argc == 4 && std::strcmp(argv[1], "pool") == 0) return Pool(std::atoi(argv[2]), std::atoi(argv[3]));
+  std::fprintf(stderr, "usage: stress_test concurrency BUNDLE THREADS RUNS | leak BUNDLE ITERATIONS | pool THREADS LOOPS\n");
   return 2;
 }
