@@ -193,6 +193,18 @@ def test_elementwise_chains_fuse(tmp_path):
     assert after <= before // 2, (before, after)
 
 
+def test_softmax_max_drops_the_unused_argmax(tmp_path):
+    """torch-mlir lowers softmax's max as aten.max.dim, values and indices: nothing reads the
+    indices, so the loop computing them (and their buffers) must go."""
+    torch.manual_seed(5)
+    model, inputs = Attention().eval(), (torch.randn(3, 20, 16), torch.randn(3, 24, 16))
+    with torch.no_grad():
+        ref = flat_outputs(model(*inputs))
+    mlpack.build(model, inputs, tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
+    assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs]), ref)
+    assert "xi64>" in _stage(tmp_path, "bufferized") and "xi64>" not in _stage(tmp_path, "kernels")
+
+
 def test_relu_keeps_nan(tmp_path):
     model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.ReLU()).eval()
     x = torch.randn(1, 2, 4, 4)

@@ -90,12 +90,8 @@ class _Fuser:
         if any(_root(v) == _root(t) for v in q_outs):  # an in-place chain: Q writes T back
             if not (q_all_parallel and _elementwise_uses(t, q_outs, q_maps[len(q_ins):], rank)):
                 return None
-        else:  # T's value from P must be dead after Q
-            alloc = defining_op(t)
-            if alloc is None or alloc.name != "memref.alloc":
-                return None
-            if len(later) > 1 and not overwrites(self.ops[later[1]], t):
-                return None
+        elif not self.dead(t, j):  # T's value from P must be dead after Q
+            return None
         if any(i < pos < j for v in p_ins for pos in self.positions(v)):
             return None
         for k, v in enumerate(p_ins):
@@ -138,7 +134,73 @@ class _Fuser:
         if alloc is not None and alloc.name == "memref.alloc" and not list(alloc.results[0].uses):
             alloc.erase()
 
+    def dead(self, buf, i: int) -> bool:
+        """Whether what `buf` holds after top-level op i is never read: its next use overwrites
+        it, or (an arena buffer, not a function argument such as an output) there is none."""
+        if _root(buf) != buf:
+            return False
+        later = sorted(pos for pos in self.positions(buf) if pos > i)
+        if later:
+            return overwrites(self.ops[later[0]], buf)
+        alloc = defining_op(buf)
+        return alloc is not None and alloc.name == "memref.alloc"
+
+    def drop_dead_outputs(self) -> None:
+        """Drops outputs nobody reads from multi-output loops, with the computation only they
+        need: softmax's max comes as aten.max.dim, whose argmax (an index compare and select per
+        element) keeps the reduction scalar. Then erases fills and copies into buffers that are
+        dead."""
+        from torch_mlir import ir
+        from torch_mlir.dialects import linalg
+
+        for op in list(self.ops):
+            if op.name != "linalg.generic" or op.results:
+                continue
+            ins, outs, maps, _ = _parts(op)
+            i = self.index[op]
+            keep = [k for k, out in enumerate(outs) if not self.dead(out, i)]
+            if len(outs) < 2 or not keep or len(keep) == len(outs):
+                continue
+            block = op.regions[0].blocks[0]
+            body = [o.operation for o in block.operations]
+            needed, work = set(), [body[-1].operands[k] for k in keep]
+            while work:
+                v = work.pop()
+                d = defining_op(v)
+                if d is not None and d.parent == op and d not in needed:  # d is in the body
+                    needed.add(d)
+                    work.extend(d.operands)
+            out_args = block.arguments[len(ins):]
+            if any(a in o.operands for o in needed for k, a in enumerate(out_args) if k not in keep):
+                continue
+            with ir.InsertionPoint(op), op.location:
+                new = linalg.GenericOp([], ins, [outs[k] for k in keep],
+                                       ir.ArrayAttr.get([*maps[:len(ins)], *(maps[len(ins) + k] for k in keep)]),
+                                       op.attributes["iterator_types"])
+                args = [a.type for a in block.arguments[:len(ins)]] + [out_args[k].type for k in keep]
+                new_block = new.regions[0].blocks.append(*args)
+                mapping = dict(zip([*block.arguments[:len(ins)], *(out_args[k] for k in keep)], new_block.arguments))
+                with ir.InsertionPoint(new_block):
+                    for o in body[:-1]:
+                        if o in needed:
+                            clone = o.clone()
+                            for n, v in enumerate(clone.operands):
+                                if v in mapping:
+                                    clone.operands[n] = mapping[v]
+                            mapping.update(zip(o.results, clone.results))
+                    linalg.YieldOp([mapping.get(body[-1].operands[k], body[-1].operands[k]) for k in keep])
+            op.erase()
+            self.reindex()
+        for op in list(self.ops):  # fills and copies into buffers nobody reads
+            if op.name in ("linalg.fill", "memref.copy") and self.dead(op.operands[-1], self.index[op]):
+                alloc = defining_op(op.operands[-1])
+                op.erase()
+                if alloc is not None and not list(alloc.results[0].uses):
+                    alloc.erase()
+                self.reindex()
+
     def run(self) -> int:
+        self.drop_dead_outputs()
         fused, i = 0, 0
         while i < len(self.ops):
             p = self.ops[i]
