@@ -189,10 +189,13 @@ static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, in
       const int64_t mc_end = min64(m1, ic + MC);
       for (int64_t p = p0; p < p1; ++p) {
         const float *bp = g->Bp + p * g->K * NR + pc * NR;
-        for (int64_t i = ic; i < mc_end; i += MR) {
+        for (int64_t i = ic, rows; i < mc_end; i += rows) {
+          /* 7 or 8 rows left: 4 + 3 or 4 + 4, not 6 + 1 or 6 + 2. A 1- or 2-row tile has too few
+           * accumulators to hide the FMA latency and runs at a quarter to half speed. */
+          rows = mc_end - i == 7 || mc_end - i == 8 ? 4 : min64(MR, mc_end - i);
           tile t = {g->ep, g->C + i * g->ldc + p * NR, g->ldc, i, p * NR, min64(NR, g->N - p * NR),
                     pc == 0, pc + kc >= g->K};
-          ukernel_rows(min64(MR, mc_end - i), kc, g->A + i * g->lda + pc, g->lda, bp, &t);
+          ukernel_rows(rows, kc, g->A + i * g->lda + pc, g->lda, bp, &t);
         }
       }
     }
