@@ -205,6 +205,29 @@ def test_softmax_max_drops_the_unused_argmax(tmp_path):
     assert "xi64>" in _stage(tmp_path, "bufferized") and "xi64>" not in _stage(tmp_path, "kernels")
 
 
+class OutputsAlsoFused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x, v):
+        y, h = self.conv(x), self.fc(v)
+        return y, torch.relu(y), h, torch.clamp(h, -0.1, 0.1)
+
+
+def test_outputs_read_by_fusable_ops_and_inexact_clamp_bounds(tmp_path):
+    """A kernel's output that is also a model output stays written when a clamp reads it (a
+    fused epilogue would write only the clamp's buffer); clamp bounds like -0.1 that float32
+    cannot hold exactly still compile (llvmlite rejects inexact decimal float literals)."""
+    torch.manual_seed(6)
+    model, inputs = OutputsAlsoFused().eval(), (torch.randn(1, 4, 8, 8), torch.randn(16, 8))
+    with torch.no_grad():
+        ref = flat_outputs(model(*inputs))
+    mlpack.build(model, inputs, tmp_path / "m.bundle")
+    assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs]), ref)
+
+
 def test_relu_keeps_nan(tmp_path):
     model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.ReLU()).eval()
     x = torch.randn(1, 2, 4, 4)

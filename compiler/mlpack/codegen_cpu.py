@@ -260,6 +260,9 @@ _SPECIAL_BITS = {"inf": "0x7FF0000000000000", "-inf": "0xFFF0000000000000", "qna
 _NEW_FP_LITERAL = re.compile(r"(?<![\w.%@$])f0x([0-9A-Fa-f]+)\b")
 
 
+_DECIMAL_FP = re.compile(r"(?<![\w.%@])[-+]?\d\.\d+e[-+]\d+\b")
+
+
 def _legacy_fp_literals(llvm_ir: str) -> str:
     """The wheel's LLVM prints FP constants as `f0x3727C5AC`; llvmlite's LLVM 22.1 only reads the
     classic form (floats and doubles as the 64-bit double pattern `0x...`, halves as `0xH....`)."""
@@ -276,6 +279,10 @@ def _legacy_fp_literals(llvm_ir: str) -> str:
         raise BuildError(f"cannot translate floating-point literal f0x{digits} for llvmlite")
 
     llvm_ir = _NEW_FP_LITERAL.sub(repl, llvm_ir)
+    # Decimal literals on float-only lines (e.g. a folded `fptrunc double -0.1`, printed as
+    # -1.000000e-01): the newer reader wants a float literal exact, so write the float's bits.
+    llvm_ir = "\n".join(_DECIMAL_FP.sub(lambda m: _f(float(m.group(0))), line)
+                         if "float" in line and "double" not in line else line for line in llvm_ir.split("\n"))
     # Special values: the double pattern also serves float operands (exactly representable).
     if "half " in llvm_ir and _SPECIAL_FP.search(llvm_ir):
         raise BuildError("cannot translate half-precision inf/nan literals for llvmlite")

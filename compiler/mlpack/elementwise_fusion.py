@@ -24,7 +24,7 @@ take (codegen_cpu.py); this runs after the kernel calls are in place, on what is
 
 from __future__ import annotations
 
-from .memory_plan import collect_users, defining_op, overwrites
+from .memory_plan import collect_users, contents_dead, defining_op
 from .memory_plan import root_buffer as _root
 
 
@@ -140,10 +140,7 @@ class _Fuser:
         if _root(buf) != buf:
             return False
         later = sorted(pos for pos in self.positions(buf) if pos > i)
-        if later:
-            return overwrites(self.ops[later[0]], buf)
-        alloc = defining_op(buf)
-        return alloc is not None and alloc.name == "memref.alloc"
+        return contents_dead(buf, self.ops[later[0]] if later else None)
 
     def drop_dead_outputs(self) -> None:
         """Drops outputs nobody reads from multi-output loops, with the computation only they

@@ -20,7 +20,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .memory_plan import collect_users, defining_op, overwrites, root_buffer
+from .memory_plan import collect_users, contents_dead, defining_op, root_buffer
 
 # Matmuls with fewer rows than this read B in place instead of packing it (GEMV-like shapes).
 PACK_MIN_ROWS = 8
@@ -226,7 +226,7 @@ class _Rewriter:
     def dead_after(self, value, i: int) -> bool:
         """Whether the contents of `value` are never read after top-level op i."""
         later = sorted(p for p in self.user_positions(root_buffer(value)) if p > i)
-        return not later or overwrites(self.ops[later[0]], value)
+        return contents_dead(value, self.ops[later[0]] if later else None)
 
     def user_positions(self, value) -> list[int]:
         users: list = []

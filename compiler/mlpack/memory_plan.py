@@ -174,6 +174,16 @@ def overwrites(op, buf) -> bool:
     return False
 
 
+def contents_dead(buf, next_user) -> bool:
+    """Whether what `buf` holds now is never read, given `next_user`, the next op using (a view
+    of) its buffer, or None: it overwrites the buffer, or there is none and the buffer is an
+    arena allocation (a function argument may be a model output, read after the call)."""
+    if next_user is not None:
+        return overwrites(next_user, buf)
+    alloc = defining_op(root_buffer(buf))
+    return alloc is not None and alloc.name == "memref.alloc"
+
+
 def assign_arena(func_op) -> MemoryPlan:
     """Plan `func_op`'s allocs and rewrite them into views of a new trailing `memref<Nxi8>` argument."""
     from torch_mlir import ir
