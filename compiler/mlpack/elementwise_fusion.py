@@ -5,7 +5,7 @@ buffers drop out of the memory plan.
 
 A producer P is folded into its consumer Q when:
 - P is all-parallel and writes one buffer T through the identity map, without reading its
-  output (it may read T as an input, elementwise: an in-place update);
+  output (it may read T as an input, elementwise: an in-place update) or any buffer from its body;
 - Q is the next op to touch T and reads it through the identity map of Q's iteration space (so
   both loops run over the same space; Q may reduce over it);
 - either Q writes T back elementwise (an in-place chain: T ends up as before), or what P left in
@@ -77,6 +77,8 @@ class _Fuser:
         t, rank, i = p_outs[0], len(p_iters), self.index[p]
         if not _is_identity(p_maps[-1], rank) or list(p.regions[0].blocks[0].arguments[-1].uses):
             return None
+        if any(o.operation.name.startswith("memref.") for o in p.regions[0].blocks[0].operations):
+            return None  # P's body reads a buffer itself (a gather): moving it later is not checked
         if not _elementwise_uses(t, p_ins, p_maps, rank):
             return None
         later = sorted(pos for pos in self.positions(t) if pos > i)
