@@ -24,48 +24,14 @@ take (codegen_cpu.py); this runs after the kernel calls are in place, on what is
 
 from __future__ import annotations
 
-from .memory_plan import collect_users, contents_dead, defining_op
+from .memory_plan import TopLevelOps, defining_op, generic_parts as _parts, is_identity_map as _is_identity
 from .memory_plan import root_buffer as _root
 
 
-def _is_identity(map_attr, rank: int) -> bool:
-    from torch_mlir import ir
-
-    m = ir.AffineMapAttr(map_attr).value
-    return m.n_dims == rank and str(m) == str(ir.AffineMap.get_identity(rank))
-
-
-def _parts(op):
-    """(inputs, outputs, indexing maps, iterator types as strings) of a linalg.generic."""
-    from torch_mlir import ir
-
-    operands = list(op.operands)
-    segments = ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"])
-    n_in = segments[0]
-    n_out = segments[1]
-    maps = list(ir.ArrayAttr(op.attributes["indexing_maps"]))
-    iters = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
-    return operands[:n_in], operands[n_in:n_in + n_out], maps, iters
-
-
-class _Fuser:
-    def __init__(self, func_op):
-        self.block = func_op.regions[0].blocks[0]
-        self.reindex()
-
-    def reindex(self) -> None:
-        self.ops = [op.operation for op in self.block.operations]
-        self.index = {op: i for i, op in enumerate(self.ops)}
-
-    def top(self, op) -> int:
-        while op not in self.index:
-            op = op.parent
-        return self.index[op]
-
-    def positions(self, value) -> set[int]:
-        users: list = []
-        collect_users(_root(value), users)
-        return {self.top(u.operation if hasattr(u, "operation") else u) for u in users}
+class _Fuser(TopLevelOps):
+    def positions(self, value) -> list[int]:
+        """Positions of the top-level ops using (a view of) the buffer `value` views."""
+        return self.user_positions(_root(value))
 
     def consumer(self, p):
         """P's consumer Q if the pair can be fused (see the module docstring), else None."""
@@ -137,12 +103,8 @@ class _Fuser:
             alloc.erase()
 
     def dead(self, buf, i: int) -> bool:
-        """Whether what `buf` holds after top-level op i is never read: its next use overwrites
-        it, or (an arena buffer, not a function argument such as an output) there is none."""
-        if _root(buf) != buf:
-            return False
-        later = sorted(pos for pos in self.positions(buf) if pos > i)
-        return contents_dead(buf, self.ops[later[0]] if later else None)
+        """Whether what buffer `buf` (not a view) holds after top-level op i is never read."""
+        return _root(buf) == buf and self.dead_after(buf, i)
 
     def drop_dead_outputs(self) -> None:
         """Drops outputs nobody reads from multi-output loops, with the computation only they

@@ -20,7 +20,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .memory_plan import collect_users, contents_dead, defining_op, root_buffer
+from .memory_plan import TopLevelOps, collect_users, defining_op, root_buffer
 
 # Matmuls with fewer rows than this read B in place instead of packing it (GEMV-like shapes).
 PACK_MIN_ROWS = 8
@@ -188,7 +188,7 @@ class _Fusion:
     erase: list = field(default_factory=list)  # ops absorbed into the kernel
 
 
-class _Rewriter:
+class _Rewriter(TopLevelOps):
     def __init__(self, module, func_op, scratch=None, prepack: bool = True, winograd: bool = False):
         from torch_mlir import ir
 
@@ -199,22 +199,11 @@ class _Rewriter:
         self.prepack_weights = prepack
         self.winograd = winograd and prepack and scratch is None
         self.module = module
-        self.block = func_op.regions[0].blocks[0]
         self.globals = {}
         for op in module.body.operations:
             if op.operation.name == "memref.global":
                 self.globals[ir.StringAttr(op.attributes["sym_name"]).value] = op
-        self.reindex()
-
-    def reindex(self) -> None:
-        self.ops = [op.operation for op in self.block.operations]
-        self.index = {op: i for i, op in enumerate(self.ops)}
-
-    def top(self, op) -> int:
-        op = op.operation if hasattr(op, "operation") else op
-        while op not in self.index:
-            op = op.parent
-        return self.index[op]
+        super().__init__(func_op)
 
     def neighbor(self, i: int, step: int):
         """The nearest top-level op from position i in direction `step` that has an effect."""
@@ -222,16 +211,6 @@ class _Rewriter:
         while 0 <= j < len(self.ops) and self.ops[j].name in _NO_EFFECT:
             j += step
         return self.ops[j] if 0 <= j < len(self.ops) else None
-
-    def dead_after(self, value, i: int) -> bool:
-        """Whether the contents of `value` are never read after top-level op i."""
-        later = sorted(p for p in self.user_positions(root_buffer(value)) if p > i)
-        return contents_dead(value, self.ops[later[0]] if later else None)
-
-    def user_positions(self, value) -> list[int]:
-        users: list = []
-        collect_users(value, users)
-        return [self.top(u) for u in users]
 
     def scalar_global(self, value):
         """The float in a 0-d memref that is a `memref.get_global` of a splat constant, else None."""

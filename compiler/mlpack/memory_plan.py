@@ -150,27 +150,38 @@ def root_buffer(value):
     return value
 
 
+def generic_parts(op):
+    """(inputs, outputs, indexing maps as attributes, iterator types as strings) of a linalg.generic."""
+    from torch_mlir import ir
+
+    operands = list(op.operands)
+    n_in, n_out = ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"])
+    iters = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+    return operands[:n_in], operands[n_in:n_in + n_out], list(ir.ArrayAttr(op.attributes["indexing_maps"])), iters
+
+
+def is_identity_map(map_attr, rank: int) -> bool:
+    from torch_mlir import ir
+
+    m = ir.AffineMapAttr(map_attr).value
+    return m.n_dims == rank and str(m) == str(ir.AffineMap.get_identity(rank))
+
+
 def overwrites(op, buf) -> bool:
     """Whether `op` writes all of `buf` (the memref itself, not a view) without reading any of it:
     what `buf` held before is dead when this is its next use."""
-    from torch_mlir import ir
-
     name = op.name
     if name == "memref.copy":
         return op.operands[1] == buf and root_buffer(op.operands[0]) != root_buffer(buf)
     if name in ("linalg.fill", "linalg.broadcast", "linalg.transpose"):
         return op.operands[-1] == buf and all(root_buffer(v) != root_buffer(buf) for v in list(op.operands)[:-1])
     if name == "linalg.generic":
-        segments = ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"])
-        operands = list(op.operands)
-        ins, outs = operands[:segments[0]], operands[segments[0]:]
-        maps = [ir.AffineMapAttr(m).value for m in ir.ArrayAttr(op.attributes["indexing_maps"])]
-        iters = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+        ins, outs, maps, iters = generic_parts(op)
         if outs != [buf] or any(root_buffer(v) == root_buffer(buf) for v in ins):
             return False
         if any("parallel" not in it for it in iters) or list(op.regions[0].blocks[0].arguments[-1].uses):
             return False
-        return str(maps[-1]) == str(ir.AffineMap.get_identity(len(iters)))
+        return is_identity_map(maps[-1], len(iters))
     return False
 
 
@@ -184,27 +195,48 @@ def contents_dead(buf, next_user) -> bool:
     return alloc is not None and alloc.name == "memref.alloc"
 
 
+class TopLevelOps:
+    """A function body's top-level ops in order, for passes that reason about when buffers are
+    used: call reindex() after changing the body."""
+
+    def __init__(self, func_op):
+        self.block = func_op.regions[0].blocks[0]
+        self.reindex()
+
+    def reindex(self) -> None:
+        self.ops = [op.operation for op in self.block.operations]
+        self.index = {op: i for i, op in enumerate(self.ops)}
+
+    def top(self, op) -> int:
+        """Position of the top-level op that is or contains `op`."""
+        op = op.operation if hasattr(op, "operation") else op
+        while op not in self.index:
+            op = op.parent
+        return self.index[op]
+
+    def user_positions(self, value) -> list[int]:
+        """Positions of the top-level ops using `value` or a view of it."""
+        users: list = []
+        collect_users(value, users)
+        return [self.top(u) for u in users]
+
+    def dead_after(self, value, i: int) -> bool:
+        """Whether the contents of `value` are never read after top-level op i."""
+        later = sorted(p for p in self.user_positions(root_buffer(value)) if p > i)
+        return contents_dead(value, self.ops[later[0]] if later else None)
+
+
 def assign_arena(func_op) -> MemoryPlan:
     """Plan `func_op`'s allocs and rewrite them into views of a new trailing `memref<Nxi8>` argument."""
     from torch_mlir import ir
     from torch_mlir.dialects import arith, memref
 
-    block = func_op.regions[0].blocks[0]
-    top = list(block.operations)
-    index_of = {op.operation: i for i, op in enumerate(top)}
-
-    def top_index(op) -> int:
-        op = op.operation
-        while op not in index_of:
-            op = op.parent
-        return index_of[op]
-
+    body = TopLevelOps(func_op)
+    block = body.block
     allocs, buffers = [], []
-    for i, op in enumerate(top):
-        if op.operation.name == "memref.alloc":
-            users: list = []
-            collect_users(op.result, users)
-            last = max([top_index(u) for u in users], default=i)
+    for i, op in enumerate(body.ops):
+        if op.name == "memref.alloc":
+            last = max(body.user_positions(op.result), default=i)
             allocs.append(op)
             buffers.append(Buffer(_align(_memref_bytes(op.result.type)), i, last))
     nested = _nested_allocs(func_op)
@@ -226,7 +258,7 @@ def assign_arena(func_op) -> MemoryPlan:
             off = arith.ConstantOp(ir.IndexType.get(), b.offset)
             view = memref.ViewOp(op.result.type, arena, off.result, [])
         op.result.replace_all_uses_with(view.result)
-        op.operation.erase()
+        op.erase()
     return memory_plan
 
 
