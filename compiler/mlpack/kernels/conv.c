@@ -94,10 +94,10 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
      * of the best balance a rows x columns split would give. Else im2col first, then the GEMM. */
     int64_t tm, tn, tasks = 0;
     if (threads > 1) {
-      const int64_t best = mlrt_gemm_split(CO, panels, threads, 1, &tm, &tn);
+      const int64_t best = mlrt_gemm_split(CO, N, threads, 1, &tm, &tn);
       const int64_t blocks = (CO + MLRT_MR - 1) / MLRT_MR, fit = (panels * K * NR * 4 + (256 << 10) - 1) / (256 << 10);
       for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads && !tasks; ++n)
-        if (mlrt_gemm_makespan(blocks, panels, 1, n, threads) * 100 <= best * 103) tasks = n;
+        if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103) tasks = n;
     }
     if (tasks > 1) {
       conv_job cj = {j, Wt, Y + y_off, &ep, CO, K, N, tasks, panels};
@@ -105,9 +105,9 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
       continue;
     }
     if (threads == 1)
-      for (int64_t p = 0; p < (N + NR - 1) / NR; ++p) im2col_panel(&j, p);
+      for (int64_t p = 0; p < panels; ++p) im2col_panel(&j, p);
     else
-      mlrt_parallel_for((N + NR - 1) / NR, im2col_panel, &j);
+      mlrt_parallel_for(panels, im2col_panel, &j);
     mlrt_gemm_packed(CO, N, K, Wt, K, Bp, Y + y_off, N, &ep);
   }
 }

@@ -215,32 +215,40 @@ void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
   gemm_block(&g, 0, M, p0, p1);
 }
 
-/* Finish time of the tm x tn tasks over `rows` x `panels` units, handed out in order to `threads`
- * workers: even partitions make the tasks differ by at most one unit per side, so round-robin
- * is what the pool's take-the-next-task order amounts to. */
-int64_t mlrt_gemm_makespan(int64_t rows, int64_t panels, int64_t tm, int64_t tn, int64_t threads) {
+/* Cost of panels [p0, p1) of N columns in half panels: the 8-wide kernel does a last panel with
+ * <= 8 valid columns in half the time (ResNet's and MobileNetV2's 7x7 maps: N = 49). */
+static int64_t panels_cost(int64_t N, int64_t p0, int64_t p1) {
+  const int64_t panels = (N + NR - 1) / NR, half_last = N % NR != 0 && N % NR <= 8;
+  return 2 * (p1 - p0) - (p1 == panels && p1 > p0 && half_last);
+}
+
+/* Finish time of the tm x tn tasks over `rows` x (N columns in panels), handed out in order to
+ * `threads` workers: even partitions make the tasks differ by at most one unit per side, so
+ * round-robin is what the pool's take-the-next-task order amounts to. */
+int64_t mlrt_gemm_makespan(int64_t rows, int64_t N, int64_t tm, int64_t tn, int64_t threads) {
+  const int64_t panels = (N + NR - 1) / NR;
   int64_t busy[32] = {0}, end = 0;
   if (threads > 32) threads = 32;
   for (int64_t t = 0; t < tm * tn; ++t) {
     const int64_t i = t / tn, k = t % tn;
     busy[t % threads] += (mlrt_part(rows, tm, i + 1) - mlrt_part(rows, tm, i)) *
-                         (mlrt_part(panels, tn, k + 1) - mlrt_part(panels, tn, k));
+                         panels_cost(N, mlrt_part(panels, tn, k), mlrt_part(panels, tn, k + 1));
   }
   for (int64_t i = 0; i < threads; ++i) end = busy[i] > end ? busy[i] : end;
   return end;
 }
 
-int64_t mlrt_gemm_split(int64_t M, int64_t panels, int64_t threads, int split_rows, int64_t *tm, int64_t *tn) {
+int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn) {
   /* The grid with the earliest finish over 6-row blocks x panels, for up to 4 tasks per thread.
    * Ties go to fewer row chunks (each re-reads B), then fewer tasks. Splitting 13 panels into
    * column chunks of 4 alone left 2 threads 20% off balance. */
   if (threads > 32) threads = 32; /* keeps the search to a few microseconds */
-  const int64_t rows = (M + MR - 1) / MR, most = min64(4 * threads, 32);
+  const int64_t rows = (M + MR - 1) / MR, panels = (N + NR - 1) / NR, most = min64(4 * threads, 32);
   int64_t best = -1;
   *tm = *tn = 1;
   for (int64_t m = 1; m <= min64(split_rows ? rows : 1, most); ++m)
     for (int64_t n = 1; n <= min64(panels, most / m); ++n) {
-      const int64_t t = mlrt_gemm_makespan(rows, panels, m, n, threads);
+      const int64_t t = mlrt_gemm_makespan(rows, N, m, n, threads);
       if (best < 0 || t < best) best = t, *tm = m, *tn = n;
     }
   return best;
@@ -261,7 +269,7 @@ void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
   }
   const int64_t threads = mlrt_threads_for(M * N * K);
   int64_t tm = 1, tn = 1;
-  if (threads > 1) mlrt_gemm_split(M, g.panels, threads, 1, &tm, &tn);
+  if (threads > 1) mlrt_gemm_split(M, N, threads, 1, &tm, &tn);
   g.tm = tm;
   g.tn = tn;
   if (threads == 1) {

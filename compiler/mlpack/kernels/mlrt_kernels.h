@@ -106,10 +106,10 @@ void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
                       int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1);
 /* Internal: start of part i of n when `total` units are split as evenly as possible. */
 static inline int64_t mlrt_part(int64_t total, int64_t n, int64_t i) { return total * i / n; }
-/* Internal: a tm x tn grid of row chunks x panel chunks (tm = 1 unless split_rows) that keeps
- * `threads` evenly busy; returns its finish time in units of 6 rows x 1 panel. */
-int64_t mlrt_gemm_split(int64_t M, int64_t panels, int64_t threads, int split_rows, int64_t *tm, int64_t *tn);
-/* Internal: when `threads` workers finish a tm x tn grid over rows x panels units (6-row blocks). */
-int64_t mlrt_gemm_makespan(int64_t rows, int64_t panels, int64_t tm, int64_t tn, int64_t threads);
+/* Internal: a tm x tn grid of row chunks x panel chunks (tm = 1 unless split_rows) over M x N
+ * that keeps `threads` evenly busy; returns its finish time in units of 6 rows x half a panel. */
+int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn);
+/* Internal: when `threads` workers finish a tm x tn grid over rows (6-row blocks) x N columns. */
+int64_t mlrt_gemm_makespan(int64_t rows, int64_t N, int64_t tm, int64_t tn, int64_t threads);
 
 #endif
