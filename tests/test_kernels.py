@@ -55,6 +55,11 @@ CASES = {
                                 [(1, 4, 12, 13)]),
     "conv_deep_k": (lambda: nn.Conv2d(64, 10, 3, padding=1), [(1, 64, 6, 6)]),  # K = 576: split K blocks
     "conv_residual_relu": (lambda: Residual(8), [(1, 8, 10, 10)]),
+    # Rows of >= 16 outputs: panels inside one row read each tap at a fixed stride (1, 2 or 3),
+    # except at the padding edges and where a panel crosses into the next row.
+    "conv_stem_stride2_wide_rows": (lambda: nn.Conv2d(3, 16, 3, 2, 1), [(1, 3, 37, 70)]),
+    "conv_stride3_wide_rows": (lambda: nn.Conv2d(4, 8, (3, 2), stride=3, padding=(1, 0)), [(1, 4, 20, 100)]),
+    "conv_1x1_wide_rows": (lambda: nn.Sequential(nn.Conv2d(8, 12, 1), nn.ReLU()), [(2, 8, 5, 48)]),
     "conv_grouped_fallback": (lambda: nn.Conv2d(8, 8, 3, groups=2), [(1, 8, 9, 9)]),
     "depthwise_pad_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
                                                       nn.BatchNorm2d(8), nn.ReLU6())), [(1, 8, 11, 11)]),

@@ -18,39 +18,51 @@ typedef struct {
   int64_t C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pt, pl;
 } im2col_job;
 
+/* Packs panel p: for each tap, the 16 output positions' input offsets. A panel inside one output
+ * row (every panel of a map at least 16 wide) reads each tap at a fixed stride, found without a
+ * per-lane division or test; the C=3 stem conv spent half its time on those. */
 static void im2col_panel(void *ctx, int64_t p) {
   const im2col_job *j = (const im2col_job *)ctx;
   const int64_t taps = j->KH * j->KW, K = j->C * taps, plane = j->H * j->W;
+  const int64_t pos0 = p * NR, oy0 = pos0 / j->OW, ox0 = pos0 % j->OW;
+  const int one_row = pos0 + NR <= j->N && ox0 + NR <= j->OW;
   float *dst = j->bp + p * K * NR;
   int64_t oy[NR], ox[NR];
   for (int l = 0; l < NR; ++l) {
-    const int64_t pos = p * NR + l;
-    oy[l] = pos < j->N ? pos / j->OW : -1;
-    ox[l] = pos < j->N ? pos % j->OW : 0;
+    const int64_t pos = pos0 + l;
+    oy[l] = one_row ? oy0 : pos < j->N ? pos / j->OW : -1;
+    ox[l] = one_row ? ox0 + l : pos < j->N ? pos % j->OW : 0;
   }
   for (int64_t ky = 0; ky < j->KH; ++ky)
     for (int64_t kx = 0; kx < j->KW; ++kx) {
-      /* offsets of this tap for the 16 output positions; -1 where it falls in the padding */
-      int64_t off[NR];
-      int contiguous = 1, stride2 = 1;
-      for (int l = 0; l < NR; ++l) {
-        const int64_t iy = oy[l] * j->sh + ky * j->dh - j->pt, ix = ox[l] * j->sw + kx * j->dw - j->pl;
-        off[l] = (oy[l] >= 0 && iy >= 0 && iy < j->H && ix >= 0 && ix < j->W) ? iy * j->W + ix : -1;
-        if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 1)) contiguous = 0;
-        if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 2)) stride2 = 0;
+      /* lane l reads base + l * step when base >= 0; else off[l] (-1: padding) */
+      int64_t off[NR], base = -1, step = 0;
+      const int64_t iy0 = oy0 * j->sh + ky * j->dh - j->pt, ix0 = ox0 * j->sw + kx * j->dw - j->pl;
+      if (one_row && iy0 >= 0 && iy0 < j->H && ix0 >= 0 && ix0 + (NR - 1) * j->sw < j->W) {
+        base = iy0 * j->W + ix0, step = j->sw;
+      } else {
+        int contiguous = 1, stride2 = 1;
+        for (int l = 0; l < NR; ++l) {
+          const int64_t iy = oy[l] * j->sh + ky * j->dh - j->pt, ix = ox[l] * j->sw + kx * j->dw - j->pl;
+          off[l] = (oy[l] >= 0 && iy >= 0 && iy < j->H && ix >= 0 && ix < j->W) ? iy * j->W + ix : -1;
+          if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 1)) contiguous = 0;
+          if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 2)) stride2 = 0;
+        }
+        if (contiguous || stride2) base = off[0], step = contiguous ? 1 : 2;
       }
-      (void)stride2; /* used by the AVX2 path only */
       float *d = dst + (ky * j->KW + kx) * NR;
       const float *src = j->x;
       for (int64_t c = 0; c < j->C; ++c, d += taps * NR, src += plane) {
-        if (contiguous) {
-          memcpy(d, src + off[0], NR * sizeof(float));
+        if (base >= 0 && step == 1) {
+          memcpy(d, src + base, NR * sizeof(float));
 #ifdef MLRT_HAVE_AVX2
-        } else if (stride2) { /* stride-2 convs: deinterleave; reads end at the last element used */
-          const float *s = src + off[0];
+        } else if (base >= 0 && step == 2) { /* stride-2 convs: deinterleave; reads end at the last element used */
+          const float *s = src + base;
           _mm256_storeu_ps(d, mlrt_even_lanes(_mm256_loadu_ps(s), _mm256_loadu_ps(s + 8)));
           _mm256_storeu_ps(d + 8, mlrt_odd_lanes(_mm256_loadu_ps(s + 15), _mm256_loadu_ps(s + 23)));
 #endif
+        } else if (base >= 0) {
+          for (int l = 0; l < NR; ++l) d[l] = src[base + l * step];
         } else {
           for (int l = 0; l < NR; ++l) d[l] = off[l] >= 0 ? src[off[l]] : 0.0f;
         }
