@@ -76,6 +76,8 @@ CASES = {
     "depthwise_stride2_odd_pad": (lambda: nn.Conv2d(6, 6, (3, 4), stride=2, padding=(2, 1), groups=6),
                                   [(2, 6, 21, 37)]),
     "depthwise_wide_rows_direct": (lambda: nn.Conv2d(2, 2, 3, padding=1, groups=2), [(1, 2, 5, 800)]),
+    # Rows the ring cannot hold, where the compiler would otherwise reuse the input as the output.
+    "depthwise_inplace_wide_rows_direct": (lambda: _bn(zoo.InvertedResidual(4, 4, 1, 2)), [(1, 4, 6, 1000)]),
     "linear_gemv": (lambda: LinearChain(1), [(1, 300)]),
     "linear_gemm": (lambda: LinearChain(40), [(40, 300)]),
     "batch_matmul": (lambda: Attention(), [(3, 20, 16), (3, 24, 16)]),

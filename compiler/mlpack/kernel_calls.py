@@ -592,7 +592,8 @@ def depthwise_ring_fits(kh: int, kw: int, ow: int, sh: int, sw: int, dh: int, dw
     """Whether mlrt_depthwise_conv2d_f32 stages these rows in its ring (and so may run in place);
     kernels/conv.c dw_row_floats and mlrt_kernels.h."""
     row = (sw * ((ow + 7) // 8 * 8) + (kw - 1) * dw + 7) // 8 * 8
-    return kh <= DW_MAX_KH and ((kh - 1) * dh + 2 + (DW_ROWS - 1) * sh) * row <= DW_RING_FLOATS
+    ring_rows = (kh - 1) * dh + 1 + (2 * DW_ROWS - 1) * sh  # two steps of rows: staged one ahead
+    return kh <= DW_MAX_KH and 2 * (ring_rows + 1) * row <= DW_RING_FLOATS  # two rings, each + a zero row
 
 
 def winograd_scratch_floats(c: int, co: int, oh: int, ow: int) -> int:
