@@ -83,27 +83,30 @@ static int run_case(const dw_case *k, int threads) {
 int main(void) {
   int cases = 0;
   /* In place (the compiler's condition: same shape, pad < kernel extent), every row width from
-   * 1 to 20 (tails, merged tails, lane-by-lane rows) and a few heights, both epilogue kinds. */
+   * 1 to 20 (tails, merged tails, lane-by-lane rows) and a few heights, both epilogue kinds.
+   * Maps up to ~28x28 are staged whole per channel, taller ones (80 rows) through the ring. */
+  const int64_t heights[] = {1, 5, 9, 80};
   for (int64_t W = 1; W <= 20; ++W)
-    for (int64_t H = 1; H <= 9; H += 4)
+    for (int hi = 0; hi < 4; ++hi)
       for (int e = 0; e < 4; ++e)
         for (int threads = 1; threads <= 3; threads += 2) {
-          const dw_case k = {1 + (W % 2), 5, H, W, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, e & 1, e == 1, e >> 1, 1};
+          const dw_case k = {1 + (W % 2), 5, heights[hi], W, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, e & 1, e == 1, e >> 1, 1};
           const int r = run_case(&k, threads);
           if (r < 0) return 1;
           cases += r;
         }
-  /* Out of place: strides 1-3, dilation, asymmetric and zero padding, kernel shapes 1x1 to 7x7. */
+  /* Out of place: strides 1-3, dilation, asymmetric and zero padding, kernel shapes 1x1 to 7x7;
+   * short maps (whole-channel staging) and tall ones (the ring). */
   const int64_t ks[][2] = {{3, 3}, {1, 1}, {5, 5}, {3, 4}, {7, 7}, {2, 5}};
   for (int ki = 0; ki < 6; ++ki)
     for (int64_t s = 1; s <= 3; ++s)
       for (int64_t d = 1; d <= 2; ++d)
         for (int64_t W = 5; W <= 41; W += 9)
-          for (int e = 0; e < 4; ++e) {
+          for (int e = 0; e < 8; ++e) {
             const int64_t KH = ks[ki][0], KW = ks[ki][1];
             const int64_t pt = (KH - 1) * d / 2, pl = (e & 2) ? 0 : (KW - 1) * d / 2 + (W % 2);
-            const dw_case k = {1, 3, 6 + W % 7, W, KH, KW, s, s == 3 ? 1 : s, d, 3 - d, pt, pl, KH / 2, 1,
-                               e & 1, e != 2, e == 3, 0};
+            const dw_case k = {1, 3, (e & 4 ? 90 : 6) + W % 7, W, KH, KW, s, s == 3 ? 1 : s, d, 3 - d, pt, pl, KH / 2, 1,
+                               e & 1, (e & 3) != 2, (e & 3) == 3, 0};
             const int r = run_case(&k, 1 + (W % 3));
             if (r < 0) return 1;
             cases += r;

@@ -134,7 +134,9 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
  * compiler relies on that when it drops the padded copy of an input whose buffer is reused as the
  * output (kernel_calls.py). */
 
-enum { DW_ROWS = MLRT_DW_ROWS };
+/* Whole-channel staging: both buffers in half of L1 (28x28 maps and smaller). At 56x56 the buffers
+ * and the output rows no longer fit in L1 together and it is slower than the ring. */
+enum { DW_ROWS = MLRT_DW_ROWS, DW_IMAGE_FLOATS = 4096 };
 
 /* Floats of one ring row: every column a vector tap can read, in whole vectors. Padded column j
  * is input column j - pad_left; stride 2 stores column j at j / 2 (even j) or rw / 2 + j / 2. */
@@ -147,6 +149,7 @@ typedef struct {
   float *y;
   int64_t batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, tasks;
   int64_t ring_rows, rw; /* the ring: ring_rows rows of rw floats, then a zero row */
+  int64_t image_rows;    /* > 0: each buffer holds a whole padded channel of this many rows instead */
   mlrt_epilogue ep;
 } depthwise_job;
 
@@ -234,6 +237,15 @@ static inline __attribute__((always_inline)) void dw_row_ptrs(const depthwise_jo
     }
 }
 
+/* Small maps: the whole channel, padding rows included, sits in one buffer (padded row pr = input
+ * row pr - pt), so row pointers need no wrap or bounds test. The next channel is staged into the
+ * other buffer before this one is computed: in place is still safe (a channel's output overwrites
+ * only its own, already staged, input plane). Rows outside the input stay zero from the memset. */
+static inline void dw_stage_image(const depthwise_job *j, float *img, const float *in) {
+  const int64_t end = min64(j->H, j->image_rows - j->pt);
+  for (int64_t iy = 0; iy < end; ++iy) dw_stage_row(j, img + (iy + j->pt) * j->rw, in + iy * j->W);
+}
+
 /* The epilogue, copied to locals: stores through float pointers could alias the job's fields. */
 typedef struct {
   int overwrite;
@@ -314,15 +326,21 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
   const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(OW % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 #endif
   dw_ring *ring = &rings[t % 2], *following = &rings[(t + 1) % 2];
+  if (j->image_rows && t + 1 < t_end) dw_stage_image(j, following->rows, in + j->H * j->W);
   for (int64_t oy = 0; oy < j->OH; oy += DW_ROWS) {
     const int64_t n = min64(DW_ROWS, j->OH - oy), off = t * j->OH * OW + oy * OW;
-    if (oy + DW_ROWS < j->OH) {
-      dw_stage(j, ring, in, oy + DW_ROWS);
-    } else if (t + 1 < t_end) {
-      following->next = 0;
-      dw_stage(j, following, in + j->H * j->W, 0);
+    if (j->image_rows) {
+      for (int64_t r = 0; r < DW_ROWS; ++r)
+        for (int64_t ky = 0; ky < KH; ++ky) rows[r * KH + ky] = ring->rows + ((oy + r) * j->sh + ky * j->dh) * j->rw;
+    } else {
+      if (oy + DW_ROWS < j->OH) {
+        dw_stage(j, ring, in, oy + DW_ROWS);
+      } else if (t + 1 < t_end) {
+        following->next = 0;
+        dw_stage(j, following, in + j->H * j->W, 0);
+      }
+      dw_row_ptrs(j, ring->rows, oy, n, rows, KH);
     }
-    dw_row_ptrs(j, ring->rows, oy, n, rows, KH);
     const float *yrow = j->y + off, *res = res_all ? res_all + off : NULL;
     float *d = j->ep.dst + off;
 #ifdef MLRT_HAVE_AVX2
@@ -347,11 +365,14 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
 static void depthwise_task(void *ctx, int64_t task) {
   const depthwise_job *j = (const depthwise_job *)ctx;
   const int64_t total = j->batch * j->C, t0 = mlrt_part(total, j->tasks, task), t1 = mlrt_part(total, j->tasks, task + 1);
-  const int64_t ring_floats = (j->ring_rows + 1) * j->rw;
+  const int64_t ring_floats = (j->image_rows ? j->image_rows : j->ring_rows + 1) * j->rw;
   float buf[MLRT_DW_RING_FLOATS];
   memset(buf, 0, (size_t)(2 * ring_floats) * sizeof(float)); /* padding stays zero: staging skips it */
   dw_ring rings[2] = {{buf, 0}, {buf + ring_floats, 0}};
-  if (t0 < t1) dw_stage(j, &rings[t0 % 2], j->x + t0 * j->H * j->W, 0);
+  if (t0 < t1 && j->image_rows)
+    dw_stage_image(j, rings[t0 % 2].rows, j->x + t0 * j->H * j->W);
+  else if (t0 < t1)
+    dw_stage(j, &rings[t0 % 2], j->x + t0 * j->H * j->W, 0);
   for (int64_t t = t0; t < t1; ++t) {
     if (j->KH == 3 && j->KW == 3 && j->sw == 1)
       dw_channel(j, t, t1, rings, 3, 3, 1);
@@ -437,9 +458,12 @@ void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, i
     return;
   }
   depthwise_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, batch, C, H, W,
-                     KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 1, ring_rows, rw,
+                     KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 1, ring_rows, rw, 0,
                      {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual, act_lo,
                       act_hi, (float *)(intptr_t)dst}};
+  /* every row a step reads, the short last step's included */
+  const int64_t image_rows = ((OH + DW_ROWS - 1) / DW_ROWS * DW_ROWS - 1) * sh + (KH - 1) * dh + 1;
+  if (2 * image_rows * rw <= DW_IMAGE_FLOATS) j.image_rows = image_rows;
   /* Channels cost the same: a few even runs per thread balance them with little dispatch. A tap
    * costs several times a GEMM multiply-add (a load per FMA, short rows), hence the weight 8. */
   const int64_t threads = mlrt_threads_for(8 * batch * C * OH * OW * KH * KW);
