@@ -182,17 +182,25 @@ typedef struct {
 /* Rows [m0, m1) x panels [p0, p1) of the product, with the epilogue. */
 static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   /* K blocks of equal size (<= KC): a short last block would cost a full extra pass over C. */
-  const int64_t blocks = (g->K + KC - 1) / KC, step = (g->K + blocks - 1) / blocks;
+  const int64_t blocks = (g->K + KC - 1) / KC, step = (g->K + blocks - 1) / blocks, np = p1 - p0;
   for (int64_t pc = 0; pc < g->K; pc += step) {
     const int64_t kc = min64(step, g->K - pc);
     for (int64_t ic = m0; ic < m1; ic += MC) {
       const int64_t mc_end = min64(m1, ic + MC);
+      /* A (the weights) streams from memory once per call, and with few panels (7x7 maps: 4) the
+       * ukernel waited on it: the next A block (the next rows, else the first rows of the next K
+       * block) is prefetched into L2 while this one runs, a share of its lines per panel. */
+      const int64_t next_ic = mc_end < m1 ? mc_end : m0, next_pc = mc_end < m1 ? pc : pc + step;
+      const int64_t next_lines = next_pc < g->K ? (min64(step, g->K - next_pc) + 15) / 16 : 0;
       for (int64_t p = p0; p < p1; ++p) {
         const float *bp = g->Bp + p * g->K * NR + pc * NR;
+        const int64_t l0 = next_lines * (p - p0) / np, l1 = next_lines * (p - p0 + 1) / np;
         for (int64_t i = ic, rows; i < mc_end; i += rows) {
           /* 7 or 8 rows left: 4 + 3 or 4 + 4, not 6 + 1 or 6 + 2. A 1- or 2-row tile has too few
            * accumulators to hide the FMA latency and runs at a quarter to half speed. */
           rows = mc_end - i == 7 || mc_end - i == 8 ? 4 : min64(MR, mc_end - i);
+          for (int64_t r = next_ic + (i - ic); r < min64(next_ic + (i - ic) + rows, m1); ++r)
+            for (int64_t l = l0; l < l1; ++l) __builtin_prefetch(g->A + r * g->lda + next_pc + 16 * l, 0, 2);
           tile t = {g->ep, g->C + i * g->ldc + p * NR, g->ldc, i, p * NR, min64(NR, g->N - p * NR),
                     pc == 0, pc + kc >= g->K};
           ukernel_rows(rows, kc, g->A + i * g->lda + pc, g->lda, bp, &t);
