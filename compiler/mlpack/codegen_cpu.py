@@ -22,6 +22,7 @@ from pathlib import Path
 from .elementwise_fusion import fuse_elementwise_chains
 from .errors import BuildError
 from .kernel_calls import replace_with_kernel_calls
+from .loop_reductions import scalar_reductions
 from .memory_plan import MemoryPlan, assign_arena, defining_op
 
 # Named x86-64 micro-architecture levels -> the CPU features the runtime must find (cpuid names).
@@ -464,6 +465,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
         _run_pipeline(module, _TO_PARALLEL_LOOPS, "lowering linalg to loops")
         with module.context, ir.Location.unknown():
             split_parallel_loops(func_op)
+            scalar_reductions(func_op)
         dump("loops", str(module))
         _run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
         llvm_ir = vectorizable_math(translate_to_llvm_ir(module))
