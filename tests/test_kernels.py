@@ -85,11 +85,19 @@ CASES = {
     # widths that are not a multiple of 16 tiles put panels across tile rows (the gather path).
     "winograd_bias_relu_odd": (lambda: nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU()),
                                [(2, 16, 13, 30)]),
-    "winograd_residual_relu": (lambda: Residual(16), [(1, 16, 34, 34)]),
+    "winograd_residual_relu": (lambda: Residual(16), [(1, 16, 26, 18)]),
     "winograd_unpadded_bn_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(32, 16, 3, bias=False), nn.BatchNorm2d(16),
                                                              nn.ReLU6())), [(1, 32, 9, 7)]),
     "winograd_asymmetric_padding": (lambda: nn.Conv2d(16, 20, 3, padding=(0, 1)), [(1, 16, 11, 20)]),
     "winograd_few_tiles_many_channels": (lambda: nn.Conv2d(64, 96, 3, padding=1), [(1, 64, 7, 7)]),
+    # Maps with enough tiles: F(4x4,3x3). Tile rows of 16 with a cut last tile, of 7 tiles (one
+    # dummy lane per 8), of 14 (two), rows and columns cut at the bottom/right edges.
+    "winograd4x4_bias_relu_ragged": (lambda: nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU()),
+                                     [(2, 16, 30, 62)]),
+    "winograd4x4_unpadded_bn_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(24, 16, 3, bias=False),
+                                                                nn.BatchNorm2d(16), nn.ReLU6())), [(1, 24, 30, 29)]),
+    "winograd4x4_asymmetric_padding": (lambda: nn.Conv2d(16, 20, 3, padding=(0, 1)), [(1, 16, 23, 54)]),
+    "winograd4x4_residual_relu": (lambda: Residual(16), [(1, 16, 28, 28)]),
 }
 
 
@@ -108,9 +116,12 @@ def test_kernel_path_matches_eager(name, tmp_path):
     if "fallback" not in name:
         assert kernels, f"{name}: expected a microkernel call"
     assert ("mlrt_conv2d_winograd_f32" in kernels) == name.startswith("winograd"), kernels
+    if name.startswith("winograd"):  # the tile the name promises: F(4x4,3x3) or F(2x2,3x3)
+        f4 = any(w["name"].endswith("(Winograd F(4x4,3x3))") for w in result.manifest["weights"])
+        assert f4 == name.startswith("winograd4x4"), result.manifest["weights"]
 
 
-@pytest.mark.parametrize("shape", [(1, 32, 40, 44), (1, 64, 7, 7), (2, 48, 14, 14)])
+@pytest.mark.parametrize("shape", [(1, 32, 40, 44), (1, 64, 7, 7), (2, 48, 14, 14), (1, 32, 28, 56)])
 def test_winograd_is_the_same_on_any_thread_count(shape, tmp_path):
     """Every task split (whole panels, channel chunks, serial) gives the same result as eager."""
     torch.manual_seed(1)
@@ -254,6 +265,18 @@ def test_portable_x86_64_bundle(tmp_path):
     result = mlpack.build(model, inputs, tmp_path / "m.bundle", cpu="x86-64")
     assert result.manifest["targets"]["cpu"]["cpu"] == "x86-64"
     assert result.manifest["targets"]["cpu"]["features"] == []
+    assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs]), ref)
+
+
+@pytest.mark.parametrize("name", ["winograd4x4_unpadded_bn_relu6", "winograd_bias_relu_odd"])
+def test_portable_winograd(name, tmp_path):
+    """The Winograd transforms' plain C paths (F(4x4) and F(2x2)), as an x86-64 bundle runs them."""
+    make, shapes = CASES[name]
+    torch.manual_seed(0)
+    model, inputs = make().eval(), [torch.randn(s) for s in shapes]
+    with torch.no_grad():
+        ref = flat_outputs(model(*inputs))
+    mlpack.build(model, tuple(inputs), tmp_path / "m.bundle", cpu="x86-64")
     assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs]), ref)
 
 

@@ -67,8 +67,9 @@ def build(
     target: "cpu", "cuda" or "cpu,cuda". precision (cuda): operand precision of matmul/conv,
     fp32 | tf32 | fp16 | bf16. cuda_arch: minimum compute capability as major*10+minor (default 80).
     cuda_sass: architectures to ship machine code for besides the PTX (default 80 and 90; () for none).
-    winograd (cpu): run 3x3 stride-1 convs with >= 16 channels as Winograd F(2x2,3x3), their
-    weights stored transformed (16/9 the bytes). Off, or with a CUDA target, they use im2col.
+    winograd (cpu): run 3x3 stride-1 convs with >= 16 channels as Winograd F(4x4,3x3) (maps with
+    enough tiles; weights stored transformed, 4x the bytes) or F(2x2,3x3) (16/9 the bytes). Off, or
+    with a CUDA target, they use im2col.
     """
     _require_compiler_deps()
     import numpy as np

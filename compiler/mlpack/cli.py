@@ -34,7 +34,7 @@ def main() -> None:
 @click.option("--target", default="cpu", show_default=True, help="Code to generate: cpu, cuda or cpu,cuda.")
 @click.option("--cpu", default=None, help="x86-64 level: x86-64, x86-64-v2, x86-64-v3 (default, AVX2+FMA).")
 @click.option("--winograd/--no-winograd", default=True, show_default=True,
-              help="cpu: run 3x3 stride-1 convs as Winograd F(2x2,3x3): faster, but those weights take 16/9 the bytes.")
+              help="cpu: run 3x3 stride-1 convs as Winograd F(4x4,3x3) or F(2x2,3x3): faster, but those weights take 4x or 16/9 the bytes.")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="cuda: operand precision of matmul/conv (tf32/fp16/bf16 use tensor cores, fp32 accumulation).")
 @click.option("--cuda-arch", type=int, default=None, help="cuda: minimum compute capability, e.g. 80 (default) or 90.")

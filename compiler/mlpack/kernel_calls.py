@@ -516,10 +516,11 @@ class _Rewriter(TopLevelOps):
                     sig = self.emit(kernel_op, "mlrt_depthwise_conv2d_f32", [x, w, y], None, dims, fusion, [], y)
                     kernel = "mlrt_depthwise_conv2d_f32"
                 elif winograd_arg is not None:  # the bundle stores the weight Winograd-transformed
-                    self.prepack[winograd_arg] = ("winograd3x3", co, c, 3, 3)
+                    tile = winograd_tile(oh, ow)
+                    self.prepack[winograd_arg] = (WINOGRAD_LAYOUTS[tile], co, c, 3, 3)
                     sig = self.emit(kernel_op, "mlrt_conv2d_winograd_f32", [x, w, y],
-                                    winograd_scratch_floats(c, co, oh, ow), [n, c, h, wd, co, oh, ow, pt, pl],
-                                    fusion, [], y)
+                                    winograd_scratch_floats(c, co, oh, ow, tile),
+                                    [n, c, h, wd, co, oh, ow, pt, pl, tile], fusion, [], y)
                     kernel = "mlrt_conv2d_winograd_f32"
                 else:
                     sig = self.emit(kernel_op, "mlrt_conv2d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
@@ -596,13 +597,31 @@ def depthwise_ring_fits(kh: int, kw: int, ow: int, sh: int, sw: int, dh: int, dw
     return kh <= DW_MAX_KH and 2 * (ring_rows + 1) * row <= DW_RING_FLOATS  # two rings, each + a zero row
 
 
-def winograd_scratch_floats(c: int, co: int, oh: int, ow: int) -> int:
-    """Scratch of mlrt_conv2d_winograd_f32: the zero-padded input, then per panel of 16 2x2-output
-    tiles the transformed input [16][C][16] and the transformed output [16][CO][16]
+def _winograd_tiles(oh: int, ow: int, tile: int) -> tuple[int, int, int]:
+    """(tile rows, tiles per row as laid out, panels): rows rounded up to 8 tiles, always for
+    F(4x4), for F(2x2) where that adds no panel (kernels/winograd.c: 8 lanes, one tile row)."""
+    th, tw = -(-oh // tile), -(-ow // tile)
+    tw8 = -(-tw // 8) * 8
+    twp = tw8 if tile == 4 or -(-(th * tw8) // NR) == -(-(th * tw) // NR) else tw
+    return th, twp, -(-(th * twp) // NR)
+
+
+def winograd_tile(oh: int, ow: int) -> int:
+    """Output tile of the Winograd conv: F(4x4,3x3) where it does at most 3/4 of F(2x2,3x3)'s
+    multiplies counting the padded lanes, and has at least 3 panels (its weights, 4x the plain
+    ones, are read once per call: with fewer panels reading them dominates). Else 2."""
+    p2, p4 = _winograd_tiles(oh, ow, 2)[2], _winograd_tiles(oh, ow, 4)[2]
+    return 4 if 36 * p4 * 4 <= 16 * p2 * 3 and p4 >= 3 else 2
+
+
+def winograd_scratch_floats(c: int, co: int, oh: int, ow: int, tile: int = 2) -> int:
+    """Scratch of mlrt_conv2d_winograd_f32: the zero-padded input, then per panel of 16 TxT-output
+    tiles the transformed input [E][C][16] and the transformed output [E][CO][16], E = (T+2)^2
     (kernels/winograd.c)."""
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    padded = (c * (2 * th + 2) * (2 * tw + 2) + NR - 1) // NR * NR  # the zero-padded input
-    return padded + (th * tw + NR - 1) // NR * 16 * NR * (c + co)
+    th, twp, panels = _winograd_tiles(oh, ow, tile)
+    wp = tile * twp + (4 if tile == 4 else 2)  # F(4x4): 2 more zero columns for its row loads
+    padded = (c * (tile * th + 2) * wp + NR - 1) // NR * NR  # the zero-padded input
+    return padded + panels * (tile + 2) ** 2 * NR * (c + co)
 
 
 def winograd_weights(w):
@@ -616,8 +635,24 @@ def winograd_weights(w):
     return np.ascontiguousarray(u.reshape(16, co, c).astype(w.dtype))
 
 
+def winograd4_weights(w):
+    """numpy [CO, C, 3, 3] -> [36, CO, C]: U = G g G^T of F(4x4, 3x3) (points 0, +-1, +-2),
+    element e = 6 * row + col, computed in float64 and rounded once."""
+    import numpy as np
+
+    g = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=np.float64)
+    u = np.einsum("ik,ockl,jl->ijoc", g, w.astype(np.float64), g)
+    co, c = w.shape[:2]
+    return np.ascontiguousarray(u.reshape(36, co, c).astype(w.dtype))
+
+
+WINOGRAD_LAYOUTS = {2: "winograd3x3", 4: "winograd4x4_3x3"}
+
+
 # Layouts of pre-transformed weights: name -> (what the bundle's weight name says, numpy transform).
 WEIGHT_LAYOUTS = {
     "panels": ("packed B panels", pack_b_panels),
     "winograd3x3": ("Winograd F(2x2,3x3)", winograd_weights),
+    "winograd4x4_3x3": ("Winograd F(4x4,3x3)", winograd4_weights),
 }

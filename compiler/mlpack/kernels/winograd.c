@@ -22,7 +22,7 @@
 #include "mlrt_kernels.h"
 
 
-enum { NR = MLRT_NR, E = 16, MR = MLRT_MR };
+enum { NR = MLRT_NR, MR = MLRT_MR };
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -30,6 +30,10 @@ typedef struct {
   const float *x, *u;
   float *y, *xp, *v, *m;
   int64_t C, H, W, CO, OH, OW, pt, pl, tw, tiles, panels, hp, wp;
+  int64_t T, E; /* output tile T x T (2 or 4), E = (T + 2)^2 transform elements */
+  int64_t twp;  /* tiles per tile row as laid out: rounded up to 8 (F(2x2): where that adds no
+                 * panel), so that every 8 lanes of a panel are neighbors in one tile row and the
+                 * input transform loads rows instead of gathering (dummy tiles' outputs dropped) */
   int64_t groups, co_chunk, co_chunks; /* task grid: even shares of the panels x output-channel chunks */
   mlrt_epilogue ep;
 } winograd_job;
@@ -73,13 +77,13 @@ static inline void store_run(const winograd_job *j, int64_t co, int64_t oy, int6
 
 /* V[p] = B^T d B for the 16 tiles of panel p, every channel, with
  * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] applied to the patch's rows, then its columns. */
-static void input_transform(const winograd_job *j, int64_t p) {
+static void input_transform2(const winograd_job *j, int64_t p) {
   float *vp = j->v + p * j->C * NR;
   const int64_t plane = j->hp * j->wp, estride = j->panels * j->C * NR;
   int32_t off[NR]; /* each lane's patch origin in a padded channel (lanes past the last tile: tile 0) */
   for (int l = 0; l < NR; ++l) {
     const int64_t t = p * NR + l < j->tiles ? p * NR + l : 0;
-    off[l] = (int32_t)(2 * (t / j->tw) * j->wp + 2 * (t % j->tw));
+    off[l] = (int32_t)(2 * (t / j->twp) * j->wp + 2 * (t % j->twp));
   }
 #ifdef MLRT_HAVE_AVX2
   int run[2];
@@ -147,7 +151,7 @@ static void input_transform(const winograd_job *j, int64_t p) {
 /* M[e] rows [co0, co1) x panels [p0, p1) = U[e] * V[e], for every e. */
 static void multiply(const winograd_job *j, int64_t p0, int64_t p1, int64_t co0, int64_t co1) {
   const int64_t C = j->C, CO = j->CO, ldm = j->panels * NR;
-  for (int e = 0; e < E; ++e) {
+  for (int e = 0; e < j->E; ++e) {
     float *out = j->m + (e * CO + co0) * ldm;
     const mlrt_epilogue plain = {1, NULL, 0, NULL, -INFINITY, INFINITY, out};
     mlrt_gemm_panels(co1 - co0, ldm, C, j->u + (e * CO + co0) * C, C, j->v + e * j->panels * C * NR, out, ldm,
@@ -156,17 +160,17 @@ static void multiply(const winograd_job *j, int64_t p0, int64_t p1, int64_t co0,
 }
 
 /* Y = A^T M A for the tiles of panel p, output channels [co0, co1), with the epilogue. */
-static void output_transform(const winograd_job *j, int64_t p, int64_t co0, int64_t co1) {
+static void output_transform2(const winograd_job *j, int64_t p, int64_t co0, int64_t co1) {
   const int64_t CO = j->CO, ldm = j->panels * NR;
   const float *mp = j->m + p * NR;
   /* A^T = [1 1 1 0; 0 1 -1 -1] */
   const mlrt_epilogue *ep = &j->ep;
   const int64_t plane = j->OH * j->OW;
   int64_t oy[NR], ox[NR];
-  for (int l = 0; l < NR; ++l) {
-    const int64_t t = p * NR + l;
-    oy[l] = t < j->tiles ? 2 * (t / j->tw) : j->OH;
-    ox[l] = t < j->tiles ? 2 * (t % j->tw) : j->OW;
+  for (int l = 0; l < NR; ++l) { /* oy = OH: no output (past the last tile, or a dummy tile) */
+    const int64_t t = p * NR + l, valid = t < j->tiles && t % j->twp < j->tw;
+    oy[l] = valid ? 2 * (t / j->twp) : j->OH;
+    ox[l] = valid ? 2 * (t % j->twp) : j->OW;
   }
 #ifdef MLRT_HAVE_AVX2
   int run[2]; /* lanes 8h..8h+7: neighbors in one tile row, all outputs inside */
@@ -220,6 +224,255 @@ static void output_transform(const winograd_job *j, int64_t p, int64_t co0, int6
   }
 }
 
+/* F(4x4, 3x3): 6x6 patches, 36 GEMMs, 4x4 outputs per tile (points 0, +-1, +-2):
+ *   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+ *   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+ * 2.25 multiplies per output instead of 4, for a float32 error ~5e-6 of the output's scale per
+ * conv instead of ~3e-7 (larger transform entries); kernel_calls picks it only on maps with
+ * enough tiles. Written over 16-lane arrays: the compiler vectorizes the lane loops. */
+#ifdef MLRT_HAVE_AVX2
+/* B^T of F(4x4) on six vectors (in place). */
+static inline void bt6(__m256 *v, int stride) {
+  const __m256 d0 = v[0], d1 = v[stride], d2 = v[2 * stride], d3 = v[3 * stride], d4 = v[4 * stride], d5 = v[5 * stride];
+  const __m256 four = _mm256_set1_ps(4.0f), five = _mm256_set1_ps(5.0f), two = _mm256_set1_ps(2.0f);
+  const __m256 s14 = _mm256_add_ps(d4, _mm256_fnmadd_ps(four, d2, d3)); /* d4 + d3 - 4 d2 */
+  const __m256 t = _mm256_sub_ps(d4, d2);
+  v[0] = _mm256_add_ps(_mm256_fnmadd_ps(five, d2, d4), _mm256_mul_ps(four, d0));
+  v[stride] = _mm256_fnmadd_ps(four, d1, s14);
+  v[2 * stride] = _mm256_fmadd_ps(four, d1, _mm256_sub_ps(_mm256_fnmadd_ps(four, d2, d4), d3));
+  v[3 * stride] = _mm256_fmadd_ps(two, _mm256_sub_ps(d3, d1), t);
+  v[4 * stride] = _mm256_fmadd_ps(two, _mm256_sub_ps(d1, d3), t);
+  v[5 * stride] = _mm256_add_ps(_mm256_fnmadd_ps(five, d3, d5), _mm256_mul_ps(four, d1));
+}
+
+/* Transposes the 4-float chunks of a..d within each 128-bit half: out[k] lane (half h, i) holds
+ * element k of the i-th input's half h. */
+static inline void transpose_halves(__m256 a, __m256 b, __m256 c, __m256 d, __m256 *out) {
+  const __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);
+  const __m256 t2 = _mm256_unpacklo_ps(c, d), t3 = _mm256_unpackhi_ps(c, d);
+  out[0] = _mm256_shuffle_ps(t0, t2, 0x44);
+  out[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+  out[2] = _mm256_shuffle_ps(t1, t3, 0x44);
+  out[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+}
+#endif
+
+static void input_transform4(const winograd_job *j, int64_t p) {
+  float *vp = j->v + p * j->C * NR;
+  const int64_t plane = j->hp * j->wp, estride = j->panels * j->C * NR;
+  int32_t off[NR]; /* each lane's patch origin in a padded channel (lanes past the last tile: tile 0) */
+  for (int l = 0; l < NR; ++l) {
+    const int64_t t = p * NR + l < j->tiles ? p * NR + l : 0;
+    off[l] = (int32_t)(4 * (t / j->twp) * j->wp + 4 * (t % j->twp));
+  }
+#ifdef MLRT_HAVE_AVX2
+  int run[2]; /* lanes 8h..8h+7: neighbors in one tile row */
+  for (int h = 0; h < 2; ++h) {
+    run[h] = 1;
+    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= off[l] == off[l - 1] + 4;
+  }
+  const __m256i idx[2] = {_mm256_loadu_si256((const __m256i *)off), _mm256_loadu_si256((const __m256i *)(off + 8))};
+  /* a run's transposed loads hold tiles 0 2 4 6 1 3 5 7: back to 0..7 */
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t c = 0; c < j->C; ++c) {
+    const float *in = j->xp + c * plane;
+    for (int h = 0; h < 2; ++h) {
+      __m256 d[6][6]; /* d[row][col] of the 8 lanes' patches */
+      for (int i = 0; i < 6; ++i) {
+        if (run[h]) { /* tile q's columns 0-3 are the 4 floats at 4q, columns 4-5 the next tile's first two */
+          const float *row = in + off[8 * h] + i * j->wp;
+          __m256 k[4], k2[4];
+          transpose_halves(_mm256_loadu_ps(row), _mm256_loadu_ps(row + 8), _mm256_loadu_ps(row + 16),
+                           _mm256_loadu_ps(row + 24), k);
+          transpose_halves(_mm256_loadu_ps(row + 4), _mm256_loadu_ps(row + 12), _mm256_loadu_ps(row + 20),
+                           _mm256_loadu_ps(row + 28), k2);
+          for (int q = 0; q < 4; ++q) d[i][q] = _mm256_permutevar8x32_ps(k[q], order);
+          for (int q = 0; q < 2; ++q) d[i][4 + q] = _mm256_permutevar8x32_ps(k2[q], order);
+        } else {
+          for (int q = 0; q < 6; ++q) d[i][q] = _mm256_i32gather_ps(in + i * j->wp + q, idx[h], 4);
+        }
+        bt6(d[i], 1); /* along the row */
+      }
+      float *dst = vp + c * NR + h * 8;
+      for (int q = 0; q < 6; ++q) {
+        bt6(&d[0][q], 6); /* down the column */
+        for (int i = 0; i < 6; ++i) _mm256_store_ps(dst + (i * 6 + q) * estride, d[i][q]);
+      }
+    }
+  }
+#else
+  for (int64_t c = 0; c < j->C; ++c) {
+    const float *in = j->xp + c * plane;
+    float d[6][6][NR], r[6][6][NR];
+    for (int i = 0; i < 6; ++i)
+      for (int l = 0; l < NR; ++l)
+        for (int k = 0; k < 6; ++k) d[i][k][l] = in[off[l] + i * j->wp + k];
+    for (int i = 0; i < 6; ++i) /* along each patch row: r[i][.] = B^T d[i][.] */
+      for (int l = 0; l < NR; ++l) {
+        const float d0 = d[i][0][l], d1 = d[i][1][l], d2 = d[i][2][l], d3 = d[i][3][l], d4 = d[i][4][l], d5 = d[i][5][l];
+        r[i][0][l] = 4 * d0 - 5 * d2 + d4;
+        r[i][1][l] = -4 * (d1 + d2) + d3 + d4;
+        r[i][2][l] = 4 * (d1 - d2) - d3 + d4;
+        r[i][3][l] = 2 * (d3 - d1) - d2 + d4;
+        r[i][4][l] = 2 * (d1 - d3) - d2 + d4;
+        r[i][5][l] = 4 * d1 - 5 * d3 + d5;
+      }
+    float *dst = vp + c * NR;
+    for (int k = 0; k < 6; ++k) /* down each column: V[.][k] = B^T r[.][k] */
+      for (int l = 0; l < NR; ++l) {
+        const float r0 = r[0][k][l], r1 = r[1][k][l], r2 = r[2][k][l], r3 = r[3][k][l], r4 = r[4][k][l], r5 = r[5][k][l];
+        dst[(0 * 6 + k) * estride + l] = 4 * r0 - 5 * r2 + r4;
+        dst[(1 * 6 + k) * estride + l] = -4 * (r1 + r2) + r3 + r4;
+        dst[(2 * 6 + k) * estride + l] = 4 * (r1 - r2) - r3 + r4;
+        dst[(3 * 6 + k) * estride + l] = 2 * (r3 - r1) - r2 + r4;
+        dst[(4 * 6 + k) * estride + l] = 2 * (r1 - r3) - r2 + r4;
+        dst[(5 * 6 + k) * estride + l] = 4 * r1 - 5 * r3 + r5;
+      }
+  }
+#endif
+}
+
+#ifdef MLRT_HAVE_AVX2
+/* A^T of F(4x4) on six vectors m[0], m[stride], .. -> four. */
+static inline void at6(const __m256 *m, int stride, __m256 *o, int ostride) {
+  const __m256 two = _mm256_set1_ps(2.0f), four = _mm256_set1_ps(4.0f), eight = _mm256_set1_ps(8.0f);
+  const __m256 a = _mm256_add_ps(m[stride], m[2 * stride]), b = _mm256_sub_ps(m[stride], m[2 * stride]);
+  const __m256 c = _mm256_add_ps(m[3 * stride], m[4 * stride]), d = _mm256_sub_ps(m[3 * stride], m[4 * stride]);
+  o[0] = _mm256_add_ps(_mm256_add_ps(m[0], a), c);
+  o[ostride] = _mm256_fmadd_ps(two, d, b);
+  o[2 * ostride] = _mm256_fmadd_ps(four, c, a);
+  o[3 * ostride] = _mm256_add_ps(_mm256_fmadd_ps(eight, d, b), m[5 * stride]);
+}
+
+/* Output rows oy..oy+3 of 8 neighboring tiles of one tile row, all inside: o[a][b] holds output
+ * (oy + a, ox + 4l + b) for lane l. */
+static inline void store_run4(const winograd_job *j, int64_t co, int64_t oy, int64_t ox, __m256 o[4][4]) {
+  const mlrt_epilogue *ep = &j->ep;
+  const int64_t plane = j->OH * j->OW;
+  const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
+  const __m256 bias = _mm256_set1_ps(ep->overwrite && ep->bias ? ep->bias[co] : 0.0f);
+  for (int a = 0; a < 4; ++a) {
+    __m256 k[4], v[4];
+    transpose_halves(o[a][0], o[a][1], o[a][2], o[a][3], k); /* k[q]: tiles q | 4 + q */
+    v[0] = _mm256_permute2f128_ps(k[0], k[1], 0x20);
+    v[1] = _mm256_permute2f128_ps(k[2], k[3], 0x20);
+    v[2] = _mm256_permute2f128_ps(k[0], k[1], 0x31);
+    v[3] = _mm256_permute2f128_ps(k[2], k[3], 0x31);
+    const int64_t at = co * plane + (oy + a) * j->OW + ox;
+    for (int q = 0; q < 4; ++q) {
+      v[q] = _mm256_add_ps(v[q], ep->overwrite ? bias : _mm256_loadu_ps(j->y + at + 8 * q));
+      if (ep->residual) v[q] = _mm256_add_ps(v[q], _mm256_loadu_ps(ep->residual + at + 8 * q));
+      _mm256_storeu_ps(ep->dst + at + 8 * q, mlrt_clamp8(v[q], lo, hi));
+    }
+  }
+}
+#endif
+
+/* Stores lane l's 4x4 outputs (its tile may be cut by the bottom/right edge) with the epilogue. */
+static void store_tile4(const winograd_job *j, int64_t co, int64_t oy, int64_t ox, float o[4][4]) {
+  const mlrt_epilogue *ep = &j->ep;
+  const int64_t plane = j->OH * j->OW, rows = min64(4, j->OH - oy), cols = min64(4, j->OW - ox);
+  const float bias = ep->overwrite && ep->bias ? ep->bias[co] : 0.0f;
+  const float *yc = j->y + co * plane, *rc = ep->residual ? ep->residual + co * plane : NULL;
+  float *dc = ep->dst + co * plane;
+  for (int64_t a = 0; a < rows; ++a)
+    for (int64_t b = 0; b < cols; ++b) {
+      const int64_t at = (oy + a) * j->OW + ox + b;
+      float v = o[a][b] + (ep->overwrite ? bias : yc[at]);
+      if (rc) v += rc[at];
+      dc[at] = mlrt_clamp(v, ep->lo, ep->hi);
+    }
+}
+
+static void output_transform4(const winograd_job *j, int64_t p, int64_t co0, int64_t co1) {
+  const int64_t CO = j->CO, ldm = j->panels * NR, es = CO * ldm;
+  const float *mp = j->m + p * NR;
+  int64_t oy[NR], ox[NR]; /* oy = OH: no output (past the last tile, or a dummy tile) */
+  for (int l = 0; l < NR; ++l) {
+    const int64_t t = p * NR + l, valid = t < j->tiles && t % j->twp < j->tw;
+    oy[l] = valid ? 4 * (t / j->twp) : j->OH;
+    ox[l] = valid ? 4 * (t % j->twp) : j->OW;
+  }
+#ifdef MLRT_HAVE_AVX2
+  int run[2], outputs[2] = {0, 0}; /* run: lanes 8h..8h+7 are neighbors in one tile row, all inside */
+  for (int h = 0; h < 2; ++h) {
+    run[h] = oy[8 * h] + 4 <= j->OH && ox[8 * h + 7] + 4 <= j->OW;
+    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= oy[l] == oy[l - 1] && ox[l] == ox[l - 1] + 4;
+    for (int l = 8 * h; l < 8 * h + 8; ++l) outputs[h] |= oy[l] < j->OH;
+  }
+  for (int64_t co = co0; co < co1; ++co) {
+    const float *mc = mp + co * ldm;
+    for (int h = 0; h < 2; ++h) {
+      if (!outputs[h]) continue;
+      __m256 m[6][6], s[4][6], o[4][4];
+      for (int e = 0; e < 36; ++e) m[e / 6][e % 6] = _mm256_loadu_ps(mc + e * es + 8 * h);
+      for (int q = 0; q < 6; ++q) at6(&m[0][q], 6, &s[0][q], 6); /* s[.][q] = A^T M[.][q] */
+      for (int a = 0; a < 4; ++a) at6(s[a], 1, o[a], 1);          /* o[a][.] = s[a][.] A */
+      if (run[h]) {
+        store_run4(j, co, oy[8 * h], ox[8 * h], o);
+        continue;
+      }
+      float lanes[4][4][8], tile[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) _mm256_storeu_ps(lanes[a][b], o[a][b]);
+      for (int l = 0; l < 8; ++l) {
+        if (oy[8 * h + l] >= j->OH) continue;
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) tile[a][b] = lanes[a][b][l];
+        store_tile4(j, co, oy[8 * h + l], ox[8 * h + l], tile);
+      }
+    }
+  }
+#else
+  for (int64_t co = co0; co < co1; ++co) {
+    const float *mc = mp + co * ldm;
+    float s[4][6][NR], o[4][4][NR];
+    for (int k = 0; k < 6; ++k) { /* s[.][k] = A^T M[.][k] */
+      const float *restrict m0 = mc + (0 * 6 + k) * es, *restrict m1 = mc + (1 * 6 + k) * es;
+      const float *restrict m2 = mc + (2 * 6 + k) * es, *restrict m3 = mc + (3 * 6 + k) * es;
+      const float *restrict m4 = mc + (4 * 6 + k) * es, *restrict m5 = mc + (5 * 6 + k) * es;
+      for (int l = 0; l < NR; ++l) {
+        const float a = m1[l] + m2[l], b = m1[l] - m2[l], c = m3[l] + m4[l], d = m3[l] - m4[l];
+        s[0][k][l] = m0[l] + a + c;
+        s[1][k][l] = b + 2 * d;
+        s[2][k][l] = a + 4 * c;
+        s[3][k][l] = b + 8 * d + m5[l];
+      }
+    }
+    for (int i = 0; i < 4; ++i) /* o[i][.] = s[i][.] A */
+      for (int l = 0; l < NR; ++l) {
+        const float a = s[i][1][l] + s[i][2][l], b = s[i][1][l] - s[i][2][l];
+        const float c = s[i][3][l] + s[i][4][l], d = s[i][3][l] - s[i][4][l];
+        o[i][0][l] = s[i][0][l] + a + c;
+        o[i][1][l] = b + 2 * d;
+        o[i][2][l] = a + 4 * c;
+        o[i][3][l] = b + 8 * d + s[i][5][l];
+      }
+    for (int l = 0; l < NR; ++l) {
+      if (oy[l] >= j->OH) continue;
+      float tile[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) tile[a][b] = o[a][b][l];
+      store_tile4(j, co, oy[l], ox[l], tile);
+    }
+  }
+#endif
+}
+
+static void input_transform(const winograd_job *j, int64_t p) {
+  if (j->T == 4)
+    input_transform4(j, p);
+  else
+    input_transform2(j, p);
+}
+
+static void output_transform(const winograd_job *j, int64_t p, int64_t co0, int64_t co1) {
+  if (j->T == 4)
+    output_transform4(j, p, co0, co1);
+  else
+    output_transform2(j, p, co0, co1);
+}
+
 static void transform_panel(void *ctx, int64_t p) { input_transform((const winograd_job *)ctx, p); }
 
 static void winograd_task(void *ctx, int64_t t) {
@@ -235,17 +488,20 @@ static void winograd_task(void *ctx, int64_t t) {
 
 void mlrt_conv2d_winograd_f32(int64_t x, int64_t u, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
                               int64_t W, int64_t CO, int64_t OH, int64_t OW, int64_t pad_top, int64_t pad_left,
-                              int64_t overwrite, int64_t bias, int64_t residual, float act_lo, float act_hi,
-                              int64_t dst) {
-  const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = th * tw, panels = (tiles + NR - 1) / NR;
-  const int64_t hp = 2 * th + 2, wp = 2 * tw + 2;
+                              int64_t tile, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
+                              float act_hi, int64_t dst) {
+  const int64_t T = tile == 4 ? 4 : 2, E = (T + 2) * (T + 2);
+  const int64_t th = (OH + T - 1) / T, tw = (OW + T - 1) / T, tw8 = (tw + 7) / 8 * 8;
+  const int64_t twp = T == 4 || (th * tw8 + NR - 1) / NR == (th * tw + NR - 1) / NR ? tw8 : tw;
+  const int64_t tiles = th * twp, panels = (tiles + NR - 1) / NR;
+  const int64_t hp = T * th + 2, wp = T * twp + (T == 4 ? 4 : 2); /* F(4x4) run loads read 2 past a patch */
   float *xp = (float *)(intptr_t)scratch, *v = xp + (C * hp * wp + NR - 1) / NR * NR, *m = v + panels * E * C * NR;
-  const int64_t threads = mlrt_threads_for(16 * CO * C * tiles);
+  const int64_t threads = mlrt_threads_for(E * CO * C * tiles);
   for (int64_t n = 0; n < batch; ++n) {
     const int64_t off = n * CO * OH * OW;
     winograd_job j = {(const float *)(intptr_t)x + n * C * H * W, (const float *)(intptr_t)u,
                       (float *)(intptr_t)y + off, xp, v, m, C, H, W, CO, OH, OW, pad_top, pad_left, tw, tiles,
-                      panels, hp, wp, 0, 0, 0,
+                      panels, hp, wp, T, E, twp, 0, 0, 0,
                       {(int)overwrite, (const float *)(intptr_t)bias, 0,
                        residual ? (const float *)(intptr_t)residual + off : NULL, act_lo, act_hi,
                        (float *)(intptr_t)dst + off}};
