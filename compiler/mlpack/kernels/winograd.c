@@ -75,22 +75,49 @@ static inline void store_run(const winograd_job *j, int64_t co, int64_t oy, int6
 }
 #endif
 
+/* The lanes of panel p: each one's patch origin in a padded channel (lanes past the last tile:
+ * tile 0), and run[h]: lanes 8h..8h+7 are neighbors in one tile row (their patches are loaded as
+ * rows rather than gathered). */
+static void patch_origins(const winograd_job *j, int64_t p, int32_t off[NR], int run[2]) {
+  for (int l = 0; l < NR; ++l) {
+    const int64_t t = p * NR + l < j->tiles ? p * NR + l : 0;
+    off[l] = (int32_t)(j->T * (t / j->twp) * j->wp + j->T * (t % j->twp));
+  }
+  for (int h = 0; h < 2; ++h) {
+    run[h] = 1;
+    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= off[l] == off[l - 1] + j->T;
+  }
+}
+
+/* The lanes' first outputs (oy = OH: none, past the last tile or a dummy tile), and run[h]: lanes
+ * 8h..8h+7 are neighbors in one tile row with all their outputs inside (stored as vectors; always
+ * 0 without AVX2). */
+static void tile_origins(const winograd_job *j, int64_t p, int64_t oy[NR], int64_t ox[NR], int run[2]) {
+  const int64_t T = j->T;
+  for (int l = 0; l < NR; ++l) {
+    const int64_t t = p * NR + l, valid = t < j->tiles && t % j->twp < j->tw;
+    oy[l] = valid ? T * (t / j->twp) : j->OH;
+    ox[l] = valid ? T * (t % j->twp) : j->OW;
+  }
+  for (int h = 0; h < 2; ++h) {
+#ifdef MLRT_HAVE_AVX2
+    run[h] = oy[8 * h] + T <= j->OH && ox[8 * h + 7] + T <= j->OW;
+    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= oy[l] == oy[l - 1] && ox[l] == ox[l - 1] + T;
+#else
+    run[h] = 0;
+#endif
+  }
+}
+
 /* V[p] = B^T d B for the 16 tiles of panel p, every channel, with
  * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] applied to the patch's rows, then its columns. */
 static void input_transform2(const winograd_job *j, int64_t p) {
   float *vp = j->v + p * j->C * NR;
   const int64_t plane = j->hp * j->wp, estride = j->panels * j->C * NR;
-  int32_t off[NR]; /* each lane's patch origin in a padded channel (lanes past the last tile: tile 0) */
-  for (int l = 0; l < NR; ++l) {
-    const int64_t t = p * NR + l < j->tiles ? p * NR + l : 0;
-    off[l] = (int32_t)(2 * (t / j->twp) * j->wp + 2 * (t % j->twp));
-  }
-#ifdef MLRT_HAVE_AVX2
+  int32_t off[NR];
   int run[2];
-  for (int h = 0; h < 2; ++h) {
-    run[h] = 1;
-    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= off[l] == off[l - 1] + 2;
-  }
+  patch_origins(j, p, off, run);
+#ifdef MLRT_HAVE_AVX2
   const __m256i idx[2] = {_mm256_loadu_si256((const __m256i *)off), _mm256_loadu_si256((const __m256i *)(off + 8))};
   for (int64_t c = 0; c < j->C; ++c) {
     const float *in = j->xp + c * plane;
@@ -167,18 +194,8 @@ static void output_transform2(const winograd_job *j, int64_t p, int64_t co0, int
   const mlrt_epilogue *ep = &j->ep;
   const int64_t plane = j->OH * j->OW;
   int64_t oy[NR], ox[NR];
-  for (int l = 0; l < NR; ++l) { /* oy = OH: no output (past the last tile, or a dummy tile) */
-    const int64_t t = p * NR + l, valid = t < j->tiles && t % j->twp < j->tw;
-    oy[l] = valid ? 2 * (t / j->twp) : j->OH;
-    ox[l] = valid ? 2 * (t % j->twp) : j->OW;
-  }
-#ifdef MLRT_HAVE_AVX2
-  int run[2]; /* lanes 8h..8h+7: neighbors in one tile row, all outputs inside */
-  for (int h = 0; h < 2; ++h) {
-    run[h] = oy[8 * h] + 2 <= j->OH && ox[8 * h + 7] + 2 <= j->OW;
-    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= oy[l] == oy[l - 1] && ox[l] == ox[l - 1] + 2;
-  }
-#endif
+  int run[2];
+  tile_origins(j, p, oy, ox, run);
   for (int64_t co = co0; co < co1; ++co) {
     float s[2][4][NR], o[2][2][NR];
     const float *mc = mp + co * ldm;
@@ -204,8 +221,6 @@ static void output_transform2(const winograd_job *j, int64_t p, int64_t co0, int
         for (int b = 0; b < 2; ++b) v[a][b] = _mm256_loadu_ps(&o[a][b][8 * h]);
       store_run(j, co, oy[8 * h], ox[8 * h], v);
     }
-#else
-    const int run[2] = {0, 0};
 #endif
     const float bias = ep->overwrite && ep->bias ? ep->bias[co] : 0.0f;
     float *yc = j->y + co * plane, *dc = ep->dst + co * plane;
@@ -260,17 +275,10 @@ static inline void transpose_halves(__m256 a, __m256 b, __m256 c, __m256 d, __m2
 static void input_transform4(const winograd_job *j, int64_t p) {
   float *vp = j->v + p * j->C * NR;
   const int64_t plane = j->hp * j->wp, estride = j->panels * j->C * NR;
-  int32_t off[NR]; /* each lane's patch origin in a padded channel (lanes past the last tile: tile 0) */
-  for (int l = 0; l < NR; ++l) {
-    const int64_t t = p * NR + l < j->tiles ? p * NR + l : 0;
-    off[l] = (int32_t)(4 * (t / j->twp) * j->wp + 4 * (t % j->twp));
-  }
+  int32_t off[NR];
+  int run[2];
+  patch_origins(j, p, off, run);
 #ifdef MLRT_HAVE_AVX2
-  int run[2]; /* lanes 8h..8h+7: neighbors in one tile row */
-  for (int h = 0; h < 2; ++h) {
-    run[h] = 1;
-    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= off[l] == off[l - 1] + 4;
-  }
   const __m256i idx[2] = {_mm256_loadu_si256((const __m256i *)off), _mm256_loadu_si256((const __m256i *)(off + 8))};
   /* a run's transposed loads hold tiles 0 2 4 6 1 3 5 7: back to 0..7 */
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -387,19 +395,12 @@ static void store_tile4(const winograd_job *j, int64_t co, int64_t oy, int64_t o
 static void output_transform4(const winograd_job *j, int64_t p, int64_t co0, int64_t co1) {
   const int64_t CO = j->CO, ldm = j->panels * NR, es = CO * ldm;
   const float *mp = j->m + p * NR;
-  int64_t oy[NR], ox[NR]; /* oy = OH: no output (past the last tile, or a dummy tile) */
-  for (int l = 0; l < NR; ++l) {
-    const int64_t t = p * NR + l, valid = t < j->tiles && t % j->twp < j->tw;
-    oy[l] = valid ? 4 * (t / j->twp) : j->OH;
-    ox[l] = valid ? 4 * (t % j->twp) : j->OW;
-  }
+  int64_t oy[NR], ox[NR];
+  int run[2];
+  tile_origins(j, p, oy, ox, run);
 #ifdef MLRT_HAVE_AVX2
-  int run[2], outputs[2] = {0, 0}; /* run: lanes 8h..8h+7 are neighbors in one tile row, all inside */
-  for (int h = 0; h < 2; ++h) {
-    run[h] = oy[8 * h] + 4 <= j->OH && ox[8 * h + 7] + 4 <= j->OW;
-    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= oy[l] == oy[l - 1] && ox[l] == ox[l - 1] + 4;
-    for (int l = 8 * h; l < 8 * h + 8; ++l) outputs[h] |= oy[l] < j->OH;
-  }
+  int outputs[2] = {0, 0}; /* halves with any output */
+  for (int l = 0; l < NR; ++l) outputs[l / 8] |= oy[l] < j->OH;
   for (int64_t co = co0; co < co1; ++co) {
     const float *mc = mp + co * ldm;
     for (int h = 0; h < 2; ++h) {
