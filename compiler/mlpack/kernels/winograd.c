@@ -186,13 +186,28 @@ static void multiply(const winograd_job *j, int64_t p0, int64_t p1, int64_t co0,
   }
 }
 
+/* Stores one tile's T x T outputs o[a][b] at (oy + a, ox + b), cut by the bottom/right edge, with
+ * the epilogue. */
+static void store_tile(const winograd_job *j, int64_t co, int64_t oy, int64_t ox, float o[4][4]) {
+  const mlrt_epilogue *ep = &j->ep;
+  const int64_t plane = j->OH * j->OW, rows = min64(j->T, j->OH - oy), cols = min64(j->T, j->OW - ox);
+  const float bias = ep->overwrite && ep->bias ? ep->bias[co] : 0.0f;
+  const float *yc = j->y + co * plane, *rc = ep->residual ? ep->residual + co * plane : NULL;
+  float *dc = ep->dst + co * plane;
+  for (int64_t a = 0; a < rows; ++a)
+    for (int64_t b = 0; b < cols; ++b) {
+      const int64_t at = (oy + a) * j->OW + ox + b;
+      float v = o[a][b] + (ep->overwrite ? bias : yc[at]);
+      if (rc) v += rc[at];
+      dc[at] = mlrt_clamp(v, ep->lo, ep->hi);
+    }
+}
+
 /* Y = A^T M A for the tiles of panel p, output channels [co0, co1), with the epilogue. */
 static void output_transform2(const winograd_job *j, int64_t p, int64_t co0, int64_t co1) {
   const int64_t CO = j->CO, ldm = j->panels * NR;
   const float *mp = j->m + p * NR;
   /* A^T = [1 1 1 0; 0 1 -1 -1] */
-  const mlrt_epilogue *ep = &j->ep;
-  const int64_t plane = j->OH * j->OW;
   int64_t oy[NR], ox[NR];
   int run[2];
   tile_origins(j, p, oy, ox, run);
@@ -222,19 +237,10 @@ static void output_transform2(const winograd_job *j, int64_t p, int64_t co0, int
       store_run(j, co, oy[8 * h], ox[8 * h], v);
     }
 #endif
-    const float bias = ep->overwrite && ep->bias ? ep->bias[co] : 0.0f;
-    float *yc = j->y + co * plane, *dc = ep->dst + co * plane;
-    const float *rc = ep->residual ? ep->residual + co * plane : NULL;
     for (int l = 0; l < NR; ++l) {
       if (oy[l] >= j->OH || run[l / 8]) continue;
-      const int rows = oy[l] + 2 <= j->OH ? 2 : 1, cols = ox[l] + 2 <= j->OW ? 2 : 1; /* odd OH/OW */
-      for (int a = 0; a < rows; ++a)
-        for (int b = 0; b < cols; ++b) {
-          const int64_t at = (oy[l] + a) * j->OW + ox[l] + b;
-          float v = o[a][b][l] + (ep->overwrite ? bias : yc[at]);
-          if (rc) v += rc[at];
-          dc[at] = mlrt_clamp(v, ep->lo, ep->hi);
-        }
+      float tile[4][4] = {{o[0][0][l], o[0][1][l]}, {o[1][0][l], o[1][1][l]}};
+      store_tile(j, co, oy[l], ox[l], tile);
     }
   }
 }
@@ -244,7 +250,7 @@ static void output_transform2(const winograd_job *j, int64_t p, int64_t co0, int
  *   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
  * 2.25 multiplies per output instead of 4, for a float32 error ~5e-6 of the output's scale per
  * conv instead of ~3e-7 (larger transform entries); kernel_calls picks it only on maps with
- * enough tiles. Written over 16-lane arrays: the compiler vectorizes the lane loops. */
+ * enough tiles. AVX2: intrinsics over 8 lanes at a time; without, loops over 16-lane arrays. */
 #ifdef MLRT_HAVE_AVX2
 /* B^T of F(4x4) on six vectors (in place). */
 static inline void bt6(__m256 *v, int stride) {
@@ -376,22 +382,6 @@ static inline void store_run4(const winograd_job *j, int64_t co, int64_t oy, int
 }
 #endif
 
-/* Stores lane l's 4x4 outputs (its tile may be cut by the bottom/right edge) with the epilogue. */
-static void store_tile4(const winograd_job *j, int64_t co, int64_t oy, int64_t ox, float o[4][4]) {
-  const mlrt_epilogue *ep = &j->ep;
-  const int64_t plane = j->OH * j->OW, rows = min64(4, j->OH - oy), cols = min64(4, j->OW - ox);
-  const float bias = ep->overwrite && ep->bias ? ep->bias[co] : 0.0f;
-  const float *yc = j->y + co * plane, *rc = ep->residual ? ep->residual + co * plane : NULL;
-  float *dc = ep->dst + co * plane;
-  for (int64_t a = 0; a < rows; ++a)
-    for (int64_t b = 0; b < cols; ++b) {
-      const int64_t at = (oy + a) * j->OW + ox + b;
-      float v = o[a][b] + (ep->overwrite ? bias : yc[at]);
-      if (rc) v += rc[at];
-      dc[at] = mlrt_clamp(v, ep->lo, ep->hi);
-    }
-}
-
 static void output_transform4(const winograd_job *j, int64_t p, int64_t co0, int64_t co1) {
   const int64_t CO = j->CO, ldm = j->panels * NR, es = CO * ldm;
   const float *mp = j->m + p * NR;
@@ -420,7 +410,7 @@ static void output_transform4(const winograd_job *j, int64_t p, int64_t co0, int
         if (oy[8 * h + l] >= j->OH) continue;
         for (int a = 0; a < 4; ++a)
           for (int b = 0; b < 4; ++b) tile[a][b] = lanes[a][b][l];
-        store_tile4(j, co, oy[8 * h + l], ox[8 * h + l], tile);
+        store_tile(j, co, oy[8 * h + l], ox[8 * h + l], tile);
       }
     }
   }
@@ -454,7 +444,7 @@ static void output_transform4(const winograd_job *j, int64_t p, int64_t co0, int
       float tile[4][4];
       for (int a = 0; a < 4; ++a)
         for (int b = 0; b < 4; ++b) tile[a][b] = o[a][b][l];
-      store_tile4(j, co, oy[l], ox[l], tile);
+      store_tile(j, co, oy[l], ox[l], tile);
     }
   }
 #endif
