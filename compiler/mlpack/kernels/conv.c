@@ -323,7 +323,7 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
   const int vector = SW <= 2 && KH * KW <= 25;
   __m256 wv[25];
   for (int64_t k = 0; k < (vector ? KH * KW : 0); ++k) wv[k] = _mm256_broadcast_ss(f + k);
-  const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(OW % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i tail = dw_lanes_below(OW % 8);
 #endif
   dw_ring *ring = &rings[t % 2], *following = &rings[(t + 1) % 2];
   if (j->image_rows && t + 1 < t_end) dw_stage_image(j, following->rows, in + j->H * j->W);
