@@ -15,3 +15,7 @@ fi
 
 "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 "$PY" -m pip install --quiet --disable-pip-version-check ".[compiler,test]"
+# The real-model corpus (tests/corpus.py) builds models from torchvision, timm and transformers.
+# torchvision and timm without their dependencies: resolved by pip they would replace torch with
+# a CUDA build. (transformers comes with the test extra; it brings timm's other dependencies.)
+"$PY" -m pip install --quiet --disable-pip-version-check --no-deps "torchvision==0.28.0" "timm>=1.0"
