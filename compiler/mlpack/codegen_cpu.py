@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import tm_tensor
 from .elementwise_fusion import fuse_elementwise_chains
 from .errors import BuildError
 from .kernel_calls import replace_with_kernel_calls
@@ -114,7 +115,11 @@ def _set_all_arg_attrs(func_op, attrs: dict) -> None:
 def strip_asserts(module) -> int:
     """Erase `cf.assert` ops. torch-mlir emits data-dependent ones (e.g. reciprocal of zero); lowered,
     they call abort() and would take down the host process. Without them the math follows IEEE
-    semantics (1/0 = inf), as eager PyTorch does. Shapes are static and were checked at export."""
+    semantics (1/0 = inf), as eager PyTorch does. Shapes are static and were checked at export.
+    An assert on a constant false is no run-time check but a lowering torch-mlir knows is wrong
+    (e.g. adaptive pooling with uneven windows): that is a build error, never dropped."""
+    from torch_mlir import ir
+
     found = []
 
     def visit(op):
@@ -127,6 +132,13 @@ def strip_asserts(module) -> int:
                         visit(inner.operation)
 
     visit(module.operation)
+    for op in found:
+        cond = defining_op(op.operands[0])
+        if cond is not None and cond.name == "arith.constant" and not ir.BoolAttr(cond.attributes["value"]).value:
+            # Not data-dependent: torch-mlir's way of saying it lowered an op it does not support.
+            msg = ir.StringAttr(op.attributes["msg"]).value
+            raise BuildError(f"an op lowered to a check that always fails: {msg!r} (at {op.location}); "
+                             "the result would be wrong, refusing to build")
     for op in found:
         op.operation.erase()
     return len(found)
@@ -485,7 +497,13 @@ def bufferize(module, func_op) -> None:
     strip_asserts(module)
     with module.context, ir.Location.unknown():
         _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
+    tm_ops = tm_tensor.has_tm_tensor_ops(module)  # sort / topk / scan / scatter: see tm_tensor.py
+    if tm_ops:
+        _run_pipeline(module, tm_tensor.BUFFERIZE, "bufferizing tm_tensor ops (sort, topk, cumsum, scatter)")
+        tm_tensor.prepare_for_one_shot(module)
     _run_pipeline(module, _BUFFERIZE, "bufferization")
+    if tm_ops:
+        _run_pipeline(module, tm_tensor.TO_LOOPS, "lowering tm_tensor ops (sort, topk, cumsum, scatter) to loops")
 
 
 def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd: bool = True) -> CpuArtifact:
