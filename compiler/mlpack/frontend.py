@@ -280,7 +280,10 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
     call_args, weights, example_args = _flatten(gm, inputs, input_nodes, values)
 
     # torch-mlir's decompositions, then constant folding over what they produced.
-    decomposed = _export_flat(gm, example_args).run_decompositions(get_decomposition_table())
+    from .decompositions import table as mlpack_decompositions  # ops torch-mlir cannot lower itself
+
+    decomposed = _export_flat(gm, example_args).run_decompositions(
+        {**get_decomposition_table(), **mlpack_decompositions()})
     gm = decomposed.graph_module
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     input_nodes = {placeholders[k]: i for k, (kind, i) in enumerate(call_args) if kind == "input"}

@@ -1,0 +1,132 @@
+"""Decompositions of core ATen ops torch-mlir cannot lower (or lowers wrongly), into ops it can.
+
+They join torch-mlir's own table in frontend.lift. Shapes are static, so each one is written for
+the sizes of the node it replaces (loops unrolled, windows computed in Python).
+
+- `adaptive_max_pool2d`: torch-mlir lowers only windows of one size at a fixed stride (and emits
+  an always-failing assert otherwise). Uniform windows become `max_pool2d_with_indices` (the
+  linalg pooling op); others a gather of each output's window (padded to the largest window and
+  masked with -inf), reduced with `max.dim` (first maximum, NaN propagates: eager's rule), whose
+  argmax maps back to the flat input index eager returns. adaptive_max_pool1d reaches this
+  through torch-mlir's decomposition to 2-D.
+- `_linalg_det` / `_linalg_slogdet` (torch.det, torch.linalg.det, slogdet, logdet): torch-mlir's
+  lowering allocates inside loops, which the static memory plan cannot place. Here: LU
+  factorization with partial pivoting (LAPACK getf2's algorithm: the first largest |pivot|),
+  unrolled over the static matrix size on whole batched tensors (about a dozen ops per column:
+  fine for the small matrices models hold, a long graph for n in the hundreds). The op's LU and
+  pivots outputs (backward's helpers, which no forward reads) are our own factorization of A,
+  not LAPACK's of A^T. A zero pivot gives det 0 (sign 0, log|det| = -inf), as eager.
+- `fmod.Scalar` (torch.roll's index arithmetic: Swin's shifted windows): torch-mlir fails to
+  legalize it (reported as "failed to legalize 'torch.constant.int'"); `fmod.Tensor` it lowers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+aten = torch.ops.aten
+
+
+def _windows(size: int, out: int) -> tuple[list[int], list[int]]:
+    starts = [(i * size) // out for i in range(out)]
+    ends = [-((-(i + 1) * size) // out) for i in range(out)]
+    return starts, ends
+
+
+def _window_index(size: int, out: int):
+    """(out, maxlen) input indices of each output's window (clamped) and whether each is inside it."""
+    starts, ends = _windows(size, out)
+    maxlen = max(e - s for s, e in zip(starts, ends))
+    i = torch.arange(out, dtype=torch.int64)
+    start = torch.div(i * size, out, rounding_mode="floor")
+    end = torch.div((i + 1) * size + out - 1, out, rounding_mode="floor")
+    k = torch.arange(maxlen, dtype=torch.int64)
+    idx = start[:, None] + k[None, :]
+    valid = idx < end[:, None]
+    return torch.clamp(idx, max=size - 1), valid, maxlen
+
+
+def adaptive_max_pool2d(x: torch.Tensor, output_size):
+    oh, ow = (int(s) for s in output_size)
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    hs, he = _windows(h, oh)
+    ws, we = _windows(w, ow)
+
+    def uniform(starts, ends):
+        sizes = {e - s for s, e in zip(starts, ends)}
+        strides = {b - a for a, b in zip(starts, starts[1:])}
+        return len(sizes) == 1 and len(strides) <= 1
+
+    if uniform(hs, he) and uniform(ws, we):
+        kernel = [he[0] - hs[0], we[0] - ws[0]]
+        stride = [hs[1] - hs[0] if oh > 1 else 1, ws[1] - ws[0] if ow > 1 else 1]
+        return aten.max_pool2d_with_indices.default(x, kernel, stride)
+    ih, vh, mh = _window_index(h, oh)
+    iw, vw, mw = _window_index(w, ow)
+    lead = x.shape[:-2]
+    vals = x[..., ih[:, :, None, None], iw[None, None, :, :]]  # (..., oh, mh, ow, mw)
+    mask = vh[:, :, None, None] & vw[None, None, :, :]
+    vals = torch.where(mask, vals, float("-inf"))
+    nd = len(lead)
+    vals = vals.permute(*range(nd), nd, nd + 2, nd + 1, nd + 3).reshape(*lead, oh, ow, mh * mw)
+    values, j = torch.max(vals, dim=-1)
+    flat = (ih[:, None, :, None] * w + iw[None, :, None, :]).reshape(oh, ow, mh * mw)
+    indices = torch.gather(flat.expand(*lead, oh, ow, mh * mw), -1, j[..., None]).squeeze(-1)
+    return values, indices
+
+
+def _lu(a: torch.Tensor):
+    """Unrolled getf2 on (..., n, n): (packed LU, row-swap parity sign, 1-based int32 pivots)."""
+    n = int(a.shape[-1])
+    rows = torch.arange(n, dtype=torch.int64)
+    sign = torch.ones(a.shape[:-2], dtype=a.dtype)
+    pivots = []
+    for k in range(n):
+        col = torch.where(rows >= k, a[..., :, k].abs(), -1.0)
+        p = torch.argmax(col, dim=-1)  # (...,)
+        pivots.append(p)
+        row_k = a[..., k:k + 1, :]
+        row_p = torch.gather(a, -2, p[..., None, None].expand(*a.shape[:-2], 1, n))
+        is_k = (rows == k)[:, None]
+        is_p = (rows == p[..., None])[..., None]
+        a = torch.where(is_k, row_p, torch.where(is_p, row_k, a))
+        sign = torch.where(p != k, -sign, sign)
+        piv = a[..., k, k]
+        safe = torch.where(piv == 0, torch.ones_like(piv), piv)
+        f = torch.where(rows > k, a[..., :, k] / safe[..., None], 0.0)
+        a = a - f[..., :, None] * a[..., k:k + 1, :]
+        below = (rows[:, None] > k) & (rows[None, :] == k)
+        a = torch.where(below, f[..., :, None], a)
+    piv = (torch.stack(pivots, dim=-1) + 1).to(torch.int32) if n else \
+        torch.zeros((*a.shape[:-2], 0), dtype=torch.int32)
+    return a, sign, piv
+
+
+def linalg_det(a: torch.Tensor):
+    lu, sign, piv = _lu(a)
+    det = sign * torch.prod(torch.diagonal(lu, dim1=-2, dim2=-1), dim=-1)
+    return det, lu, piv
+
+
+def linalg_slogdet(a: torch.Tensor):
+    lu, sign, piv = _lu(a)
+    diag = torch.diagonal(lu, dim1=-2, dim2=-1)
+    sign = sign * torch.prod(torch.sign(diag), dim=-1)
+    logabs = torch.sum(torch.log(torch.abs(diag)), dim=-1)
+    return sign, logabs, lu, piv
+
+
+def fmod_scalar(x: torch.Tensor, other):
+    """fmod by a scalar (torch.roll's index arithmetic, e.g. Swin's shifted windows): torch-mlir
+    lowers only the tensor-tensor form."""
+    return aten.fmod.Tensor(x, torch.full((), other, dtype=x.dtype))
+
+
+def table() -> dict:
+    """OpOverload -> decomposition, for `ExportedProgram.run_decompositions`."""
+    return {
+        aten.adaptive_max_pool2d.default: adaptive_max_pool2d,
+        aten._linalg_det.default: linalg_det,
+        aten._linalg_slogdet.default: linalg_slogdet,
+        aten.fmod.Scalar: fmod_scalar,
+    }
