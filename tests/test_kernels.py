@@ -41,6 +41,17 @@ class LinearChain(nn.Module):
         return self.b(torch.clamp(self.a(x), -0.5, 0.5))
 
 
+class StridedMatmuls(nn.Module):
+    """Matmuls on views, read in place by the GEMM: slices at an offset (A and B), a column
+    stride (B gathered into panels, also with few rows), heads of a permuted fused qkv."""
+
+    def forward(self, a, big, q):
+        qq = q.view(2, 3, 16, 8).permute(1, 0, 2, 3)
+        scores = torch.softmax(qq[0] @ qq[2].transpose(-1, -2), -1)
+        return (a @ big[:, 8:40], a @ big[:, ::2], a[:, 4:20] @ big[4:20, :], a[:3, :16] @ big[:16, ::2],
+                scores @ qq[1])
+
+
 def _bn(m):
     with torch.no_grad():
         zoo._randomize_batchnorm(m, torch.Generator().manual_seed(3))
@@ -81,6 +92,7 @@ CASES = {
     "linear_gemv": (lambda: LinearChain(1), [(1, 300)]),
     "linear_gemm": (lambda: LinearChain(40), [(40, 300)]),
     "batch_matmul": (lambda: Attention(), [(3, 20, 16), (3, 24, 16)]),
+    "matmul_strided_views": (lambda: StridedMatmuls(), [(24, 24), (24, 64), (2, 16, 24)]),
     # 3x3 stride-1 convs with >= 16 channels: Winograd F(2x2,3x3). Odd sizes leave partial tiles,
     # widths that are not a multiple of 16 tiles put panels across tile rows (the gather path).
     "winograd_bias_relu_odd": (lambda: nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU()),
@@ -115,6 +127,8 @@ def test_kernel_path_matches_eager(name, tmp_path):
     kernels = result.manifest["targets"]["cpu"]["kernels"]
     if "fallback" not in name:
         assert kernels, f"{name}: expected a microkernel call"
+    if name == "matmul_strided_views":  # every matmul on a view is a kernel call, none a loop
+        assert kernels == {"mlrt_matmul_f32": 6}, kernels
     assert ("mlrt_conv2d_winograd_f32" in kernels) == name.startswith("winograd"), kernels
     if name.startswith("winograd"):  # the tile the name promises: F(4x4,3x3) or F(2x2,3x3)
         f4 = any(w["name"].endswith("(Winograd F(4x4,3x3))") for w in result.manifest["weights"])

@@ -10,8 +10,9 @@ what surrounds them so each output is written once:
 
 Runs on bufferized IR, before memory planning: the packed-B scratch a kernel needs becomes an
 ordinary `memref.alloc`, so the planner gives it an arena offset like any intermediate. Buffers
-are passed as int64 addresses (`memref.extract_aligned_pointer_as_index`); only contiguous,
-offset-0 f32 memrefs qualify. Anything else keeps its (slow, correct) loop lowering.
+are passed as int64 addresses (`memref.extract_aligned_pointer_as_index`, plus a view's offset);
+f32 memrefs with static layouts qualify: contiguous ones, and for the matmul operands views
+with any strides (A with unit column stride). Anything else keeps its (slow, correct) loops.
 """
 
 from __future__ import annotations
@@ -61,6 +62,22 @@ def _is_dense_f32(value, rank: int) -> bool:
             contiguous = False
         expect *= dim
     return contiguous and offset == 0
+
+
+def _static_layout(value, rank: int) -> tuple[int, list[int]] | None:
+    """(offset, strides) in elements of a static-shaped f32 memref of `rank` whose layout is
+    known at compile time, else None. Strides of size-1 dims are reported as 0 (never used)."""
+    from torch_mlir import ir
+
+    t = value.type
+    if not isinstance(t, ir.MemRefType) or t.rank != rank or not t.has_static_shape \
+            or not isinstance(t.element_type, ir.F32Type):
+        return None
+    strides, offset = t.get_strides_and_offset()
+    dynamic = ir.ShapedType.get_dynamic_stride_or_offset()
+    if offset == dynamic or dynamic in strides or offset < 0:
+        return None
+    return offset, [0 if d == 1 else st for d, st in zip(t.shape, strides)]
 
 
 def _ints(op, name: str) -> list[int]:
@@ -403,7 +420,7 @@ class _Rewriter(TopLevelOps):
     # ---------------------------------------------------------------- emission
 
     def emit(self, kernel_op, name: str, leading: list, scratch_floats, dims_before: list, fusion: _Fusion,
-             trailing_dims: list, out, gemm_shape=None):
+             trailing_dims: list, out, gemm_shape=None, strides=(), offsets=None):
         from torch_mlir.dialects import arith, func, memref
 
         ir = self.ir
@@ -417,7 +434,11 @@ class _Rewriter(TopLevelOps):
                 if v is None:
                     return arith.ConstantOp(i64, 0).result
                 index = memref.ExtractAlignedPointerAsIndexOp(v).result
-                return arith.IndexCastOp(i64, index).result
+                address = arith.IndexCastOp(i64, index).result
+                offset = (offsets or {}).get(v, 0)  # a view's first element, past the aligned base
+                if offset:
+                    address = arith.AddIOp(address, arith.ConstantOp(i64, 4 * offset).result).result
+                return address
 
             args = [ptr(v) for v in leading]
             if scratch_floats is not None:
@@ -435,6 +456,7 @@ class _Rewriter(TopLevelOps):
             args += [ptr(fusion.residual),
                      arith.ConstantOp(f32, fusion.lo).result, arith.ConstantOp(f32, fusion.hi).result,
                      ptr(fusion.dst if fusion.dst is not None else out)]
+            args += [arith.ConstantOp(i64, d).result for d in strides]
             func.CallOp([], name, args)
         for op in [kernel_op, *fusion.erase]:
             op.erase()
@@ -462,6 +484,20 @@ class _Rewriter(TopLevelOps):
         if any((u.operation if hasattr(u, "operation") else u) not in absorbed for u in users):
             return None
         return alloc
+
+    def matmul_layouts(self, a, b, c_out, rank: int):
+        """((offset, strides) of A, of B) if the GEMM kernel can read them in place, else None.
+        C must be dense. On the CPU, A may be any view with unit column stride (a slice of a
+        fused qkv projection, a head of a permuted tensor) and B any view at all (transposed
+        included: the kernel gathers it into packed panels). The CUDA GEMM takes dense operands."""
+        if not _is_dense_f32(c_out, rank):
+            return None
+        if self.scratch is not None:
+            return ((0, []), (0, [])) if _is_dense_f32(a, rank) and _is_dense_f32(b, rank) else None
+        la, lb = _static_layout(a, rank), _static_layout(b, rank)
+        if la is None or lb is None or la[1][-1] not in (0, 1):
+            return None
+        return la, lb
 
     def packable_weight(self, value, kernel_op) -> int | None:
         """Argument index of `value` if it is a function argument used by `kernel_op` alone: its
@@ -528,25 +564,34 @@ class _Rewriter(TopLevelOps):
                     kernel = "mlrt_conv2d_f32"
             elif name in _DEFAULT_MAPS and _plain_matmul(kernel_op, name):
                 rank = 2 if name == "linalg.matmul" else 3
-                if not all(_is_dense_f32(v, rank) for v in operands):
-                    continue
                 a, b, c_out = operands
+                layouts = self.matmul_layouts(a, b, c_out, rank)
+                if layouts is None:
+                    continue
+                (a_off, a_strides), (b_off, b_strides) = layouts
                 batch = 1 if rank == 2 else a.type.shape[0]
                 m, k = a.type.shape[-2:]
                 n = b.type.shape[-1]
+                b_rows_contiguous = b_strides[-1] in (0, 1)
                 bias_dims = ([0], True) if rank == 2 else ([0, 1], True)
                 col_map = "(d0, d1) -> (d1)" if rank == 2 else "(d0, d1, d2) -> (d2)"
                 self.prologue(kernel_op, c_out, bias_dims, fusion)
                 self.epilogue(kernel_op, c_out, col_map, fusion, {a, b})
-                packed_arg = self.packable_weight(b, kernel_op) if rank == 2 and m >= PACK_MIN_ROWS and self.prepack_weights else None
+                packed_arg = self.packable_weight(b, kernel_op) \
+                    if rank == 2 and m >= PACK_MIN_ROWS and self.prepack_weights and _is_dense_f32(b, rank) \
+                    else None
                 if packed_arg is not None:  # B is a weight: the bundle stores it packed, no scratch
                     self.prepack[packed_arg] = ("panels", k, n)
                     scratch = 0
-                else:
-                    scratch = _packed_floats(k, n) if m >= PACK_MIN_ROWS else 0
+                else:  # few rows read B in place, which needs its rows contiguous; else B is packed
+                    scratch = _packed_floats(k, n) if m >= PACK_MIN_ROWS or not b_rows_contiguous else 0
                 trailing = [int(fusion.bias_per_col), int(packed_arg is not None)]
+                # A: batch stride and row stride (unit columns); B: batch, row and column strides.
+                strides = [a_strides[0] if rank == 3 else 0, a_strides[-2] if m > 1 else k,
+                           b_strides[0] if rank == 3 else 0, b_strides[-2], b_strides[-1] if n > 1 else 1]
                 sig = self.emit(kernel_op, "mlrt_matmul_f32", [a, b, c_out], scratch, [batch, m, n, k], fusion,
-                                trailing, c_out, gemm_shape=(batch, m, n, k))
+                                trailing, c_out, gemm_shape=(batch, m, n, k),
+                                strides=strides if self.scratch is None else (), offsets={a: a_off, b: b_off})
                 kernel = "mlrt_matmul_f32"
             else:
                 continue

@@ -292,20 +292,28 @@ void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
 typedef struct {
   const float *B;
   float *Bp;
-  int64_t K, N, ldb;
+  int64_t K, N, ldb_k, ldb_n; /* B[k][n] at B + k * ldb_k + n * ldb_n */
 } pack_job;
 
 static void pack_panel(void *ctx, int64_t p) {
   const pack_job *j = (const pack_job *)ctx;
   float *dst = j->Bp + p * j->K * NR;
   const int64_t n0 = p * NR, n = min64(NR, j->N - n0);
-  for (int64_t k = 0; k < j->K; ++k) {
-    const float *src = j->B + k * j->ldb + n0;
-    if (n == NR) {
-      memcpy(dst + k * NR, src, NR * sizeof(float));
-    } else {
-      for (int64_t c = 0; c < NR; ++c) dst[k * NR + c] = c < n ? src[c] : 0.0f;
+  if (j->ldb_n == 1) {
+    for (int64_t k = 0; k < j->K; ++k) {
+      const float *src = j->B + k * j->ldb_k + n0;
+      if (n == NR) {
+        memcpy(dst + k * NR, src, NR * sizeof(float));
+      } else {
+        for (int64_t c = 0; c < NR; ++c) dst[k * NR + c] = c < n ? src[c] : 0.0f;
+      }
     }
+    return;
+  }
+  /* a strided B (e.g. transposed): walk each column along K, the direction it is stored in */
+  for (int64_t c = 0; c < NR; ++c) {
+    const float *src = j->B + (n0 + c) * j->ldb_n;
+    for (int64_t k = 0; k < j->K; ++k) dst[k * NR + c] = c < n ? src[k * j->ldb_k] : 0.0f;
   }
 }
 
@@ -314,7 +322,7 @@ static void pack_panel(void *ctx, int64_t p) {
 typedef struct {
   const float *A, *B;
   float *C;
-  int64_t M, N, K, chunk;
+  int64_t M, N, K, lda, ldb, chunk; /* B's rows are contiguous, ldb apart */
   const mlrt_epilogue *ep;
 } direct_job;
 
@@ -325,7 +333,7 @@ static void direct_task(void *ctx, int64_t task) {
   const mlrt_epilogue *ep = d->ep;
   const int64_t j0 = task * d->chunk, j1 = min64(d->N, j0 + d->chunk);
   for (int64_t i = 0; i < d->M; ++i) {
-    const float *a = d->A + i * d->K;
+    const float *a = d->A + i * d->lda;
     float *c = d->C + i * d->N;
     if (ep->overwrite)
       for (int64_t j = j0; j < j1; ++j)
@@ -334,13 +342,13 @@ static void direct_task(void *ctx, int64_t task) {
     int64_t k = 0;
     for (; k + 4 <= d->K; k += 4) {
       const float a0 = a[k], a1 = a[k + 1], a2 = a[k + 2], a3 = a[k + 3];
-      const float *restrict b0 = d->B + k * d->N, *restrict b1 = b0 + d->N, *restrict b2 = b1 + d->N,
-                            *restrict b3 = b2 + d->N;
+      const float *restrict b0 = d->B + k * d->ldb, *restrict b1 = b0 + d->ldb, *restrict b2 = b1 + d->ldb,
+                            *restrict b3 = b2 + d->ldb;
       for (int64_t j = j0; j < j1; ++j) c[j] += (a0 * b0[j] + a1 * b1[j]) + (a2 * b2[j] + a3 * b3[j]);
     }
     for (; k < d->K; ++k) {
       const float ak = a[k];
-      const float *restrict b = d->B + k * d->N;
+      const float *restrict b = d->B + k * d->ldb;
       for (int64_t j = j0; j < j1; ++j) c[j] += ak * b[j];
     }
     for (int64_t j = j0; j < j1; ++j) {
@@ -354,7 +362,8 @@ static void direct_task(void *ctx, int64_t task) {
 
 void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t batch, int64_t M, int64_t N,
                      int64_t K, int64_t overwrite, int64_t bias, int64_t bias_per_col, int64_t b_packed,
-                     int64_t residual, float act_lo, float act_hi, int64_t dst) {
+                     int64_t residual, float act_lo, float act_hi, int64_t dst, int64_t a_batch, int64_t lda,
+                     int64_t b_batch, int64_t ldb_k, int64_t ldb_n) {
   const float *A = (const float *)(intptr_t)a, *B = (const float *)(intptr_t)b;
   float *C = (float *)(intptr_t)c, *Bp = (float *)(intptr_t)scratch;
   for (int64_t bi = 0; bi < batch; ++bi) {
@@ -363,18 +372,19 @@ void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t b
     mlrt_epilogue ep = {(int)overwrite, (const float *)(intptr_t)bias, (int)bias_per_col,
                         residual ? (const float *)(intptr_t)residual + c_off : NULL, act_lo, act_hi,
                         (float *)(intptr_t)dst + c_off};
-    const float *Ab = A + bi * M * K, *Bb = B + bi * K * N;
+    const float *Ab = A + bi * a_batch, *Bb = B + bi * b_batch;
     float *Cb = C + c_off;
     if (b_packed) {  /* 2-D only: the compiler packs weights for plain matmuls */
-      mlrt_gemm_packed(M, N, K, Ab, K, B, Cb, N, &ep);
+      mlrt_gemm_packed(M, N, K, Ab, lda, B, Cb, N, &ep);
       continue;
     }
     if (!Bp) {
-      /* B streams from memory (or L2) once: a multiply-add costs several of a packed GEMM's */
+      /* B streams from memory (or L2) once: a multiply-add costs several of a packed GEMM's.
+       * The compiler passes no scratch only where B's rows are contiguous (ldb_n == 1). */
       const int64_t threads = mlrt_threads_for(8 * M * N * K);
       int64_t chunk = (N + threads - 1) / threads;
       chunk = (chunk + 15) / 16 * 16;
-      direct_job d = {Ab, Bb, Cb, M, N, K, chunk, &ep};
+      direct_job d = {Ab, Bb, Cb, M, N, K, lda, ldb_k, chunk, &ep};
       if (threads == 1)
         direct_task(&d, 0);
       else
@@ -382,11 +392,11 @@ void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t b
       continue;
     }
     const int64_t threads = mlrt_threads_for(M * N * K);
-    pack_job p = {Bb, Bp, K, N, N};
+    pack_job p = {Bb, Bp, K, N, ldb_k, ldb_n};
     if (threads == 1)
       for (int64_t i = 0; i < (N + NR - 1) / NR; ++i) pack_panel(&p, i);
     else
       mlrt_parallel_for((N + NR - 1) / NR, pack_panel, &p);
-    mlrt_gemm_packed(M, N, K, Ab, K, Bp, Cb, N, &ep);
+    mlrt_gemm_packed(M, N, K, Ab, lda, Bp, Cb, N, &ep);
   }
 }

@@ -71,10 +71,15 @@ typedef struct {
 } mlrt_epilogue;
 
 /* Entry points called by generated code. Pointers travel as int64; `act_lo/act_hi` clamp. */
-/* b_packed: B is already in packed panels (a weight packed at build time); scratch is unused. */
+/* b_packed: B is already in packed panels (a weight packed at build time); scratch is unused.
+ * A and B may be views: A[bi][m][k] at A + bi * a_batch + m * lda + k (unit column stride),
+ * B[bi][k][n] at B + bi * b_batch + k * ldb_k + n * ldb_n (any strides: a transposed B is
+ * gathered into the packed panels). Without scratch (few rows: B read in place) ldb_n is 1.
+ * C is dense, [batch][M][N]. */
 void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t batch, int64_t M, int64_t N,
                      int64_t K, int64_t overwrite, int64_t bias, int64_t bias_per_col, int64_t b_packed,
-                     int64_t residual, float act_lo, float act_hi, int64_t dst);
+                     int64_t residual, float act_lo, float act_hi, int64_t dst, int64_t a_batch, int64_t lda,
+                     int64_t b_batch, int64_t ldb_k, int64_t ldb_n);
 void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
                      int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
                      int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
