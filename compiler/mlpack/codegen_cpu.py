@@ -409,9 +409,45 @@ def compile_object(llvm_ir: str, cpu: str) -> bytes:
     return tm.emit_object(mod)
 
 
-def _entry_wrapper(num_args: int) -> str:
-    params = ", ".join(["void *"] * num_args)
-    args = ", ".join(f"a[{i}]" for i in range(num_args))
+_FORWARD_DEF = re.compile(r"^define [^\n]*@forward\(([^)]*)\)", re.M)
+
+
+def _forward_params(llvm_ir: str) -> list[str]:
+    """The LLVM types of `@forward`'s parameters ('ptr', 'i64', ...)."""
+    m = _FORWARD_DEF.search(llvm_ir)
+    if not m:
+        raise BuildError("internal: the LLVM IR defines no @forward")
+    return [p.split()[0] for p in m.group(1).split(",") if p.strip()]
+
+
+def _entry_call(llvm_ir: str, arg_shapes: list[tuple[int, ...]]) -> tuple[list[str], list[str]]:
+    """How mlrt_entry calls @forward: (C parameter types, C arguments), from `a`, the runtime's
+    pointer per argument. Normally one pointer per memref (bare-pointer convention). MLIR falls
+    back to full memref descriptors for the whole function when any argument's layout has no
+    bare-pointer form, as a memref with a zero-size dimension (memref<3x0xf32>): then each
+    argument is (allocated, aligned, offset, sizes..., strides...), built here from its static
+    shape. Anything else is refused: a wrong call would crash at run time."""
+    params = _forward_params(llvm_ir)
+    if params == ["ptr"] * len(arg_shapes):
+        return ["void *"] * len(arg_shapes), [f"a[{i}]" for i in range(len(arg_shapes))]
+    types, args = [], []
+    for i, shape in enumerate(arg_shapes):
+        strides = [1] * len(shape)
+        for d in range(len(shape) - 1, 0, -1):
+            strides[d - 1] = strides[d] * shape[d]
+        types += ["void *", "void *"] + ["int64_t"] * (1 + 2 * len(shape))
+        args += [f"a[{i}]", f"a[{i}]", "0", *map(str, shape), *map(str, strides)]
+    expected = ["ptr" if t == "void *" else "i64" for t in types]
+    if params != expected:
+        raise BuildError(f"internal: @forward takes ({', '.join(params)}), which is neither one pointer per "
+                         f"argument nor memref descriptors for the {len(arg_shapes)} arguments")
+    return types, args
+
+
+def _entry_wrapper(num_args: int, call: tuple[list[str], list[str]] | None = None) -> str:
+    types, call_args = call or (["void *"] * num_args, [f"a[{i}]" for i in range(num_args)])
+    params = ", ".join(types)
+    args = ", ".join(call_args)
     return ('#include "mlrt_kernels.h"\n'
             "void mlrt_set_host(const mlrt_host_api *host);\n"
             f"extern void forward({params});\n"
@@ -471,13 +507,13 @@ def support_objects(cc: str, cpu: str) -> list[Path]:
     return objects
 
 
-def link_shared_object(obj: bytes, num_args: int, cpu: str) -> bytes:
+def link_shared_object(obj: bytes, num_args: int, cpu: str, call: tuple[list[str], list[str]] | None = None) -> bytes:
     cc = os.environ.get("CC", "cc")
     support = support_objects(cc, cpu)
     with tempfile.TemporaryDirectory(prefix="mlpack-link-") as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "model.o").write_bytes(obj)
-        (tmp_path / "entry.c").write_text(_entry_wrapper(num_args))
+        (tmp_path / "entry.c").write_text(_entry_wrapper(num_args, call))
         cmd = [cc, "-shared", "-fPIC", "-O3", f"-march={cpu}", "-mtune=generic",
                "-std=gnu11", "-fvisibility=hidden", f"-I{KERNELS_DIR}", "-o", str(tmp_path / "model.so"),
                str(tmp_path / "model.o"), str(tmp_path / "entry.c"), *map(str, support),
@@ -527,6 +563,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
         with module.context, ir.Location.unknown():
             memory_plan = assign_arena(func_op)
             num_args = len(func_op.regions[0].blocks[0].arguments)
+            arg_shapes = [tuple(ir.MemRefType(a.type).shape) for a in func_op.regions[0].blocks[0].arguments]
             # Every argument is a distinct buffer (inputs, weights, outputs, arena): say so to LLVM.
             _set_all_arg_attrs(func_op, {"llvm.noalias": ir.UnitAttr.get()})
         dump("planned", str(module))
@@ -540,7 +577,8 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
         llvm_ir = vectorizable_math(translate_to_llvm_ir(module))
         dump("llvm", llvm_ir)
         _check_externals(llvm_ir)
+        call = _entry_call(llvm_ir, arg_shapes)
         obj = compile_object(llvm_ir, cpu)
     with stage("link"):
-        so = link_shared_object(obj, num_args, cpu)
+        so = link_shared_object(obj, num_args, cpu, call)
     return CpuArtifact(so, memory_plan, cpu, CPU_LEVELS[cpu], num_args, llvm_ir, dict(kernels), prepack)

@@ -18,6 +18,12 @@ the sizes of the node it replaces (loops unrolled, windows computed in Python).
   not LAPACK's of A^T. A zero pivot gives det 0 (sign 0, log|det| = -inf), as eager.
 - `fmod.Scalar` (torch.roll's index arithmetic: Swin's shifted windows): torch-mlir fails to
   legalize it (reported as "failed to legalize 'torch.constant.int'"); `fmod.Tensor` it lowers.
+- `arange.start_step` in int8 / uint8 (torch.eye decomposes to a uint8 arange compared with
+  itself): torch-mlir's lowering crashes the process (SIGSEGV). Counted in int64, then cast.
+- `mul.Tensor`, `sub.Tensor`, `div.Tensor_mode` of an int8 / uint8 tensor and a Python number
+  (`y * 2`, `y - 2`, `y // 2`): torch-mlir's lowering crashes the process (SIGSEGV). An integer
+  in the dtype's range becomes a 0-d tensor of that dtype (same wrap-around as eager); with a float
+  the tensor is cast to float32 first (eager's type promotion gives float32 too).
 """
 
 from __future__ import annotations
@@ -122,6 +128,30 @@ def fmod_scalar(x: torch.Tensor, other):
     return aten.fmod.Tensor(x, torch.full((), other, dtype=x.dtype))
 
 
+def arange_8bit(start, end, step=1, *, dtype=None, layout=None, device=None, pin_memory=None):
+    """arange in int8 / uint8 as an int64 arange cast down (the values fit: arange checks the end)."""
+    if dtype not in (torch.int8, torch.uint8):
+        return NotImplemented  # everything else: the op itself
+    wide = aten.arange.start_step(start, end, step, dtype=torch.int64, device=device)
+    return wide.to(dtype)
+
+
+_8BIT_RANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+
+
+def _with_8bit_scalar(op):
+    def decompose(a, b, *args, **kwargs):
+        if not isinstance(a, torch.Tensor) or a.dtype not in _8BIT_RANGE or isinstance(b, (torch.Tensor, bool)):
+            return NotImplemented
+        lo, hi = _8BIT_RANGE[a.dtype]
+        if isinstance(b, int) and lo <= b <= hi:
+            return op(a, torch.full((), b, dtype=a.dtype), *args, **kwargs)
+        if isinstance(b, float):
+            return op(a.to(torch.float32), torch.full((), b, dtype=torch.float32), *args, **kwargs)
+        return NotImplemented
+    return decompose
+
+
 def table() -> dict:
     """OpOverload -> decomposition, for `ExportedProgram.run_decompositions`."""
     return {
@@ -129,4 +159,8 @@ def table() -> dict:
         aten._linalg_det.default: linalg_det,
         aten._linalg_slogdet.default: linalg_slogdet,
         aten.fmod.Scalar: fmod_scalar,
+        aten.arange.start_step: arange_8bit,
+        aten.mul.Tensor: _with_8bit_scalar(aten.mul.Tensor),
+        aten.sub.Tensor: _with_8bit_scalar(aten.sub.Tensor),
+        aten.div.Tensor_mode: _with_8bit_scalar(aten.div.Tensor_mode),
     }
