@@ -26,6 +26,18 @@ __all__ = ["load", "Model", "Error", "TensorSpec", "DeviceArray", "version", "ge
 __version__ = version()
 
 
+def _c_array(a: np.ndarray) -> np.ndarray:
+    """`a` as the runtime reads it: C-contiguous, aligned, native byte order, same dtype and shape.
+    Returns `a` itself when it already is; else a copy (Fortran order, slices with any strides,
+    negative ones included, unaligned or byte-swapped buffers). Keeps 0-d arrays 0-d, which
+    np.ascontiguousarray does not."""
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, order="C", copy=True)
+
+
 class Model:
     """A loaded bundle. Immutable; `run` may be called from many threads at once (it releases the GIL)."""
 
@@ -86,7 +98,7 @@ class Model:
                     a = np.asarray(a)
                 else:
                     raise Error(f"input {i} ('{specs[i].name}'): expected a numpy array, got {type(a).__name__}")
-            arrays.append(np.ascontiguousarray(a))  # copies only when not already C-contiguous
+            arrays.append(_c_array(a))
         return self._native.run_flat(arrays)
 
     def run_dlpack(self, *args: Any, stream: int = 1) -> Any:

@@ -314,8 +314,14 @@ py::list RunFlat(const mlrt::Model& model, const py::list& arrays) {
                              mlrt::DTypeName(specs[i].dtype) + ", got unsupported numpy dtype " +
                              std::string(py::str(a.dtype()))));
     }
-    if (!(a.flags() & py::array::c_style)) {
-      Raise(mlrt::Status(mlrt::StatusCode::kInvalidArgument, "input " + std::to_string(i) + " is not C-contiguous"));
+    // The Python layer copies anything else (mlrt._c_array); reading such memory as is would be wrong.
+    if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
+      Raise(mlrt::Status(mlrt::StatusCode::kInvalidArgument,
+                         "input " + std::to_string(i) + " is not C-contiguous and aligned"));
+    }
+    if (!a.dtype().attr("isnative").cast<bool>()) {
+      Raise(mlrt::Status(mlrt::StatusCode::kInvalidArgument,
+                         "input " + std::to_string(i) + " is not in the machine's byte order"));
     }
     std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
     inputs.push_back({a.data(), *dt, std::move(shape)});
