@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 from .errors import BuildError, MissingCompilerDependencies
 
 TARGETS = ("cpu", "cuda")
+_ALWAYS_REPORTED = ("batchnorm_folded", "constants_folded", "var_mean_in_float32")  # other passes: when they did something
 
 
 @dataclass
@@ -76,7 +77,7 @@ def build(
     import torch
 
     from . import bundle as bundle_fmt
-    from . import frontend
+    from . import frontend, model_io
     from .codegen_cpu import DEFAULT_CPU, compile_cpu
     from .codegen_cuda import DEFAULT_SASS, DEFAULT_SM, compile_cuda
     from .importer import import_program
@@ -125,9 +126,17 @@ def build(
         lifted = frontend.lift(ep)
     with stage("import"):
         module = import_program(lifted)
+        # A value returned twice (equal computations merged by CSE) becomes one output.
+        merged = model_io.merge_duplicate_results(module)
+        if merged is not None:
+            model_io.remap_outputs(lifted, merged)
         dump("linalg", str(module))
         # Each codegen rewrites its module in place: the CUDA path gets its own copy.
-        cuda_module = import_program(lifted) if "cuda" in targets and "cpu" in targets else module
+        cuda_module = module
+        if "cuda" in targets and "cpu" in targets:
+            cuda_module = import_program(lifted)
+            if model_io.merge_duplicate_results(cuda_module) != merged:
+                raise BuildError("internal: the CPU and CUDA imports return different results")
     # Winograd weights are a CPU-only layout: a bundle whose weights the CUDA target shares keeps
     # its 3x3 convs on im2col.
     art = compile_cpu(module, cpu, dump, stage, winograd=winograd and "cuda" not in targets) if "cpu" in targets else None
@@ -161,10 +170,11 @@ def build(
             "inputs": [s.to_json() for s in lifted.inputs],
             "outputs": [s.to_json() for s in lifted.outputs],
             "output_structure": lifted.output_structure,
+            **({"input_mutations": lifted.input_mutations} if lifted.input_mutations else {}),
             "weights": weight_entries,
             "call": call,
             "memory_plan": main.memory_plan.to_json(),
-            "graph_passes": lifted.graph_passes,
+            "graph_passes": {k: v for k, v in lifted.graph_passes.items() if v or k in _ALWAYS_REPORTED},
             "targets": {},
         }
         sections = []

@@ -152,7 +152,11 @@ def inspect(bundle, as_json, plot):
     for kind in ("inputs", "outputs"):
         click.echo(f"{kind}:")
         for t in m[kind]:
-            click.echo(f"  {t['name']}: {t['dtype']}{t['shape']}")
+            model_dtype = f" (model: {t['torch_dtype']})" if t.get("torch_dtype") else ""
+            click.echo(f"  {t['name']}: {t['dtype']}{t['shape']}{model_dtype}")
+    click.echo(f"returns: {_describe_structure(m.get('output_structure', 0), m['outputs'])}")
+    for mut in m.get("input_mutations", []):
+        click.echo(f"updates in place: input {m['inputs'][mut['input']]['name']} <- {m['outputs'][mut['output']]['name']}")
     for name, t in m["targets"].items():
         if name == "cuda":
             click.echo(f"target cuda: {_describe_cuda(t)}")
@@ -174,6 +178,30 @@ def inspect(bundle, as_json, plot):
     if plot:
         _plot_memory(plan, bundle.name, plot)
         click.echo(f"wrote {plot}")
+
+
+def _describe_structure(node, outputs: list[dict]) -> str:
+    """The manifest's `output_structure` as Python-like text with output names: `(output_0, None, max(values=output_1, ...))`."""
+    if isinstance(node, int):
+        return outputs[node]["name"] if 0 <= node < len(outputs) else f"<output {node}?>"
+    kind = node.get("type")
+    if kind == "none":
+        return "None"
+    if kind == "float":
+        return repr(float(node["value"]))
+    if kind in ("bool", "int", "str"):
+        return repr(node["value"])
+    items = [_describe_structure(n, outputs) for n in node.get("items", [])]
+    if kind == "tuple":
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    if kind == "list":
+        return f"[{', '.join(items)}]"
+    if kind == "dict":
+        return "{" + ", ".join(f"{k!r}: {v}" for k, v in zip(node["keys"], items)) + "}"
+    if kind == "namedtuple":
+        name = node.get("class", "").rsplit(".", 1)[-1]
+        return f"{name}(" + ", ".join(f"{f}={v}" for f, v in zip(node["fields"], items)) + ")"
+    return f"<{kind}>"
 
 
 def _describe_cuda(t: dict) -> str:

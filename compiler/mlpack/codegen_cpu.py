@@ -47,6 +47,10 @@ _BUFFERIZE = (
 # split_parallel_loops), then OpenMP regions, which kernels/openmp_shim.c runs on the mlrt thread
 # pool. (`canonicalize` must follow scf-to-openmp: TOOLCHAIN-NOTES §3.)
 _TO_PARALLEL_LOOPS = "builtin.module(convert-linalg-to-parallel-loops,canonicalize)"
+# bfloat16 <-> float32 casts (the ports of a bfloat16 model, model_io.float32_body) as integer ops:
+# LLVM would call __truncsfbf2, which the bundle cannot link. Only run where bf16 occurs (arith-expand
+# also rewrites max/min and integer divisions).
+_EXPAND_BF16 = "builtin.module(func.func(arith-expand{include-bf16=true}))"
 _TO_LLVM = (
     "builtin.module(convert-scf-to-openmp,canonicalize,"
     "lower-affine,convert-scf-to-cf,expand-strided-metadata,lower-affine,"
@@ -270,6 +274,8 @@ def _check_externals(llvm_ir: str) -> None:
 _SPECIAL_FP = re.compile(r"(?<![\w.%@$\"])([+-]?inf|[+-]?qnan|[+-]?nan)(?![\w(])")
 _SPECIAL_BITS = {"inf": "0x7FF0000000000000", "-inf": "0xFFF0000000000000", "qnan": "0x7FF8000000000000",
                  "-qnan": "0xFFF8000000000000", "nan": "0x7FF8000000000000", "-nan": "0xFFF8000000000000"}
+_SPECIAL_HALF_BITS = {"inf": "0xH7C00", "-inf": "0xHFC00", "qnan": "0xH7E00", "-qnan": "0xHFE00", "nan": "0xH7E00",
+                      "-nan": "0xHFE00"}
 _NEW_FP_LITERAL = re.compile(r"(?<![\w.%@$])f0x([0-9A-Fa-f]+)\b")
 
 
@@ -296,10 +302,18 @@ def _legacy_fp_literals(llvm_ir: str) -> str:
     # -1.000000e-01): the newer reader wants a float literal exact, so write the float's bits.
     llvm_ir = "\n".join(_DECIMAL_FP.sub(lambda m: _f(float(m.group(0))), line)
                          if "float" in line and "double" not in line else line for line in llvm_ir.split("\n"))
-    # Special values: the double pattern also serves float operands (exactly representable).
-    if "half " in llvm_ir and _SPECIAL_FP.search(llvm_ir):
-        raise BuildError("cannot translate half-precision inf/nan literals for llvmlite")
-    return _SPECIAL_FP.sub(lambda m: _SPECIAL_BITS[m.group(1).lstrip("+")], llvm_ir)
+    # Special values: the double pattern also serves float operands (exactly representable); a
+    # line of halves only (a float16 model's output casts) takes the half pattern.
+    def special(line: str) -> str:
+        if not _SPECIAL_FP.search(line):
+            return line
+        if "half" not in line:
+            return _SPECIAL_FP.sub(lambda m: _SPECIAL_BITS[m.group(1).lstrip("+")], line)
+        if "float" in line or "double" in line:
+            raise BuildError("cannot translate half-precision inf/nan literals for llvmlite")
+        return _SPECIAL_FP.sub(lambda m: _SPECIAL_HALF_BITS[m.group(1).lstrip("+")], line)
+
+    return "\n".join(special(line) for line in llvm_ir.split("\n"))
 
 
 def _f(v: float) -> str:
@@ -573,6 +587,8 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
             split_parallel_loops(func_op)
             scalar_reductions(func_op)
         dump("loops", str(module))
+        if "bf16" in str(module.operation):
+            _run_pipeline(module, _EXPAND_BF16, "expanding bfloat16 casts")
         _run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
         llvm_ir = vectorizable_math(translate_to_llvm_ir(module))
         dump("llvm", llvm_ir)

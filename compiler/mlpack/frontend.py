@@ -18,8 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind, OutputKind
-from torch.utils import _pytree as pytree
+from torch.export.graph_signature import InputKind
 
 from .errors import BuildError
 
@@ -38,6 +37,7 @@ _DTYPES = {
     torch.bool: "bool",
 }
 _TORCH_DTYPES = {name: dt for dt, name in _DTYPES.items()}
+_TORCH_DTYPES["bfloat16"] = torch.bfloat16  # a model dtype (--input-shape), not a port dtype: see _port_sig
 
 
 def dtype_name(dt: torch.dtype, what: str) -> str:
@@ -52,9 +52,21 @@ class TensorSig:
     name: str
     dtype: str  # numpy dtype name, e.g. "float32"
     shape: tuple[int, ...]
+    torch_dtype: str | None = None  # the model's dtype where the port's differs (bfloat16 -> float32)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        j = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.torch_dtype:
+            j["torch_dtype"] = self.torch_dtype
+        return j
+
+
+def _port_sig(name: str, dt: torch.dtype, shape: tuple[int, ...], what: str) -> TensorSig:
+    """A bundle input/output. bfloat16 has no numpy dtype: its ports are float32 holding bfloat16
+    values (rounded at the graph's entry and exit, see model_io.float32_body)."""
+    if dt == torch.bfloat16:
+        return TensorSig(name, "float32", shape, "bfloat16")
+    return TensorSig(name, dtype_name(dt, what), shape)
 
 
 @dataclass
@@ -66,9 +78,10 @@ class LiftedProgram:
     weights: list[tuple[str, np.ndarray]]  # (fully qualified name, contiguous data)
     inputs: list[TensorSig]
     outputs: list[TensorSig]
-    output_structure: Any  # pytree of output indices, see docs/bundle-format.md
+    output_structure: Any  # output indices and constants, nested: see docs/bundle-format.md
     exported: ExportedProgram  # decomposed program, kept for diagnostics (op -> module path)
     graph_passes: dict[str, int] = field(default_factory=dict)  # what each graph pass folded
+    input_mutations: list[dict] = field(default_factory=list)  # {"input": i, "output": k}: in-place updates
 
 
 # --------------------------------------------------------------------------- loading
@@ -183,18 +196,6 @@ def export_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor
 # --------------------------------------------------------------------------- lifting
 
 
-def _structure(spec: pytree.TreeSpec, counter: list[int]) -> Any:
-    if spec.is_leaf():
-        counter[0] += 1
-        return counter[0] - 1
-    kids = [_structure(c, counter) for c in spec.children_specs]
-    if spec.type in (tuple, list):
-        return {"type": spec.type.__name__, "items": kids}
-    if spec.type is dict:
-        return {"type": "dict", "keys": [str(k) for k in spec.context], "items": kids}
-    raise BuildError(f"model output of type {spec.type.__name__} is not supported (use tensors, tuples, lists, dicts)")
-
-
 def _placeholder_sig(node: torch.fx.Node, name: str) -> tuple[tuple[int, ...], torch.dtype]:
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
@@ -241,14 +242,10 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
 
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
 
-    from . import graph_passes
+    from . import graph_passes, model_io
 
     ep = ep.run_decompositions()  # core ATen: BatchNorm is still one op here
     sig = ep.graph_signature
-    for out in sig.output_specs:
-        if out.kind != OutputKind.USER_OUTPUT:
-            raise BuildError(f"the model mutates '{out.target}' during forward ({out.kind.name}); "
-                             "call model.eval() and keep forward free of in-place state updates")
     state = {**ep.state_dict, **ep.constants}
     gm = copy.deepcopy(ep.graph_module)  # `ep` stays intact for diagnostics
     values: dict[torch.fx.Node, torch.Tensor] = {}
@@ -258,24 +255,30 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
         if spec.kind == InputKind.USER_INPUT:
             shape, dt = _placeholder_sig(node, spec.arg.name)
             input_nodes[node] = len(inputs)
-            inputs.append(TensorSig(spec.arg.name, dtype_name(dt, f"input '{spec.arg.name}'"), shape))
+            inputs.append(_port_sig(spec.arg.name, dt, shape, f"input '{spec.arg.name}'"))
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             t = state[spec.target].detach()
-            dtype_name(t.dtype, f"weight '{spec.target}'")
+            if t.dtype not in model_io.LOW_PRECISION:
+                dtype_name(t.dtype, f"weight '{spec.target}'")
             values[node] = t
             node.meta["mlpack_weight_name"] = spec.target
         else:
             raise BuildError(f"model input kind {spec.kind.name} ('{spec.arg.name}') is not supported")
 
-    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    # One graph output per distinct tensor (user outputs, then mutated inputs' new values);
+    # constants the model returns live in the output structure only.
+    plan = model_io.plan_outputs(gm, sig.output_specs, {s.name for s in inputs})
     outputs = []
-    for i, o in enumerate(out_node.args[0]):
-        val = o.meta.get("val") if isinstance(o, torch.fx.Node) else None
-        if not isinstance(val, torch.Tensor):
-            raise BuildError(f"output {i} is not a tensor ({type(val).__name__}); only tensor outputs are supported")
-        outputs.append(TensorSig(f"output_{i}", dtype_name(val.dtype, f"output {i}"), tuple(int(d) for d in val.shape)))
+    for i, (node, name) in enumerate(zip(plan.nodes, plan.names)):
+        val = node.meta["val"]
+        outputs.append(_port_sig(name, val.dtype, tuple(int(d) for d in val.shape), f"output {i}"))
+    input_index = {s.name: i for i, s in enumerate(inputs)}
+    mutations = [{"input": input_index[name], "output": k} for name, k in plan.mutations]
 
-    stats = {"batchnorm_folded": graph_passes.run_pass(gm.graph, values, graph_passes.fold_batchnorm)}
+    stats = {"empty_permuted_decomposed": model_io.decompose_empty_permuted(gm.graph),
+             "int_operands_promoted": model_io.promote_int_operands(gm.graph),
+             "half_to_float32": model_io.float32_body(gm, values, input_nodes)}
+    stats["batchnorm_folded"] = graph_passes.run_pass(gm.graph, values, graph_passes.fold_batchnorm)
     gm.recompile()
     call_args, weights, example_args = _flatten(gm, inputs, input_nodes, values)
 
@@ -292,6 +295,8 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
         if kind == "weight":
             values[placeholders[k]] = torch.from_numpy(weights[i][1])
             placeholders[k].meta["mlpack_weight_name"] = weights[i][0]
+    stats["empty_permuted_decomposed"] += model_io.decompose_empty_permuted(gm.graph)
+    stats["int_operands_promoted"] += model_io.promote_int_operands(gm.graph)
     stats["var_mean_in_float32"] = graph_passes.run_pass(gm.graph, values, graph_passes.var_mean_in_input_dtype)
     stats["constants_folded"] = graph_passes.run_pass(gm.graph, values, graph_passes.fold_constants)
     gm.recompile()
@@ -303,7 +308,8 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
         weights=weights,
         inputs=inputs,
         outputs=outputs,
-        output_structure=_structure(ep.call_spec.out_spec, [0]),
+        output_structure=model_io.output_structure(ep.call_spec.out_spec, plan.leaves),
+        input_mutations=mutations,
         exported=ep,
         graph_passes=stats,
     )

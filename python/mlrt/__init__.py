@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import os
 from typing import Any
@@ -46,6 +48,8 @@ class Model:
         self.path = path
         self.manifest = json.loads(native.manifest_json)
         self._structure = self.manifest.get("output_structure", 0)
+        # Inputs the model updates in place: (input index, output index). `run` writes them back.
+        self._mutations = [(m["input"], m["output"]) for m in self.manifest.get("input_mutations", [])]
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -75,8 +79,19 @@ class Model:
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run on numpy arrays, positionally or by input name. Returns the model's output structure
-        (one output -> one array; tuples, lists and dicts as the PyTorch model returned them)."""
-        return _rebuild(self._structure, self.run_flat(*args, **kwargs))
+        (one output -> one array; tuples, lists, dicts, named tuples and constants such as None as
+        the PyTorch model returned them). An input the model updates in place (`x.add_(1)`) gets
+        its new value written back when it is a writable numpy array of the declared dtype and shape."""
+        flat = self.run_flat(*args, **kwargs)
+        if self._mutations:
+            names = [s.name for s in self._native.inputs]
+            given = list(args) + [kwargs[n] for n in names[len(args):] if n in kwargs]
+            for i, k in self._mutations:
+                a = given[i] if i < len(given) else None
+                if isinstance(a, np.ndarray) and a.flags.writeable and a.shape == flat[k].shape \
+                        and a.dtype == flat[k].dtype:
+                    np.copyto(a, flat[k])
+        return _rebuild(self._structure, flat)
 
     def run_flat(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
         """Like `run`, but returns the outputs as a flat list in `outputs` order."""
@@ -128,14 +143,37 @@ class Model:
         return f"mlrt.Model({self.path!r}{device}, inputs={self.inputs}, outputs={self.outputs})"
 
 
+_CONSTANTS = {"none": lambda v: None, "bool": bool, "int": int, "str": str,
+              "float": float}  # float("inf"), float("nan"): JSON has no literal for them
+
+
+@functools.lru_cache(maxsize=None)
+def _namedtuple_class(qualname: str, fields: tuple[str, ...]) -> type:
+    """One class per (name, fields), so every run returns instances of the same type."""
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in qualname.rsplit(".", 1)[-1]) or "Output"
+    if not name[0].isalpha():
+        name = "Output_" + name
+    return collections.namedtuple(name, fields, rename=True)
+
+
 def _rebuild(node: Any, flat: list) -> Any:
+    """The model's output from the manifest's `output_structure` (docs/bundle-format.md): an int is
+    output `i`; other nodes are dicts with a `type`."""
     if isinstance(node, int):
         return flat[node]
+    kind = node.get("type") if isinstance(node, dict) else None
+    if kind in _CONSTANTS:
+        return _CONSTANTS[kind](node.get("value"))
+    if kind not in ("tuple", "list", "dict", "namedtuple"):
+        raise Error(f"output_structure has a node of type {kind!r}, which this mlrt ({__version__}) does not "
+                    "know: upgrade mlrt, or use run_flat")
     items = [_rebuild(n, flat) for n in node["items"]]
-    if node["type"] == "tuple":
+    if kind == "tuple":
         return tuple(items)
-    if node["type"] == "list":
+    if kind == "list":
         return items
+    if kind == "namedtuple":
+        return _namedtuple_class(node.get("class", "Output"), tuple(node["fields"]))(*items)
     return dict(zip(node["keys"], items))
 
 
