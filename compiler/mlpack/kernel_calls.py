@@ -492,8 +492,8 @@ class _Rewriter(TopLevelOps):
         included: the kernel gathers it into packed panels). The CUDA GEMM takes dense operands."""
         if not _is_dense_f32(c_out, rank):
             return None
-        if self.scratch is not None:
-            return ((0, []), (0, [])) if _is_dense_f32(a, rank) and _is_dense_f32(b, rank) else None
+        if self.scratch is not None and not (_is_dense_f32(a, rank) and _is_dense_f32(b, rank)):
+            return None
         la, lb = _static_layout(a, rank), _static_layout(b, rank)
         if la is None or lb is None or la[1][-1] not in (0, 1):
             return None
