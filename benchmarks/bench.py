@@ -94,6 +94,18 @@ def _time_interleaved(fns: dict, repeats: int, block: int = 4, budget_s: float =
     return times
 
 
+def latency_summary(times: dict) -> dict:
+    """Min and median ms per runtime, and mlrt's ratios of minima to eager and ORT."""
+    row = {}
+    for k, t in times.items():
+        row[f"{k}_min_ms"] = round(min(t), 3)
+        row[f"{k}_med_ms"] = round(statistics.median(t), 3)
+    row["mlrt/eager"] = round(row["mlrt_min_ms"] / row["eager_min_ms"], 3)
+    if "ort" in times:
+        row["mlrt/ort"] = round(row["mlrt_min_ms"] / row["ort_min_ms"], 3)
+    return row
+
+
 _COLD_MLRT = textwrap.dedent("""
     import sys
     _hwm = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
@@ -177,12 +189,7 @@ def main() -> None:
             times = _time_interleaved(fns, args.repeats)
         row = {"model": name, "build_s": round(build_s, 1), "bundle_mib": round(result.bundle_bytes / 2**20, 1),
                "rel_err": err, "n": len(times["mlrt"])}
-        for k, t in times.items():
-            row[f"{k}_min_ms"] = round(min(t), 3)
-            row[f"{k}_med_ms"] = round(statistics.median(t), 3)
-        row["mlrt/eager"] = round(row["mlrt_min_ms"] / row["eager_min_ms"], 3)
-        if "ort" in times:
-            row["mlrt/ort"] = round(row["mlrt_min_ms"] / row["ort_min_ms"], 3)
+        row.update(latency_summary(times))
         if not args.no_cold:
             npz = str(args.out / f"{name}_inputs.npz")
             row["mlrt_cold_ms"], row["mlrt_rss_mib"] = _cold(_COLD_MLRT, [str(bundle), npz])

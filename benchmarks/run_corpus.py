@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -132,7 +131,7 @@ def bench(name: str, bundle: Path, threads: int, repeats: int, work: Path) -> di
 
     import corpus
     import mlrt
-    from bench import _onnx_session, _time_interleaved
+    from bench import _onnx_session, _time_interleaved, latency_summary
 
     model, inputs = corpus.make(name)
     m = mlrt.load(bundle)
@@ -151,12 +150,7 @@ def bench(name: str, bundle: Path, threads: int, repeats: int, work: Path) -> di
         row["ort_error"] = "export failed"
     with torch.inference_mode():
         times = _time_interleaved(fns, repeats, budget_s=30.0)
-    for k, t in times.items():
-        row[f"{k}_min_ms"] = round(min(t), 3)
-        row[f"{k}_med_ms"] = round(statistics.median(t), 3)
-    row["mlrt/eager"] = round(row["mlrt_min_ms"] / row["eager_min_ms"], 3)
-    if "ort" in times:
-        row["mlrt/ort"] = round(row["mlrt_min_ms"] / row["ort_min_ms"], 3)
+    row.update(latency_summary(times))
     return row
 
 
