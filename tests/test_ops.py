@@ -217,3 +217,23 @@ def test_real_architecture_matches_eager(name, tmp_path):
     torch.manual_seed(0)
     model, inputs = ARCHITECTURES[name]()
     _build_and_compare(model, inputs, tmp_path)
+
+
+class SlicedOperands(nn.Module):
+    """Matmuls whose B is a slice of a fused projection (a view at an offset, row stride 3d): the
+    GEMM reads it in place, so its buffer must stay alive until that call (a packing scratch once
+    landed on top of it)."""
+
+    def __init__(self, d=32):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+
+    def forward(self, x, a):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return a @ v, a[0] @ k[0], x.transpose(-1, -2) @ v
+
+
+def test_matmul_on_slices_of_a_fused_projection(tmp_path):
+    torch.manual_seed(0)
+    result, _ = _build_and_compare(SlicedOperands(), (torch.randn(2, 16, 32), torch.randn(2, 16, 16)), tmp_path)
+    assert sum(result.manifest["targets"]["cpu"]["kernels"].values()) == 4  # every matmul on the GEMM

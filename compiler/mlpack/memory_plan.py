@@ -16,11 +16,12 @@ from .errors import BuildError
 ALIGNMENT = 64
 
 # Ops whose result aliases their memref operand: uses of the result keep the source alive. That
-# includes the address taken for a microkernel call (kernel_calls.py) and its integer cast.
+# includes the address taken for a microkernel call (kernel_calls.py), its integer cast, and the
+# byte offset added to it for a view that does not start at the buffer's base.
 _VIEW_OPS = {
     "memref.subview", "memref.expand_shape", "memref.collapse_shape", "memref.cast",
     "memref.reinterpret_cast", "memref.view", "memref.transpose",
-    "memref.extract_aligned_pointer_as_index", "arith.index_cast",
+    "memref.extract_aligned_pointer_as_index", "arith.index_cast", "arith.addi",
 }
 
 
