@@ -19,12 +19,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tm_tensor
+from . import llvm_compile, tm_tensor
 from .elementwise_fusion import fuse_elementwise_chains
 from .errors import BuildError
 from .kernel_calls import replace_with_kernel_calls
 from .loop_reductions import scalar_reductions
 from .memory_plan import MemoryPlan, assign_arena, defining_op
+from .outline_loops import finish_outlined, outline_loop_nests
 
 # Named x86-64 micro-architecture levels -> the CPU features the runtime must find (cpuid names).
 CPU_LEVELS = {
@@ -34,7 +35,7 @@ CPU_LEVELS = {
                   "lzcnt", "movbe"],
 }
 DEFAULT_CPU = "x86-64-v3"
-TRIPLE = "x86_64-unknown-linux-gnu"
+TRIPLE = llvm_compile.TRIPLE
 
 # No linalg-fuse-elementwise-ops: it folds producers (LayerNorm, bias) into matmuls, turning them
 # into generics the microkernels cannot take, and recomputing the producer per output element.
@@ -407,20 +408,11 @@ def vectorizable_math(llvm_ir: str) -> str:
     return llvm_ir + _VECTOR_MATH + "\n".join(decls) + "\n"
 
 
-def compile_object(llvm_ir: str, cpu: str) -> bytes:
-    import llvmlite.binding as llvm
-
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
-    tm = llvm.Target.from_triple(TRIPLE).create_target_machine(
-        cpu=cpu, features="", opt=3, reloc="pic", codemodel="small")
-    mod = llvm.parse_assembly(_legacy_fp_literals(llvm_ir))
-    mod.triple = TRIPLE
-    mod.data_layout = str(tm.target_data)
-    mod.verify()
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
-    pb.getModulePassManager().run(mod, pb)
-    return tm.emit_object(mod)
+def compile_objects(llvm_ir: str, cpu: str) -> list[bytes]:
+    try:
+        return llvm_compile.compile_objects(_legacy_fp_literals(llvm_ir), cpu)
+    except llvm_compile.CompileError as e:
+        raise BuildError(f"compiling the model's code failed: {e}") from e
 
 
 _FORWARD_DEF = re.compile(r"^define [^\n]*@forward\(([^)]*)\)", re.M)
@@ -521,16 +513,18 @@ def support_objects(cc: str, cpu: str) -> list[Path]:
     return objects
 
 
-def link_shared_object(obj: bytes, num_args: int, cpu: str, call: tuple[list[str], list[str]] | None = None) -> bytes:
+def link_shared_object(objs: list[bytes], num_args: int, cpu: str, call: tuple[list[str], list[str]] | None = None) -> bytes:
     cc = os.environ.get("CC", "cc")
     support = support_objects(cc, cpu)
     with tempfile.TemporaryDirectory(prefix="mlpack-link-") as tmp:
         tmp_path = Path(tmp)
-        (tmp_path / "model.o").write_bytes(obj)
+        names = [f"model{i}.o" for i in range(len(objs))]
+        for name, obj in zip(names, objs):
+            (tmp_path / name).write_bytes(obj)
         (tmp_path / "entry.c").write_text(_entry_wrapper(num_args, call))
         cmd = [cc, "-shared", "-fPIC", "-O3", f"-march={cpu}", "-mtune=generic",
                "-std=gnu11", "-fvisibility=hidden", f"-I{KERNELS_DIR}", "-o", str(tmp_path / "model.so"),
-               str(tmp_path / "model.o"), str(tmp_path / "entry.c"), *map(str, support),
+               *(str(tmp_path / n) for n in names), str(tmp_path / "entry.c"), *map(str, support),
                "-lm", "-Wl,-z,noexecstack", "-Wl,-z,now", "-Wl,--no-undefined"]
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp)
@@ -586,15 +580,17 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
         with module.context, ir.Location.unknown():
             split_parallel_loops(func_op)
             scalar_reductions(func_op)
+            outline_loop_nests(module, func_op)
         dump("loops", str(module))
         if "bf16" in str(module.operation):
             _run_pipeline(module, _EXPAND_BF16, "expanding bfloat16 casts")
         _run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
+        finish_outlined(module)
         llvm_ir = vectorizable_math(translate_to_llvm_ir(module))
         dump("llvm", llvm_ir)
         _check_externals(llvm_ir)
         call = _entry_call(llvm_ir, arg_shapes)
-        obj = compile_object(llvm_ir, cpu)
+        objs = compile_objects(llvm_ir, cpu)
     with stage("link"):
-        so = link_shared_object(obj, num_args, cpu, call)
+        so = link_shared_object(objs, num_args, cpu, call)
     return CpuArtifact(so, memory_plan, cpu, CPU_LEVELS[cpu], num_args, llvm_ir, dict(kernels), prepack)

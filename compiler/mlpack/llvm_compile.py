@@ -1,0 +1,139 @@
+"""LLVM IR -> object files, in worker processes, on every core.
+
+The model's IR is split into partitions of whole functions (`@forward` and the loop nests that
+outline_loops moved out of it, each with its OpenMP regions), balanced by size; each partition is
+compiled at -O3 by a worker process. Processes, not threads: llvmlite serializes every LLVM call
+behind one lock. They also keep the build's own process safe: an LLVM crash on some input ends
+a worker, and the build reports it as an error.
+
+The split depends on the IR alone (never on the core count), so the same model always gives the
+same objects. Run as a script, this module is the worker: LLVM IR on stdin, the object on stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+TRIPLE = "x86_64-unknown-linux-gnu"
+# IR lines per partition: below ~2x this a model compiles in one piece (the workers' start-up,
+# ~0.1 s each, is not worth it for small models).
+PARTITION_LINES = 6000
+MAX_PARTITIONS = 8
+OUTLINED_PREFIX = "forward_loop_"  # outline_loops.PREFIX
+
+_DEFINE = re.compile(r"^define ([^@]*)@([-\w.$]+)\(")
+
+
+class CompileError(Exception):
+    pass
+
+
+def compile_objects(llvm_ir: str, cpu: str) -> list[bytes]:
+    """Objects for `llvm_ir` (a module whose functions can be linked from separate objects)."""
+    parts = split_module(llvm_ir)
+    workers = max(1, min(len(parts), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda text: _run_worker(text, cpu), parts))
+
+
+def split_module(llvm_ir: str) -> list[str]:
+    """Partitions of `llvm_ir`, each a complete module: the shared preamble (types, globals,
+    declarations, attributes, metadata), its own functions, and declarations of the outlined
+    functions other partitions define. Internal helpers outside any group are copied into all."""
+    preamble, groups, helpers = [], {}, []
+    lines = llvm_ir.split("\n")
+    i = 0
+    while i < len(lines):
+        m = _DEFINE.match(lines[i])
+        if not m:
+            preamble.append(lines[i])
+            i += 1
+            continue
+        if not lines[i].endswith("{"):
+            raise CompileError(f"unexpected function header in LLVM IR: {lines[i][:200]}")
+        end = lines.index("}", i)
+        body = lines[i:end + 1]
+        i = end + 1
+        key = m.group(2).split("..")[0]
+        if key == "forward" or key.startswith(OUTLINED_PREFIX):
+            groups.setdefault(key, []).append(body)
+        else:
+            helpers.append(body)
+    total = sum(len(b) for g in groups.values() for b in g)
+    n = max(1, min(MAX_PARTITIONS, total // PARTITION_LINES))
+    if n == 1:
+        return [llvm_ir]
+    # Largest first onto the lightest partition; @forward stays in partition 0.
+    sizes = [0] * n
+    owner = {"forward": 0}
+    sizes[0] = sum(len(b) for b in groups.get("forward", []))
+    for key in sorted((k for k in groups if k != "forward"), key=lambda k: (-sum(map(len, groups[k])), k)):
+        p = min(range(n), key=lambda j: (sizes[j], j))
+        owner[key] = p
+        sizes[p] += sum(map(len, groups[key]))
+    shared = "\n".join(preamble)
+    helper_text = "\n".join("\n".join(b) for b in helpers)
+    parts = []
+    for p in range(n):
+        out = [shared, helper_text]
+        for key in groups:
+            if owner[key] == p:
+                for body in groups[key]:
+                    first = body[0]
+                    if key != "forward" and _DEFINE.match(first).group(2) == key:
+                        first = first.replace("define internal ", "define hidden ", 1)
+                    out.append("\n".join([first, *body[1:]]))
+            elif key != "forward":
+                out.append(_declaration(next(b[0] for b in groups[key] if _DEFINE.match(b[0]).group(2) == key)))
+        parts.append("\n".join(out) + "\n")
+    return parts
+
+
+def _declaration(header: str) -> str:
+    """`declare hidden` for the function a `define internal ... {` line opens (no parameter names,
+    no attribute groups)."""
+    m = _DEFINE.match(header)
+    start = depth = m.end()
+    depth = 1
+    for j in range(start, len(header)):
+        depth += {"(": 1, ")": -1}.get(header[j], 0)
+        if depth == 0:
+            break
+    params = [re.sub(r"\s+%[-\w.$]+$", "", a.strip()) for a in header[start:j].split(",") if a.strip()]
+    ret = m.group(1).replace("internal ", "").strip()
+    return f"declare hidden {ret} @{m.group(2)}({', '.join(params)})"
+
+
+def _run_worker(llvm_ir: str, cpu: str) -> bytes:
+    proc = subprocess.run([sys.executable, str(Path(__file__)), cpu], input=llvm_ir.encode(),
+                          capture_output=True, check=False)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip()
+        raise CompileError(f"LLVM failed (exit status {proc.returncode}): {err[-2000:] or 'no message'}")
+    return proc.stdout
+
+
+def compile_object(llvm_ir: str, cpu: str) -> bytes:
+    """One module -> one object, in this process (the worker's job)."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    tm = llvm.Target.from_triple(TRIPLE).create_target_machine(
+        cpu=cpu, features="", opt=3, reloc="pic", codemodel="small")
+    mod = llvm.parse_assembly(llvm_ir)
+    mod.triple = TRIPLE
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+    pb.getModulePassManager().run(mod, pb)
+    return tm.emit_object(mod)
+
+
+if __name__ == "__main__":
+    sys.stdout.buffer.write(compile_object(sys.stdin.buffer.read().decode(), sys.argv[1]))
