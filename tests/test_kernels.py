@@ -89,6 +89,16 @@ CASES = {
     "depthwise_wide_rows_direct": (lambda: nn.Conv2d(2, 2, 3, padding=1, groups=2), [(1, 2, 5, 800)]),
     # Rows the ring cannot hold, where the compiler would otherwise reuse the input as the output.
     "depthwise_inplace_wide_rows_direct": (lambda: _bn(zoo.InvertedResidual(4, 4, 1, 2)), [(1, 4, 6, 1000)]),
+    # Maps of < 32 positions: output channels in the lanes (mlrt_conv2d_small_f32), the batch's
+    # positions as the rows; channel counts off the 16-lane panels, K past one K block.
+    "conv_small_map_bias_relu_batch2": (lambda: nn.Sequential(nn.Conv2d(32, 40, 3, padding=1), nn.ReLU()),
+                                        [(2, 32, 4, 4)]),
+    "conv_small_map_residual_relu": (lambda: Residual(24), [(1, 24, 3, 3)]),
+    "conv_small_map_stride2_dilated": (lambda: nn.Conv2d(16, 20, 3, stride=2, padding=2, dilation=2),
+                                       [(1, 16, 7, 9)]),
+    "conv_small_map_1x1": (lambda: nn.Conv2d(64, 24, 1), [(1, 64, 2, 3)]),
+    "conv_small_map_bn_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(16, 8, 3, padding=1, bias=False),
+                                                          nn.BatchNorm2d(8), nn.ReLU6())), [(1, 16, 5, 5)]),
     "linear_gemv": (lambda: LinearChain(1), [(1, 300)]),
     "linear_gemm": (lambda: LinearChain(40), [(40, 300)]),
     "batch_matmul": (lambda: Attention(), [(3, 20, 16), (3, 24, 16)]),
@@ -130,6 +140,8 @@ def test_kernel_path_matches_eager(name, tmp_path):
     if name == "matmul_strided_views":  # every matmul on a view is a kernel call, none a loop
         assert kernels == {"mlrt_matmul_f32": 6}, kernels
     assert ("mlrt_conv2d_winograd_f32" in kernels) == name.startswith("winograd"), kernels
+    if name.startswith("conv_small_map"):
+        assert "mlrt_conv2d_small_f32" in kernels, kernels
     if name.startswith("winograd"):  # the tile the name promises: F(4x4,3x3) or F(2x2,3x3)
         f4 = any(w["name"].endswith("(Winograd F(4x4,3x3))") for w in result.manifest["weights"])
         assert f4 == name.startswith("winograd4x4"), result.manifest["weights"]

@@ -139,7 +139,9 @@ def build(
                 raise BuildError("internal: the CPU and CUDA imports return different results")
     # Winograd weights are a CPU-only layout: a bundle whose weights the CUDA target shares keeps
     # its 3x3 convs on im2col.
-    art = compile_cpu(module, cpu, dump, stage, winograd=winograd and "cuda" not in targets) if "cpu" in targets else None
+    cpu_only = "cuda" not in targets
+    art = compile_cpu(module, cpu, dump, stage, winograd=winograd and cpu_only, cpu_only=cpu_only) \
+        if "cpu" in targets else None
     cuda = None
     if "cuda" in targets:
         cuda = compile_cuda(cuda_module, precision, cuda_arch or DEFAULT_SM, dump, stage, prepack=art is not None,

@@ -61,7 +61,7 @@ _TO_LLVM = (
 )
 # Functions the generated code may call. Anything else (malloc above all) is a compiler bug.
 _ALLOWED_EXTERNALS = {"memrefCopy", "memcpy", "memset", "memmove", "mlrt_matmul_f32", "mlrt_conv2d_f32",
-                      "mlrt_depthwise_conv2d_f32", "mlrt_conv2d_winograd_f32",
+                      "mlrt_depthwise_conv2d_f32", "mlrt_conv2d_winograd_f32", "mlrt_conv2d_small_f32",
                       "__kmpc_fork_call", "__kmpc_global_thread_num",
                       "__kmpc_for_static_init_8u", "__kmpc_for_static_init_8", "__kmpc_for_static_init_4u",
                       "__kmpc_for_static_init_4", "__kmpc_for_static_fini", "__kmpc_barrier"}
@@ -550,10 +550,11 @@ def bufferize(module, func_op) -> None:
         _run_pipeline(module, tm_tensor.TO_LOOPS, "lowering tm_tensor ops (sort, topk, cumsum, scatter) to loops")
 
 
-def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd: bool = True) -> CpuArtifact:
+def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd: bool = True,
+                cpu_only: bool = True) -> CpuArtifact:
     """Lower an imported linalg-on-tensors module to a shared object. `dump(name, text)` sees the
     IR after each step; `stage(name)` is a context manager timing each step (optimize, plan,
-    codegen, link)."""
+    codegen, link). cpu_only: no other target shares the weights (they may take CPU-only layouts)."""
     if cpu not in CPU_LEVELS:
         raise BuildError(f"unknown --cpu {cpu!r}: one of {', '.join(CPU_LEVELS)}")
     from torch_mlir import ir
@@ -564,7 +565,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
         bufferize(module, func_op)
         dump("bufferized", str(module))
         with module.context, ir.Location.unknown():
-            kernels, prepack = replace_with_kernel_calls(module, func_op, winograd=winograd)
+            kernels, prepack = replace_with_kernel_calls(module, func_op, winograd=winograd, cpu_only=cpu_only)
             fuse_elementwise_chains(func_op)
         dump("kernels", str(module))
     with stage("plan"):

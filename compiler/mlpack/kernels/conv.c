@@ -2,6 +2,7 @@
  * padding follows from OH/OW), so the compiler can drop torch-mlir's padded copy of the input.
  * conv2d: im2col written straight into the packed-panel layout of the GEMM's B operand, then
  *   Y[CO x OH*OW] = epilogue(W[CO x C*KH*KW] * cols), the weights read in place as A.
+ * conv2d on small maps: the output channels in the lanes, the weights pre-packed as B panels.
  * depthwise: per channel, input rows staged in a zero-padded ring; AVX2 taps along the output row. */
 #include <string.h>
 
@@ -122,6 +123,66 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
       mlrt_parallel_for(panels, im2col_panel, &j);
     mlrt_gemm_packed(CO, N, K, Wt, K, Bp, Y + y_off, N, &ep);
   }
+}
+
+/* ------------------------------------------------------------------------- small maps
+ * Few output positions (late stages of a CNN on a small image: 2x2, 4x4 maps) leave most lanes
+ * of im2col's 16-position panels empty, and the weights, the large operand, stream in one
+ * broadcast at a time. Here the output channels take the lanes instead:
+ *   Yt[batch*OH*OW x CO] = rows[batch*OH*OW x K] * Wp,
+ * with Wp the weights packed at build time as B panels of W^T [K x CO], the rows gathered from
+ * every image at once, and the epilogue applied while Yt is transposed into NCHW. */
+typedef struct {
+  const float *x;
+  float *rows;
+  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, N;
+} rows_job;
+
+static void im2col_rows(void *ctx, int64_t r) {
+  const rows_job *j = (const rows_job *)ctx;
+  const int64_t n = r / j->N, pos = r % j->N, oy = pos / j->OW, ox = pos % j->OW, taps = j->KH * j->KW;
+  const float *src = j->x + n * j->C * j->H * j->W;
+  float *dst = j->rows + r * j->C * taps;
+  for (int64_t ky = 0; ky < j->KH; ++ky)
+    for (int64_t kx = 0; kx < j->KW; ++kx) {
+      const int64_t iy = oy * j->sh + ky * j->dh - j->pt, ix = ox * j->sw + kx * j->dw - j->pl;
+      float *d = dst + ky * j->KW + kx;
+      if (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W) {
+        for (int64_t c = 0; c < j->C; ++c) d[c * taps] = 0.0f;
+      } else {
+        const float *s = src + iy * j->W + ix;
+        for (int64_t c = 0; c < j->C; ++c) d[c * taps] = s[c * j->H * j->W];
+      }
+    }
+}
+
+void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
+                           int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+                           int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
+                           int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  const float *X = (const float *)(intptr_t)x, *Wp = (const float *)(intptr_t)w;
+  const float *B = (const float *)(intptr_t)bias, *R = (const float *)(intptr_t)residual;
+  float *Y = (float *)(intptr_t)y, *D = (float *)(intptr_t)dst, *rows = (float *)(intptr_t)scratch;
+  const int64_t K = C * KH * KW, N = OH * OW, M = batch * N;
+  if (M <= 0 || CO <= 0) return;
+  float *yt = rows + M * K;
+  rows_job j = {X, rows, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, N};
+  if (mlrt_threads_for(M * K * 16) > 1)
+    mlrt_parallel_for(M, im2col_rows, &j);
+  else
+    for (int64_t r = 0; r < M; ++r) im2col_rows(&j, r);
+  /* bias per output channel = per column of Yt; the rest of the epilogue follows the transpose */
+  mlrt_epilogue ep = {1, overwrite ? B : NULL, 1, NULL, -__builtin_inff(), __builtin_inff(), yt};
+  mlrt_gemm_packed(M, CO, K, rows, K, Wp, yt, CO, &ep);
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t co = 0; co < CO; ++co) {
+      const int64_t o = (n * CO + co) * N;
+      for (int64_t pos = 0; pos < N; ++pos) {
+        float v = yt[(n * N + pos) * CO + co] + (overwrite ? 0.0f : Y[o + pos]);
+        if (R) v += R[o + pos];
+        D[o + pos] = mlrt_clamp(v, act_lo, act_hi);
+      }
+    }
 }
 
 /* ------------------------------------------------------------------------- depthwise
