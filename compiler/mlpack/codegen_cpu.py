@@ -581,7 +581,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
         with module.context, ir.Location.unknown():
             split_parallel_loops(func_op)
             scalar_reductions(func_op)
-            outline_loop_nests(module, func_op)
+            outline_loop_nests(func_op)
         dump("loops", str(module))
         if "bf16" in str(module.operation):
             _run_pipeline(module, _EXPAND_BF16, "expanding bfloat16 casts")

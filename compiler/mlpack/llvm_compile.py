@@ -36,7 +36,7 @@ class CompileError(Exception):
 def compile_objects(llvm_ir: str, cpu: str) -> list[bytes]:
     """Objects for `llvm_ir` (a module whose functions can be linked from separate objects)."""
     parts = split_module(llvm_ir)
-    workers = max(1, min(len(parts), os.cpu_count() or 1))
+    workers = max(1, min(len(parts), len(os.sched_getaffinity(0))))
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda text: _run_worker(text, cpu), parts))
 
@@ -98,8 +98,7 @@ def _declaration(header: str) -> str:
     """`declare hidden` for the function a `define internal ... {` line opens (no parameter names,
     no attribute groups)."""
     m = _DEFINE.match(header)
-    start = depth = m.end()
-    depth = 1
+    start, depth = m.end(), 1
     for j in range(start, len(header)):
         depth += {"(": 1, ")": -1}.get(header[j], 0)
         if depth == 0:

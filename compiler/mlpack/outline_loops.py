@@ -25,7 +25,7 @@ _LOOPS = {"scf.for", "scf.parallel"}
 PREFIX = "forward_loop_"
 
 
-def outline_loop_nests(module, func_op) -> int:
+def outline_loop_nests(func_op) -> int:
     """Outline every result-free top-level `scf.for` / `scf.parallel` of `func_op`; returns how
     many were outlined. Loops that use a value that is neither a root buffer nor derivable from
     one by `_CLONEABLE` ops stay where they are."""
