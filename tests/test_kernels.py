@@ -30,6 +30,15 @@ class Attention(nn.Module):
         return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ k
 
 
+class GroupedResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(64, 64, 1, groups=8)
+
+    def forward(self, x):
+        return torch.clamp(self.conv(x) + x, -1.0, 1.0)
+
+
 class LinearChain(nn.Module):
     def __init__(self, rows):
         super().__init__()
@@ -71,7 +80,15 @@ CASES = {
     "conv_stem_stride2_wide_rows": (lambda: nn.Conv2d(3, 16, 3, 2, 1), [(1, 3, 37, 70)]),
     "conv_stride3_wide_rows": (lambda: nn.Conv2d(4, 8, (3, 2), stride=3, padding=(1, 0)), [(1, 4, 20, 100)]),
     "conv_1x1_wide_rows": (lambda: nn.Sequential(nn.Conv2d(8, 12, 1), nn.ReLU()), [(2, 8, 5, 48)]),
-    "conv_grouped_fallback": (lambda: nn.Conv2d(8, 8, 3, groups=2), [(1, 8, 9, 9)]),
+    # Grouped convs (1 < groups < C): each (image, group) pair on the im2col GEMM, pairs shared out
+    # between threads; bias, BN, padding, residual and clamps fused as for plain convs.
+    "conv_grouped_bias_batch2": (lambda: nn.Conv2d(8, 12, 3, padding=1, groups=2), [(2, 8, 9, 9)]),
+    "conv_grouped_bn_relu_stride2": (lambda: _bn(nn.Sequential(nn.Conv2d(32, 64, 3, 2, 1, groups=4, bias=False),
+                                                               nn.BatchNorm2d(64), nn.ReLU())), [(1, 32, 16, 17)]),
+    "conv_grouped_dilated_batch3": (lambda: nn.Conv2d(48, 48, 3, padding=2, dilation=2, groups=3),
+                                    [(3, 48, 10, 10)]),
+    "conv_grouped_1x1_residual": (lambda: GroupedResidual(), [(1, 64, 20, 20)]),
+    "conv_grouped_deep_k": (lambda: nn.Conv2d(128, 64, 3, padding=1, groups=2), [(1, 128, 12, 12)]),  # K = 576
     "depthwise_pad_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
                                                       nn.BatchNorm2d(8), nn.ReLU6())), [(1, 8, 11, 11)]),
     "depthwise_stride2_bias": (lambda: nn.Conv2d(6, 6, 5, 2, 2, groups=6), [(1, 6, 13, 40)]),
@@ -135,11 +152,12 @@ def test_kernel_path_matches_eager(name, tmp_path):
     out = mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs])
     assert_matches_eager(out, ref)
     kernels = result.manifest["targets"]["cpu"]["kernels"]
-    if "fallback" not in name:
-        assert kernels, f"{name}: expected a microkernel call"
+    assert kernels, f"{name}: expected a microkernel call"
     if name == "matmul_strided_views":  # every matmul on a view is a kernel call, none a loop
         assert kernels == {"mlrt_matmul_f32": 6}, kernels
     assert ("mlrt_conv2d_winograd_f32" in kernels) == name.startswith("winograd"), kernels
+    if name.startswith("conv_grouped"):
+        assert kernels == {"mlrt_conv2d_grouped_f32": 1}, kernels
     if name.startswith("conv_small_map"):
         assert "mlrt_conv2d_small_f32" in kernels, kernels
     if name.startswith("winograd"):  # the tile the name promises: F(4x4,3x3) or F(2x2,3x3)
@@ -183,17 +201,20 @@ def test_depthwise_runs_in_place_the_same_on_any_thread_count(shape, tmp_path):
 
 
 @pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])
-def test_depthwise_kernel_under_sanitizers(march, tmp_path):
-    """kernels_c/depthwise_check.c: the depthwise kernel against a reference loop on ~1200 shapes
-    (in place, every short row width, strides 1-3, dilation, padding, 1x1 to 7x7 taps, the wide-row
-    fallback), buffers allocated to their exact size under ASan + UBSan, tasks run in reverse
-    order. x86-64-v3 is the AVX2 path, x86-64 the portable one."""
+@pytest.mark.parametrize("check", ["depthwise_check", "conv_check"])
+def test_conv_kernels_under_sanitizers(check, march, tmp_path):
+    """Kernels against reference loops, every buffer allocated to its exact size, under ASan +
+    UBSan, tasks run in reverse order. x86-64-v3 is the AVX2 path, x86-64 the portable one.
+    kernels_c/depthwise_check.c: the depthwise kernel on ~1200 shapes (in place, every short row
+    width, strides 1-3, dilation, padding, 1x1 to 7x7 taps, the wide-row fallback).
+    kernels_c/conv_check.c: the grouped and the small-map conv on ~1300 (1-4 groups, 1x1 to 5x3
+    taps, stride 2, dilation, K past one K block, batches, every epilogue kind, 1 and 3 threads)."""
     if march == "x86-64-v3" and "avx2" not in Path("/proc/cpuinfo").read_text():
         pytest.skip("this CPU has no AVX2")
     from mlpack.codegen_cpu import KERNELS_DIR
 
-    exe = tmp_path / "depthwise_check"
-    sources = [Path(__file__).parent / "kernels_c" / "depthwise_check.c", *(KERNELS_DIR / f for f in ("conv.c", "gemm.c", "host.c"))]
+    exe = tmp_path / check
+    sources = [Path(__file__).parent / "kernels_c" / f"{check}.c", *(KERNELS_DIR / f for f in ("conv.c", "gemm.c", "host.c"))]
     subprocess.run([os.environ.get("CC", "cc"), "-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined",
                     "-fno-sanitize-recover=all", f"-march={march}", "-Wall", "-Wextra", "-Werror", f"-I{KERNELS_DIR}",
                     *map(str, sources), "-o", str(exe), "-lm"], check=True)

@@ -28,6 +28,9 @@ PACK_MIN_ROWS = 8
 # 3x3 convs with fewer input or output channels than this keep im2col: the GEMMs of the Winograd
 # domain would be too thin to pay for its input and output transforms.
 WINOGRAD_MIN_CHANNELS = 16
+# Grouped convs: the most threads that run (image, group) pairs side by side, each with its own
+# packed-B scratch (kernels/conv.c mlrt_conv2d_grouped_f32).
+GROUPED_SLICES = 8
 # Convs with fewer output positions per image than this put the output channels in the vector
 # lanes (mlrt_conv2d_small_f32, weights pre-packed) instead of the positions (kernels/conv.c),
 # except 1x1 convs whose positions fill whole panels. Measured (Zen 4, 2 threads, 256-512
@@ -298,19 +301,20 @@ class _Rewriter(TopLevelOps):
         elif self.last_writer_is_zero_fill(out, i):  # zeroed earlier, read by others since: keep the fill
             fusion.overwrite = True
 
-    def unpadded_input(self, x, kernel_op, out, in_place_ok=False, fused=()):
+    def unpadded_input(self, x, kernel_op, out, in_place_ok=False, fused=(), via=None):
         """If `x` is a zero-filled buffer holding a copy of another tensor in its middle, return
         (that tensor, pad_top, pad_left, ops to erase); else None. The copy's source must stay
         intact until the kernel reads it (ops in `fused` are absorbed into the kernel and do not
         count). Bufferization happily reuses a dead source as the output once the copy exists:
-        that source qualifies only if the kernel can run in place (`in_place_ok`)."""
+        that source qualifies only if the kernel can run in place (`in_place_ok`). `via`: a view
+        op through which the kernel reads x (its use counts as the kernel's)."""
         alloc = defining_op(x)
         if alloc is None or alloc.name != "memref.alloc":
             return None
         fill = subview = copy = None
         for use in x.uses:
             u = use.owner.operation if hasattr(use.owner, "operation") else use.owner
-            if u == kernel_op:
+            if u == kernel_op or (via is not None and u == via):
                 continue
             if u.name == "memref.subview" and subview is None:
                 subview = u
@@ -580,6 +584,35 @@ class _Rewriter(TopLevelOps):
                     sig = self.emit(kernel_op, "mlrt_conv2d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
                                     dims, fusion, [], y, gemm_shape=(n, co, oh * ow, c * kh * kw))
                     kernel = "mlrt_conv2d_f32"
+            elif name == "linalg.conv_2d_ngchw_gfchw" and self.scratch is None:
+                # torch-mlir's grouped conv reads 5-D views [N, G, C/G, H, W] of 4-D buffers: the
+                # kernel takes the 4-D buffers, so bias, padding and epilogue fuse as for a conv.
+                views = [defining_op(v) for v in operands]
+                if any(v is None or v.name != "memref.expand_shape" or len(list(v.result.uses)) != 1
+                       for v in views):
+                    continue
+                x, w, y = (v.operands[0] for v in views)
+                if not (_is_dense_f32(x, 4) and _is_dense_f32(w, 4) and _is_dense_f32(y, 4)):
+                    continue
+                groups = operands[0].type.shape[1]
+                (sh, sw), (dh, dw) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
+                kh, kw = w.type.shape[-2:]
+                co, oh, ow = y.type.shape[1:]
+                fusion.erase += views  # dead once the conv is gone; before what they view
+                self.prologue(kernel_op, y, ([0, 2, 3], False), fusion)
+                pt = pl = 0
+                unpadded = self.unpadded_input(x, kernel_op, y, False, fusion.erase, via=views[0])
+                if unpadded:
+                    x, pt, pl, absorbed = unpadded
+                    fusion.erase += absorbed
+                n, c, h, wd = x.type.shape
+                self.epilogue(kernel_op, y, None, fusion, {x, w})
+                slices = min(n * groups, GROUPED_SLICES)
+                sig = self.emit(kernel_op, "mlrt_conv2d_grouped_f32", [x, w, y],
+                                slices * _packed_floats(c // groups * kh * kw, oh * ow),
+                                [n, groups, slices, c, h, wd, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl], fusion, [], y,
+                                gemm_shape=(n, co // groups, oh * ow, c // groups * kh * kw))
+                kernel = "mlrt_conv2d_grouped_f32"
             elif name in _DEFAULT_MAPS and _plain_matmul(kernel_op, name):
                 rank = 2 if name == "linalg.matmul" else 3
                 a, b, c_out = operands

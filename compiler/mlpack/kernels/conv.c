@@ -3,6 +3,7 @@
  * conv2d: im2col written straight into the packed-panel layout of the GEMM's B operand, then
  *   Y[CO x OH*OW] = epilogue(W[CO x C*KH*KW] * cols), the weights read in place as A.
  * conv2d on small maps: the output channels in the lanes, the weights pre-packed as B panels.
+ * grouped conv2d: the same per (image, group), the pairs shared out between the threads.
  * depthwise: per channel, input rows staged in a zero-padded ring; AVX2 taps along the output row. */
 #include <string.h>
 
@@ -88,41 +89,97 @@ static void conv_task(void *ctx, int64_t t) {
   mlrt_gemm_panels(j->CO, j->N, j->K, j->w, j->K, j->im2col.bp, j->y, j->N, j->ep, p0, p1);
 }
 
+/* One image's conv: X [C][H][W] -> Y [CO][OH*OW], with `ep` set for this image. */
+static void conv_image(const float *X, const float *Wt, float *Y, float *Bp, const mlrt_epilogue *ep, int64_t C,
+                       int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+                       int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left) {
+  const int64_t K = C * KH * KW, N = OH * OW;
+  im2col_job j = {X, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left};
+  const int64_t threads = mlrt_threads_for(CO * N * K), panels = (N + NR - 1) / NR;
+  /* im2col fused into the GEMM per task: tasks take even shares of the panels, small enough
+   * that a task's packed columns stay in L2 (~256 KiB), as long as the threads stay within 3%
+   * of the best balance a rows x columns split would give. Else im2col first, then the GEMM. */
+  int64_t tm, tn, tasks = 0;
+  if (threads > 1) {
+    const int64_t best = mlrt_gemm_split(CO, N, threads, 1, &tm, &tn);
+    const int64_t blocks = (CO + MLRT_MR - 1) / MLRT_MR, fit = (panels * K * NR * 4 + (256 << 10) - 1) / (256 << 10);
+    for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads && !tasks; ++n)
+      if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103) tasks = n;
+  }
+  if (tasks > 1) {
+    conv_job cj = {j, Wt, Y, ep, CO, K, N, tasks, panels};
+    mlrt_parallel_for(tasks, conv_task, &cj);
+    return;
+  }
+  if (threads == 1)
+    for (int64_t p = 0; p < panels; ++p) im2col_panel(&j, p);
+  else
+    mlrt_parallel_for(panels, im2col_panel, &j);
+  mlrt_gemm_packed(CO, N, K, Wt, K, Bp, Y, N, ep);
+}
+
 void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
                      int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
                      int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
                      int64_t residual, float act_lo, float act_hi, int64_t dst) {
   const float *X = (const float *)(intptr_t)x, *Wt = (const float *)(intptr_t)w;
   float *Y = (float *)(intptr_t)y, *Bp = (float *)(intptr_t)scratch;
-  const int64_t K = C * KH * KW, N = OH * OW;
+  const int64_t N = OH * OW;
   for (int64_t n = 0; n < batch; ++n) {
     const int64_t y_off = n * CO * N;
     mlrt_epilogue ep = {(int)overwrite, (const float *)(intptr_t)bias, 0,
                         residual ? (const float *)(intptr_t)residual + y_off : NULL, act_lo, act_hi,
                         (float *)(intptr_t)dst + y_off};
-    im2col_job j = {X + n * C * H * W, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left};
-    const int64_t threads = mlrt_threads_for(CO * N * K), panels = (N + NR - 1) / NR;
-    /* im2col fused into the GEMM per task: tasks take even shares of the panels, small enough
-     * that a task's packed columns stay in L2 (~256 KiB), as long as the threads stay within 3%
-     * of the best balance a rows x columns split would give. Else im2col first, then the GEMM. */
-    int64_t tm, tn, tasks = 0;
-    if (threads > 1) {
-      const int64_t best = mlrt_gemm_split(CO, N, threads, 1, &tm, &tn);
-      const int64_t blocks = (CO + MLRT_MR - 1) / MLRT_MR, fit = (panels * K * NR * 4 + (256 << 10) - 1) / (256 << 10);
-      for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads && !tasks; ++n)
-        if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103) tasks = n;
-    }
-    if (tasks > 1) {
-      conv_job cj = {j, Wt, Y + y_off, &ep, CO, K, N, tasks, panels};
-      mlrt_parallel_for(tasks, conv_task, &cj);
-      continue;
-    }
-    if (threads == 1)
-      for (int64_t p = 0; p < panels; ++p) im2col_panel(&j, p);
-    else
-      mlrt_parallel_for(panels, im2col_panel, &j);
-    mlrt_gemm_packed(CO, N, K, Wt, K, Bp, Y + y_off, N, &ep);
+    conv_image(X + n * C * H * W, Wt, Y + y_off, Bp, &ep, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pad_top,
+               pad_left);
   }
+}
+
+/* ------------------------------------------------------------------------- grouped
+ * Each (image, group) pair is a conv of C/groups channels into CO/groups. With at least as many
+ * pairs as threads, each thread takes a share of the pairs and runs them serially (nested
+ * parallel loops run serially on the pool), using its own slice of the scratch; else the pairs
+ * run one after another, each on all threads. */
+typedef struct {
+  const float *x, *w, *bias, *residual;
+  float *y, *dst, *scratch;
+  int64_t batch, groups, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, overwrite, slice, tasks;
+  float lo, hi;
+} grouped_job;
+
+static void grouped_pairs(const grouped_job *j, int64_t u0, int64_t u1, float *bp) {
+  const int64_t cg = j->C / j->groups, fg = j->CO / j->groups, N = j->OH * j->OW;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t n = u / j->groups, g = u % j->groups, y_off = n * j->CO * N + g * fg * N;
+    mlrt_epilogue ep = {(int)j->overwrite, j->bias ? j->bias + g * fg : NULL, 0,
+                        j->residual ? j->residual + y_off : NULL, j->lo, j->hi, j->dst + y_off};
+    conv_image(j->x + (n * j->C + g * cg) * j->H * j->W, j->w + g * fg * cg * j->KH * j->KW, j->y + y_off, bp, &ep,
+               cg, j->H, j->W, fg, j->KH, j->KW, j->OH, j->OW, j->sh, j->sw, j->dh, j->dw, j->pt, j->pl);
+  }
+}
+
+static void grouped_task(void *ctx, int64_t t) {
+  const grouped_job *j = (const grouped_job *)ctx;
+  const int64_t units = j->batch * j->groups;
+  grouped_pairs(j, mlrt_part(units, j->tasks, t), mlrt_part(units, j->tasks, t + 1), j->scratch + t * j->slice);
+}
+
+void mlrt_conv2d_grouped_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t groups,
+                             int64_t slices, int64_t C, int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW,
+                             int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top,
+                             int64_t pad_left, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
+                             float act_hi, int64_t dst) {
+  const int64_t units = batch * groups, threads = mlrt_threads_for(CO * OH * OW * (C / groups) * KH * KW);
+  grouped_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (const float *)(intptr_t)bias,
+                   (const float *)(intptr_t)residual, (float *)(intptr_t)y, (float *)(intptr_t)dst,
+                   (float *)(intptr_t)scratch, batch, groups, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw,
+                   pad_top, pad_left, overwrite, mlrt_packed_b_floats((C / groups) * KH * KW, OH * OW), 1,
+                   act_lo, act_hi};
+  j.tasks = min64(min64(threads, slices), units);
+  if (j.tasks > 1 && units >= threads)
+    mlrt_parallel_for(j.tasks, grouped_task, &j);
+  else
+    grouped_pairs(&j, 0, units, j.scratch);
 }
 
 /* ------------------------------------------------------------------------- small maps

@@ -1,0 +1,123 @@
+/* Checks mlrt_conv2d_grouped_f32 and mlrt_conv2d_small_f32 against a plain reference loop on many
+ * shapes, built with AddressSanitizer + UBSan by tests/test_kernels.py. Every buffer (scratch
+ * included, at the size kernel_calls.py gives it) is allocated to its exact size, so a read or
+ * write past it is reported. Tasks run in reverse order on a fake pool.
+ * Prints "ok <cases>" and exits 0, or names the first mismatching case and exits 1. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "mlrt_kernels.h"
+
+void mlrt_set_host(const mlrt_host_api *host);
+
+static void reverse_parallel_for(void *pool, int64_t n, mlrt_task_fn task, void *ctx) {
+  (void)pool;
+  for (int64_t i = n - 1; i >= 0; --i) task(ctx, i);
+}
+
+static uint32_t rng = 777;
+static float frand(void) {
+  rng = rng * 1664525u + 1013904223u;
+  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static float *fresh(int64_t n) {
+  float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+  for (int64_t i = 0; i < n; ++i) p[i] = frand();
+  return p;
+}
+
+typedef struct {
+  int64_t N, G, C, CO, H, W, KH, KW, sh, sw, dh, dw, pt, pl, pb, pr;
+  int overwrite, bias, residual, small;
+} conv_case;
+
+static int run_case(const conv_case *k, int threads) {
+  const int64_t OH = (k->H + k->pt + k->pb - (k->KH - 1) * k->dh - 1) / k->sh + 1;
+  const int64_t OW = (k->W + k->pl + k->pr - (k->KW - 1) * k->dw - 1) / k->sw + 1;
+  if (OH <= 0 || OW <= 0) return 0;
+  const int64_t cg = k->C / k->G, fg = k->CO / k->G, K = cg * k->KH * k->KW, P = OH * OW;
+  const int64_t out_n = k->N * k->CO * P;
+  float *x = fresh(k->N * k->C * k->H * k->W), *w = fresh(k->CO * K), *b = k->bias ? fresh(k->CO) : NULL;
+  float *res = k->residual ? fresh(out_n) : NULL, *y = fresh(out_n), *want = malloc((size_t)out_n * sizeof(float));
+  const float lo = -2.5f, hi = 3.0f;
+  for (int64_t n = 0; n < k->N; ++n)
+    for (int64_t co = 0; co < k->CO; ++co)
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t o = (n * k->CO + co) * P + p, oy = p / OW, ox = p % OW, g = co / fg;
+        double sum = 0.0;
+        for (int64_t c = 0; c < cg; ++c)
+          for (int64_t ky = 0; ky < k->KH; ++ky)
+            for (int64_t kx = 0; kx < k->KW; ++kx) {
+              const int64_t iy = oy * k->sh + ky * k->dh - k->pt, ix = ox * k->sw + kx * k->dw - k->pl;
+              if (iy >= 0 && iy < k->H && ix >= 0 && ix < k->W)
+                sum += (double)w[((co * cg + c) * k->KH + ky) * k->KW + kx] *
+                       x[((n * k->C + g * cg + c) * k->H + iy) * k->W + ix];
+            }
+        const float v = (float)sum + (k->overwrite ? (b ? b[co] : 0.0f) : y[o]) + (res ? res[o] : 0.0f);
+        want[o] = v < lo ? lo : v > hi ? hi : v;
+      }
+  mlrt_host_api host = {1, (uint32_t)threads, NULL, reverse_parallel_for};
+  mlrt_set_host(threads > 1 ? &host : NULL);
+  float *scratch, *wp = NULL;
+  if (k->small) { /* W^T [K x CO] in packed B panels, as kernel_calls.pack_conv_panels stores it */
+    const int64_t panels = (k->CO + MLRT_NR - 1) / MLRT_NR;
+    wp = malloc((size_t)(panels * K * MLRT_NR) * sizeof(float));
+    for (int64_t pn = 0; pn < panels; ++pn)
+      for (int64_t kk = 0; kk < K; ++kk)
+        for (int64_t l = 0; l < MLRT_NR; ++l) {
+          const int64_t co = pn * MLRT_NR + l;
+          wp[(pn * K + kk) * MLRT_NR + l] = co < k->CO ? w[co * K + kk] : 0.0f;
+        }
+    scratch = malloc((size_t)(k->N * P * (K + k->CO)) * sizeof(float));
+    mlrt_conv2d_small_f32((intptr_t)x, (intptr_t)wp, (intptr_t)y, (intptr_t)scratch, k->N, k->C, k->H, k->W, k->CO,
+                          k->KH, k->KW, OH, OW, k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->overwrite, (intptr_t)b,
+                          (intptr_t)res, lo, hi, (intptr_t)y);
+  } else {
+    const int64_t slices = k->N * k->G < 8 ? k->N * k->G : 8;
+    scratch = malloc((size_t)(slices * mlrt_packed_b_floats(K, P)) * sizeof(float));
+    mlrt_conv2d_grouped_f32((intptr_t)x, (intptr_t)w, (intptr_t)y, (intptr_t)scratch, k->N, k->G, slices, k->C, k->H,
+                            k->W, k->CO, k->KH, k->KW, OH, OW, k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->overwrite,
+                            (intptr_t)b, (intptr_t)res, lo, hi, (intptr_t)y);
+  }
+  int bad = 0;
+  for (int64_t i = 0; i < out_n && !bad; ++i)
+    if (fabsf(y[i] - want[i]) > 1e-4f * (1.0f + fabsf(want[i]))) {
+      printf("mismatch at %lld: %g vs %g; %s N%lld G%lld C%lld CO%lld %lldx%lld k%lldx%lld s%lld,%lld d%lld,%lld "
+             "pad %lld,%lld overwrite %d bias %d residual %d threads %d\n",
+             (long long)i, y[i], want[i], k->small ? "small" : "grouped", (long long)k->N, (long long)k->G,
+             (long long)k->C, (long long)k->CO, (long long)k->H, (long long)k->W, (long long)k->KH,
+             (long long)k->KW, (long long)k->sh, (long long)k->sw, (long long)k->dh, (long long)k->dw,
+             (long long)k->pt, (long long)k->pl, k->overwrite, k->bias, k->residual, threads);
+      bad = 1;
+    }
+  free(x), free(w), free(b), free(res), free(y), free(want), free(scratch), free(wp);
+  return bad ? -1 : 1;
+}
+
+int main(void) {
+  int cases = 0;
+  const int64_t ks[][2] = {{3, 3}, {1, 1}, {5, 3}};
+  for (int small = 0; small <= 1; ++small)
+    for (int ki = 0; ki < 3; ++ki)
+      for (int64_t G = 1; G <= 4; G += small ? 3 : 1) /* the small-map kernel has no groups */
+        for (int64_t s = 1; s <= 2; ++s)
+          for (int64_t H = 1; H <= (small ? 5 : 13); H += small ? 2 : 6)
+            for (int e = 0; e < 8; ++e) {
+              if (small && G > 1) continue;
+              const int64_t KH = ks[ki][0], KW = ks[ki][1], d = 1 + (e & 4 ? 1 : 0);
+              const int64_t C = G * (3 + (e % 3) * 37), CO = G * (5 + ki * 11 + (e & 1) * 16); /* K past a K block */
+              const conv_case k = {1 + (e & 2 ? 1 : 0) + (G == 3), G, C, CO, H, H + e % 3, KH, KW, s, s, d, d,
+                                   (KH - 1) * d / 2, (KW - 1) * d / 2, KH / 2, 0, e & 1, (e & 3) != 2, (e & 3) == 3,
+                                   small};
+              for (int threads = 1; threads <= 3; threads += 2) {
+                const int r = run_case(&k, threads);
+                if (r < 0) return 1;
+                cases += r;
+              }
+            }
+  printf("ok %d\n", cases);
+  return 0;
+}
