@@ -101,9 +101,13 @@ def build(
     if dump_dir:
         dump_dir.mkdir(parents=True, exist_ok=True)
 
+    dumped = 0  # numbered per build: a second build into the same folder replaces the first's files
+
     def dump(name: str, text: str) -> None:
+        nonlocal dumped
         if dump_dir:
-            (dump_dir / f"{len(list(dump_dir.iterdir())):02d}-{name}.mlir").write_text(text)
+            (dump_dir / f"{dumped:02d}-{name}.mlir").write_text(text)
+            dumped += 1
 
     examples = None
     if example_inputs is not None:
