@@ -30,6 +30,15 @@ class Attention(nn.Module):
         return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ k
 
 
+class Residual1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x)
+
+
 class GroupedResidual(nn.Module):
     def __init__(self):
         super().__init__()
@@ -116,6 +125,12 @@ CASES = {
     "conv_small_map_1x1": (lambda: nn.Conv2d(64, 24, 1), [(1, 64, 2, 3)]),
     "conv_small_map_bn_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(16, 8, 3, padding=1, bias=False),
                                                           nn.BatchNorm2d(8), nn.ReLU6())), [(1, 16, 5, 5)]),
+    # 1-D convs as 2-D convs of height 1; grouped 1-D ones (a wav2vec2 positional conv) as grouped.
+    "conv1d_stride2_batch2": (lambda: nn.Conv1d(8, 12, 5, padding=2, stride=2), [(2, 8, 30)]),
+    "conv1d_residual_relu": (lambda: Residual1d(), [(1, 16, 40)]),
+    "conv1d_stem_groupnorm_gelu": (lambda: nn.Sequential(nn.Conv1d(1, 32, 10, stride=5, bias=False),
+                                                         nn.GroupNorm(32, 32), nn.GELU()), [(1, 1, 400)]),
+    "conv_grouped_1d_padded": (lambda: nn.Conv1d(24, 24, 16, padding=8, groups=8), [(1, 24, 50)]),
     "linear_gemv": (lambda: LinearChain(1), [(1, 300)]),
     "linear_gemm": (lambda: LinearChain(40), [(40, 300)]),
     "batch_matmul": (lambda: Attention(), [(3, 20, 16), (3, 24, 16)]),
@@ -156,6 +171,8 @@ def test_kernel_path_matches_eager(name, tmp_path):
     if name == "matmul_strided_views":  # every matmul on a view is a kernel call, none a loop
         assert kernels == {"mlrt_matmul_f32": 6}, kernels
     assert ("mlrt_conv2d_winograd_f32" in kernels) == name.startswith("winograd"), kernels
+    if name.startswith("conv1d"):
+        assert kernels == {"mlrt_conv2d_f32": 1}, kernels
     if name.startswith("conv_grouped"):
         assert kernels == {"mlrt_conv2d_grouped_f32": 1}, kernels
     if name.startswith("conv_small_map"):

@@ -585,34 +585,53 @@ class _Rewriter(TopLevelOps):
                                     dims, fusion, [], y, gemm_shape=(n, co, oh * ow, c * kh * kw))
                     kernel = "mlrt_conv2d_f32"
             elif name == "linalg.conv_2d_ngchw_gfchw" and self.scratch is None:
-                # torch-mlir's grouped conv reads 5-D views [N, G, C/G, H, W] of 4-D buffers: the
-                # kernel takes the 4-D buffers, so bias, padding and epilogue fuse as for a conv.
+                # torch-mlir's grouped conv reads 5-D views [N, G, C/G, H, W] of 4-D buffers (3-D
+                # for a grouped 1-D conv, W = 1): the kernel takes the buffers behind the views, so
+                # bias, padding and epilogue fuse as for a conv.
                 views = [defining_op(v) for v in operands]
                 if any(v is None or v.name != "memref.expand_shape" or len(list(v.result.uses)) != 1
                        for v in views):
                     continue
                 x, w, y = (v.operands[0] for v in views)
-                if not (_is_dense_f32(x, 4) and _is_dense_f32(w, 4) and _is_dense_f32(y, 4)):
+                rank = y.type.rank
+                if rank not in (3, 4) or not all(_is_dense_f32(v, v.type.rank) for v in (x, w, y)):
                     continue
-                groups = operands[0].type.shape[1]
+                n, groups, cg, h, wd = operands[0].type.shape
+                _, fg, _, kh, kw = operands[1].type.shape
+                oh, ow = operands[2].type.shape[3:]
+                c, co = groups * cg, groups * fg
                 (sh, sw), (dh, dw) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
-                kh, kw = w.type.shape[-2:]
-                co, oh, ow = y.type.shape[1:]
                 fusion.erase += views  # dead once the conv is gone; before what they view
-                self.prologue(kernel_op, y, ([0, 2, 3], False), fusion)
+                self.prologue(kernel_op, y, (list(range(rank))[:1] + list(range(2, rank)), False), fusion)
                 pt = pl = 0
-                unpadded = self.unpadded_input(x, kernel_op, y, False, fusion.erase, via=views[0])
+                unpadded = self.unpadded_input(x, kernel_op, y, False, fusion.erase, via=views[0]) \
+                    if x.type.rank == 4 else None
                 if unpadded:
                     x, pt, pl, absorbed = unpadded
                     fusion.erase += absorbed
-                n, c, h, wd = x.type.shape
+                    h, wd = x.type.shape[2:]
                 self.epilogue(kernel_op, y, None, fusion, {x, w})
                 slices = min(n * groups, GROUPED_SLICES)
                 sig = self.emit(kernel_op, "mlrt_conv2d_grouped_f32", [x, w, y],
-                                slices * _packed_floats(c // groups * kh * kw, oh * ow),
+                                slices * _packed_floats(cg * kh * kw, oh * ow),
                                 [n, groups, slices, c, h, wd, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl], fusion, [], y,
-                                gemm_shape=(n, co // groups, oh * ow, c // groups * kh * kw))
+                                gemm_shape=(n, fg, oh * ow, cg * kh * kw))
                 kernel = "mlrt_conv2d_grouped_f32"
+            elif name == "linalg.conv_1d_ncw_fcw" and self.scratch is None:
+                # A 1-D conv is a 2-D conv of height 1 (CPU kernels; padding stays a copy).
+                x, w, y = operands
+                if x == y or not (_is_dense_f32(x, 3) and _is_dense_f32(w, 3) and _is_dense_f32(y, 3)):
+                    continue
+                (sw,), (dw,) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
+                n, c, wd = x.type.shape
+                kw = w.type.shape[-1]
+                co, ow = y.type.shape[1:]
+                self.prologue(kernel_op, y, ([0, 2], False), fusion)
+                self.epilogue(kernel_op, y, None, fusion, {x, w})
+                sig = self.emit(kernel_op, "mlrt_conv2d_f32", [x, w, y], _packed_floats(c * kw, ow),
+                                [n, c, 1, wd, co, 1, kw, 1, ow, 1, sw, 1, dw, 0, 0], fusion, [], y,
+                                gemm_shape=(n, co, ow, c * kw))
+                kernel = "mlrt_conv2d_f32"
             elif name in _DEFAULT_MAPS and _plain_matmul(kernel_op, name):
                 rank = 2 if name == "linalg.matmul" else 3
                 a, b, c_out = operands
