@@ -39,6 +39,19 @@ class Residual1d(nn.Module):
         return torch.relu(self.conv(x) + x)
 
 
+class Residual3d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm3d(8)
+        with torch.no_grad():  # statistics a fold would get wrong if it ignored them
+            self.bn.running_mean.uniform_(-0.3, 0.3), self.bn.running_var.uniform_(0.5, 1.5)
+            self.bn.weight.uniform_(0.5, 1.5), self.bn.bias.uniform_(-0.2, 0.2)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)) + x)
+
+
 class GroupedResidual(nn.Module):
     def __init__(self):
         super().__init__()
@@ -131,6 +144,13 @@ CASES = {
     "conv1d_stem_groupnorm_gelu": (lambda: nn.Sequential(nn.Conv1d(1, 32, 10, stride=5, bias=False),
                                                          nn.GroupNorm(32, 32), nn.GELU()), [(1, 1, 400)]),
     "conv_grouped_1d_padded": (lambda: nn.Conv1d(24, 24, 16, padding=8, groups=8), [(1, 24, 50)]),
+    # 3-D convs: per output depth, a sum of 2-D convs over the depth taps (weights stored taps first).
+    "conv3d_bias_padded": (lambda: nn.Conv3d(4, 6, 3, padding=1), [(1, 4, 5, 8, 8)]),
+    "conv3d_stem_stride_batch2": (lambda: nn.Conv3d(3, 16, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
+                                  [(2, 3, 4, 20, 18)]),
+    "conv3d_bn_residual_relu": (lambda: Residual3d(), [(1, 8, 4, 6, 6)]),
+    "conv3d_depth_dilated": (lambda: nn.Conv3d(20, 24, (2, 3, 3), padding=(0, 1, 1), dilation=(2, 1, 1)),
+                             [(1, 20, 6, 5, 5)]),
     "linear_gemv": (lambda: LinearChain(1), [(1, 300)]),
     "linear_gemm": (lambda: LinearChain(40), [(40, 300)]),
     "batch_matmul": (lambda: Attention(), [(3, 20, 16), (3, 24, 16)]),
@@ -171,6 +191,8 @@ def test_kernel_path_matches_eager(name, tmp_path):
     if name == "matmul_strided_views":  # every matmul on a view is a kernel call, none a loop
         assert kernels == {"mlrt_matmul_f32": 6}, kernels
     assert ("mlrt_conv2d_winograd_f32" in kernels) == name.startswith("winograd"), kernels
+    if name.startswith("conv3d"):
+        assert kernels == {"mlrt_conv3d_f32": 1}, kernels
     if name.startswith("conv1d"):
         assert kernels == {"mlrt_conv2d_f32": 1}, kernels
     if name.startswith("conv_grouped"):
@@ -224,8 +246,9 @@ def test_conv_kernels_under_sanitizers(check, march, tmp_path):
     UBSan, tasks run in reverse order. x86-64-v3 is the AVX2 path, x86-64 the portable one.
     kernels_c/depthwise_check.c: the depthwise kernel on ~1200 shapes (in place, every short row
     width, strides 1-3, dilation, padding, 1x1 to 7x7 taps, the wide-row fallback).
-    kernels_c/conv_check.c: the grouped and the small-map conv on ~1300 (1-4 groups, 1x1 to 5x3
-    taps, stride 2, dilation, K past one K block, batches, every epilogue kind, 1 and 3 threads)."""
+    kernels_c/conv_check.c: the grouped, small-map and 3-D convs on ~1400 (1-4 groups, 1x1 to 5x3
+    taps, stride 2, dilation, K past one K block, depth padding and dilation, batches, every
+    epilogue kind, 1 and 3 threads)."""
     if march == "x86-64-v3" and "avx2" not in Path("/proc/cpuinfo").read_text():
         pytest.skip("this CPU has no AVX2")
     from mlpack.codegen_cpu import KERNELS_DIR

@@ -617,6 +617,26 @@ class _Rewriter(TopLevelOps):
                                 [n, groups, slices, c, h, wd, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl], fusion, [], y,
                                 gemm_shape=(n, fg, oh * ow, cg * kh * kw))
                 kernel = "mlrt_conv2d_grouped_f32"
+            elif name == "linalg.conv_3d_ncdhw_fcdhw" and self.cpu_layouts:
+                # Per output depth, a sum of 2-D convs over the kernel's depth taps, the weights
+                # stored [KD][CO][C][KH][KW] so each tap's slice is a GEMM operand (padding stays a copy).
+                x, w, y = operands
+                if x == y or not (_is_dense_f32(x, 5) and _is_dense_f32(w, 5) and _is_dense_f32(y, 5)):
+                    continue
+                weight_arg = self.packable_weight(w, kernel_op)
+                if weight_arg is None:
+                    continue
+                (sd, sh, sw), (dd, dh, dw) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
+                n, c, d, h, wd = x.type.shape
+                co, _, kd, kh, kw = w.type.shape
+                od, oh, ow = y.type.shape[2:]
+                self.prologue(kernel_op, y, ([0, 2, 3, 4], False), fusion)
+                self.epilogue(kernel_op, y, None, fusion, {x, w})
+                self.prepack[weight_arg] = ("conv3d", co, c, kd, kh, kw)
+                sig = self.emit(kernel_op, "mlrt_conv3d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
+                                [n, c, d, h, wd, co, kd, kh, kw, od, oh, ow, sd, sh, sw, dd, dh, dw, 0, 0, 0], fusion, [],
+                                y, gemm_shape=(n, co, oh * ow, c * kh * kw))
+                kernel = "mlrt_conv3d_f32"
             elif name == "linalg.conv_1d_ncw_fcw" and self.scratch is None:
                 # A 1-D conv is a 2-D conv of height 1 (CPU kernels; padding stays a copy).
                 x, w, y = operands
@@ -711,6 +731,13 @@ def pack_conv_panels(w):
     return pack_b_panels(w.reshape(w.shape[0], -1).T)
 
 
+def conv3d_weights(w):
+    """numpy [CO, C, KD, KH, KW] -> [KD, CO, C, KH, KW] (mlrt_conv3d_f32: one GEMM operand per depth tap)."""
+    import numpy as np
+
+    return np.ascontiguousarray(w.transpose(2, 0, 1, 3, 4))
+
+
 def depthwise_ring_fits(kh: int, kw: int, ow: int, sh: int, sw: int, dh: int, dw: int) -> bool:
     """Whether mlrt_depthwise_conv2d_f32 stages these rows in its ring (and so may run in place);
     kernels/conv.c dw_row_floats and mlrt_kernels.h."""
@@ -776,6 +803,7 @@ WINOGRAD_LAYOUTS = {2: "winograd3x3", 4: "winograd4x4_3x3"}
 WEIGHT_LAYOUTS = {
     "panels": ("packed B panels", pack_b_panels),
     "conv_panels": ("transposed, packed B panels", pack_conv_panels),
+    "conv3d": ("depth taps first", conv3d_weights),
     "winograd3x3": ("Winograd F(2x2,3x3)", winograd_weights),
     "winograd4x4_3x3": ("Winograd F(4x4,3x3)", winograd4_weights),
 }

@@ -1,4 +1,4 @@
-/* Checks mlrt_conv2d_grouped_f32 and mlrt_conv2d_small_f32 against a plain reference loop on many
+/* Checks mlrt_conv2d_grouped_f32, mlrt_conv2d_small_f32 and mlrt_conv3d_f32 against a plain reference loop on many
  * shapes, built with AddressSanitizer + UBSan by tests/test_kernels.py. Every buffer (scratch
  * included, at the size kernel_calls.py gives it) is allocated to its exact size, so a read or
  * write past it is reported. Tasks run in reverse order on a fake pool.
@@ -97,8 +97,64 @@ static int run_case(const conv_case *k, int threads) {
   return bad ? -1 : 1;
 }
 
+/* 3-D: weights given [KD][CO][C][KH][KW] as kernel_calls.conv3d_weights stores them. */
+static int run_case3d(int64_t N, int64_t C, int64_t CO, int64_t D, int64_t H, int64_t W, int64_t KD, int64_t KH,
+                      int64_t KW, int64_t s, int64_t dd, int64_t pd, int64_t p, int e, int threads) {
+  const int64_t OD = (D + 2 * pd - (KD - 1) * dd - 1) / s + 1, OH = (H + 2 * p - KH) / s + 1, OW = (W + 2 * p - KW) / s + 1;
+  if (OD <= 0 || OH <= 0 || OW <= 0) return 0;
+  const int64_t K = C * KH * KW, P = OD * OH * OW, out_n = N * CO * P;
+  const int overwrite = e & 1, has_bias = (e & 3) != 2, has_res = (e & 3) == 3;
+  float *x = fresh(N * C * D * H * W), *w = fresh(KD * CO * K), *b = has_bias ? fresh(CO) : NULL;
+  float *res = has_res ? fresh(out_n) : NULL, *y = fresh(out_n), *want = malloc((size_t)out_n * sizeof(float));
+  const float lo = -2.5f, hi = 3.0f;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t co = 0; co < CO; ++co)
+      for (int64_t q = 0; q < P; ++q) {
+        const int64_t o = (n * CO + co) * P + q, od = q / (OH * OW), oy = q / OW % OH, ox = q % OW;
+        double sum = 0.0;
+        for (int64_t kd = 0; kd < KD; ++kd)
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t ky = 0; ky < KH; ++ky)
+              for (int64_t kx = 0; kx < KW; ++kx) {
+                const int64_t id = od * s + kd * dd - pd, iy = oy * s + ky - p, ix = ox * s + kx - p;
+                if (id >= 0 && id < D && iy >= 0 && iy < H && ix >= 0 && ix < W)
+                  sum += (double)w[((kd * CO + co) * C + c) * KH * KW + ky * KW + kx] *
+                         x[(((n * C + c) * D + id) * H + iy) * W + ix];
+              }
+        const float v = (float)sum + (overwrite ? (b ? b[co] : 0.0f) : y[o]) + (res ? res[o] : 0.0f);
+        want[o] = v < lo ? lo : v > hi ? hi : v;
+      }
+  mlrt_host_api host = {1, (uint32_t)threads, NULL, reverse_parallel_for};
+  mlrt_set_host(threads > 1 ? &host : NULL);
+  float *scratch = malloc((size_t)mlrt_packed_b_floats(K, OH * OW) * sizeof(float));
+  mlrt_conv3d_f32((intptr_t)x, (intptr_t)w, (intptr_t)y, (intptr_t)scratch, N, C, D, H, W, CO, KD, KH, KW, OD, OH, OW,
+                  s, s, s, dd, 1, 1, pd, p, p, overwrite, (intptr_t)b, (intptr_t)res, lo, hi, (intptr_t)y);
+  int bad = 0;
+  for (int64_t i = 0; i < out_n && !bad; ++i)
+    if (fabsf(y[i] - want[i]) > 1e-4f * (1.0f + fabsf(want[i]))) {
+      printf("mismatch at %lld: %g vs %g; conv3d N%lld C%lld CO%lld %lldx%lldx%lld k%lldx%lldx%lld s%lld dd%lld "
+             "pad %lld,%lld e%d threads %d\n", (long long)i, y[i], want[i], (long long)N, (long long)C, (long long)CO,
+             (long long)D, (long long)H, (long long)W, (long long)KD, (long long)KH, (long long)KW, (long long)s,
+             (long long)dd, (long long)pd, (long long)p, e, threads);
+      bad = 1;
+    }
+  free(x), free(w), free(b), free(res), free(y), free(want), free(scratch);
+  return bad ? -1 : 1;
+}
+
 int main(void) {
   int cases = 0;
+  /* 3-D: depth taps 1-3, depth padding (taps skipped; with pd = 2 and KD = 1 some outputs see none),
+   * dilation in depth, strides, every epilogue kind. */
+  for (int64_t KD = 1; KD <= 3; ++KD)
+    for (int64_t s = 1; s <= 2; ++s)
+      for (int64_t pd = 0; pd <= 2; ++pd)
+        for (int e = 0; e < 8; ++e) {
+          const int r = run_case3d(1 + (e >> 2), 3 + KD * 5, 6 + e * 3, 2 + e % 4, 5 + s, 6, KD, 1 + 2 * (e & 1), 3, s,
+                                   1 + (KD == 2 && (e & 2)), pd, e & 1, e, 1 + 2 * (e & 1));
+          if (r < 0) return 1;
+          cases += r;
+        }
   const int64_t ks[][2] = {{3, 3}, {1, 1}, {5, 3}};
   for (int small = 0; small <= 1; ++small)
     for (int ki = 0; ki < 3; ++ki)

@@ -4,6 +4,7 @@
  *   Y[CO x OH*OW] = epilogue(W[CO x C*KH*KW] * cols), the weights read in place as A.
  * conv2d on small maps: the output channels in the lanes, the weights pre-packed as B panels.
  * grouped conv2d: the same per (image, group), the pairs shared out between the threads.
+ * conv3d: per output depth, the sum of 2-D convs over the kernel's depth taps.
  * depthwise: per channel, input rows staged in a zero-padded ring; AVX2 taps along the output row. */
 #include <string.h>
 
@@ -18,6 +19,7 @@ typedef struct {
   const float *x;
   float *bp;
   int64_t C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pt, pl;
+  int64_t cstride; /* floats from one input channel's plane to the next (H*W, or D*H*W in 3-D) */
 } im2col_job;
 
 /* Packs panel p: for each tap, the 16 output positions' input offsets. A panel inside one output
@@ -25,7 +27,7 @@ typedef struct {
  * per-lane division or test; the C=3 stem conv spent half its time on those. */
 static void im2col_panel(void *ctx, int64_t p) {
   const im2col_job *j = (const im2col_job *)ctx;
-  const int64_t taps = j->KH * j->KW, K = j->C * taps, plane = j->H * j->W;
+  const int64_t taps = j->KH * j->KW, K = j->C * taps, plane = j->cstride;
   const int64_t pos0 = p * NR, oy0 = pos0 / j->OW, ox0 = pos0 % j->OW;
   const int one_row = pos0 + NR <= j->N && ox0 + NR <= j->OW;
   float *dst = j->bp + p * K * NR;
@@ -79,22 +81,24 @@ typedef struct {
   const float *w;
   float *y;
   const mlrt_epilogue *ep;
-  int64_t CO, K, N, tasks, panels;
+  int64_t CO, K, N, ldc, tasks, panels;
 } conv_job;
 
 static void conv_task(void *ctx, int64_t t) {
   const conv_job *j = (const conv_job *)ctx;
   const int64_t p0 = mlrt_part(j->panels, j->tasks, t), p1 = mlrt_part(j->panels, j->tasks, t + 1);
   for (int64_t p = p0; p < p1; ++p) im2col_panel((void *)&j->im2col, p);
-  mlrt_gemm_panels(j->CO, j->N, j->K, j->w, j->K, j->im2col.bp, j->y, j->N, j->ep, p0, p1);
+  mlrt_gemm_panels(j->CO, j->N, j->K, j->w, j->K, j->im2col.bp, j->y, j->ldc, j->ep, p0, p1);
 }
 
-/* One image's conv: X [C][H][W] -> Y [CO][OH*OW], with `ep` set for this image. */
-static void conv_image(const float *X, const float *Wt, float *Y, float *Bp, const mlrt_epilogue *ep, int64_t C,
-                       int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
-                       int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left) {
+/* One image's conv: X [C][H][W] (channel planes cstride apart) -> Y [CO][OH*OW] (rows ldc apart),
+ * with `ep` set for this image. */
+static void conv_image(const float *X, int64_t cstride, const float *Wt, float *Y, int64_t ldc, float *Bp,
+                       const mlrt_epilogue *ep, int64_t C, int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW,
+                       int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top,
+                       int64_t pad_left) {
   const int64_t K = C * KH * KW, N = OH * OW;
-  im2col_job j = {X, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left};
+  im2col_job j = {X, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left, cstride};
   const int64_t threads = mlrt_threads_for(CO * N * K), panels = (N + NR - 1) / NR;
   /* im2col fused into the GEMM per task: tasks take even shares of the panels, small enough
    * that a task's packed columns stay in L2 (~256 KiB), as long as the threads stay within 3%
@@ -107,7 +111,7 @@ static void conv_image(const float *X, const float *Wt, float *Y, float *Bp, con
       if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103) tasks = n;
   }
   if (tasks > 1) {
-    conv_job cj = {j, Wt, Y, ep, CO, K, N, tasks, panels};
+    conv_job cj = {j, Wt, Y, ep, CO, K, N, ldc, tasks, panels};
     mlrt_parallel_for(tasks, conv_task, &cj);
     return;
   }
@@ -115,7 +119,7 @@ static void conv_image(const float *X, const float *Wt, float *Y, float *Bp, con
     for (int64_t p = 0; p < panels; ++p) im2col_panel(&j, p);
   else
     mlrt_parallel_for(panels, im2col_panel, &j);
-  mlrt_gemm_packed(CO, N, K, Wt, K, Bp, Y, N, ep);
+  mlrt_gemm_packed(CO, N, K, Wt, K, Bp, Y, ldc, ep);
 }
 
 void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
@@ -130,8 +134,8 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
     mlrt_epilogue ep = {(int)overwrite, (const float *)(intptr_t)bias, 0,
                         residual ? (const float *)(intptr_t)residual + y_off : NULL, act_lo, act_hi,
                         (float *)(intptr_t)dst + y_off};
-    conv_image(X + n * C * H * W, Wt, Y + y_off, Bp, &ep, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pad_top,
-               pad_left);
+    conv_image(X + n * C * H * W, H * W, Wt, Y + y_off, N, Bp, &ep, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw,
+               pad_top, pad_left);
   }
 }
 
@@ -153,8 +157,9 @@ static void grouped_pairs(const grouped_job *j, int64_t u0, int64_t u1, float *b
     const int64_t n = u / j->groups, g = u % j->groups, y_off = n * j->CO * N + g * fg * N;
     mlrt_epilogue ep = {(int)j->overwrite, j->bias ? j->bias + g * fg : NULL, 0,
                         j->residual ? j->residual + y_off : NULL, j->lo, j->hi, j->dst + y_off};
-    conv_image(j->x + (n * j->C + g * cg) * j->H * j->W, j->w + g * fg * cg * j->KH * j->KW, j->y + y_off, bp, &ep,
-               cg, j->H, j->W, fg, j->KH, j->KW, j->OH, j->OW, j->sh, j->sw, j->dh, j->dw, j->pt, j->pl);
+    conv_image(j->x + (n * j->C + g * cg) * j->H * j->W, j->H * j->W, j->w + g * fg * cg * j->KH * j->KW,
+               j->y + y_off, N, bp, &ep, cg, j->H, j->W, fg, j->KH, j->KW, j->OH, j->OW, j->sh, j->sw, j->dh, j->dw,
+               j->pt, j->pl);
   }
 }
 
@@ -180,6 +185,51 @@ void mlrt_conv2d_grouped_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, i
     mlrt_parallel_for(j.tasks, grouped_task, &j);
   else
     grouped_pairs(&j, 0, units, j.scratch);
+}
+
+/* ------------------------------------------------------------------------- 3-D
+ * Output depth od of a 3-D conv is the sum over the kernel's depth taps kd of 2-D convs: input
+ * depth plane id = od*sd + kd*dd - pd (channel planes D*H*W apart) with the weights' kd slice,
+ * stored [KD][CO][C*KH*KW] at build time (kernel_calls.conv3d_weights) so each slice is a plain
+ * GEMM operand. The first tap initializes (bias), the last applies the epilogue; taps that fall
+ * in the depth padding are skipped. */
+void mlrt_conv3d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t D,
+                     int64_t H, int64_t W, int64_t CO, int64_t KD, int64_t KH, int64_t KW, int64_t OD, int64_t OH,
+                     int64_t OW, int64_t sd, int64_t sh, int64_t sw, int64_t dd, int64_t dh, int64_t dw, int64_t pad_front,
+                     int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
+                     float act_hi, int64_t dst) {
+  const float *X = (const float *)(intptr_t)x, *Wt = (const float *)(intptr_t)w, *B = (const float *)(intptr_t)bias;
+  const float *R = (const float *)(intptr_t)residual;
+  float *Y = (float *)(intptr_t)y, *Dst = (float *)(intptr_t)dst, *Bp = (float *)(intptr_t)scratch;
+  const int64_t P = OH * OW, ldc = OD * P, K = C * KH * KW;
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t od = 0; od < OD; ++od) {
+      const int64_t y_off = n * CO * ldc + od * P;
+      int64_t first = -1, last = -1;
+      for (int64_t kd = 0; kd < KD; ++kd) {
+        const int64_t id = od * sd + kd * dd - pad_front;
+        if (id >= 0 && id < D) last = kd, first = first < 0 ? kd : first;
+      }
+      if (first < 0) { /* every tap in the padding: the epilogue of an empty sum */
+        for (int64_t co = 0; co < CO; ++co)
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t o = y_off + co * ldc + p;
+            const float v = (overwrite ? (B ? B[co] : 0.0f) : Y[o]) + (R ? R[o] : 0.0f);
+            Dst[o] = mlrt_clamp(v, act_lo, act_hi);
+          }
+        continue;
+      }
+      for (int64_t kd = first; kd <= last; ++kd) {
+        const int64_t id = od * sd + kd * dd - pad_front;
+        if (id < 0 || id >= D) continue;
+        const int is_last = kd == last;
+        mlrt_epilogue ep = {kd == first ? (int)overwrite : 0, kd == first ? B : NULL, 0,
+                            is_last && R ? R + y_off : NULL, is_last ? act_lo : -__builtin_inff(),
+                            is_last ? act_hi : __builtin_inff(), (is_last ? Dst : Y) + y_off};
+        conv_image(X + (n * C * D + id) * H * W, D * H * W, Wt + kd * CO * K, Y + y_off, ldc, Bp, &ep, C, H, W, CO,
+                   KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left);
+      }
+    }
 }
 
 /* ------------------------------------------------------------------------- small maps
