@@ -24,8 +24,10 @@ int64_t mlrt_threads(void);
 void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx);
 
 /* Below this many multiply-adds a kernel runs on the calling thread: waking a worker costs more
- * than it saves, and other runtimes' spinning threads make that cost erratic. */
-#define MLRT_MIN_PARALLEL_MACS (1 << 20)
+ * than it saves, and other runtimes' spinning threads make that cost erratic. 1 << 20 left the
+ * second core idle through most of a small CNN at 64x64 (the worker spinning 42% of the run);
+ * 1 << 16 ran mobilenet_v3_small 0.68x and lcnet 0.72x as long (Zen 4, 2 threads). */
+#define MLRT_MIN_PARALLEL_MACS (1 << 16)
 static inline int64_t mlrt_threads_for(int64_t macs) { return macs < MLRT_MIN_PARALLEL_MACS ? 1 : mlrt_threads(); }
 
 #define MLRT_NR 16 /* columns per packed B panel */
