@@ -115,12 +115,13 @@ CASES = {
                                                       nn.BatchNorm2d(8), nn.ReLU6())), [(1, 8, 11, 11)]),
     "depthwise_stride2_bias": (lambda: nn.Conv2d(6, 6, 5, 2, 2, groups=6), [(1, 6, 13, 40)]),
     "inverted_residual_inplace": (lambda: _bn(zoo.InvertedResidual(16, 16, 1, 6)), [(1, 16, 14, 14)]),
-    # Depthwise paths: rows shorter than a vector (6: merged tails; 3: lane by lane), more taps than
-    # the vector kernel unrolls (7x7), stride 3 and dilation (scalar taps), stride 2 with odd
-    # padding (even/odd staging), batch 2, and rows too wide for the ring (the direct loop).
+    # Depthwise paths: rows shorter than a vector (6: merged tails; 3: lane by lane), 7x7 taps (the
+    # vector path's largest), 9x9 (more: scalar taps), stride 3 and dilation (scalar taps), stride 2
+    # with odd padding (even/odd staging), batch 2, and rows too wide for the ring (the direct loop).
     "depthwise_inplace_short_rows": (lambda: _bn(zoo.InvertedResidual(8, 8, 1, 2)), [(2, 8, 9, 6)]),
     "depthwise_inplace_tiny_rows": (lambda: _bn(zoo.InvertedResidual(8, 8, 1, 2)), [(1, 8, 5, 3)]),
     "depthwise_7x7_taps": (lambda: nn.Conv2d(4, 4, 7, padding=3, groups=4), [(1, 4, 10, 19)]),
+    "depthwise_9x9_scalar_taps": (lambda: nn.Conv2d(3, 3, 9, padding=4, groups=3), [(1, 3, 12, 21)]),
     "depthwise_stride3_dilated": (lambda: nn.Conv2d(5, 5, 3, stride=3, padding=2, dilation=2, groups=5),
                                   [(1, 5, 17, 23)]),
     "depthwise_stride2_odd_pad": (lambda: nn.Conv2d(6, 6, (3, 4), stride=2, padding=(2, 1), groups=6),
