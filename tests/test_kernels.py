@@ -115,13 +115,14 @@ CASES = {
                                                       nn.BatchNorm2d(8), nn.ReLU6())), [(1, 8, 11, 11)]),
     "depthwise_stride2_bias": (lambda: nn.Conv2d(6, 6, 5, 2, 2, groups=6), [(1, 6, 13, 40)]),
     "inverted_residual_inplace": (lambda: _bn(zoo.InvertedResidual(16, 16, 1, 6)), [(1, 16, 14, 14)]),
-    # Depthwise paths: rows shorter than a vector (6: merged tails; 3: lane by lane), 7x7 taps (the
-    # vector path's largest), 9x9 (more: scalar taps), stride 3 and dilation (scalar taps), stride 2
-    # with odd padding (even/odd staging), batch 2, and rows too wide for the ring (the direct loop).
+    # Depthwise paths: rows shorter than a vector (6: merged tails; 3: lane by lane), 7x7 and 9x9
+    # taps (vector), 11x11 (past the vector path: scalar taps), stride 3 and dilation (scalar taps),
+    # stride 2 with odd padding (even/odd staging), batch 2, and rows too wide for the ring.
     "depthwise_inplace_short_rows": (lambda: _bn(zoo.InvertedResidual(8, 8, 1, 2)), [(2, 8, 9, 6)]),
     "depthwise_inplace_tiny_rows": (lambda: _bn(zoo.InvertedResidual(8, 8, 1, 2)), [(1, 8, 5, 3)]),
     "depthwise_7x7_taps": (lambda: nn.Conv2d(4, 4, 7, padding=3, groups=4), [(1, 4, 10, 19)]),
-    "depthwise_9x9_scalar_taps": (lambda: nn.Conv2d(3, 3, 9, padding=4, groups=3), [(1, 3, 12, 21)]),
+    "depthwise_9x9_taps": (lambda: nn.Conv2d(3, 3, 9, padding=4, groups=3), [(1, 3, 12, 21)]),
+    "depthwise_11x11_scalar_taps": (lambda: nn.Conv2d(2, 2, 11, padding=5, groups=2), [(1, 2, 13, 17)]),
     "depthwise_stride3_dilated": (lambda: nn.Conv2d(5, 5, 3, stride=3, padding=2, dilation=2, groups=5),
                                   [(1, 5, 17, 23)]),
     "depthwise_stride2_odd_pad": (lambda: nn.Conv2d(6, 6, (3, 4), stride=2, padding=(2, 1), groups=6),
@@ -246,7 +247,7 @@ def test_conv_kernels_under_sanitizers(check, march, tmp_path):
     """Kernels against reference loops, every buffer allocated to its exact size, under ASan +
     UBSan, tasks run in reverse order. x86-64-v3 is the AVX2 path, x86-64 the portable one.
     kernels_c/depthwise_check.c: the depthwise kernel on ~1200 shapes (in place, every short row
-    width, strides 1-3, dilation, padding, 1x1 to 7x7 taps, the wide-row fallback).
+    width, strides 1-3, dilation, padding, 1x1 to 9x9 taps, the wide-row fallback).
     kernels_c/conv_check.c: the grouped, small-map and 3-D convs on ~1400 (1-4 groups, 1x1 to 5x3
     taps, stride 2, dilation, K past one K block, depth padding and dilation, batches, every
     epilogue kind, 1 and 3 threads)."""

@@ -95,10 +95,10 @@ int main(void) {
           if (r < 0) return 1;
           cases += r;
         }
-  /* Out of place: strides 1-3, dilation, asymmetric and zero padding, kernel shapes 1x1 to 7x7;
+  /* Out of place: strides 1-3, dilation, asymmetric and zero padding, kernel shapes 1x1 to 9x9;
    * short maps (whole-channel staging) and tall ones (the ring). */
-  const int64_t ks[][2] = {{3, 3}, {1, 1}, {5, 5}, {3, 4}, {7, 7}, {2, 5}};
-  for (int ki = 0; ki < 6; ++ki)
+  const int64_t ks[][2] = {{3, 3}, {1, 1}, {5, 5}, {3, 4}, {7, 7}, {2, 5}, {9, 9}};
+  for (int ki = 0; ki < (int)(sizeof ks / sizeof ks[0]); ++ki)
     for (int64_t s = 1; s <= 3; ++s)
       for (int64_t d = 1; d <= 2; ++d)
         for (int64_t W = 5; W <= 41; W += 9)

@@ -477,8 +477,8 @@ static inline __attribute__((always_inline)) void dw_rows_avx2(const float *cons
 }
 #endif
 
-/* Up to 7x7 (ConvNeXt-style blocks): the scalar loop ran their 7x7 taps at ~1.5 GFLOP/s. */
-enum { DW_VECTOR_TAPS = 49 };
+/* Up to 9x9 (ConvNeXt 7x7, MixNet 9x9): the scalar loop ran 7x7 taps at ~1.5 GFLOP/s. */
+enum { DW_VECTOR_TAPS = 81 };
 
 /* Channel t (= n * C + c) of the output, with its epilogue, DW_ROWS output rows per step (the rows
  * give the out-of-order core independent FMA chains even on 7x7 maps). Without AVX2, or for
@@ -557,6 +557,8 @@ static void depthwise_task(void *ctx, int64_t task) {
       dw_channel(j, t, t1, rings, 5, 5, 2);
     else if (j->KH == 7 && j->KW == 7 && j->sw == 1)
       dw_channel(j, t, t1, rings, 7, 7, 1);
+    else if (j->KH == 9 && j->KW == 9 && j->sw == 1)
+      dw_channel(j, t, t1, rings, 9, 9, 1);
     else
       dw_channel(j, t, t1, rings, j->KH, j->KW, j->sw);
   }
