@@ -1,6 +1,6 @@
-"""Replace the heavy linalg ops (conv, depthwise conv, matmul, batch matmul) with calls to the
-microkernels in kernels/ (tiled, vectorized, multi-threaded C compiled into the bundle), fusing
-what surrounds them so each output is written once:
+"""Replace the heavy linalg ops (1-D, 2-D, grouped and 3-D conv, depthwise conv, matmul, batch
+matmul) with calls to the microkernels in kernels/ (tiled, vectorized, multi-threaded C compiled
+into the bundle), fusing what surrounds them so each output is written once:
 
 - prologue: the fill / bias broadcast that initializes the output (the kernel writes bias + A*B);
 - input padding: a zero-filled buffer with the input copied into its middle (the kernel reads
