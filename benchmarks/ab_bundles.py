@@ -1,0 +1,44 @@
+"""A/B of two bundles of the same model (before / after a compiler change), in one process.
+
+    python benchmarks/ab_bundles.py old.bundle new.bundle [--repeats 40]
+
+Both are loaded side by side and run on the same random inputs (shapes from the manifest) in
+alternating blocks of 4 timed calls, so both see the same machine load. Prints the largest
+difference between their outputs, min and median ms of each, and new/old of the minima.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import mlrt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("old")
+    ap.add_argument("new")
+    ap.add_argument("--repeats", type=int, default=40, help="blocks of 4 calls per bundle")
+    args = ap.parse_args()
+    a, b = mlrt.load(args.old), mlrt.load(args.new)
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal(p["shape"]).astype(p["dtype"]) for p in a.manifest["inputs"]]
+    ya, yb = a.run_flat(*xs), b.run_flat(*xs)
+    print("max |new - old|:", max(float(np.abs(p.astype(np.float64) - q).max()) for p, q in zip(ya, yb)))
+    times = {"old": [], "new": []}
+    for _ in range(args.repeats):
+        for name, m in (("old", a), ("new", b)):
+            for _ in range(4):
+                t0 = time.perf_counter()
+                m.run_flat(*xs)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    for name, t in times.items():
+        print(f"{name}: min {min(t):.3f} ms, median {np.median(t):.3f} ms")
+    print(f"new/old (min): {min(times['new']) / min(times['old']):.3f}")
+
+
+if __name__ == "__main__":
+    main()
