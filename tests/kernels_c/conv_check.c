@@ -1,33 +1,15 @@
-/* Checks mlrt_conv2d_grouped_f32, mlrt_conv2d_small_f32 and mlrt_conv3d_f32 against a plain reference loop on many
- * shapes, built with AddressSanitizer + UBSan by tests/test_kernels.py. Every buffer (scratch
- * included, at the size kernel_calls.py gives it) is allocated to its exact size, so a read or
- * write past it is reported. Tasks run in reverse order on a fake pool.
+/* Checks mlrt_conv2d_grouped_f32, mlrt_conv2d_small_f32 and mlrt_conv3d_f32 against plain
+ * reference loops on many shapes, built with AddressSanitizer + UBSan by tests/test_kernels.py.
+ * Every buffer (scratch included, at the size kernel_calls.py gives it) is allocated to its exact
+ * size, so a read or write past it is reported. Tasks run in reverse order on a fake pool.
  * Prints "ok <cases>" and exits 0, or names the first mismatching case and exits 1. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "mlrt_kernels.h"
-
-void mlrt_set_host(const mlrt_host_api *host);
-
-static void reverse_parallel_for(void *pool, int64_t n, mlrt_task_fn task, void *ctx) {
-  (void)pool;
-  for (int64_t i = n - 1; i >= 0; --i) task(ctx, i);
-}
-
-static uint32_t rng = 777;
-static float frand(void) {
-  rng = rng * 1664525u + 1013904223u;
-  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
-
-static float *fresh(int64_t n) {
-  float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-  for (int64_t i = 0; i < n; ++i) p[i] = frand();
-  return p;
-}
+#define CHECK_SEED 777u
+#include "check_harness.h"
 
 typedef struct {
   int64_t N, G, C, CO, H, W, KH, KW, sh, sw, dh, dw, pt, pl, pb, pr;
@@ -59,8 +41,7 @@ static int run_case(const conv_case *k, int threads) {
         const float v = (float)sum + (k->overwrite ? (b ? b[co] : 0.0f) : y[o]) + (res ? res[o] : 0.0f);
         want[o] = v < lo ? lo : v > hi ? hi : v;
       }
-  mlrt_host_api host = {1, (uint32_t)threads, NULL, reverse_parallel_for};
-  mlrt_set_host(threads > 1 ? &host : NULL);
+  use_threads(threads);
   float *scratch, *wp = NULL;
   if (k->small) { /* W^T [K x CO] in packed B panels, as kernel_calls.pack_conv_panels stores it */
     const int64_t panels = (k->CO + MLRT_NR - 1) / MLRT_NR;
@@ -124,8 +105,7 @@ static int run_case3d(int64_t N, int64_t C, int64_t CO, int64_t D, int64_t H, in
         const float v = (float)sum + (overwrite ? (b ? b[co] : 0.0f) : y[o]) + (res ? res[o] : 0.0f);
         want[o] = v < lo ? lo : v > hi ? hi : v;
       }
-  mlrt_host_api host = {1, (uint32_t)threads, NULL, reverse_parallel_for};
-  mlrt_set_host(threads > 1 ? &host : NULL);
+  use_threads(threads);
   float *scratch = malloc((size_t)mlrt_packed_b_floats(K, OH * OW) * sizeof(float));
   mlrt_conv3d_f32((intptr_t)x, (intptr_t)w, (intptr_t)y, (intptr_t)scratch, N, C, D, H, W, CO, KD, KH, KW, OD, OH, OW,
                   s, s, s, dd, 1, 1, pd, p, p, overwrite, (intptr_t)b, (intptr_t)res, lo, hi, (intptr_t)y);

@@ -9,26 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mlrt_kernels.h"
-
-void mlrt_set_host(const mlrt_host_api *host);
-
-static void reverse_parallel_for(void *pool, int64_t n, mlrt_task_fn task, void *ctx) {
-  (void)pool;
-  for (int64_t i = n - 1; i >= 0; --i) task(ctx, i);
-}
-
-static uint32_t rng = 12345;
-static float frand(void) {
-  rng = rng * 1664525u + 1013904223u;
-  return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
-
-static float *fresh(int64_t n) {
-  float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-  for (int64_t i = 0; i < n; ++i) p[i] = frand();
-  return p;
-}
+#include "check_harness.h"
 
 typedef struct {
   int64_t N, C, H, W, KH, KW, sh, sw, dh, dw, pt, pl, pb, pr;
@@ -60,8 +41,7 @@ static int run_case(const dw_case *k, int threads) {
           want[o] = v < lo ? lo : v > hi ? hi : v;
         }
   float *y = k->in_place ? x : prior;
-  mlrt_host_api host = {1, (uint32_t)threads, NULL, reverse_parallel_for};
-  mlrt_set_host(threads > 1 ? &host : NULL);
+  use_threads(threads);
   mlrt_depthwise_conv2d_f32((intptr_t)x, (intptr_t)w, (intptr_t)y, k->N, k->C, k->H, k->W, k->KH, k->KW, OH, OW,
                             k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->overwrite, (intptr_t)b, (intptr_t)res, lo, hi,
                             (intptr_t)y);
