@@ -61,6 +61,21 @@ class GroupedResidual(nn.Module):
         return torch.clamp(self.conv(x) + x, -1.0, 1.0)
 
 
+class GroupedBottleneck(nn.Module):
+    """RegNet-style: 1x1, grouped 3x3, 1x1, each with BN; three in a row have the same shapes, and
+    bufferization then gives their grouped convs one shared view of a reused buffer."""
+
+    def __init__(self, c, stride):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(c, c, 3, stride, 1, groups=c // 16, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.proj = nn.Sequential(nn.Conv2d(c, c, 1, stride, bias=False), nn.BatchNorm2d(c)) if stride > 1 else None
+
+    def forward(self, x):
+        return torch.relu(self.c(self.b(self.a(x))) + (x if self.proj is None else self.proj(x)))
+
+
 class LinearChain(nn.Module):
     def __init__(self, rows):
         super().__init__()
@@ -110,6 +125,8 @@ CASES = {
     "conv_grouped_dilated_batch3": (lambda: nn.Conv2d(48, 48, 3, padding=2, dilation=2, groups=3),
                                     [(3, 48, 10, 10)]),
     "conv_grouped_1x1_residual": (lambda: GroupedResidual(), [(1, 64, 20, 20)]),
+    "grouped_bottlenecks_shared_views": (lambda: _bn(nn.Sequential(GroupedBottleneck(64, 2), GroupedBottleneck(64, 1),
+                                                                   GroupedBottleneck(64, 1))), [(1, 64, 16, 16)]),
     "conv_grouped_deep_k": (lambda: nn.Conv2d(128, 64, 3, padding=1, groups=2), [(1, 128, 12, 12)]),  # K = 576
     "depthwise_pad_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
                                                       nn.BatchNorm2d(8), nn.ReLU6())), [(1, 8, 11, 11)]),
@@ -197,6 +214,8 @@ def test_kernel_path_matches_eager(name, tmp_path):
         assert kernels == {"mlrt_conv3d_f32": 1}, kernels
     if name.startswith("conv1d"):
         assert kernels == {"mlrt_conv2d_f32": 1}, kernels
+    if name == "grouped_bottlenecks_shared_views":
+        assert kernels.get("mlrt_conv2d_grouped_f32") == 3, kernels
     if name.startswith("conv_grouped"):
         assert kernels == {"mlrt_conv2d_grouped_f32": 1}, kernels
     if name.startswith("conv_small_map"):

@@ -589,8 +589,7 @@ class _Rewriter(TopLevelOps):
                 # for a grouped 1-D conv, W = 1): the kernel takes the buffers behind the views, so
                 # bias, padding and epilogue fuse as for a conv.
                 views = [defining_op(v) for v in operands]
-                if any(v is None or v.name != "memref.expand_shape" or len(list(v.result.uses)) != 1
-                       for v in views):
+                if any(v is None or v.name != "memref.expand_shape" for v in views):
                     continue
                 x, w, y = (v.operands[0] for v in views)
                 rank = y.type.rank
@@ -601,11 +600,14 @@ class _Rewriter(TopLevelOps):
                 oh, ow = operands[2].type.shape[3:]
                 c, co = groups * cg, groups * fg
                 (sh, sw), (dh, dw) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
-                fusion.erase += views  # dead once the conv is gone; before what they view
+                # Views only this conv reads die with it (erased before what they view); bufferization
+                # may share one view between several convs' outputs or inputs.
+                own = [len(list(v.result.uses)) == 1 for v in views]
+                fusion.erase += [v for v, alone in zip(views, own) if alone]
                 self.prologue(kernel_op, y, (list(range(rank))[:1] + list(range(2, rank)), False), fusion)
                 pt = pl = 0
                 unpadded = self.unpadded_input(x, kernel_op, y, False, fusion.erase, via=views[0]) \
-                    if x.type.rank == 4 else None
+                    if x.type.rank == 4 and own[0] else None
                 if unpadded:
                     x, pt, pl, absorbed = unpadded
                     fusion.erase += absorbed
