@@ -141,11 +141,10 @@ def build(
             cuda_module = import_program(lifted)
             if model_io.merge_duplicate_results(cuda_module) != merged:
                 raise BuildError("internal: the CPU and CUDA imports return different results")
-    # Winograd weights are a CPU-only layout: a bundle whose weights the CUDA target shares keeps
-    # its 3x3 convs on im2col.
+    # Winograd, small-map and 3-D conv weights are CPU-only layouts: a bundle whose weights the
+    # CUDA target shares keeps those convs on the plain layout.
     cpu_only = "cuda" not in targets
-    art = compile_cpu(module, cpu, dump, stage, winograd=winograd and cpu_only, cpu_only=cpu_only) \
-        if "cpu" in targets else None
+    art = compile_cpu(module, cpu, dump, stage, winograd=winograd, cpu_only=cpu_only) if "cpu" in targets else None
     cuda = None
     if "cuda" in targets:
         cuda = compile_cuda(cuda_module, precision, cuda_arch or DEFAULT_SM, dump, stage, prepack=art is not None,

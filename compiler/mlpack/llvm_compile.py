@@ -24,7 +24,7 @@ TRIPLE = "x86_64-unknown-linux-gnu"
 # ~0.1 s each, is not worth it for small models).
 PARTITION_LINES = 6000
 MAX_PARTITIONS = 8
-OUTLINED_PREFIX = "forward_loop_"  # outline_loops.PREFIX
+OUTLINED_PREFIX = "forward_loop_"  # the names outline_loops gives the loop nests it moves out
 
 _DEFINE = re.compile(r"^define ([^@]*)@([-\w.$]+)\(")
 
