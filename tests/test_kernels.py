@@ -267,15 +267,15 @@ def test_conv_kernels_under_sanitizers(check, march, tmp_path):
     UBSan, tasks run in reverse order. x86-64-v3 is the AVX2 path, x86-64 the portable one.
     kernels_c/depthwise_check.c: the depthwise kernel on ~1200 shapes (in place, every short row
     width, strides 1-3, dilation, padding, 1x1 to 9x9 taps, the wide-row fallback).
-    kernels_c/conv_check.c: the grouped, small-map and 3-D convs on ~1400 (1-4 groups, 1x1 to 5x3
+    kernels_c/conv_check.c: the grouped, small-map, 3-D and Winograd convs on ~1900 (1-4 groups, 1x1 to 5x3
     taps, stride 2, dilation, K past one K block, depth padding and dilation, batches, every
-    epilogue kind, 1 and 3 threads)."""
+    epilogue kind, 1 and 3 threads; Winograd F(2x2)/F(4x4) on maps 1-37 wide, ragged edges)."""
     if march == "x86-64-v3" and "avx2" not in Path("/proc/cpuinfo").read_text():
         pytest.skip("this CPU has no AVX2")
     from mlpack.codegen_cpu import KERNELS_DIR
 
     exe = tmp_path / check
-    sources = [Path(__file__).parent / "kernels_c" / f"{check}.c", *(KERNELS_DIR / f for f in ("conv.c", "gemm.c", "host.c"))]
+    sources = [Path(__file__).parent / "kernels_c" / f"{check}.c", *(KERNELS_DIR / f for f in ("conv.c", "gemm.c", "host.c", "winograd.c"))]
     subprocess.run([os.environ.get("CC", "cc"), "-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined",
                     "-fno-sanitize-recover=all", f"-march={march}", "-Wall", "-Wextra", "-Werror", f"-I{KERNELS_DIR}",
                     *map(str, sources), "-o", str(exe), "-lm"], check=True)

@@ -1,4 +1,5 @@
-/* Checks mlrt_conv2d_grouped_f32, mlrt_conv2d_small_f32 and mlrt_conv3d_f32 against plain
+/* Checks mlrt_conv2d_grouped_f32, mlrt_conv2d_small_f32, mlrt_conv3d_f32 and
+ * mlrt_conv2d_winograd_f32 (F(2x2) and F(4x4), ragged right/bottom edges) against plain
  * reference loops on many shapes, built with AddressSanitizer + UBSan by tests/test_kernels.py.
  * Every buffer (scratch included, at the size kernel_calls.py gives it) is allocated to its exact
  * size, so a read or write past it is reported. Tasks run in reverse order on a fake pool.
@@ -122,8 +123,84 @@ static int run_case3d(int64_t N, int64_t C, int64_t CO, int64_t D, int64_t H, in
   return bad ? -1 : 1;
 }
 
+/* Winograd: 3x3 stride 1, weights transformed as kernel_calls.winograd_weights /
+ * winograd4_weights do (U = G g G^T in double, [E][CO][C]), scratch sized as
+ * kernel_calls.winograd_scratch_floats. */
+static int run_winograd(int64_t N, int64_t C, int64_t CO, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t pb,
+                        int64_t pr, int64_t T, int e, int threads) {
+  const int64_t OH = H + pt + pb - 2, OW = W + pl + pr - 2;
+  if (OH <= 0 || OW <= 0) return 0;
+  const int64_t P = OH * OW, out_n = N * CO * P, E = (T + 2) * (T + 2);
+  const int overwrite = e & 1, has_bias = (e & 3) != 2, has_res = (e & 3) == 3;
+  float *x = fresh(N * C * H * W), *w = fresh(CO * C * 9), *b = has_bias ? fresh(CO) : NULL;
+  float *res = has_res ? fresh(out_n) : NULL, *y = fresh(out_n), *want = malloc((size_t)out_n * sizeof(float));
+  const float lo = -2.5f, hi = 3.0f;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t co = 0; co < CO; ++co)
+      for (int64_t q = 0; q < P; ++q) {
+        const int64_t o = (n * CO + co) * P + q, oy = q / OW, ox = q % OW;
+        double sum = 0.0;
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t ky = 0; ky < 3; ++ky)
+            for (int64_t kx = 0; kx < 3; ++kx) {
+              const int64_t iy = oy + ky - pt, ix = ox + kx - pl;
+              if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                sum += (double)w[(co * C + c) * 9 + ky * 3 + kx] * x[((n * C + c) * H + iy) * W + ix];
+            }
+        const float v = (float)sum + (overwrite ? (b ? b[co] : 0.0f) : y[o]) + (res ? res[o] : 0.0f);
+        want[o] = v < lo ? lo : v > hi ? hi : v;
+      }
+  static const double g2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static const double g4[6][3] = {{1.0 / 4, 0, 0},           {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                  {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  const int64_t t = T + 2;
+  float *u = malloc((size_t)(E * CO * C) * sizeof(float));
+  for (int64_t i = 0; i < t; ++i)
+    for (int64_t jj = 0; jj < t; ++jj)
+      for (int64_t co = 0; co < CO; ++co)
+        for (int64_t c = 0; c < C; ++c) {
+          double sum = 0.0;
+          for (int k = 0; k < 3; ++k)
+            for (int l = 0; l < 3; ++l)
+              sum += (T == 4 ? g4[i][k] * g4[jj][l] : g2[i][k] * g2[jj][l]) * w[(co * C + c) * 9 + k * 3 + l];
+          u[((i * t + jj) * CO + co) * C + c] = (float)sum;
+        }
+  /* kernel_calls.winograd_scratch_floats, with _winograd_tiles' tile-row rounding */
+  const int64_t th = (OH + T - 1) / T, tw = (OW + T - 1) / T, tw8 = (tw + 7) / 8 * 8;
+  const int64_t twp = T == 4 || (th * tw8 + 15) / 16 == (th * tw + 15) / 16 ? tw8 : tw, panels = (th * twp + 15) / 16;
+  const int64_t wpad = T * twp + (T == 4 ? 4 : 2);
+  const int64_t floats = (C * (T * th + 2) * wpad + 15) / 16 * 16 + panels * E * 16 * (C + CO);
+  float *scratch = malloc((size_t)floats * sizeof(float));
+  use_threads(threads);
+  mlrt_conv2d_winograd_f32((intptr_t)x, (intptr_t)u, (intptr_t)y, (intptr_t)scratch, N, C, H, W, CO, OH, OW, pt, pl,
+                           T, overwrite, (intptr_t)b, (intptr_t)res, lo, hi, (intptr_t)y);
+  int bad = 0;
+  const float tol = T == 4 ? 1e-3f : 1e-4f; /* F(4x4)'s larger transform entries (supported-ops.md) */
+  for (int64_t i = 0; i < out_n && !bad; ++i)
+    if (fabsf(y[i] - want[i]) > tol * (1.0f + fabsf(want[i]))) {
+      printf("mismatch at %lld: %g vs %g; winograd F%lld N%lld C%lld CO%lld %lldx%lld pad %lld,%lld,%lld,%lld e%d "
+             "threads %d\n", (long long)i, y[i], want[i], (long long)T, (long long)N, (long long)C, (long long)CO,
+             (long long)H, (long long)W, (long long)pt, (long long)pl, (long long)pb, (long long)pr, e, threads);
+      bad = 1;
+    }
+  free(x), free(w), free(b), free(res), free(y), free(want), free(u), free(scratch);
+  return bad ? -1 : 1;
+}
+
 int main(void) {
   int cases = 0;
+  /* Winograd: maps from 1 to 37 wide (tile rows of 1-3 runs of 8 tiles, ragged right and bottom
+   * edges, dummy tiles), both tile sizes, every epilogue kind, few and many panels. */
+  for (int64_t T = 2; T <= 4; T += 2)
+    for (int64_t H = 1; H <= 19; H += 3)
+      for (int64_t W = 1; W <= 37; W += 4)
+        for (int e = 0; e < 4; ++e) {
+          const int64_t pad = (W + e) % 3 == 0 ? 0 : 1;
+          const int r = run_winograd(1 + (e == 3), 4 + 7 * e, 5 + 6 * e, H + 2, W + 2 - 2 * pad, pad, pad,
+                                     pad + (e == 2), pad, T, e, 1 + 2 * (e & 1));
+          if (r < 0) return 1;
+          cases += r;
+        }
   /* 3-D: depth taps 1-3, depth padding (taps skipped; with pd = 2 and KD = 1 some outputs see none),
    * dilation in depth, strides, every epilogue kind. */
   for (int64_t KD = 1; KD <= 3; ++KD)

@@ -321,12 +321,6 @@ typedef struct {
   mlrt_epilogue ep;
 } depthwise_job;
 
-#ifdef MLRT_HAVE_AVX2
-static inline __m256i dw_lanes_below(int64_t n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-#endif
-
 /* Stages input row `src` (W floats) into ring row `dst`: padded column j = pl + ix. A row's last
  * columns go in one more vector, not one by one (a quarter of a 14x14 map's time went there):
  * rewriting the last 8 columns, or a masked load whose zero lanes land in the right padding. */
@@ -341,7 +335,7 @@ static inline void dw_stage_row(const depthwise_job *j, float *dst, const float 
       return;
     }
     if (i < n && j->pl + 8 <= j->rw) {
-      _mm256_storeu_ps(dst + j->pl, _mm256_maskload_ps(src, dw_lanes_below(n)));
+      _mm256_storeu_ps(dst + j->pl, _mm256_maskload_ps(src, mlrt_lanes_below(n)));
       return;
     }
 #endif
@@ -359,8 +353,8 @@ static inline void dw_stage_row(const depthwise_job *j, float *dst, const float 
     _mm256_storeu_ps(od + i / 2, mlrt_odd_lanes(a, b));
   }
   if (i < n && max64(ev_off, od_off) + i / 2 + 8 <= j->rw / 2) {
-    const __m256 a = _mm256_maskload_ps(src + i, dw_lanes_below(n - i));
-    const __m256 b = _mm256_maskload_ps(src + i + 8, dw_lanes_below(n - i - 8));
+    const __m256 a = _mm256_maskload_ps(src + i, mlrt_lanes_below(n - i));
+    const __m256 b = _mm256_maskload_ps(src + i + 8, mlrt_lanes_below(n - i - 8));
     _mm256_storeu_ps(ev + i / 2, mlrt_even_lanes(a, b));
     _mm256_storeu_ps(od + i / 2, mlrt_odd_lanes(a, b));
     return;
@@ -495,7 +489,7 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
   const int vector = SW <= 2 && KH * KW <= DW_VECTOR_TAPS && OW >= 4;
   __m256 wv[DW_VECTOR_TAPS];
   for (int64_t k = 0; k < (vector ? KH * KW : 0); ++k) wv[k] = _mm256_broadcast_ss(f + k);
-  const __m256i tail = dw_lanes_below(OW % 8);
+  const __m256i tail = mlrt_lanes_below(OW % 8);
 #endif
   dw_ring *ring = &rings[t % 2], *following = &rings[(t + 1) % 2];
   if (j->image_rows && t + 1 < t_end) dw_stage_image(j, following->rows, in + j->H * j->W);

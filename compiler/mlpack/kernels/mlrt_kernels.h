@@ -54,6 +54,10 @@ static inline __m256 mlrt_odd_lanes(__m256 a, __m256 b) {
 }
 /* mlrt_clamp on 8 lanes: max/min return their second operand when one is NaN, so v goes second. */
 static inline __m256 mlrt_clamp8(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
+/* Mask of the first n of 8 lanes (n <= 0: none, n >= 8: all), for maskload / maskstore. */
+static inline __m256i mlrt_lanes_below(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 0 ? 0 : n > 8 ? 8 : n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
 #endif
 
 /* Bytes of scratch mlrt_conv2d_f32 / mlrt_matmul_f32 need for their packed B operand. */

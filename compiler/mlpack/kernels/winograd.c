@@ -55,22 +55,34 @@ static void pad_channel(void *ctx, int64_t c) {
 }
 
 #ifdef MLRT_HAVE_AVX2
-/* Output transform and epilogue for 8 neighboring tiles of one tile row whose 2x2 outputs all lie
- * inside: o[a][b] holds output (oy + a, ox + 2l + b) for lane l. */
+/* Epilogue and store of the first n (1..8) of 8 consecutive outputs at `at` of the channel's
+ * planes: whole vectors where all 8 lie inside, masked ones at the right edge. */
+static inline void store8(const winograd_job *j, int64_t at, int64_t n, __m256 v, __m256 bias, __m256 lo, __m256 hi) {
+  const mlrt_epilogue *ep = &j->ep;
+  if (n >= 8) {
+    v = _mm256_add_ps(v, ep->overwrite ? bias : _mm256_loadu_ps(j->y + at));
+    if (ep->residual) v = _mm256_add_ps(v, _mm256_loadu_ps(ep->residual + at));
+    _mm256_storeu_ps(ep->dst + at, mlrt_clamp8(v, lo, hi));
+    return;
+  }
+  const __m256i m = mlrt_lanes_below(n);
+  v = _mm256_add_ps(v, ep->overwrite ? bias : _mm256_maskload_ps(j->y + at, m));
+  if (ep->residual) v = _mm256_add_ps(v, _mm256_maskload_ps(ep->residual + at, m));
+  _mm256_maskstore_ps(ep->dst + at, m, mlrt_clamp8(v, lo, hi));
+}
+
+/* Output transform and epilogue for 8 neighboring tiles of one tile row: o[a][b] holds output
+ * (oy + a, ox + 2l + b) for lane l; rows and columns past the bottom/right edge are dropped. */
 static inline void store_run(const winograd_job *j, int64_t co, int64_t oy, int64_t ox, __m256 o[2][2]) {
   const mlrt_epilogue *ep = &j->ep;
-  const int64_t plane = j->OH * j->OW;
+  const int64_t plane = j->OH * j->OW, rows = min64(2, j->OH - oy), cols = min64(16, j->OW - ox);
   const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
   const __m256 bias = _mm256_set1_ps(ep->overwrite && ep->bias ? ep->bias[co] : 0.0f);
-  for (int a = 0; a < 2; ++a) {
+  for (int a = 0; a < rows; ++a) {
     const __m256 l = _mm256_unpacklo_ps(o[a][0], o[a][1]), h = _mm256_unpackhi_ps(o[a][0], o[a][1]);
-    __m256 v[2] = {_mm256_permute2f128_ps(l, h, 0x20), _mm256_permute2f128_ps(l, h, 0x31)};
+    const __m256 v[2] = {_mm256_permute2f128_ps(l, h, 0x20), _mm256_permute2f128_ps(l, h, 0x31)};
     const int64_t at = co * plane + (oy + a) * j->OW + ox;
-    for (int q = 0; q < 2; ++q) {
-      v[q] = _mm256_add_ps(v[q], ep->overwrite ? bias : _mm256_loadu_ps(j->y + at + 8 * q));
-      if (ep->residual) v[q] = _mm256_add_ps(v[q], _mm256_loadu_ps(ep->residual + at + 8 * q));
-      _mm256_storeu_ps(ep->dst + at + 8 * q, mlrt_clamp8(v[q], lo, hi));
-    }
+    for (int q = 0; q < 2 && 8 * q < cols; ++q) store8(j, at + 8 * q, cols - 8 * q, v[q], bias, lo, hi);
   }
 }
 #endif
@@ -90,8 +102,8 @@ static void patch_origins(const winograd_job *j, int64_t p, int32_t off[NR], int
 }
 
 /* The lanes' first outputs (oy = OH: none, past the last tile or a dummy tile), and run[h]: lanes
- * 8h..8h+7 are neighbors in one tile row with all their outputs inside (stored as vectors; always
- * 0 without AVX2). */
+ * 8h..8h+7 are 8 neighbors in one tile row with outputs inside, stored as vectors (the part past
+ * the bottom/right edge masked off; always 0 without AVX2). */
 static void tile_origins(const winograd_job *j, int64_t p, int64_t oy[NR], int64_t ox[NR], int run[2]) {
   const int64_t T = j->T;
   for (int l = 0; l < NR; ++l) {
@@ -101,8 +113,9 @@ static void tile_origins(const winograd_job *j, int64_t p, int64_t oy[NR], int64
   }
   for (int h = 0; h < 2; ++h) {
 #ifdef MLRT_HAVE_AVX2
-    run[h] = oy[8 * h] + T <= j->OH && ox[8 * h + 7] + T <= j->OW;
-    for (int l = 8 * h + 1; l < 8 * h + 8; ++l) run[h] &= oy[l] == oy[l - 1] && ox[l] == ox[l - 1] + T;
+    /* by tile number, dummy tiles included: their outputs fall past the right edge */
+    const int64_t t0 = p * NR + 8 * h;
+    run[h] = oy[8 * h] < j->OH && t0 / j->twp == (t0 + 7) / j->twp;
 #else
     run[h] = 0;
 #endif
@@ -358,14 +371,14 @@ static inline void at6(const __m256 *m, int stride, __m256 *o, int ostride) {
   o[3 * ostride] = _mm256_add_ps(_mm256_fmadd_ps(eight, d, b), m[5 * stride]);
 }
 
-/* Output rows oy..oy+3 of 8 neighboring tiles of one tile row, all inside: o[a][b] holds output
- * (oy + a, ox + 4l + b) for lane l. */
+/* Output rows oy..oy+3 of 8 neighboring tiles of one tile row: o[a][b] holds output
+ * (oy + a, ox + 4l + b) for lane l; rows and columns past the bottom/right edge are dropped. */
 static inline void store_run4(const winograd_job *j, int64_t co, int64_t oy, int64_t ox, __m256 o[4][4]) {
   const mlrt_epilogue *ep = &j->ep;
-  const int64_t plane = j->OH * j->OW;
+  const int64_t plane = j->OH * j->OW, rows = min64(4, j->OH - oy), cols = min64(32, j->OW - ox);
   const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
   const __m256 bias = _mm256_set1_ps(ep->overwrite && ep->bias ? ep->bias[co] : 0.0f);
-  for (int a = 0; a < 4; ++a) {
+  for (int a = 0; a < rows; ++a) {
     __m256 k[4], v[4];
     transpose_halves(o[a][0], o[a][1], o[a][2], o[a][3], k); /* k[q]: tiles q | 4 + q */
     v[0] = _mm256_permute2f128_ps(k[0], k[1], 0x20);
@@ -373,11 +386,7 @@ static inline void store_run4(const winograd_job *j, int64_t co, int64_t oy, int
     v[2] = _mm256_permute2f128_ps(k[0], k[1], 0x31);
     v[3] = _mm256_permute2f128_ps(k[2], k[3], 0x31);
     const int64_t at = co * plane + (oy + a) * j->OW + ox;
-    for (int q = 0; q < 4; ++q) {
-      v[q] = _mm256_add_ps(v[q], ep->overwrite ? bias : _mm256_loadu_ps(j->y + at + 8 * q));
-      if (ep->residual) v[q] = _mm256_add_ps(v[q], _mm256_loadu_ps(ep->residual + at + 8 * q));
-      _mm256_storeu_ps(ep->dst + at + 8 * q, mlrt_clamp8(v[q], lo, hi));
-    }
+    for (int q = 0; q < 4 && 8 * q < cols; ++q) store8(j, at + 8 * q, cols - 8 * q, v[q], bias, lo, hi);
   }
 }
 #endif
