@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import llvm_compile, tm_tensor
+from .collapse_dims import collapse_loop_dims
 from .elementwise_fusion import fuse_elementwise_chains
 from .errors import BuildError
 from .kernel_calls import replace_with_kernel_calls
@@ -577,6 +578,8 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
             _set_all_arg_attrs(func_op, {"llvm.noalias": ir.UnitAttr.get()})
         dump("planned", str(module))
     with stage("codegen"):
+        with module.context, ir.Location.unknown():
+            collapse_loop_dims(func_op)
         _run_pipeline(module, _TO_PARALLEL_LOOPS, "lowering linalg to loops")
         with module.context, ir.Location.unknown():
             split_parallel_loops(func_op)
