@@ -191,6 +191,18 @@ CASES = {
                                                                 nn.BatchNorm2d(16), nn.ReLU6())), [(1, 24, 30, 29)]),
     "winograd4x4_asymmetric_padding": (lambda: nn.Conv2d(16, 20, 3, padding=(0, 1)), [(1, 16, 23, 54)]),
     "winograd4x4_residual_relu": (lambda: Residual(16), [(1, 16, 28, 28)]),
+    # Pooling: taps in the padding skipped (the -inf / zero padded copy dropped), ceil mode's
+    # bottom/right overhang, strides 1-3, dilation, rows of 1-40 outputs, avg with and without
+    # counting the padding (the division stays a loop).
+    "pool_max_stem_padded": (lambda: nn.MaxPool2d(3, 2, padding=1), [(1, 16, 32, 32)]),
+    "pool_max_ceil_mode": (lambda: nn.MaxPool2d(3, 2, ceil_mode=True), [(2, 8, 31, 31)]),
+    "pool_max_stride1_dilated": (lambda: nn.MaxPool2d(3, 1, padding=1, dilation=2), [(1, 4, 9, 40)]),
+    "pool_max_stride3_wide": (lambda: nn.MaxPool2d((2, 5), 3, padding=(1, 2)), [(1, 3, 11, 86)]),
+    "pool_max_1x1_map": (lambda: nn.MaxPool2d(2, 2), [(1, 5, 2, 3)]),
+    "pool_avg_padded": (lambda: nn.AvgPool2d(3, 2, padding=1), [(1, 16, 15, 15)]),
+    "pool_avg_no_pad_count_ceil": (lambda: nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False),
+                                   [(1, 6, 14, 17)]),
+    "pool_avg_2x2": (lambda: nn.AvgPool2d(2), [(2, 12, 8, 8)]),
 }
 
 
@@ -220,6 +232,8 @@ def test_kernel_path_matches_eager(name, tmp_path):
         assert kernels == {"mlrt_conv2d_grouped_f32": 1}, kernels
     if name.startswith("conv_small_map"):
         assert "mlrt_conv2d_small_f32" in kernels, kernels
+    if name.startswith("pool"):
+        assert kernels == {"mlrt_pool2d_f32": 1}, kernels
     if name.startswith("winograd"):  # the tile the name promises: F(4x4,3x3) or F(2x2,3x3)
         f4 = any(w["name"].endswith("(Winograd F(4x4,3x3))") for w in result.manifest["weights"])
         assert f4 == name.startswith("winograd4x4"), result.manifest["weights"]
@@ -275,7 +289,7 @@ def test_conv_kernels_under_sanitizers(check, march, tmp_path):
     from mlpack.codegen_cpu import KERNELS_DIR
 
     exe = tmp_path / check
-    sources = [Path(__file__).parent / "kernels_c" / f"{check}.c", *(KERNELS_DIR / f for f in ("conv.c", "gemm.c", "host.c", "winograd.c"))]
+    sources = [Path(__file__).parent / "kernels_c" / f"{check}.c", *(KERNELS_DIR / f for f in ("conv.c", "gemm.c", "host.c", "winograd.c", "pool.c"))]
     subprocess.run([os.environ.get("CC", "cc"), "-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined",
                     "-fno-sanitize-recover=all", f"-march={march}", "-Wall", "-Wextra", "-Werror", f"-I{KERNELS_DIR}",
                     *map(str, sources), "-o", str(exe), "-lm"], check=True)

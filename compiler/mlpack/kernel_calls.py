@@ -1,10 +1,10 @@
 """Replace the heavy linalg ops (1-D, 2-D, grouped and 3-D conv, depthwise conv, matmul, batch
-matmul) with calls to the microkernels in kernels/ (tiled, vectorized, multi-threaded C compiled
+matmul, 2-D max / sum pooling) with calls to the microkernels in kernels/ (tiled, vectorized, multi-threaded C compiled
 into the bundle), fusing what surrounds them so each output is written once:
 
 - prologue: the fill / bias broadcast that initializes the output (the kernel writes bias + A*B);
 - input padding: a zero-filled buffer with the input copied into its middle (the kernel reads
-  the unpadded input and treats out-of-range taps as zero);
+  the unpadded input and treats out-of-range taps as zero; for max pooling, a -inf-filled one);
 - epilogue: following elementwise ops that add a bias vector, add a residual, or clamp
   (ReLU, ReLU6, ...), recognized by evaluating their bodies on sample values.
 
@@ -43,6 +43,7 @@ GEMM_KC = 256  # the GEMM's K block (kernels/gemm.c KC): deeper products keep pa
 DW_RING_FLOATS, DW_MAX_KH, DW_ROWS = 16384, 16, 4  # the depthwise kernel's row ring, kernels/mlrt_kernels.h
 
 # The indexing maps of plain (non-transposed, non-broadcast) matmuls; other variants keep loops.
+_POOLING = ("linalg.pooling_nchw_max", "linalg.pooling_nchw_sum")
 _DEFAULT_MAPS = {
     "linalg.matmul": "[affine_map<(d0, d1, d2) -> (d0, d2)>, affine_map<(d0, d1, d2) -> (d2, d1)>, "
                      "affine_map<(d0, d1, d2) -> (d0, d1)>]",
@@ -301,8 +302,8 @@ class _Rewriter(TopLevelOps):
         elif self.last_writer_is_zero_fill(out, i):  # zeroed earlier, read by others since: keep the fill
             fusion.overwrite = True
 
-    def unpadded_input(self, x, kernel_op, out, in_place_ok=False, fused=(), via=None):
-        """If `x` is a zero-filled buffer holding a copy of another tensor in its middle, return
+    def unpadded_input(self, x, kernel_op, out, in_place_ok=False, fused=(), via=None, pad=0.0):
+        """If `x` is a buffer filled with `pad` holding a copy of another tensor in its middle, return
         (that tensor, pad_top, pad_left, ops to erase); else None. The copy's source must stay
         intact until the kernel reads it (ops in `fused` are absorbed into the kernel and do not
         count). Bufferization happily reuses a dead source as the output once the copy exists:
@@ -318,7 +319,7 @@ class _Rewriter(TopLevelOps):
                 continue
             if u.name == "memref.subview" and subview is None:
                 subview = u
-            elif self.fill_value(u) == 0.0 and fill is None:
+            elif self.fill_value(u) == pad and fill is None:
                 fill = u
             else:
                 return None
@@ -476,6 +477,20 @@ class _Rewriter(TopLevelOps):
             op.erase()
         if out_alloc is not None and not list(out_alloc.results[0].uses):
             out_alloc.erase()
+        return [a.type for a in args]
+
+    def call(self, kernel_op, name: str, pointers: list, ints: list, erase: list):
+        """Replaces `kernel_op` (and the ops in `erase`) by a call name(pointers..., ints...)."""
+        from torch_mlir.dialects import arith, func, memref
+
+        ir = self.ir
+        i64 = ir.IntegerType.get_signless(64)
+        with ir.InsertionPoint(kernel_op), kernel_op.location:
+            args = [arith.IndexCastOp(i64, memref.ExtractAlignedPointerAsIndexOp(v).result).result for v in pointers]
+            args += [arith.ConstantOp(i64, d).result for d in ints]
+            func.CallOp([], name, args)
+        for op in [kernel_op, *erase]:
+            op.erase()
         return [a.type for a in args]
 
     def spare_output(self, kernel_op, leading: list, fusion: _Fusion, out, writes_c: bool):
@@ -654,6 +669,32 @@ class _Rewriter(TopLevelOps):
                                 [n, c, 1, wd, co, 1, kw, 1, ow, 1, sw, 1, dw, 0, 0], fusion, [], y,
                                 gemm_shape=(n, co, ow, c * kw))
                 kernel = "mlrt_conv2d_f32"
+            elif name in _POOLING and self.scratch is None:
+                x, _window, y = operands
+                if not (_is_dense_f32(x, 4) and _is_dense_f32(y, 4)) or x == y:
+                    continue
+                is_max = name == "linalg.pooling_nchw_max"
+                identity = -math.inf if is_max else 0.0
+                (sh, sw), (dh, dw) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
+                kh, kw = _window.type.shape
+                oh, ow = y.type.shape[2:]
+                pt = pl = 0
+                unpadded = self.unpadded_input(x, kernel_op, y, pad=identity)
+                if unpadded:  # taps in the padding are skipped: it holds the op's identity
+                    x, pt, pl, absorbed = unpadded
+                    fusion.erase += absorbed
+                n, c, h, wd = x.type.shape
+                before = self.neighbor(self.index[kernel_op], -1)
+                if before is not None and self.fill_value(before) == identity and before.operands[-1] == y:
+                    fusion.overwrite = True
+                    fusion.erase.append(before)
+                sig = self.call(kernel_op, "mlrt_pool2d_f32", [x, y],
+                                [n * c, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, int(is_max),
+                                 int(fusion.overwrite)], fusion.erase)
+                window = defining_op(_window)  # only its shape was ever read
+                if window is not None and window.name == "memref.alloc" and not list(window.results[0].uses):
+                    window.erase()
+                kernel = "mlrt_pool2d_f32"
             elif name in _DEFAULT_MAPS and _plain_matmul(kernel_op, name):
                 rank = 2 if name == "linalg.matmul" else 3
                 a, b, c_out = operands

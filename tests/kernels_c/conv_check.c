@@ -1,5 +1,6 @@
 /* Checks mlrt_conv2d_grouped_f32, mlrt_conv2d_small_f32, mlrt_conv3d_f32 and
- * mlrt_conv2d_winograd_f32 (F(2x2) and F(4x4), ragged right/bottom edges) against plain
+ * mlrt_conv2d_winograd_f32 (F(2x2) and F(4x4), ragged right/bottom edges) and mlrt_pool2d_f32
+ * (max with NaNs, sum; padding, strides, dilation) against plain
  * reference loops on many shapes, built with AddressSanitizer + UBSan by tests/test_kernels.py.
  * Every buffer (scratch included, at the size kernel_calls.py gives it) is allocated to its exact
  * size, so a read or write past it is reported. Tasks run in reverse order on a fake pool.
@@ -187,8 +188,64 @@ static int run_winograd(int64_t N, int64_t C, int64_t CO, int64_t H, int64_t W, 
   return bad ? -1 : 1;
 }
 
+/* Pooling: every tap in bounds of the unpadded input, NaN inputs propagating through max. */
+static int run_pool(int64_t P, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t s, int64_t d, int64_t pt, int64_t pl,
+                    int64_t extra, int is_max, int overwrite, int threads) {
+  const int64_t OH = (H + 2 * pt + extra - (KH - 1) * d - 1) / s + 1, OW = (W + 2 * pl + extra - (KW - 1) * d - 1) / s + 1;
+  if (OH <= 0 || OW <= 0) return 0;
+  float *x = fresh(P * H * W), *y = fresh(P * OH * OW), *want = malloc((size_t)(P * OH * OW) * sizeof(float));
+  if (is_max) x[(P * H * W) / 2] = NAN;
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t oy = 0; oy < OH; ++oy)
+      for (int64_t ox = 0; ox < OW; ++ox) {
+        const int64_t o = (p * OH + oy) * OW + ox;
+        float a = overwrite ? (is_max ? -INFINITY : 0.0f) : y[o];
+        for (int64_t ky = 0; ky < KH; ++ky)
+          for (int64_t kx = 0; kx < KW; ++kx) {
+            const int64_t iy = oy * s + ky * d - pt, ix = ox * s + kx * d - pl;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+            const float v = x[(p * H + iy) * W + ix];
+            a = is_max ? (v > a || v != v ? v : a) : a + v;
+          }
+        want[o] = a;
+      }
+  use_threads(threads);
+  mlrt_pool2d_f32((intptr_t)x, (intptr_t)y, P, H, W, OH, OW, KH, KW, s, s, d, d, pt, pl, is_max, overwrite);
+  int bad = 0;
+  for (int64_t i = 0; i < P * OH * OW && !bad; ++i) {
+    const int same = isnan(want[i]) ? isnan(y[i]) : y[i] == want[i] || fabsf(y[i] - want[i]) <= 1e-5f * (1.0f + fabsf(want[i]));
+    if (!same) {
+      printf("mismatch at %lld: %g vs %g; pool %s P%lld %lldx%lld k%lldx%lld s%lld d%lld pad %lld,%lld+%lld "
+             "overwrite %d threads %d\n", (long long)i, y[i], want[i], is_max ? "max" : "sum", (long long)P,
+             (long long)H, (long long)W, (long long)KH, (long long)KW, (long long)s, (long long)d, (long long)pt,
+             (long long)pl, (long long)extra, overwrite, threads);
+      bad = 1;
+    }
+  }
+  free(x), free(y), free(want);
+  return bad ? -1 : 1;
+}
+
 int main(void) {
   int cases = 0;
+  /* Pooling: rows of 1-40 outputs (vector chunks, masked tails, border columns), strides 1-3,
+   * dilation, symmetric and ceil-mode padding. */
+  for (int64_t s = 1; s <= 3; ++s)
+    for (int64_t k = 1; k <= 3; ++k)
+      for (int64_t W = 1; W <= 41; W += 4)
+        for (int e = 0; e < 8; ++e) {
+          const int64_t d = 1 + (e == 5), pad = (e & 2) && k > 1 ? (k * d - d) / 2 : 0;
+          const int r = run_pool(1 + 2 * (e & 1), 3 + e, W, k, k + (e == 6), s, d, pad, pad, (e & 4) ? s - 1 : 0,
+                                 e & 1 ? 0 : 1, e != 3, 1 + 2 * (e & 1));
+          if (r < 0) return 1;
+          cases += r;
+        }
+  /* padded planes too large to stage: vector interior, checked borders */
+  for (int e = 0; e < 4; ++e) {
+    const int r = run_pool(2, 97 + e, 101, 3, 3, 1 + (e & 1), 1, 1, 1, e >> 1, e & 1, 1, 1 + 2 * (e & 1));
+    if (r < 0) return 1;
+    cases += r;
+  }
   /* Winograd: maps from 1 to 37 wide (tile rows of 1-3 runs of 8 tiles, ragged right and bottom
    * edges, dummy tiles), both tile sizes, every epilogue kind, few and many panels. */
   for (int64_t T = 2; T <= 4; T += 2)

@@ -127,6 +127,11 @@ void mlrt_conv2d_winograd_f32(int64_t x, int64_t u, int64_t y, int64_t scratch, 
                               int64_t W, int64_t CO, int64_t OH, int64_t OW, int64_t pad_top, int64_t pad_left,
                               int64_t tile, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
                               float act_hi, int64_t dst);
+/* 2-D max (is_max) or sum pooling over `planes` = N*C channel planes, NCHW; taps in the padding
+ * (pad_top / pad_left, and past the bottom / right edge) are skipped. No scratch, no epilogue. */
+void mlrt_pool2d_f32(int64_t x, int64_t y, int64_t planes, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t KH,
+                     int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left,
+                     int64_t is_max, int64_t overwrite);
 
 /* Internal: C[M x N] (op)= A[M x K] (row stride lda) * Bp (packed panels of B[K x N]), with `ep`
  * applied (bias/residual/dst offsets already set for this C). */
