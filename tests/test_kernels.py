@@ -155,6 +155,11 @@ CASES = {
     "conv_small_map_stride2_dilated": (lambda: nn.Conv2d(16, 20, 3, stride=2, padding=2, dilation=2),
                                        [(1, 16, 7, 9)]),
     "conv_small_map_1x1": (lambda: nn.Conv2d(64, 24, 1), [(1, 64, 2, 3)]),
+    # grouped on small maps (RegNet's late stages): each group's W_g^T in its own panels
+    "conv_small_map_grouped_bn_relu": (lambda: _bn(nn.Sequential(nn.Conv2d(48, 48, 3, padding=1, groups=3, bias=False),
+                                                                 nn.BatchNorm2d(48), nn.ReLU())), [(1, 48, 2, 2)]),
+    "conv_small_map_grouped_stride2_batch2": (lambda: nn.Conv2d(40, 100, 3, stride=2, padding=1, groups=5),
+                                              [(2, 40, 6, 5)]),
     "conv_small_map_bn_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(16, 8, 3, padding=1, bias=False),
                                                           nn.BatchNorm2d(8), nn.ReLU6())), [(1, 16, 5, 5)]),
     # 1-D convs as 2-D convs of height 1; grouped 1-D ones (a wav2vec2 positional conv) as grouped.
@@ -231,7 +236,7 @@ def test_kernel_path_matches_eager(name, tmp_path):
     if name.startswith("conv_grouped"):
         assert kernels == {"mlrt_conv2d_grouped_f32": 1}, kernels
     if name.startswith("conv_small_map"):
-        assert "mlrt_conv2d_small_f32" in kernels, kernels
+        assert "mlrt_conv2d_small_f32" in kernels and "mlrt_conv2d_grouped_f32" not in kernels, kernels
     if name.startswith("pool"):
         assert kernels == {"mlrt_pool2d_f32": 1}, kernels
     if name.startswith("winograd"):  # the tile the name promises: F(4x4,3x3) or F(2x2,3x3)
@@ -281,7 +286,7 @@ def test_conv_kernels_under_sanitizers(check, march, tmp_path):
     UBSan, tasks run in reverse order. x86-64-v3 is the AVX2 path, x86-64 the portable one.
     kernels_c/depthwise_check.c: the depthwise kernel on ~1200 shapes (in place, every short row
     width, strides 1-3, dilation, padding, 1x1 to 9x9 taps, the wide-row fallback).
-    kernels_c/conv_check.c: the grouped, small-map, 3-D and Winograd convs on ~1900 (1-4 groups, 1x1 to 5x3
+    kernels_c/conv_check.c: the grouped, small-map (also grouped), 3-D and Winograd convs and pooling on ~3000 (1-4 groups, 1x1 to 5x3
     taps, stride 2, dilation, K past one K block, depth padding and dilation, batches, every
     epilogue kind, 1 and 3 threads; Winograd F(2x2)/F(4x4) on maps 1-37 wide, ragged edges)."""
     if march == "x86-64-v3" and "avx2" not in Path("/proc/cpuinfo").read_text():

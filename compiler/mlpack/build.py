@@ -156,12 +156,15 @@ def build(
         from .kernel_calls import WEIGHT_LAYOUTS
 
         weights = list(lifted.weights)
-        for arg, (layout, *shape) in main.prepack.items():  # stored in a kernel's layout, transformed once here
+        for arg, pre in main.prepack.items():  # stored in a kernel's layout, transformed once here
             kind, i = lifted.call_args[arg]
-            if kind != "weight" or weights[i][1].shape != tuple(shape):
-                raise BuildError(f"internal: argument {arg} marked for packing is not a {shape} weight")
-            what, transform = WEIGHT_LAYOUTS[layout]
-            weights[i] = (f"{weights[i][0]} ({what})", transform(weights[i][1]))
+            if kind != "weight" or weights[i][1].shape != pre.shape:
+                raise BuildError(f"internal: argument {arg} marked for packing is not a {pre.shape} weight")
+            what, transform = WEIGHT_LAYOUTS[pre.layout]
+            if pre.groups == 1:
+                weights[i] = (f"{weights[i][0]} ({what})", transform(weights[i][1]))
+            else:
+                weights[i] = (f"{weights[i][0]} ({what} per group)", transform(weights[i][1], pre.groups))
         weights_blob, weight_entries = bundle_fmt.pack_weights(weights)
         call = [f"{kind}:{i}" for kind, i in lifted.call_args]
         call += [f"output:{i}" for i in range(len(lifted.outputs))] + ["arena"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .memory_plan import TopLevelOps, collect_users, defining_op, root_buffer
 
@@ -528,14 +529,14 @@ class _Rewriter(TopLevelOps):
             return None
         return la, lb
 
-    def packable_weight(self, value, kernel_op) -> int | None:
-        """Argument index of `value` if it is a function argument used by `kernel_op` alone: its
-        data can then be stored pre-packed in the bundle."""
+    def packable_weight(self, value, kernel_op, via=None) -> int | None:
+        """Argument index of `value` if it is a function argument used by `kernel_op` alone
+        (possibly through the view op `via`): its data can then be stored pre-packed in the bundle."""
         if not isinstance(value.owner, self.ir.Block) or value.owner != self.block:
             return None
         users: list = []
         collect_users(value, users)
-        if any((u.operation if hasattr(u, "operation") else u) != kernel_op for u in users):
+        if any((u.operation if hasattr(u, "operation") else u) not in (kernel_op, via) for u in users):
             return None
         return value.arg_number
 
@@ -585,15 +586,15 @@ class _Rewriter(TopLevelOps):
                     kernel = "mlrt_depthwise_conv2d_f32"
                 elif winograd_arg is not None:  # the bundle stores the weight Winograd-transformed
                     tile = winograd_tile(oh, ow)
-                    self.prepack[winograd_arg] = (WINOGRAD_LAYOUTS[tile], co, c, 3, 3)
+                    self.prepack[winograd_arg] = Prepack(WINOGRAD_LAYOUTS[tile], (co, c, 3, 3))
                     sig = self.emit(kernel_op, "mlrt_conv2d_winograd_f32", [x, w, y],
                                     winograd_scratch_floats(c, co, oh, ow, tile),
                                     [n, c, h, wd, co, oh, ow, pt, pl, tile], fusion, [], y)
                     kernel = "mlrt_conv2d_winograd_f32"
                 elif small_arg is not None:  # the bundle stores W^T in packed B panels
-                    self.prepack[small_arg] = ("conv_panels", co, c, kh, kw)
+                    self.prepack[small_arg] = Prepack("conv_panels", (co, c, kh, kw))
                     sig = self.emit(kernel_op, "mlrt_conv2d_small_f32", [x, w, y], n * oh * ow * (c * kh * kw + co),
-                                    dims, fusion, [], y)
+                                    [n, 1, *dims[1:]], fusion, [], y)
                     kernel = "mlrt_conv2d_small_f32"
                 else:
                     sig = self.emit(kernel_op, "mlrt_conv2d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
@@ -628,6 +629,22 @@ class _Rewriter(TopLevelOps):
                     fusion.erase += absorbed
                     h, wd = x.type.shape[2:]
                 self.epilogue(kernel_op, y, None, fusion, {x, w})
+                small_arg = None
+                # On maps of few positions that leave im2col panel lanes empty (2x2, 3x3: RegNet's
+                # last stage at 64x64); whole panels stay (measured: a 4x4 map with 512 channels
+                # per group was 1.2x slower with the output channels in the lanes).
+                if self.cpu_layouts and rank == 4 and oh * ow < SMALL_MAP_POSITIONS and oh * ow % NR and own[1]:
+                    small_arg = self.packable_weight(w, kernel_op, via=views[1])
+                if small_arg is not None:  # each group's W_g^T in packed B panels, output channels in the lanes
+                    self.prepack[small_arg] = Prepack("conv_panels", tuple(w.type.shape), groups)
+                    sig = self.emit(kernel_op, "mlrt_conv2d_small_f32", [x, w, y], n * oh * ow * (c * kh * kw + co),
+                                    [n, groups, c, h, wd, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl], fusion, [], y)
+                    kernel = "mlrt_conv2d_small_f32"
+                    used[kernel] += 1
+                    signatures[kernel] = sig
+                    self.reindex()
+                    start = 0
+                    continue
                 slices = min(n * groups, GROUPED_SLICES)
                 sig = self.emit(kernel_op, "mlrt_conv2d_grouped_f32", [x, w, y],
                                 slices * _packed_floats(cg * kh * kw, oh * ow),
@@ -649,7 +666,7 @@ class _Rewriter(TopLevelOps):
                 od, oh, ow = y.type.shape[2:]
                 self.prologue(kernel_op, y, ([0, 2, 3, 4], False), fusion)
                 self.epilogue(kernel_op, y, None, fusion, {x, w})
-                self.prepack[weight_arg] = ("conv3d", co, c, kd, kh, kw)
+                self.prepack[weight_arg] = Prepack("conv3d", (co, c, kd, kh, kw))
                 sig = self.emit(kernel_op, "mlrt_conv3d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
                                 [n, c, d, h, wd, co, kd, kh, kw, od, oh, ow, sd, sh, sw, dd, dh, dw, 0, 0, 0], fusion, [],
                                 y, gemm_shape=(n, co, oh * ow, c * kh * kw))
@@ -714,7 +731,7 @@ class _Rewriter(TopLevelOps):
                     if rank == 2 and m >= PACK_MIN_ROWS and self.prepack_weights and _is_dense_f32(b, rank) \
                     else None
                 if packed_arg is not None:  # B is a weight: the bundle stores it packed, no scratch
-                    self.prepack[packed_arg] = ("panels", k, n)
+                    self.prepack[packed_arg] = Prepack("panels", (k, n))
                     scratch = 0
                 else:  # few rows read B in place, which needs its rows contiguous; else B is packed
                     scratch = _packed_floats(k, n) if m >= PACK_MIN_ROWS or not b_rows_contiguous else 0
@@ -741,18 +758,26 @@ class _Rewriter(TopLevelOps):
         return used
 
 
+class Prepack(NamedTuple):
+    """A weight the bundle stores in a kernel's layout."""
+
+    layout: str  # a key of WEIGHT_LAYOUTS
+    shape: tuple  # the plain weight's shape
+    groups: int = 1  # conv_panels of a grouped conv: one set of panels per group
+
+
 def replace_with_kernel_calls(module, func_op, scratch=None, prepack: bool = True,
-                              winograd: bool = False, cpu_only: bool = False) -> tuple[Counter, dict[int, tuple]]:
+                              winograd: bool = False, cpu_only: bool = False) -> tuple[Counter, dict[int, Prepack]]:
     """Rewrites supported ops in `func_op`. Returns how many of each kernel were used, and the
-    function arguments (weights) the bundle must store in a kernel's layout: index -> (layout,
-    *shape of the plain weight), with layout a key of WEIGHT_LAYOUTS: ("panels", K, N) for packed
-    B panels, ("winograd3x3", CO, C, 3, 3) for a 3x3 conv weight in the Winograd domain.
+    function arguments (weights) the bundle must store in a kernel's layout: index -> Prepack,
+    e.g. Prepack("panels", (K, N)) for packed B panels, Prepack("winograd3x3", (CO, C, 3, 3)) for a
+    3x3 conv weight in the Winograd domain.
     scratch: None for the CPU microkernels' packed-B scratch, or (batch, M, N, K) -> floats for
     another kernel's per-call scratch (the CUDA GEMM's split-K partials; 0 for none).
     prepack: store single-use Linear weights as packed B panels (False keeps the plain layout).
     winograd: run single-use 3x3 stride-1 convs with the Winograd kernel.
     cpu_only: the bundle has no other target sharing the weights, so they may take layouts only the
-    CPU kernels read (Winograd, and ("conv_panels", CO, C, KH, KW) for convs on small maps)."""
+    CPU kernels read (Winograd, and "conv_panels" for convs on small maps, grouped ones too)."""
     rewriter = _Rewriter(module, func_op, scratch, prepack, winograd, cpu_only)
     used = rewriter.run()
     return used, rewriter.prepack
@@ -769,9 +794,14 @@ def pack_b_panels(b):
     return np.ascontiguousarray(padded.reshape(k, panels, NR).transpose(1, 0, 2))
 
 
-def pack_conv_panels(w):
-    """numpy [CO, C, KH, KW] -> W^T [C*KH*KW, CO] in packed B panels (mlrt_conv2d_small_f32)."""
-    return pack_b_panels(w.reshape(w.shape[0], -1).T)
+def pack_conv_panels(w, groups: int = 1):
+    """numpy [CO, C/G, KH, KW] -> per group g, W_g^T [C/G*KH*KW, CO/G] in packed B panels, group
+    after group: [G, ceil(CO/G/16), C/G*KH*KW, 16] (mlrt_conv2d_small_f32). G = 1: [ceil(CO/16), K, 16]."""
+    import numpy as np
+
+    if groups == 1:
+        return pack_b_panels(w.reshape(w.shape[0], -1).T)
+    return np.stack([pack_b_panels(g.reshape(g.shape[0], -1).T) for g in np.split(w, groups)])
 
 
 def conv3d_weights(w):

@@ -45,19 +45,20 @@ static int run_case(const conv_case *k, int threads) {
       }
   use_threads(threads);
   float *scratch, *wp = NULL;
-  if (k->small) { /* W^T [K x CO] in packed B panels, as kernel_calls.pack_conv_panels stores it */
-    const int64_t panels = (k->CO + MLRT_NR - 1) / MLRT_NR;
-    wp = malloc((size_t)(panels * K * MLRT_NR) * sizeof(float));
-    for (int64_t pn = 0; pn < panels; ++pn)
-      for (int64_t kk = 0; kk < K; ++kk)
-        for (int64_t l = 0; l < MLRT_NR; ++l) {
-          const int64_t co = pn * MLRT_NR + l;
-          wp[(pn * K + kk) * MLRT_NR + l] = co < k->CO ? w[co * K + kk] : 0.0f;
-        }
-    scratch = malloc((size_t)(k->N * P * (K + k->CO)) * sizeof(float));
-    mlrt_conv2d_small_f32((intptr_t)x, (intptr_t)wp, (intptr_t)y, (intptr_t)scratch, k->N, k->C, k->H, k->W, k->CO,
-                          k->KH, k->KW, OH, OW, k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->overwrite, (intptr_t)b,
-                          (intptr_t)res, lo, hi, (intptr_t)y);
+  if (k->small) { /* per group, W_g^T [K x CO/G] in packed B panels, as kernel_calls.pack_conv_panels stores it */
+    const int64_t panels = (fg + MLRT_NR - 1) / MLRT_NR;
+    wp = malloc((size_t)(k->G * panels * K * MLRT_NR) * sizeof(float));
+    for (int64_t g = 0; g < k->G; ++g)
+      for (int64_t pn = 0; pn < panels; ++pn)
+        for (int64_t kk = 0; kk < K; ++kk)
+          for (int64_t l = 0; l < MLRT_NR; ++l) {
+            const int64_t co = pn * MLRT_NR + l;
+            wp[((g * panels + pn) * K + kk) * MLRT_NR + l] = co < fg ? w[(g * fg + co) * K + kk] : 0.0f;
+          }
+    scratch = malloc((size_t)(k->N * P * (K * k->G + k->CO)) * sizeof(float));
+    mlrt_conv2d_small_f32((intptr_t)x, (intptr_t)wp, (intptr_t)y, (intptr_t)scratch, k->N, k->G, k->C, k->H, k->W,
+                          k->CO, k->KH, k->KW, OH, OW, k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->overwrite,
+                          (intptr_t)b, (intptr_t)res, lo, hi, (intptr_t)y);
   } else {
     const int64_t slices = k->N * k->G < 8 ? k->N * k->G : 8;
     scratch = malloc((size_t)(slices * mlrt_packed_b_floats(K, P)) * sizeof(float));
@@ -272,11 +273,10 @@ int main(void) {
   const int64_t ks[][2] = {{3, 3}, {1, 1}, {5, 3}};
   for (int small = 0; small <= 1; ++small)
     for (int ki = 0; ki < 3; ++ki)
-      for (int64_t G = 1; G <= 4; G += small ? 3 : 1) /* the small-map kernel has no groups */
+      for (int64_t G = 1; G <= 4; G += small ? 2 : 1)
         for (int64_t s = 1; s <= 2; ++s)
           for (int64_t H = 1; H <= (small ? 5 : 13); H += small ? 2 : 6)
             for (int e = 0; e < 8; ++e) {
-              if (small && G > 1) continue;
               const int64_t KH = ks[ki][0], KW = ks[ki][1], d = 1 + (e & 4 ? 1 : 0);
               const int64_t C = G * (3 + (e % 3) * 37), CO = G * (5 + ki * 11 + (e & 1) * 16); /* K past a K block */
               const conv_case k = {1 + (e & 2 ? 1 : 0) + (G == 3), G, C, CO, H, H + e % 3, KH, KW, s, s, d, d,

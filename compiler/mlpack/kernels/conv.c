@@ -238,7 +238,8 @@ void mlrt_conv3d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
  * broadcast at a time. Here the output channels take the lanes instead:
  *   Yt[batch*OH*OW x CO] = rows[batch*OH*OW x K] * Wp,
  * with Wp the weights packed at build time as B panels of W^T [K x CO], the rows gathered from
- * every image at once, and the epilogue applied while Yt is transposed into NCHW. */
+ * every image at once, and the epilogue applied while Yt is transposed into NCHW. Grouped convs
+ * store each group's W_g^T [K/G x CO/G] in its own panels, one after the other. */
 typedef struct {
   const float *x;
   float *rows;
@@ -263,8 +264,27 @@ static void im2col_rows(void *ctx, int64_t r) {
     }
 }
 
-void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
-                           int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+/* Groups: group g's GEMM reads its channels' columns of the rows (lda = K) and its panels of Wp,
+ * and writes its fg columns of Yt. */
+typedef struct {
+  const float *rows, *Wp, *bias;
+  float *yt;
+  int64_t M, K, CO, groups, kg, fg, per_task;
+} small_groups_job;
+
+static void small_groups_task(void *ctx, int64_t t) {
+  const small_groups_job *j = (const small_groups_job *)ctx;
+  const int64_t panels = (j->fg + NR - 1) / NR;
+  for (int64_t g = t * j->per_task; g < min64(j->groups, (t + 1) * j->per_task); ++g) {
+    mlrt_epilogue ep = {1, j->bias ? j->bias + g * j->fg : NULL, 1, NULL, -__builtin_inff(), __builtin_inff(),
+                        j->yt + g * j->fg};
+    mlrt_gemm_panels(j->M, j->fg, j->kg, j->rows + g * j->kg, j->K, j->Wp + g * panels * j->kg * NR, j->yt + g * j->fg,
+                     j->CO, &ep, 0, panels);
+  }
+}
+
+void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t groups, int64_t C,
+                           int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
                            int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
                            int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst) {
   const float *X = (const float *)(intptr_t)x, *Wp = (const float *)(intptr_t)w;
@@ -279,8 +299,15 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
   else
     for (int64_t r = 0; r < M; ++r) im2col_rows(&j, r);
   /* bias per output channel = per column of Yt; the rest of the epilogue follows the transpose */
-  mlrt_epilogue ep = {1, overwrite ? B : NULL, 1, NULL, -__builtin_inff(), __builtin_inff(), yt};
-  mlrt_gemm_packed(M, CO, K, rows, K, Wp, yt, CO, &ep);
+  if (groups <= 1) {
+    mlrt_epilogue ep = {1, overwrite ? B : NULL, 1, NULL, -__builtin_inff(), __builtin_inff(), yt};
+    mlrt_gemm_packed(M, CO, K, rows, K, Wp, yt, CO, &ep);
+  } else {  /* one small GEMM per group: the groups are shared out between the threads */
+    const int64_t threads = mlrt_threads_for(M * K * (CO / groups)), tasks = min64(groups, 4 * threads);
+    small_groups_job g = {rows, Wp, overwrite ? B : NULL, yt, M, K, CO, groups, K / groups, CO / groups,
+                          (groups + tasks - 1) / tasks};
+    mlrt_parallel_for((groups + g.per_task - 1) / g.per_task, small_groups_task, &g);
+  }
   for (int64_t n = 0; n < batch; ++n)
     for (int64_t co = 0; co < CO; ++co) {
       const int64_t o = (n * CO + co) * N;
