@@ -47,7 +47,14 @@ def test_elementwise_op_becomes_one_loop():
 def test_broadcast_gate_keeps_channels_apart_from_the_map():
     n, text = _collapse("memref<1x24x1x1xf32>", "affine_map<(d0, d1, d2, d3) -> (d0, d1, 0, 0)>")
     assert n == 1
-    assert text.count("into memref<24x49xf32>") == 2 and "into memref<24x1xf32>" in text
+    assert text.count("into memref<24x49xf32>") == 2 and "into memref<24xf32>" in text
+
+
+def test_batchnorm_statistics_operand():
+    n, text = _collapse("memref<24x1x1xf32>", "affine_map<(d0, d1, d2, d3) -> (d1, 0, 0)>")
+    assert n == 1
+    # the statistics follow d1 alone: d0 | d1 | d2 d3, their size-1 dims join d1's run
+    assert "into memref<1x24x49xf32>" in text and "into memref<24xf32>" in text
 
 
 def test_projected_bias_operand():

@@ -8,13 +8,15 @@ loop dimensions is laid out contiguously in each of them, the run becomes one di
 240 x 64 nest. Runs into another dimension's iterator type (parallel / reduction) stay apart.
 
 Operands are collapsed with memref.collapse_shape (a view: no copy). Each operand's map must
-name its dimensions in order, either as a subsequence of the loop dimensions (a bias [C] at
-(d1)), or at full rank with constant 0 for its size-1 broadcast dimensions ((d0, d1, 0, 0)).
+name loop dimensions in order, with constant 0 for size-1 broadcast dimensions: a bias [C] at
+(d1), a gate [1, C, 1, 1] at (d0, d1, 0, 0), BatchNorm statistics [C, 1, 1] at (d1, 0, 0).
 Ops whose body reads the loop indices (linalg.index) or touches memory are left alone.
 Runs after the memory plan, so the planner never sees the views.
 """
 
 from __future__ import annotations
+
+import math
 
 from .elementwise_fusion import _clone_body
 from .memory_plan import generic_parts
@@ -22,7 +24,8 @@ from .memory_plan import generic_parts
 
 def _operand_dims(map_attr, rank: int, shape: list[int]) -> list[int | None] | None:
     """For each of the operand's dimensions, the loop dimension it follows, or None for a size-1
-    broadcast dimension (constant 0 in a full-rank map). None if the map is neither form."""
+    broadcast dimension (constant 0). None if the map is not of that form or names the loop
+    dimensions out of order (a transpose)."""
     from torch_mlir import ir
 
     m = ir.AffineMapAttr(map_attr).value
@@ -38,18 +41,16 @@ def _operand_dims(map_attr, rank: int, shape: list[int]) -> list[int | None] | N
             return None
     named = [d for d in dims if d is not None]
     if named != sorted(set(named)):
-        return None  # a transpose or a repeated dimension
-    if None in dims and (len(dims) != rank or any(d is not None and d != k for k, d in enumerate(dims))):
-        return None  # broadcast constants only in full-rank, in-place maps
+        return None
     return dims
 
 
 def _joinable(dims: list[int | None], d: int) -> bool:
-    """Whether loop dimensions d and d + 1 stay together in an operand with these `dims`."""
-    if None in dims:  # full rank: dimension k follows loop dimension k, or is a broadcast
-        return (dims[d] is None) == (dims[d + 1] is None)
+    """Whether loop dimensions d and d + 1 can become one for an operand with these `dims`: it
+    has both, with nothing but size-1 broadcast dimensions between them, or neither."""
     if d in dims and d + 1 in dims:
-        return dims.index(d + 1) == dims.index(d) + 1
+        a, b = dims.index(d), dims.index(d + 1)
+        return all(x is None for x in dims[a + 1:b])
     return d not in dims and d + 1 not in dims
 
 
@@ -61,6 +62,25 @@ def _groups(iters: list[str], operand_dims: list[list[int | None]]) -> list[list
         else:
             groups.append([d + 1])
     return groups
+
+
+def _runs(dims: list[int | None], group_of: dict[int, int]) -> list[tuple[int | None, list[int]]]:
+    """The operand's dimensions in runs, one per loop group it follows (size-1 broadcast
+    dimensions join the run before them, or the first one): (group, operand dims). An operand
+    following no loop dimension keeps one run per dimension, each a broadcast."""
+    if all(d is None for d in dims):
+        return [(None, [k]) for k in range(len(dims))]
+    runs: list[tuple[int | None, list[int]]] = []
+    pending: list[int] = []
+    for k, d in enumerate(dims):
+        if d is None:
+            (runs[-1][1] if runs else pending).append(k)
+        elif runs and runs[-1][0] == group_of[d]:
+            runs[-1][1].append(k)
+        else:
+            runs.append((group_of[d], pending + [k]))
+            pending = []
+    return runs
 
 
 def _dense(value) -> list[int] | None:
@@ -99,26 +119,18 @@ def _collapse_one(op) -> bool:
     new_operands, new_maps = [], []
     with ir.InsertionPoint(op), op.location:
         for v, shape, dims in zip(operands, shapes, operand_dims):
-            # operand dimensions -> runs by the loop group they follow (a broadcast run: by position)
-            reassoc, exprs, sizes = [], [], []
-            for k, d in enumerate(dims):
-                g = group_of[d if d is not None else k]
-                if reassoc and reassoc[-1][0] == g:
-                    reassoc[-1][1].append(k)
-                    sizes[-1] *= shape[k]
-                else:
-                    reassoc.append((g, [k]))
-                    sizes.append(shape[k])
-                    exprs.append(None if d is None else g)
-            if all(len(r) == 1 for _, r in reassoc):
+            runs = _runs(dims, group_of)
+            if all(len(r) == 1 for _, r in runs):
                 new_operands.append(v)
             else:
                 elem = ir.MemRefType(v.type).element_type
+                sizes = [math.prod(shape[k] for k in r) for _, r in runs]
                 attr = ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IntegerType.get_signless(64), k)
-                                                           for k in r]) for _, r in reassoc])
+                                                           for k in r]) for _, r in runs])
                 new_operands.append(memref.CollapseShapeOp(ir.MemRefType.get(sizes, elem), v, attr).result)
             new_maps.append(ir.AffineMapAttr.get(ir.AffineMap.get(
-                len(groups), 0, [ir.AffineConstantExpr.get(0) if g is None else ir.AffineDimExpr.get(g) for g in exprs])))
+                len(groups), 0, [ir.AffineConstantExpr.get(0) if g is None else ir.AffineDimExpr.get(g)
+                                 for g, _ in runs])))
         new_iters = ir.ArrayAttr.get([ir.ArrayAttr(op.attributes["iterator_types"])[grp[0]] for grp in groups])
         new = linalg.GenericOp([], new_operands[:len(ins)], new_operands[len(ins):], ir.ArrayAttr.get(new_maps),
                                new_iters)
