@@ -61,6 +61,22 @@ class GroupedResidual(nn.Module):
         return torch.clamp(self.conv(x) + x, -1.0, 1.0)
 
 
+class MixedConv(nn.Module):
+    """MixNet-style: the channels split, each split through its own conv (1x1, padded 3x3 and 5x5,
+    a depthwise one), the results concatenated. Every conv reads a channel slice at an offset."""
+
+    def __init__(self):
+        super().__init__()
+        self.pw = nn.Conv2d(8, 12, 1)
+        self.c3 = nn.Conv2d(8, 12, 3, padding=1)
+        self.c5 = nn.Conv2d(8, 12, 5, padding=2, stride=2)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        a, b, c, d = torch.split(torch.tanh(x), 8, dim=1)  # slices of an intermediate, not of the input
+        return torch.cat([self.pw(b), self.c3(a).relu(), self.dw(d)], 1), self.c5(c)
+
+
 class GroupedBottleneck(nn.Module):
     """RegNet-style: 1x1, grouped 3x3, 1x1, each with BN; three in a row have the same shapes, and
     bufferization then gives their grouped convs one shared view of a reused buffer."""
@@ -242,6 +258,21 @@ def test_kernel_path_matches_eager(name, tmp_path):
     if name.startswith("winograd"):  # the tile the name promises: F(4x4,3x3) or F(2x2,3x3)
         f4 = any(w["name"].endswith("(Winograd F(4x4,3x3))") for w in result.manifest["weights"])
         assert f4 == name.startswith("winograd4x4"), result.manifest["weights"]
+
+
+def test_convs_read_channel_slices_in_place(tmp_path):
+    """Each split's conv is a kernel call reading its slice at an offset, padded ones included:
+    the only copies left are the concat's."""
+    torch.manual_seed(3)
+    model = MixedConv().eval()
+    x = torch.randn(1, 32, 12, 12)
+    with torch.no_grad():
+        ref = flat_outputs(model(x))
+    result = mlpack.build(model, (x,), tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
+    assert sum(result.manifest["targets"]["cpu"]["kernels"].values()) == 4
+    kernels_ir = next((tmp_path / "ir").glob("*-kernels.mlir")).read_text()
+    assert kernels_ir.count("memref.copy") == 3 and "linalg.conv" not in kernels_ir
+    assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(x.numpy()), ref)
 
 
 @pytest.mark.parametrize("shape", [(1, 32, 40, 44), (1, 64, 7, 7), (2, 48, 14, 14), (1, 32, 28, 56)])

@@ -76,6 +76,22 @@ def _is_dense_f32(value, rank: int) -> bool:
     return contiguous and offset == 0
 
 
+def _contiguous_offset(value, rank: int) -> int | None:
+    """Element offset of a static f32 view of `rank` dims whose elements are one contiguous
+    row-major run (strides of size-1 dims ignored), else None: a channel slice of a batch-1
+    activation (torch.split feeding per-split convs) qualifies."""
+    layout = _static_layout(value, rank)
+    if layout is None:
+        return None
+    offset, strides = layout
+    expect = 1
+    for dim, stride in zip(reversed(value.type.shape), reversed(strides)):
+        if dim != 1 and stride != expect:
+            return None
+        expect *= dim
+    return offset
+
+
 def _static_layout(value, rank: int) -> tuple[int, list[int]] | None:
     """(offset, strides) in elements of a static-shaped f32 memref of `rank` whose layout is
     known at compile time, else None. Strides of size-1 dims are reported as 0 (never used)."""
@@ -303,13 +319,14 @@ class _Rewriter(TopLevelOps):
         elif self.last_writer_is_zero_fill(out, i):  # zeroed earlier, read by others since: keep the fill
             fusion.overwrite = True
 
-    def unpadded_input(self, x, kernel_op, out, in_place_ok=False, fused=(), via=None, pad=0.0):
+    def unpadded_input(self, x, kernel_op, out, in_place_ok=False, fused=(), via=None, pad=0.0, slice_ok=False):
         """If `x` is a buffer filled with `pad` holding a copy of another tensor in its middle, return
         (that tensor, pad_top, pad_left, ops to erase); else None. The copy's source must stay
         intact until the kernel reads it (ops in `fused` are absorbed into the kernel and do not
         count). Bufferization happily reuses a dead source as the output once the copy exists:
         that source qualifies only if the kernel can run in place (`in_place_ok`). `via`: a view
-        op through which the kernel reads x (its use counts as the kernel's)."""
+        op through which the kernel reads x (its use counts as the kernel's). slice_ok: the tensor
+        may be a contiguous slice at an offset (the caller adds it to the pointer)."""
         alloc = defining_op(x)
         if alloc is None or alloc.name != "memref.alloc":
             return None
@@ -334,7 +351,9 @@ class _Rewriter(TopLevelOps):
             return None
         src = copy.operands[0]
         offsets, strides = _ints(subview, "static_offsets"), _ints(subview, "static_strides")
-        if len(offsets) != 4 or offsets[:2] != [0, 0] or strides != [1, 1, 1, 1] or not _is_dense_f32(src, 4):
+        if len(offsets) != 4 or offsets[:2] != [0, 0] or strides != [1, 1, 1, 1]:
+            return None
+        if not (_contiguous_offset(src, 4) is not None if slice_ok else _is_dense_f32(src, 4)):
             return None
         if not (self.index[fill] < self.index[copy] < self.index[kernel_op]) or (src == out and not in_place_ok):
             return None
@@ -555,7 +574,9 @@ class _Rewriter(TopLevelOps):
             if name in ("linalg.conv_2d_nchw_fchw", "linalg.depthwise_conv_2d_nchw_chw"):
                 depthwise = name == "linalg.depthwise_conv_2d_nchw_chw"
                 x, w, y = operands
-                if not (_is_dense_f32(x, 4) and _is_dense_f32(w, 3 if depthwise else 4) and _is_dense_f32(y, 4)):
+                # the input may be a contiguous slice (CPU): its offset is added to the pointer
+                x_offset = _contiguous_offset(x, 4) if self.scratch is None else (0 if _is_dense_f32(x, 4) else None)
+                if x_offset is None or not (_is_dense_f32(w, 3 if depthwise else 4) and _is_dense_f32(y, 4)):
                     continue
                 (sh, sw), (dh, dw) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
                 kh, kw = w.type.shape[-2:]
@@ -565,11 +586,12 @@ class _Rewriter(TopLevelOps):
                 # when the padding is smaller than the kernel (see kernels/conv.c).
                 in_place_ok = depthwise and self.scratch is None and depthwise_ring_fits(kh, kw, ow, sh, sw, dh, dw)
                 pt = pl = 0
-                unpadded = self.unpadded_input(x, kernel_op, y, in_place_ok, fusion.erase)
+                unpadded = self.unpadded_input(x, kernel_op, y, in_place_ok, fusion.erase, slice_ok=self.scratch is None)
                 if unpadded and unpadded[0] == y and unpadded[1] > (kh - 1) * dh:
                     unpadded = None
                 if unpadded:
                     x, pt, pl, absorbed = unpadded
+                    x_offset = _contiguous_offset(x, 4)
                     fusion.erase += absorbed
                 n, c, h, wd = x.type.shape
                 self.epilogue(kernel_op, y, None, fusion, {w} if x == y else {x, w})  # x == y: in place
@@ -582,23 +604,24 @@ class _Rewriter(TopLevelOps):
                         and min(c, co) >= WINOGRAD_MIN_CHANNELS:
                     winograd_arg = self.packable_weight(w, kernel_op)
                 if depthwise:
-                    sig = self.emit(kernel_op, "mlrt_depthwise_conv2d_f32", [x, w, y], None, dims, fusion, [], y)
+                    sig = self.emit(kernel_op, "mlrt_depthwise_conv2d_f32", [x, w, y], None, dims, fusion, [], y,
+                                    offsets={x: x_offset})
                     kernel = "mlrt_depthwise_conv2d_f32"
                 elif winograd_arg is not None:  # the bundle stores the weight Winograd-transformed
                     tile = winograd_tile(oh, ow)
                     self.prepack[winograd_arg] = Prepack(WINOGRAD_LAYOUTS[tile], (co, c, 3, 3))
                     sig = self.emit(kernel_op, "mlrt_conv2d_winograd_f32", [x, w, y],
                                     winograd_scratch_floats(c, co, oh, ow, tile),
-                                    [n, c, h, wd, co, oh, ow, pt, pl, tile], fusion, [], y)
+                                    [n, c, h, wd, co, oh, ow, pt, pl, tile], fusion, [], y, offsets={x: x_offset})
                     kernel = "mlrt_conv2d_winograd_f32"
                 elif small_arg is not None:  # the bundle stores W^T in packed B panels
                     self.prepack[small_arg] = Prepack("conv_panels", (co, c, kh, kw))
                     sig = self.emit(kernel_op, "mlrt_conv2d_small_f32", [x, w, y], n * oh * ow * (c * kh * kw + co),
-                                    [n, 1, *dims[1:]], fusion, [], y)
+                                    [n, 1, *dims[1:]], fusion, [], y, offsets={x: x_offset})
                     kernel = "mlrt_conv2d_small_f32"
                 else:
                     sig = self.emit(kernel_op, "mlrt_conv2d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
-                                    dims, fusion, [], y, gemm_shape=(n, co, oh * ow, c * kh * kw))
+                                    dims, fusion, [], y, gemm_shape=(n, co, oh * ow, c * kh * kw), offsets={x: x_offset})
                     kernel = "mlrt_conv2d_f32"
             elif name == "linalg.conv_2d_ngchw_gfchw" and self.scratch is None:
                 # torch-mlir's grouped conv reads 5-D views [N, G, C/G, H, W] of 4-D buffers (3-D
