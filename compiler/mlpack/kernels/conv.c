@@ -98,6 +98,16 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, float *
                        int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top,
                        int64_t pad_left) {
   const int64_t K = C * KH * KW, N = OH * OW;
+  if (KH == 1 && KW == 1 && sh == 1 && sw == 1 && pad_top == 0 && pad_left == 0 && OH == H && OW == W) {
+    /* 1x1: B is X itself, [C][H*W] with rows cstride apart. Its whole panels are read in place
+     * (packing them cost a fifth of a small pointwise conv); the partial last one is packed. */
+    const int64_t n0 = N / NR * NR;
+    if (n0 < N)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t l = 0; l < NR; ++l) Bp[c * NR + l] = n0 + l < N ? X[c * cstride + n0 + l] : 0.0f;
+    mlrt_gemm_rows(CO, N, K, Wt, K, X, cstride, Bp, Y, ldc, ep);
+    return;
+  }
   im2col_job j = {X, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left, cstride};
   const int64_t threads = mlrt_threads_for(CO * N * K), panels = (N + NR - 1) / NR;
   /* im2col fused into the GEMM per task: tasks take even shares of the panels, small enough

@@ -88,7 +88,7 @@ static inline __attribute__((always_inline)) void store_row(const tile *t, int64
   _mm256_storeu_ps(ep->dst + off + 8, mlrt_clamp8(x1, lo, hi));
 }
 
-/* C[ROWS x n] += A[ROWS x K] * Bp[K x 16]: 2*ROWS named accumulators stay in registers
+/* C[ROWS x n] += A[ROWS x K] * B[K x 16] (rows ldb apart: 16 in a packed panel): 2*ROWS named accumulators stay in registers
  * (`rows` is a constant, so the unused rows compile away). */
 #define ROW_FMA(r)                                          \
   if (rows > r) {                                           \
@@ -99,13 +99,13 @@ static inline __attribute__((always_inline)) void store_row(const tile *t, int64
 #define ROW_STORE(r) \
   if (rows > r) store_row(t, r, c##r##0, c##r##1);
 #define DEFINE_UKERNEL(ROWS)                                                                 \
-  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) { \
+  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
     const int rows = ROWS;                                                                   \
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00; \
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                \
     for (int64_t k = 0; k < K; ++k) {                                                        \
-      const __m256 b0 = _mm256_load_ps(Bp + k * NR);                                         \
-      const __m256 b1 = _mm256_load_ps(Bp + k * NR + 8);                                     \
+      const __m256 b0 = _mm256_loadu_ps(Bp + k * ldb);                                       \
+      const __m256 b1 = _mm256_loadu_ps(Bp + k * ldb + 8);                                   \
       ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)                       \
     }                                                                                        \
     ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)             \
@@ -117,25 +117,25 @@ static inline __attribute__((always_inline)) void store_row(const tile *t, int64
 #define ROW_STORE8(r) \
   if (rows > r) store_row(t, r, c##r##0, zero);
 #define DEFINE_UKERNEL8(ROWS)                                                                \
-  static void ukernel8_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) { \
+  static void ukernel8_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
     const int rows = ROWS;                                                                   \
     const __m256 zero = _mm256_setzero_ps();                                                 \
     __m256 c00 = zero, c10 = zero, c20 = zero, c30 = zero, c40 = zero, c50 = zero;            \
     for (int64_t k = 0; k < K; ++k) {                                                        \
-      const __m256 b0 = _mm256_load_ps(Bp + k * NR);                                         \
+      const __m256 b0 = _mm256_loadu_ps(Bp + k * ldb);                                       \
       ROW_FMA8(0) ROW_FMA8(1) ROW_FMA8(2) ROW_FMA8(3) ROW_FMA8(4) ROW_FMA8(5)                 \
     }                                                                                        \
     ROW_STORE8(0) ROW_STORE8(1) ROW_STORE8(2) ROW_STORE8(3) ROW_STORE8(4) ROW_STORE8(5)       \
   }
 #else
 #define DEFINE_UKERNEL(ROWS)                                                                 \
-  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) { \
+  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
     float acc[ROWS][NR];                                                                     \
     memset(acc, 0, sizeof(acc));                                                             \
     for (int64_t k = 0; k < K; ++k)                                                          \
       for (int i = 0; i < ROWS; ++i) {                                                       \
         const float a = A[i * lda + k];                                                      \
-        for (int j = 0; j < NR; ++j) acc[i][j] += a * Bp[k * NR + j];                        \
+        for (int j = 0; j < NR; ++j) acc[i][j] += a * Bp[k * ldb + j];                       \
       }                                                                                      \
     for (int i = 0; i < ROWS; ++i) store_row_scalar(t, i, acc[i]);                           \
   }
@@ -157,7 +157,7 @@ DEFINE_UKERNEL8(5)
 DEFINE_UKERNEL8(6)
 #endif
 
-typedef void (*ukernel_fn)(int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t);
+typedef void (*ukernel_fn)(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t);
 static const ukernel_fn ukernels[MR + 1] = {NULL, ukernel_1, ukernel_2, ukernel_3, ukernel_4, ukernel_5, ukernel_6};
 #ifdef MLRT_HAVE_AVX2
 static const ukernel_fn ukernels8[MR + 1] = {NULL,       ukernel8_1, ukernel8_2, ukernel8_3,
@@ -167,8 +167,9 @@ static const ukernel_fn *const ukernels8 = ukernels; /* the plain C kernel has n
 #endif
 
 /* mr (1..6) rows; a panel with <= 8 valid columns takes the 8-wide kernel. */
-static void ukernel_rows(int64_t mr, int64_t K, const float *A, int64_t lda, const float *Bp, const tile *t) {
-  (t->n <= 8 ? ukernels8 : ukernels)[mr](K, A, lda, Bp, t);
+static void ukernel_rows(int64_t mr, int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb,
+                         const tile *t) {
+  (t->n <= 8 ? ukernels8 : ukernels)[mr](K, A, lda, Bp, ldb, t);
 }
 
 typedef struct {
@@ -177,7 +178,21 @@ typedef struct {
   float *C;
   const mlrt_epilogue *ep;
   int64_t panels, tm, tn; /* task grid: tm row chunks x tn panel chunks, evenly partitioned */
+  /* B read in place (Br != NULL): panels below `in_place` are columns 16p.. of B's rows (ldb
+   * apart); the rest are packed in Bp from its start. */
+  const float *Br;
+  int64_t ldb, in_place;
 } gemm_job;
+
+/* Panel p's first row at K offset pc, and its row stride. */
+static inline const float *panel_rows(const gemm_job *g, int64_t p, int64_t pc, int64_t *ldb) {
+  if (p < g->in_place) {
+    *ldb = g->ldb;
+    return g->Br + pc * g->ldb + p * NR;
+  }
+  *ldb = NR;
+  return g->Bp + (p - g->in_place) * g->K * NR + pc * NR;
+}
 
 /* Rows [m0, m1) x panels [p0, p1) of the product, with the epilogue. */
 static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
@@ -193,7 +208,8 @@ static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, in
       const int64_t next_ic = mc_end < m1 ? mc_end : m0, next_pc = mc_end < m1 ? pc : pc + step;
       const int64_t next_lines = next_pc < g->K ? (min64(step, g->K - next_pc) + 15) / 16 : 0;
       for (int64_t p = p0; p < p1; ++p) {
-        const float *bp = g->Bp + p * g->K * NR + pc * NR;
+        int64_t ldb;
+        const float *bp = panel_rows(g, p, pc, &ldb);
         const int64_t l0 = next_lines * (p - p0) / np, l1 = next_lines * (p - p0 + 1) / np;
         for (int64_t i = ic, rows; i < mc_end; i += rows) {
           /* 7 or 8 rows left: 4 + 3 or 4 + 4, not 6 + 1 or 6 + 2. A 1- or 2-row tile has too few
@@ -203,7 +219,7 @@ static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, in
             for (int64_t l = l0; l < l1; ++l) __builtin_prefetch(g->A + r * g->lda + next_pc + 16 * l, 0, 2);
           tile t = {g->ep, g->C + i * g->ldc + p * NR, g->ldc, i, p * NR, min64(NR, g->N - p * NR),
                     pc == 0, pc + kc >= g->K};
-          ukernel_rows(rows, kc, g->A + i * g->lda + pc, g->lda, bp, &t);
+          ukernel_rows(rows, kc, g->A + i * g->lda + pc, g->lda, bp, ldb, &t);
         }
       }
     }
@@ -219,7 +235,7 @@ static void gemm_task(void *ctx, int64_t task) {
 
 void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1) {
-  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 1, 1};
+  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 1, 1, NULL, NR, 0};
   gemm_block(&g, 0, M, p0, p1);
 }
 
@@ -262,29 +278,40 @@ int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t threads, int split_rows, i
   return best;
 }
 
-void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
-                      int64_t ldc, const mlrt_epilogue *ep) {
-  if (M <= 0 || N <= 0) return;
-  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 1, 1};
-  if (K <= 0) {  /* no product: only the epilogue (one zero-depth block) */
+/* The product over the task grid `g` describes (tm, tn chosen here), with the epilogue. */
+static void gemm_run(gemm_job *g) {
+  if (g->M <= 0 || g->N <= 0) return;
+  if (g->K <= 0) { /* no product: only the epilogue (one zero-depth block) */
     float zero[NR] = {0};
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t p = 0; p < g.panels; ++p) {
-        tile t = {ep, C + i * ldc + p * NR, ldc, i, p * NR, min64(NR, N - p * NR), 1, 1};
+    for (int64_t i = 0; i < g->M; ++i)
+      for (int64_t p = 0; p < g->panels; ++p) {
+        tile t = {g->ep, g->C + i * g->ldc + p * NR, g->ldc, i, p * NR, min64(NR, g->N - p * NR), 1, 1};
         store_row_scalar(&t, 0, zero);
       }
     return;
   }
-  const int64_t threads = mlrt_threads_for(M * N * K);
+  const int64_t threads = mlrt_threads_for(g->M * g->N * g->K);
   int64_t tm = 1, tn = 1;
-  if (threads > 1) mlrt_gemm_split(M, N, threads, 1, &tm, &tn);
-  g.tm = tm;
-  g.tn = tn;
+  if (threads > 1) mlrt_gemm_split(g->M, g->N, threads, 1, &tm, &tn);
+  g->tm = tm;
+  g->tn = tn;
   if (threads == 1) {
-    for (int64_t t = 0; t < tm * tn; ++t) gemm_task(&g, t);
+    for (int64_t t = 0; t < tm * tn; ++t) gemm_task(g, t);
   } else {
-    mlrt_parallel_for(tm * tn, gemm_task, &g);
+    mlrt_parallel_for(tm * tn, gemm_task, g);
   }
+}
+
+void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
+                      int64_t ldc, const mlrt_epilogue *ep) {
+  gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 1, 1, NULL, NR, 0};
+  gemm_run(&g);
+}
+
+void mlrt_gemm_rows(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                    const float *Btail, float *C, int64_t ldc, const mlrt_epilogue *ep) {
+  gemm_job g = {M, N, K, lda, ldc, A, Btail, C, ep, (N + NR - 1) / NR, 1, 1, B, ldb, N / NR};
+  gemm_run(&g);
 }
 
 /* ------------------------------------------------------------------------- packing B */

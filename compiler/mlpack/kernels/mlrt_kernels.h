@@ -138,6 +138,10 @@ void mlrt_pool2d_f32(int64_t x, int64_t y, int64_t planes, int64_t H, int64_t W,
  * applied (bias/residual/dst offsets already set for this C). */
 void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep);
+/* Internal: the same with B [K x N] read in place (rows ldb apart) for its whole 16-column
+ * panels; the last, partial one (N % 16 columns) packed by the caller in Btail. */
+void mlrt_gemm_rows(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                    const float *Btail, float *C, int64_t ldc, const mlrt_epilogue *ep);
 /* Internal: the same, all rows but only panels [p0, p1), on the calling thread. */
 void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1);
