@@ -241,11 +241,11 @@ def test_matmul_on_slices_of_a_fused_projection(tmp_path):
 
 class ExpErf(nn.Module):
     def forward(self, x):
-        return torch.exp(x), torch.erf(x / 8)
+        return torch.exp(x), torch.erf(x / 8), torch.tanh(x / 4)
 
 
-def test_exp_and_erf_over_the_float_range(tmp_path):
-    """The inlined exp / erf (codegen_cpu._VECTOR_MATH) against eager at every edge: -inf and a
+def test_exp_erf_tanh_over_the_float_range(tmp_path):
+    """The inlined exp / erf / tanh (codegen_cpu._VECTOR_MATH) against eager at every edge: -inf and a
     softmax mask's dtype minimum (0, computed without denormal intermediates), denormal results,
     the overflow threshold, inf, NaN. Relative error within a few ulp; denormals to 1 ulp of the
     smallest denormal; 0, inf and NaN exact."""

@@ -324,8 +324,9 @@ def _f(v: float) -> str:
     return "0x%016X" % struct.unpack("<Q", struct.pack("<d", single))[0]
 
 
-# exp and erf written in LLVM IR, so LLVM inlines and vectorizes them: through libm they are scalar
-# calls (transformers' softmax and GELU spent ~10% of their time there). expf: Cephes' range
+# exp, erf and tanh written in LLVM IR, so LLVM inlines and vectorizes them: through libm they are
+# scalar calls (transformers' softmax and GELU spent ~10% of their time there). tanhf: Cephes'
+# odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above (GELU's tanh form, Mish). expf: Cephes' range
 # reduction and degree-6 polynomial (~1 ulp), 2^n applied as two factors so the whole float range
 # including denormal results is covered. Inputs below exp's underflow (a softmax's -inf or
 # dtype-min mask) are computed as exp(0) and replaced by 0: clamped instead, every masked lane
@@ -394,19 +395,43 @@ define internal float @mlrt_erff(float %x) alwaysinline {{
   %r = select i1 %near, float %inner, float %outer
   ret float %r
 }}
+
+define internal float @mlrt_tanhf(float %x) alwaysinline {{
+  %a = call float @llvm.fabs.f32(float %x)
+  %z = fmul float %x, %x
+  %p0 = call float @llvm.fma.f32(float {_f(-5.70498872745e-3)}, float %z, float {_f(2.06390887954e-2)})
+  %p1 = call float @llvm.fma.f32(float %p0, float %z, float {_f(-5.37397155531e-2)})
+  %p2 = call float @llvm.fma.f32(float %p1, float %z, float {_f(1.33314422036e-1)})
+  %p3 = call float @llvm.fma.f32(float %p2, float %z, float {_f(-3.33332819422e-1)})
+  %pz = fmul float %p3, %z
+  %near = call float @llvm.fma.f32(float %pz, float %x, float %x)
+  %a2 = fmul float %a, {_f(2.0)}
+  %e = call float @mlrt_expf(float %a2)
+  %d = fadd float %e, {_f(1.0)}
+  %q = fdiv float {_f(2.0)}, %d
+  %o = fsub float {_f(1.0)}, %q
+  %far = call float @llvm.copysign.f32(float %o, float %x)
+  %big = fcmp ogt float %a, {_f(0.625)}
+  %r = select i1 %big, float %far, float %near
+  ret float %r
+}}
 """
 _VECTOR_MATH_INTRINSICS = [("llvm.minnum.f32", "(float, float)"), ("llvm.maxnum.f32", "(float, float)"),
                            ("llvm.rint.f32", "(float)"), ("llvm.fabs.f32", "(float)"),
                            ("llvm.fma.f32", "(float, float, float)"), ("llvm.copysign.f32", "(float, float)")]
 
 
+_ROUTED = {"@llvm.exp.f32(": "@mlrt_expf(", "@erff(": "@mlrt_erff(", "@llvm.tanh.f32(": "@mlrt_tanhf(",
+           "@tanhf(": "@mlrt_tanhf("}
+
+
 def vectorizable_math(llvm_ir: str) -> str:
-    """Route exp / erf calls on floats to the IR definitions above."""
-    if "@llvm.exp.f32(" not in llvm_ir and "@erff(" not in llvm_ir:
+    """Route exp / erf / tanh calls on floats to the IR definitions above."""
+    if not any(name in llvm_ir for name in _ROUTED):
         return llvm_ir
-    llvm_ir = re.sub(r"^declare [^\n]*@erff\(float\)[^\n]*\n", "", llvm_ir, flags=re.M)
-    llvm_ir = re.sub(r"(call [^\n]*?)@(?:llvm\.exp\.f32|erff)\(", lambda m: m.group(0).replace(
-        "@llvm.exp.f32(", "@mlrt_expf(").replace("@erff(", "@mlrt_erff("), llvm_ir)
+    llvm_ir = re.sub(r"^declare [^\n]*@(?:erff|tanhf|llvm\.tanh\.f32)\(float\)[^\n]*\n", "", llvm_ir, flags=re.M)
+    llvm_ir = re.sub(r"(call [^\n]*?)(@(?:llvm\.exp\.f32|erff|llvm\.tanh\.f32|tanhf)\()",
+                     lambda m: m.group(1) + _ROUTED[m.group(2)], llvm_ir)
     decls = [f"declare float @{name}{sig}" for name, sig in _VECTOR_MATH_INTRINSICS
              if not re.search(rf"^declare [^\n]*@{re.escape(name)}\(", llvm_ir, flags=re.M)]
     return llvm_ir + _VECTOR_MATH + "\n".join(decls) + "\n"
