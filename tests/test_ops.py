@@ -241,13 +241,14 @@ def test_matmul_on_slices_of_a_fused_projection(tmp_path):
 
 class ExpErf(nn.Module):
     def forward(self, x):
-        return torch.exp(x), torch.erf(x / 8), torch.tanh(x / 4)
+        return (torch.exp(x), torch.erf(x / 8), torch.tanh(x / 4), torch.log(x), torch.log(x.abs() * 1e-42),
+                torch.log(x.abs() * 1e-6 + 1.0))
 
 
-def test_exp_erf_tanh_over_the_float_range(tmp_path):
-    """The inlined exp / erf / tanh (codegen_cpu._VECTOR_MATH) against eager at every edge: -inf and a
-    softmax mask's dtype minimum (0, computed without denormal intermediates), denormal results,
-    the overflow threshold, inf, NaN. Relative error within a few ulp; denormals to 1 ulp of the
+def test_exp_erf_tanh_log_over_the_float_range(tmp_path):
+    """The inlined exp / erf / tanh / log (codegen_cpu._VECTOR_MATH) against eager at every edge:
+    -inf and a softmax mask's dtype minimum (0, computed without denormal intermediates), denormal
+    results and (log) inputs, log near 1, the overflow threshold, inf, NaN. Relative error within a few ulp; denormals to 1 ulp of the
     smallest denormal; 0, inf and NaN exact."""
     edges = [-float("inf"), torch.finfo(torch.float32).min, -1e30, -200.0, -103.9, -103.0, -100.0, -95.0, -87.5,
              -87.3, -50.0, -1.0, -1e-8, 0.0, 1e-8, 0.5, 1.0, 10.0, 80.0, 88.7, 88.8, 1e30, float("inf"), float("nan")]

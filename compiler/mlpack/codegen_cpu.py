@@ -326,7 +326,8 @@ def _f(v: float) -> str:
 
 # exp, erf and tanh written in LLVM IR, so LLVM inlines and vectorizes them: through libm they are
 # scalar calls (transformers' softmax and GELU spent ~10% of their time there). tanhf: Cephes'
-# odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above (GELU's tanh form, Mish). expf: Cephes' range
+# odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above (GELU's tanh form, Mish);
+# logf: Cephes' mantissa in [sqrt(1/2), sqrt(2)) and degree-8 polynomial (softplus, Mish). expf: Cephes' range
 # reduction and degree-6 polynomial (~1 ulp), 2^n applied as two factors so the whole float range
 # including denormal results is covered. Inputs below exp's underflow (a softmax's -inf or
 # dtype-min mask) are computed as exp(0) and replaced by 0: clamped instead, every masked lane
@@ -415,6 +416,52 @@ define internal float @mlrt_tanhf(float %x) alwaysinline {{
   %r = select i1 %big, float %far, float %near
   ret float %r
 }}
+
+define internal float @mlrt_logf(float %x) alwaysinline {{
+  %sub = fcmp olt float %x, {_f(1.17549435e-38)}
+  %xs = fmul float %x, {_f(8388608.0)}
+  %xn = select i1 %sub, float %xs, float %x
+  %eadj = select i1 %sub, i32 -23, i32 0
+  %i = bitcast float %xn to i32
+  %eb = lshr i32 %i, 23
+  %eb1 = and i32 %eb, 255
+  %e0 = sub i32 %eb1, 126
+  %e = add i32 %e0, %eadj
+  %mi = and i32 %i, 8388607
+  %mb = or i32 %mi, 1056964608
+  %m = bitcast i32 %mb to float
+  %lt = fcmp olt float %m, {_f(0.707106781186547524)}
+  %m2 = fadd float %m, %m
+  %ma = select i1 %lt, float %m2, float %m
+  %t = fsub float %ma, {_f(1.0)}
+  %ef = sitofp i32 %e to float
+  %ef1 = fsub float %ef, {_f(1.0)}
+  %k = select i1 %lt, float %ef1, float %ef
+  %z = fmul float %t, %t
+  %p0 = call float @llvm.fma.f32(float {_f(7.0376836292e-2)}, float %t, float {_f(-1.1514610310e-1)})
+  %p1 = call float @llvm.fma.f32(float %p0, float %t, float {_f(1.1676998740e-1)})
+  %p2 = call float @llvm.fma.f32(float %p1, float %t, float {_f(-1.2420140846e-1)})
+  %p3 = call float @llvm.fma.f32(float %p2, float %t, float {_f(1.4249322787e-1)})
+  %p4 = call float @llvm.fma.f32(float %p3, float %t, float {_f(-1.6668057665e-1)})
+  %p5 = call float @llvm.fma.f32(float %p4, float %t, float {_f(2.0000714765e-1)})
+  %p6 = call float @llvm.fma.f32(float %p5, float %t, float {_f(-2.4999993993e-1)})
+  %p7 = call float @llvm.fma.f32(float %p6, float %t, float {_f(3.3333331174e-1)})
+  %pz = fmul float %p7, %z
+  %y0 = fmul float %pz, %t
+  %y1 = call float @llvm.fma.f32(float %k, float {_f(-2.12194440e-4)}, float %y0)
+  %y2 = call float @llvm.fma.f32(float %z, float {_f(-0.5)}, float %y1)
+  %r0 = fadd float %t, %y2
+  %r = call float @llvm.fma.f32(float %k, float {_f(0.693359375)}, float %r0)
+  %zero = fcmp oeq float %x, 0.0
+  %v0 = select i1 %zero, float 0xFFF0000000000000, float %r
+  %neg = fcmp olt float %x, 0.0
+  %v1 = select i1 %neg, float 0x7FF8000000000000, float %v0
+  %inf = fcmp oeq float %x, 0x7FF0000000000000
+  %v2 = select i1 %inf, float %x, float %v1
+  %nan = fcmp uno float %x, 0.0
+  %v3 = select i1 %nan, float %x, float %v2
+  ret float %v3
+}}
 """
 _VECTOR_MATH_INTRINSICS = [("llvm.minnum.f32", "(float, float)"), ("llvm.maxnum.f32", "(float, float)"),
                            ("llvm.rint.f32", "(float)"), ("llvm.fabs.f32", "(float)"),
@@ -422,15 +469,16 @@ _VECTOR_MATH_INTRINSICS = [("llvm.minnum.f32", "(float, float)"), ("llvm.maxnum.
 
 
 _ROUTED = {"@llvm.exp.f32(": "@mlrt_expf(", "@erff(": "@mlrt_erff(", "@llvm.tanh.f32(": "@mlrt_tanhf(",
-           "@tanhf(": "@mlrt_tanhf("}
+           "@tanhf(": "@mlrt_tanhf(", "@llvm.log.f32(": "@mlrt_logf(", "@logf(": "@mlrt_logf("}
 
 
 def vectorizable_math(llvm_ir: str) -> str:
-    """Route exp / erf / tanh calls on floats to the IR definitions above."""
+    """Route exp / erf / tanh / log calls on floats to the IR definitions above."""
     if not any(name in llvm_ir for name in _ROUTED):
         return llvm_ir
-    llvm_ir = re.sub(r"^declare [^\n]*@(?:erff|tanhf|llvm\.tanh\.f32)\(float\)[^\n]*\n", "", llvm_ir, flags=re.M)
-    llvm_ir = re.sub(r"(call [^\n]*?)(@(?:llvm\.exp\.f32|erff|llvm\.tanh\.f32|tanhf)\()",
+    llvm_ir = re.sub(r"^declare [^\n]*@(?:erff|tanhf|logf|llvm\.tanh\.f32|llvm\.log\.f32)\(float\)[^\n]*\n", "", llvm_ir,
+                     flags=re.M)
+    llvm_ir = re.sub(r"(call [^\n]*?)(@(?:llvm\.exp\.f32|erff|llvm\.tanh\.f32|tanhf|llvm\.log\.f32|logf)\()",
                      lambda m: m.group(1) + _ROUTED[m.group(2)], llvm_ir)
     decls = [f"declare float @{name}{sig}" for name, sig in _VECTOR_MATH_INTRINSICS
              if not re.search(rf"^declare [^\n]*@{re.escape(name)}\(", llvm_ir, flags=re.M)]
