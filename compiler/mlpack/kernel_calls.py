@@ -1,6 +1,7 @@
 """Replace the heavy linalg ops (1-D, 2-D, grouped and 3-D conv, depthwise conv, matmul, batch
-matmul, 2-D max / sum pooling) with calls to the microkernels in kernels/ (tiled, vectorized, multi-threaded C compiled
-into the bundle), fusing what surrounds them so each output is written once:
+matmul, 2-D max / sum pooling) with calls to the microkernels in kernels/ (tiled, vectorized,
+multi-threaded C compiled into the bundle), fusing what surrounds them so each output is written
+once:
 
 - prologue: the fill / bias broadcast that initializes the output (the kernel writes bias + A*B);
 - input padding: a zero-filled buffer with the input copied into its middle (the kernel reads
@@ -43,8 +44,8 @@ NR = 16  # packed panel width, kernels/mlrt_kernels.h MLRT_NR
 GEMM_KC = 256  # the GEMM's K block (kernels/gemm.c KC): deeper products keep partial sums in C
 DW_RING_FLOATS, DW_MAX_KH, DW_ROWS = 16384, 16, 4  # the depthwise kernel's row ring, kernels/mlrt_kernels.h
 
+_POOLING = ("linalg.pooling_nchw_max", "linalg.pooling_nchw_sum")  # kernels/pool.c (CPU)
 # The indexing maps of plain (non-transposed, non-broadcast) matmuls; other variants keep loops.
-_POOLING = ("linalg.pooling_nchw_max", "linalg.pooling_nchw_sum")
 _DEFAULT_MAPS = {
     "linalg.matmul": "[affine_map<(d0, d1, d2) -> (d0, d2)>, affine_map<(d0, d1, d2) -> (d2, d1)>, "
                      "affine_map<(d0, d1, d2) -> (d0, d1)>]",
@@ -663,17 +664,13 @@ class _Rewriter(TopLevelOps):
                     sig = self.emit(kernel_op, "mlrt_conv2d_small_f32", [x, w, y], n * oh * ow * (c * kh * kw + co),
                                     [n, groups, c, h, wd, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl], fusion, [], y)
                     kernel = "mlrt_conv2d_small_f32"
-                    used[kernel] += 1
-                    signatures[kernel] = sig
-                    self.reindex()
-                    start = 0
-                    continue
-                slices = min(n * groups, GROUPED_SLICES)
-                sig = self.emit(kernel_op, "mlrt_conv2d_grouped_f32", [x, w, y],
-                                slices * _packed_floats(cg * kh * kw, oh * ow),
-                                [n, groups, slices, c, h, wd, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl], fusion, [], y,
-                                gemm_shape=(n, fg, oh * ow, cg * kh * kw))
-                kernel = "mlrt_conv2d_grouped_f32"
+                else:
+                    slices = min(n * groups, GROUPED_SLICES)
+                    sig = self.emit(kernel_op, "mlrt_conv2d_grouped_f32", [x, w, y],
+                                    slices * _packed_floats(cg * kh * kw, oh * ow),
+                                    [n, groups, slices, c, h, wd, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl], fusion, [],
+                                    y, gemm_shape=(n, fg, oh * ow, cg * kh * kw))
+                    kernel = "mlrt_conv2d_grouped_f32"
             elif name == "linalg.conv_3d_ncdhw_fcdhw" and self.cpu_layouts:
                 # Per output depth, a sum of 2-D convs over the kernel's depth taps, the weights
                 # stored [KD][CO][C][KH][KW] so each tap's slice is a GEMM operand (padding stays a copy).
@@ -710,13 +707,13 @@ class _Rewriter(TopLevelOps):
                                 gemm_shape=(n, co, ow, c * kw))
                 kernel = "mlrt_conv2d_f32"
             elif name in _POOLING and self.scratch is None:
-                x, _window, y = operands
+                x, window_buf, y = operands
                 if not (_is_dense_f32(x, 4) and _is_dense_f32(y, 4)) or x == y:
                     continue
                 is_max = name == "linalg.pooling_nchw_max"
                 identity = -math.inf if is_max else 0.0
                 (sh, sw), (dh, dw) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
-                kh, kw = _window.type.shape
+                kh, kw = window_buf.type.shape
                 oh, ow = y.type.shape[2:]
                 pt = pl = 0
                 unpadded = self.unpadded_input(x, kernel_op, y, pad=identity)
@@ -731,7 +728,7 @@ class _Rewriter(TopLevelOps):
                 sig = self.call(kernel_op, "mlrt_pool2d_f32", [x, y],
                                 [n * c, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, int(is_max),
                                  int(fusion.overwrite)], fusion.erase)
-                window = defining_op(_window)  # only its shape was ever read
+                window = defining_op(window_buf)  # only its shape was ever read
                 if window is not None and window.name == "memref.alloc" and not list(window.results[0].uses):
                     window.erase()
                 kernel = "mlrt_pool2d_f32"

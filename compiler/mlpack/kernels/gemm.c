@@ -88,8 +88,8 @@ static inline __attribute__((always_inline)) void store_row(const tile *t, int64
   _mm256_storeu_ps(ep->dst + off + 8, mlrt_clamp8(x1, lo, hi));
 }
 
-/* C[ROWS x n] += A[ROWS x K] * B[K x 16] (rows ldb apart: 16 in a packed panel): 2*ROWS named accumulators stay in registers
- * (`rows` is a constant, so the unused rows compile away). */
+/* C[ROWS x n] += A[ROWS x K] * B[K x 16] (B's rows ldb apart: 16 in a packed panel): 2*ROWS named
+ * accumulators stay in registers (`rows` is a constant, so the unused rows compile away). */
 #define ROW_FMA(r)                                          \
   if (rows > r) {                                           \
     const __m256 a = _mm256_broadcast_ss(A + r * lda + k);  \
