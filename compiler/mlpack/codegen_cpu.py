@@ -334,6 +334,27 @@ def _f(v: float) -> str:
 # produced a denormal product, slow enough that two small GPT-2 softmaxes took a quarter of
 # its time. erff: Cephes' odd polynomial below |x| = 1 (relative
 # error ~1e-7), Abramowitz & Stegun 7.1.26 above (|error| < 1.5e-7 on values >= 0.84).
+# Polynomial coefficients, highest degree first (Cephes; erf's far side Abramowitz & Stegun 7.1.26).
+_EXP_POLY = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+             5.0000001201e-1]
+_ERF_NEAR = [7.853861353153693e-5, -8.010193625184903e-4, 5.188327685732524e-3, -2.685381193529856e-2,
+             1.128358514861418e-1, -3.761262582423300e-1, 1.128379165726710]
+_ERF_FAR = [1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592]
+_TANH_POLY = [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1]
+_LOG_POLY = [7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+             -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1]
+
+
+def _horner(name: str, x: str, coeffs: list[float]) -> str:
+    """LLVM IR evaluating the polynomial coeffs[0] * x^(n-1) + ... + coeffs[-1] by Horner's rule
+    in fma steps %name0, %name1, ...; the result is %name{n-2}."""
+    steps, acc = [], _f(coeffs[0])
+    for k, c in enumerate(coeffs[1:]):
+        steps.append(f"  %{name}{k} = call float @llvm.fma.f32(float {acc}, float {x}, float {_f(c)})")
+        acc = f"%{name}{k}"
+    return "\n".join(steps)
+
+
 _VECTOR_MATH = f"""
 define internal float @mlrt_expf(float %x) alwaysinline {{
   %c1 = call float @llvm.minnum.f32(float %x, float {_f(88.72283172607421875)})
@@ -343,11 +364,7 @@ define internal float @mlrt_expf(float %x) alwaysinline {{
   %n = call float @llvm.rint.f32(float %t)
   %r0 = call float @llvm.fma.f32(float %n, float {_f(-0.693359375)}, float %c)
   %r = call float @llvm.fma.f32(float %n, float {_f(2.12194440e-4)}, float %r0)
-  %p0 = call float @llvm.fma.f32(float {_f(1.9875691500e-4)}, float %r, float {_f(1.3981999507e-3)})
-  %p1 = call float @llvm.fma.f32(float %p0, float %r, float {_f(8.3334519073e-3)})
-  %p2 = call float @llvm.fma.f32(float %p1, float %r, float {_f(4.1665795894e-2)})
-  %p3 = call float @llvm.fma.f32(float %p2, float %r, float {_f(1.6666665459e-1)})
-  %p4 = call float @llvm.fma.f32(float %p3, float %r, float {_f(5.0000001201e-1)})
+{_horner("p", "%r", _EXP_POLY)}
   %rr = fmul float %r, %r
   %y0 = call float @llvm.fma.f32(float %p4, float %rr, float %r)
   %y = fadd float %y0, {_f(1.0)}
@@ -373,19 +390,11 @@ define internal float @mlrt_expf(float %x) alwaysinline {{
 define internal float @mlrt_erff(float %x) alwaysinline {{
   %a = call float @llvm.fabs.f32(float %x)
   %z = fmul float %x, %x
-  %s0 = call float @llvm.fma.f32(float {_f(7.853861353153693e-5)}, float %z, float {_f(-8.010193625184903e-4)})
-  %s1 = call float @llvm.fma.f32(float %s0, float %z, float {_f(5.188327685732524e-3)})
-  %s2 = call float @llvm.fma.f32(float %s1, float %z, float {_f(-2.685381193529856e-2)})
-  %s3 = call float @llvm.fma.f32(float %s2, float %z, float {_f(1.128358514861418e-1)})
-  %s4 = call float @llvm.fma.f32(float %s3, float %z, float {_f(-3.761262582423300e-1)})
-  %s5 = call float @llvm.fma.f32(float %s4, float %z, float {_f(1.128379165726710)})
+{_horner("s", "%z", _ERF_NEAR)}
   %inner = fmul float %x, %s5
   %d = call float @llvm.fma.f32(float {_f(0.3275911)}, float %a, float {_f(1.0)})
   %t = fdiv float {_f(1.0)}, %d
-  %q0 = call float @llvm.fma.f32(float {_f(1.061405429)}, float %t, float {_f(-1.453152027)})
-  %q1 = call float @llvm.fma.f32(float %q0, float %t, float {_f(1.421413741)})
-  %q2 = call float @llvm.fma.f32(float %q1, float %t, float {_f(-0.284496736)})
-  %q3 = call float @llvm.fma.f32(float %q2, float %t, float {_f(0.254829592)})
+{_horner("q", "%t", _ERF_FAR)}
   %q = fmul float %q3, %t
   %m = fneg float %z
   %ex = call float @mlrt_expf(float %m)
@@ -400,10 +409,7 @@ define internal float @mlrt_erff(float %x) alwaysinline {{
 define internal float @mlrt_tanhf(float %x) alwaysinline {{
   %a = call float @llvm.fabs.f32(float %x)
   %z = fmul float %x, %x
-  %p0 = call float @llvm.fma.f32(float {_f(-5.70498872745e-3)}, float %z, float {_f(2.06390887954e-2)})
-  %p1 = call float @llvm.fma.f32(float %p0, float %z, float {_f(-5.37397155531e-2)})
-  %p2 = call float @llvm.fma.f32(float %p1, float %z, float {_f(1.33314422036e-1)})
-  %p3 = call float @llvm.fma.f32(float %p2, float %z, float {_f(-3.33332819422e-1)})
+{_horner("p", "%z", _TANH_POLY)}
   %pz = fmul float %p3, %z
   %near = call float @llvm.fma.f32(float %pz, float %x, float %x)
   %a2 = fmul float %a, {_f(2.0)}
@@ -438,14 +444,7 @@ define internal float @mlrt_logf(float %x) alwaysinline {{
   %ef1 = fsub float %ef, {_f(1.0)}
   %k = select i1 %lt, float %ef1, float %ef
   %z = fmul float %t, %t
-  %p0 = call float @llvm.fma.f32(float {_f(7.0376836292e-2)}, float %t, float {_f(-1.1514610310e-1)})
-  %p1 = call float @llvm.fma.f32(float %p0, float %t, float {_f(1.1676998740e-1)})
-  %p2 = call float @llvm.fma.f32(float %p1, float %t, float {_f(-1.2420140846e-1)})
-  %p3 = call float @llvm.fma.f32(float %p2, float %t, float {_f(1.4249322787e-1)})
-  %p4 = call float @llvm.fma.f32(float %p3, float %t, float {_f(-1.6668057665e-1)})
-  %p5 = call float @llvm.fma.f32(float %p4, float %t, float {_f(2.0000714765e-1)})
-  %p6 = call float @llvm.fma.f32(float %p5, float %t, float {_f(-2.4999993993e-1)})
-  %p7 = call float @llvm.fma.f32(float %p6, float %t, float {_f(3.3333331174e-1)})
+{_horner("p", "%t", _LOG_POLY)}
   %pz = fmul float %p7, %z
   %y0 = fmul float %pz, %t
   %y1 = call float @llvm.fma.f32(float %k, float {_f(-2.12194440e-4)}, float %y0)
