@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from .elementwise_fusion import _clone_body
+from .elementwise_fusion import clone_body
 from .memory_plan import generic_parts
 
 
@@ -136,7 +136,7 @@ def _collapse_one(op) -> bool:
                                new_iters)
         block = new.regions[0].blocks.append(*[a.type for a in body.arguments])
         with ir.InsertionPoint(block):
-            _clone_body(body, dict(zip(body.arguments, block.arguments)), keep_yield=True)
+            clone_body(body, dict(zip(body.arguments, block.arguments)), keep_yield=True)
     op.erase()
     return True
 

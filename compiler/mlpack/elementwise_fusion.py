@@ -91,11 +91,11 @@ class _Fuser(TopLevelOps):
             args = list(block.arguments)
             mapping = dict(zip(p_block.arguments[:len(p_ins)], args[:len(p_ins)]))
             with ir.InsertionPoint(block):
-                produced = _clone_body(p_block, mapping)
+                produced = clone_body(p_block, mapping)
                 mapping = {q_block.arguments[k]: args[len(p_ins) + n] for n, k in enumerate(kept)}
                 mapping.update({q_block.arguments[k]: produced for k, v in enumerate(q_ins) if v == t})
                 mapping.update(zip(q_block.arguments[len(q_ins):], args[len(p_ins) + len(kept):]))
-                _clone_body(q_block, mapping, keep_yield=True)
+                clone_body(q_block, mapping, keep_yield=True)
         alloc = defining_op(t)
         p.erase()
         q.erase()
@@ -181,7 +181,7 @@ def _elementwise_uses(t, operands, maps, rank: int) -> bool:
     return all(v == t and _is_identity(m, rank) for v, m in zip(operands, maps) if _root(v) == _root(t))
 
 
-def _clone_body(block, mapping: dict, keep_yield: bool = False):
+def clone_body(block, mapping: dict, keep_yield: bool = False):
     """Clones the ops of a linalg.generic body at the insertion point, operands remapped through
     `mapping`. Returns the (remapped) value the body yields, or clones the yield too."""
     result = None

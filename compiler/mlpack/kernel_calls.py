@@ -467,14 +467,7 @@ class _Rewriter(TopLevelOps):
             leading = [*leading[:2], fusion.dst]
         with ir.InsertionPoint(kernel_op), kernel_op.location:
             def ptr(v):
-                if v is None:
-                    return arith.ConstantOp(i64, 0).result
-                index = memref.ExtractAlignedPointerAsIndexOp(v).result
-                address = arith.IndexCastOp(i64, index).result
-                offset = (offsets or {}).get(v, 0)  # a view's first element, past the aligned base
-                if offset:
-                    address = arith.AddIOp(address, arith.ConstantOp(i64, 4 * offset).result).result
-                return address
+                return self.address(v, (offsets or {}).get(v, 0))
 
             args = [ptr(v) for v in leading]
             if scratch_floats is not None:
@@ -500,14 +493,26 @@ class _Rewriter(TopLevelOps):
             out_alloc.erase()
         return [a.type for a in args]
 
+    def address(self, v, offset: int = 0):
+        """An i64 holding the address of `v`'s element `offset` (0 for None), at the insertion point."""
+        from torch_mlir.dialects import arith, memref
+
+        i64 = self.ir.IntegerType.get_signless(64)
+        if v is None:
+            return arith.ConstantOp(i64, 0).result
+        address = arith.IndexCastOp(i64, memref.ExtractAlignedPointerAsIndexOp(v).result).result
+        if offset:  # a view's first element, past the aligned base
+            address = arith.AddIOp(address, arith.ConstantOp(i64, 4 * offset).result).result
+        return address
+
     def call(self, kernel_op, name: str, pointers: list, ints: list, erase: list):
         """Replaces `kernel_op` (and the ops in `erase`) by a call name(pointers..., ints...)."""
-        from torch_mlir.dialects import arith, func, memref
+        from torch_mlir.dialects import arith, func
 
         ir = self.ir
         i64 = ir.IntegerType.get_signless(64)
         with ir.InsertionPoint(kernel_op), kernel_op.location:
-            args = [arith.IndexCastOp(i64, memref.ExtractAlignedPointerAsIndexOp(v).result).result for v in pointers]
+            args = [self.address(v) for v in pointers]
             args += [arith.ConstantOp(i64, d).result for d in ints]
             func.CallOp([], name, args)
         for op in [kernel_op, *erase]:
