@@ -29,6 +29,11 @@ static void use_threads(int threads) {
   mlrt_set_host(threads > 1 ? &host : NULL);
 }
 
+/* Output size of a conv / pool along one dimension: `pads` = both sides' padding together. */
+static inline int64_t out_size(int64_t in, int64_t pads, int64_t k, int64_t dilation, int64_t stride) {
+  return (in + pads - (k - 1) * dilation - 1) / stride + 1;
+}
+
 static uint32_t rng = CHECK_SEED;
 static float frand(void) {
   rng = rng * 1664525u + 1013904223u;

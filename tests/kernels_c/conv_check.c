@@ -19,8 +19,8 @@ typedef struct {
 } conv_case;
 
 static int run_case(const conv_case *k, int threads) {
-  const int64_t OH = (k->H + k->pt + k->pb - (k->KH - 1) * k->dh - 1) / k->sh + 1;
-  const int64_t OW = (k->W + k->pl + k->pr - (k->KW - 1) * k->dw - 1) / k->sw + 1;
+  const int64_t OH = out_size(k->H, k->pt + k->pb, k->KH, k->dh, k->sh);
+  const int64_t OW = out_size(k->W, k->pl + k->pr, k->KW, k->dw, k->sw);
   if (OH <= 0 || OW <= 0) return 0;
   const int64_t cg = k->C / k->G, fg = k->CO / k->G, K = cg * k->KH * k->KW, P = OH * OW;
   const int64_t out_n = k->N * k->CO * P;
@@ -84,7 +84,7 @@ static int run_case(const conv_case *k, int threads) {
 /* 3-D: weights given [KD][CO][C][KH][KW] as kernel_calls.conv3d_weights stores them. */
 static int run_case3d(int64_t N, int64_t C, int64_t CO, int64_t D, int64_t H, int64_t W, int64_t KD, int64_t KH,
                       int64_t KW, int64_t s, int64_t dd, int64_t pd, int64_t p, int e, int threads) {
-  const int64_t OD = (D + 2 * pd - (KD - 1) * dd - 1) / s + 1, OH = (H + 2 * p - KH) / s + 1, OW = (W + 2 * p - KW) / s + 1;
+  const int64_t OD = out_size(D, 2 * pd, KD, dd, s), OH = out_size(H, 2 * p, KH, 1, s), OW = out_size(W, 2 * p, KW, 1, s);
   if (OD <= 0 || OH <= 0 || OW <= 0) return 0;
   const int64_t K = C * KH * KW, P = OD * OH * OW, out_n = N * CO * P;
   const int overwrite = e & 1, has_bias = (e & 3) != 2, has_res = (e & 3) == 3;
@@ -172,7 +172,8 @@ static int run_winograd(int64_t N, int64_t C, int64_t CO, int64_t H, int64_t W, 
   const int64_t twp = T == 4 || (th * tw8 + 15) / 16 == (th * tw + 15) / 16 ? tw8 : tw, panels = (th * twp + 15) / 16;
   const int64_t wpad = T * twp + (T == 4 ? 4 : 2);
   const int64_t floats = (C * (T * th + 2) * wpad + 15) / 16 * 16 + panels * E * 16 * (C + CO);
-  float *scratch = malloc((size_t)floats * sizeof(float));
+  /* 64-byte aligned like the arena's scratch: the transforms use aligned stores */
+  float *scratch = aligned_alloc(64, (size_t)(floats + 15) / 16 * 16 * sizeof(float));
   use_threads(threads);
   mlrt_conv2d_winograd_f32((intptr_t)x, (intptr_t)u, (intptr_t)y, (intptr_t)scratch, N, C, H, W, CO, OH, OW, pt, pl,
                            T, overwrite, (intptr_t)b, (intptr_t)res, lo, hi, (intptr_t)y);
@@ -192,7 +193,7 @@ static int run_winograd(int64_t N, int64_t C, int64_t CO, int64_t H, int64_t W, 
 /* Pooling: every tap in bounds of the unpadded input, NaN inputs propagating through max. */
 static int run_pool(int64_t P, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t s, int64_t d, int64_t pt, int64_t pl,
                     int64_t extra, int is_max, int overwrite, int threads) {
-  const int64_t OH = (H + 2 * pt + extra - (KH - 1) * d - 1) / s + 1, OW = (W + 2 * pl + extra - (KW - 1) * d - 1) / s + 1;
+  const int64_t OH = out_size(H, 2 * pt + extra, KH, d, s), OW = out_size(W, 2 * pl + extra, KW, d, s);
   if (OH <= 0 || OW <= 0) return 0;
   float *x = fresh(P * H * W), *y = fresh(P * OH * OW), *want = malloc((size_t)(P * OH * OW) * sizeof(float));
   if (is_max) x[(P * H * W) / 2] = NAN;

@@ -17,8 +17,8 @@ typedef struct {
 } dw_case;
 
 static int run_case(const dw_case *k, int threads) {
-  const int64_t OH = (k->H + k->pt + k->pb - (k->KH - 1) * k->dh - 1) / k->sh + 1;
-  const int64_t OW = (k->W + k->pl + k->pr - (k->KW - 1) * k->dw - 1) / k->sw + 1;
+  const int64_t OH = out_size(k->H, k->pt + k->pb, k->KH, k->dh, k->sh);
+  const int64_t OW = out_size(k->W, k->pl + k->pr, k->KW, k->dw, k->sw);
   if (OH <= 0 || OW <= 0) return 0;
   const int64_t in_n = k->N * k->C * k->H * k->W, out_n = k->N * k->C * OH * OW;
   float *x = fresh(in_n), *w = fresh(k->C * k->KH * k->KW), *b = k->bias ? fresh(k->C) : NULL;
