@@ -60,6 +60,8 @@ def build(
     progress: Callable[[str, float], None] | None = None,
     dump_ir: str | Path | None = None,
     winograd: bool = True,
+    dynamic: Any = None,
+    buckets: Any = None,
 ) -> BuildResult:
     """Compile `model` (nn.Module, ExportedProgram, or a path to .pt2/.pt) into one bundle file.
 
@@ -71,22 +73,22 @@ def build(
     winograd (cpu): run 3x3 stride-1 convs with >= 16 channels as Winograd F(4x4,3x3) (maps with
     enough tiles; weights stored transformed, 4x the bytes) or F(2x2,3x3) (16/9 the bytes). Off, or
     with a CUDA target, they use im2col.
+    dynamic: bounded dynamic dims: ["x:0=1..32"], {"x": {0: (1, 32)}} or {"x": {0: Dim("batch", max=32)}}
+    (a .pt2 exported with dynamic_shapes brings its own). buckets: the sizes that get their own static
+    program: ["x:0=1,8,32"] or {"batch": [1, 8, 32]} (default: powers of two and both bounds).
     """
     _require_compiler_deps()
     import numpy as np
     import torch
 
-    from . import bundle as bundle_fmt
-    from . import frontend, model_io
-    from .codegen_cpu import DEFAULT_CPU, compile_cpu
-    from .codegen_cuda import DEFAULT_SASS, DEFAULT_SM, compile_cuda
-    from .importer import import_program
+    from . import dynamic_dims, frontend
+    from .codegen_cpu import DEFAULT_CPU
 
     targets = [t.strip() for t in target.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
     if unknown or not targets:
         raise BuildError(f"unknown target {target!r}: this build supports {', '.join(TARGETS)}")
-    cpu = cpu or DEFAULT_CPU
+    decls = dynamic_dims.declarations(dynamic)
     timings: dict[str, float] = {}
     report = progress or (lambda stage, secs: None)
 
@@ -94,8 +96,9 @@ def build(
     def stage(name: str):
         t0 = time.perf_counter()
         yield
-        timings[name] = time.perf_counter() - t0
-        report(name, timings[name])
+        secs = time.perf_counter() - t0
+        timings[name] = timings.get(name, 0.0) + secs  # a dynamic build runs stages once per program
+        report(name, secs)
 
     dump_dir = Path(dump_ir) if dump_ir else None
     if dump_dir:
@@ -116,18 +119,73 @@ def build(
     elif input_shapes:
         examples = [frontend.example_from_shape(*frontend.parse_input_shape(s)) for s in input_shapes]
 
+    opts = _Options(targets, cpu or DEFAULT_CPU, precision, cuda_arch, cuda_sass, winograd, dump, stage)
     with stage("export"):
         if isinstance(model, (str, Path)):
-            ep = frontend.load_model(model, examples)
-        elif isinstance(model, torch.export.ExportedProgram):
-            ep = model if examples is None else frontend.export_module(model.module(), examples)
-        elif isinstance(model, torch.nn.Module):
-            if examples is None:
-                raise BuildError("building an nn.Module needs example_inputs (or input_shapes)")
-            ep = frontend.export_module(model, examples)
+            source = frontend.load_source(model, examples)
+        elif isinstance(model, (torch.export.ExportedProgram, torch.nn.Module)):
+            source = model
         else:
             raise BuildError(f"cannot build a {type(model).__name__}: pass an nn.Module, ExportedProgram or a path")
-        lifted = frontend.lift(ep)
+        is_ep = isinstance(source, torch.export.ExportedProgram)
+        if decls:
+            if examples is None and is_ep:
+                examples = frontend.example_inputs_of(source)
+            if examples is None:
+                raise BuildError("declaring dynamic dims needs example inputs (or --input-shape) to export with")
+            names = frontend.input_names(source, len(examples))
+            dyn_ep, dim_names = dynamic_dims.export_dynamic(source.module() if is_ep else source, examples, names,
+                                                            decls)
+        elif is_ep and examples is None and frontend.has_dynamic_inputs(source):
+            dyn_ep, dim_names, names = source, {}, frontend.input_names(source, 0)
+        else:
+            dyn_ep = None
+            if is_ep:
+                ep = source if examples is None else frontend.export_module(source.module(), examples)
+            elif examples is None:
+                raise BuildError("building an nn.Module needs example_inputs (or input_shapes)")
+            else:
+                ep = frontend.export_module(source, examples)
+            lifted = frontend.lift(ep)
+    if dyn_ep is None:
+        if buckets:
+            raise BuildError("--buckets needs dynamic dims (--dynamic, or a .pt2 exported with dynamic_shapes)")
+        program = _compile_program(lifted, opts)
+        return _write_static(lifted, program, opts, output_path, timings)
+    return _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts, output_path, timings)
+
+
+@dataclass
+class _Options:
+    targets: list[str]
+    cpu: str
+    precision: str
+    cuda_arch: int | None
+    cuda_sass: Sequence[int] | None
+    winograd: bool
+    dump: Callable
+    stage: Callable
+    any_rows: bool = False  # programs share weights across row counts (dynamic bundles)
+
+
+@dataclass
+class _Program:
+    """One compiled static program: its code per target, weights as stored and entry arguments."""
+
+    art: Any  # CpuArtifact or None
+    cuda: Any  # CudaArtifact or None
+    weights: list  # (name, array) in the stored layout
+    call: list[str]
+
+
+def _compile_program(lifted, opts: _Options) -> _Program:
+    from . import model_io
+    from .codegen_cpu import compile_cpu
+    from .codegen_cuda import DEFAULT_SASS, DEFAULT_SM, compile_cuda
+    from .importer import import_program
+    from .kernel_calls import WEIGHT_LAYOUTS
+
+    targets, stage, dump = opts.targets, opts.stage, opts.dump
     with stage("import"):
         module = import_program(lifted)
         # A value returned twice (equal computations merged by CSE) becomes one output.
@@ -144,51 +202,64 @@ def build(
     # Winograd, small-map and 3-D conv weights are CPU-only layouts: a bundle whose weights the
     # CUDA target shares keeps those convs on the plain layout.
     cpu_only = "cuda" not in targets
-    art = compile_cpu(module, cpu, dump, stage, winograd=winograd, cpu_only=cpu_only) if "cpu" in targets else None
+    art = compile_cpu(module, opts.cpu, dump, stage, winograd=opts.winograd, cpu_only=cpu_only,
+                      any_rows=opts.any_rows) if "cpu" in targets else None
     cuda = None
     if "cuda" in targets:
-        cuda = compile_cuda(cuda_module, precision, cuda_arch or DEFAULT_SM, dump, stage, prepack=art is not None,
-                            sass=DEFAULT_SASS if cuda_sass is None else tuple(cuda_sass))
+        cuda = compile_cuda(cuda_module, opts.precision, opts.cuda_arch or DEFAULT_SM, dump, stage,
+                            prepack=art is not None,
+                            sass=DEFAULT_SASS if opts.cuda_sass is None else tuple(opts.cuda_sass))
         if art is not None and art.prepack != cuda.prepack:
             raise BuildError("internal: the CPU and CUDA targets disagree on which weights are pre-packed")
     main = art if art is not None else cuda
-    with stage("write"):
-        from .kernel_calls import WEIGHT_LAYOUTS
+    weights = list(lifted.weights)
+    for arg, pre in main.prepack.items():  # stored in a kernel's layout, transformed once here
+        kind, i = lifted.call_args[arg]
+        if kind != "weight" or weights[i][1].shape != pre.shape:
+            raise BuildError(f"internal: argument {arg} marked for packing is not a {pre.shape} weight")
+        what, transform = WEIGHT_LAYOUTS[pre.layout]
+        if pre.groups == 1:
+            weights[i] = (f"{weights[i][0]} ({what})", transform(weights[i][1]))
+        else:
+            weights[i] = (f"{weights[i][0]} ({what} per group)", transform(weights[i][1], pre.groups))
+    call = [f"{kind}:{i}" for kind, i in lifted.call_args]
+    call += [f"output:{i}" for i in range(len(lifted.outputs))] + ["arena"]
+    for a in (art, cuda):
+        if a is not None and len(call) != a.num_args:
+            raise BuildError(f"internal: entry takes {a.num_args} args, the call list has {len(call)}")
+    return _Program(art, cuda, weights, call)
 
-        weights = list(lifted.weights)
-        for arg, pre in main.prepack.items():  # stored in a kernel's layout, transformed once here
-            kind, i = lifted.call_args[arg]
-            if kind != "weight" or weights[i][1].shape != pre.shape:
-                raise BuildError(f"internal: argument {arg} marked for packing is not a {pre.shape} weight")
-            what, transform = WEIGHT_LAYOUTS[pre.layout]
-            if pre.groups == 1:
-                weights[i] = (f"{weights[i][0]} ({what})", transform(weights[i][1]))
-            else:
-                weights[i] = (f"{weights[i][0]} ({what} per group)", transform(weights[i][1], pre.groups))
-        weights_blob, weight_entries = bundle_fmt.pack_weights(weights)
-        call = [f"{kind}:{i}" for kind, i in lifted.call_args]
-        call += [f"output:{i}" for i in range(len(lifted.outputs))] + ["arena"]
-        for a in (art, cuda):
-            if a is not None and len(call) != a.num_args:
-                raise BuildError(f"internal: entry takes {a.num_args} args, the call list has {len(call)}")
-        manifest = {
-            "format_version": bundle_fmt.FORMAT_VERSION,
-            "producer": {"mlpack": _version("mlpack-mlrt"), "torch": torch.__version__,
-                         "torch_mlir": _version("torch-mlir"), "llvmlite": _version("llvmlite")},
-            "inputs": [s.to_json() for s in lifted.inputs],
-            "outputs": [s.to_json() for s in lifted.outputs],
-            "output_structure": lifted.output_structure,
-            **({"input_mutations": lifted.input_mutations} if lifted.input_mutations else {}),
-            "weights": weight_entries,
-            "call": call,
-            "memory_plan": main.memory_plan.to_json(),
-            "graph_passes": {k: v for k, v in lifted.graph_passes.items() if v or k in _ALWAYS_REPORTED},
-            "targets": {},
-        }
+
+def _manifest_head(lifted, version: int) -> dict:
+    import torch
+
+    return {
+        "format_version": version,
+        "producer": {"mlpack": _version("mlpack-mlrt"), "torch": torch.__version__,
+                     "torch_mlir": _version("torch-mlir"), "llvmlite": _version("llvmlite")},
+        "inputs": [s.to_json() for s in lifted.inputs],
+        "outputs": [s.to_json() for s in lifted.outputs],
+        "output_structure": lifted.output_structure,
+        **({"input_mutations": lifted.input_mutations} if lifted.input_mutations else {}),
+        "graph_passes": {k: v for k, v in lifted.graph_passes.items() if v or k in _ALWAYS_REPORTED},
+    }
+
+
+def _cpu_target(art) -> dict:
+    return {"arch": "x86_64", "cpu": art.cpu, "features": art.features, "host_abi": 1}
+
+
+def _write_static(lifted, program: _Program, opts: _Options, output_path, timings) -> BuildResult:
+    from . import bundle as bundle_fmt
+
+    art, cuda = program.art, program.cuda
+    with opts.stage("write"):
+        weights_blob, weight_entries = bundle_fmt.pack_weights(program.weights)
+        manifest = {**_manifest_head(lifted, bundle_fmt.STATIC_FORMAT_VERSION), "weights": weight_entries,
+                    "call": program.call, "memory_plan": (art or cuda).memory_plan.to_json(), "targets": {}}
         sections = []
         if art is not None:
-            manifest["targets"]["cpu"] = {"arch": "x86_64", "cpu": art.cpu, "features": art.features,
-                                          "section": "cpu.so", "entry": "mlrt_entry", "host_abi": 1,
+            manifest["targets"]["cpu"] = {**_cpu_target(art), "section": "cpu.so", "entry": "mlrt_entry",
                                           "kernels": art.kernels}
             sections.append(("cpu.so", art.shared_object, bundle_fmt.PAGE))
         if cuda is not None:
@@ -197,3 +268,110 @@ def build(
         sections.append(("weights", weights_blob, bundle_fmt.PAGE))
         size = bundle_fmt.write_bundle(output_path, manifest, sections)
     return BuildResult(Path(output_path), size, manifest, timings, cuda.source if cuda else None)
+
+
+def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, output_path, timings) -> BuildResult:
+    """One static program per bucket combination, sharing one weights section (format version 2)."""
+    import hashlib
+    import itertools
+
+    from . import bundle as bundle_fmt
+    from . import dynamic_dims, frontend
+
+    opts.any_rows = True
+    if opts.targets != ["cpu"]:
+        raise BuildError("dynamic dims are CPU-only in this version: build with --target cpu (the CUDA target "
+                         "needs static shapes)")
+    with opts.stage("export"):
+        decomposed = dyn_ep.run_decompositions()
+        syms = dynamic_dims.symbols(decomposed, names, dim_names)
+        dynamic_dims.choose_buckets(syms, dynamic_dims.parse_buckets(buckets), names)
+        for s in syms:
+            s.not_padded = dynamic_dims.padding_obstacle(decomposed, s, names)
+        if examples is None:
+            examples = _examples_from_signature(decomposed, syms)
+
+    programs, weight_index, blobs, entries = [], {}, [], []
+    shapes_at: dict[tuple, list[list[int]]] = {}
+    first = None
+    for combo in itertools.product(*[s.buckets for s in syms]):
+        sizes = dict(zip((s.name for s in syms), combo))
+        ex = list(examples)
+        for s, size in zip(syms, combo):
+            for i, dim in s.uses:
+                ex[i] = dynamic_dims.resize(ex[i], dim, size)
+        with opts.stage("export"):
+            lifted = frontend.lift(frontend.export_module(dyn_ep.module(), ex))
+        program = _compile_program(lifted, opts)
+        if first is None:
+            first = lifted
+        elif ([s.dtype for s in lifted.inputs], [s.dtype for s in lifted.outputs], lifted.output_structure) != \
+                ([s.dtype for s in first.inputs], [s.dtype for s in first.outputs], first.output_structure):
+            raise BuildError(f"the model's outputs differ in number, dtype or structure between sizes {sizes} and "
+                             "the first bucket: a dynamic bundle needs one signature")
+        call = []
+        for arg in program.call:  # weights stored once across programs, keyed by name and content
+            kind, _, i = arg.partition(":")
+            if kind != "weight":
+                call.append(arg)
+                continue
+            name, arr = program.weights[int(i)]
+            key = (name, str(arr.dtype), arr.shape, hashlib.sha256(arr.tobytes()).digest())
+            if key not in weight_index:
+                weight_index[key] = len(blobs)
+                blobs.append((name, arr))
+            call.append(f"weight:{weight_index[key]}")
+        out_shapes = [list(o.shape) for o in lifted.outputs]
+        shapes_at[combo] = out_shapes
+        art = program.art
+        programs.append({"sizes": sizes, "section": f"cpu.p{len(programs)}", "entry": "mlrt_entry", "call": call,
+                         "output_shapes": out_shapes, "arena_bytes": art.memory_plan.arena_bytes,
+                         "kernels": art.kernels, "memory_plan": art.memory_plan.to_json(), "_so": art.shared_object})
+
+    with opts.stage("write"):
+        dims = []
+        for k, s in enumerate(syms):
+            rules = None
+            if s.not_padded is None:  # output dims along this symbol, the others at their largest bucket
+                at = {c[k]: shapes_at[c] for c in shapes_at if all(c[j] == o.buckets[-1]
+                                                                    for j, o in enumerate(syms) if j != k)}
+                rules = dynamic_dims.affine_outputs(at)
+            dims.append(s.to_json(rules))
+        manifest = _manifest_head(first, bundle_fmt.DYNAMIC_FORMAT_VERSION)
+        for s in syms:
+            for i, dim in s.uses:
+                manifest["inputs"][i]["shape"][dim] = -1
+                manifest["inputs"][i].setdefault("symbols", [None] * len(first.inputs[i].shape))[dim] = s.name
+        for o, out in enumerate(manifest["outputs"]):
+            for d in range(len(out["shape"])):
+                if len({tuple(sh[o]) [d] for sh in shapes_at.values()}) > 1:
+                    out["shape"][d] = -1
+        weights_blob, weight_entries = bundle_fmt.pack_weights(blobs)
+        last = programs[-1]
+        manifest.update({"weights": weight_entries, "dynamic_dims": dims,
+                         "programs": [{k: v for k, v in p.items() if k != "_so"} for p in programs],
+                         "call": last["call"], "memory_plan": last["memory_plan"],
+                         "targets": {"cpu": {**_cpu_target(program.art),
+                                             "kernels": dict(last["kernels"])}}})
+        sections = [(p["section"], p["_so"], bundle_fmt.PAGE) for p in programs]
+        sections.append(("weights", weights_blob, bundle_fmt.PAGE))
+        size = bundle_fmt.write_bundle(output_path, manifest, sections)
+    return BuildResult(Path(output_path), size, manifest, timings)
+
+
+def _examples_from_signature(ep, syms) -> list:
+    """Example inputs of a .pt2 without recorded ones: its input dtypes at the smallest buckets."""
+    from torch.export.graph_signature import InputKind
+
+    from . import frontend
+
+    at = {s.expr: s.buckets[0] for s in syms}
+    out = []
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    for spec, node in zip(ep.graph_signature.input_specs, placeholders):
+        if spec.kind != InputKind.USER_INPUT:
+            continue
+        val = node.meta["val"]
+        shape = tuple(at[d.node.expr] if not isinstance(d, int) else d for d in val.shape)
+        out.append(frontend.example_from_shape(shape, val.dtype))
+    return out

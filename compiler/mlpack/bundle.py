@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAGIC = b"MLRTBNDL"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this reader knows
+STATIC_FORMAT_VERSION = 1  # bundles without dynamic dims stay readable by version-1 runtimes
+DYNAMIC_FORMAT_VERSION = 2  # one program per bucket: docs/bundle-format.md "Dynamic dimensions"
 HEADER = struct.Struct("<8sIIIIQQ24x")  # magic, version, header_size, count, entry_size, table_off, file_size
 SECTION = struct.Struct("<16sQQQ32sII")  # name, offset, size, alignment, sha256, flags, reserved
 PAGE = 4096
@@ -52,12 +54,17 @@ def pack_weights(weights) -> tuple[bytes, list[dict]]:
     return b"".join(chunks), entries
 
 
-def write_bundle(path: str | Path, manifest: dict | bytes, sections: list[tuple[str, bytes, int]]) -> int:
+def write_bundle(path: str | Path, manifest: dict | bytes, sections: list[tuple[str, bytes, int]],
+                 version: int | None = None) -> int:
     """Write the bundle atomically (temp file + rename: a failed build leaves no half file). Returns its size.
 
     `sections` excludes the manifest, which always goes first; each is (name, bytes, alignment).
-    `manifest` is a dict, or raw bytes (tests use that to hand the runtime malformed JSON).
+    `manifest` is a dict, or raw bytes (tests use that to hand the runtime malformed JSON). The
+    header's version is the manifest's `format_version` (for raw bytes: `version`).
     """
+    if version is None:
+        version = manifest.get("format_version", STATIC_FORMAT_VERSION) if isinstance(manifest, dict) \
+            else STATIC_FORMAT_VERSION
     if isinstance(manifest, dict):
         manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
     else:
@@ -79,7 +86,7 @@ def write_bundle(path: str | Path, manifest: dict | bytes, sections: list[tuple[
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(HEADER.pack(MAGIC, FORMAT_VERSION, HEADER.size, len(layout), SECTION.size, table_off, file_size))
+            f.write(HEADER.pack(MAGIC, version, HEADER.size, len(layout), SECTION.size, table_off, file_size))
             for name, s_off, data, align in layout:
                 f.write(SECTION.pack(name.encode(), s_off, len(data), align, hashlib.sha256(data).digest(), 0, 0))
             for name, s_off, data, align in layout:

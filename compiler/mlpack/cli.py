@@ -31,6 +31,12 @@ def main() -> None:
                    "Needed for TorchScript and pickled models, which do not record shapes.")
 @click.option("--example-inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help=".npy (one input) or .npz (inputs in order) fixing input shapes and dtypes.")
+@click.option("--dynamic", "dynamic", multiple=True, metavar="INPUT:DIM=[NAME:]MIN..MAX",
+              help="A bounded dynamic dim, e.g. x:0=1..32 or ids:1=seq:1..128 (INPUT: name or position; dims "
+                   "sharing a NAME are equal). A .pt2 exported with dynamic_shapes brings its own.")
+@click.option("--buckets", "buckets", multiple=True, metavar="DIM=N,N,...",
+              help="Sizes of a dynamic dim that get their own static program, e.g. x:0=1,8,32 or batch=1,8,32 "
+                   "(default: powers of two and both bounds).")
 @click.option("--target", default="cpu", show_default=True, help="Code to generate: cpu, cuda or cpu,cuda.")
 @click.option("--cpu", default=None, help="x86-64 level: x86-64, x86-64-v2, x86-64-v3 (default, AVX2+FMA).")
 @click.option("--winograd/--no-winograd", default=True, show_default=True,
@@ -43,8 +49,8 @@ def main() -> None:
 @click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), help="Write the IR after each stage here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the full traceback of errors.")
-def build(model, output, input_shapes, example_inputs, target, cpu, winograd, precision, cuda_arch, cuda_sass, dump_ir,
-          quiet, verbose):
+def build(model, output, input_shapes, example_inputs, dynamic, buckets, target, cpu, winograd, precision, cuda_arch,
+          cuda_sass, dump_ir, quiet, verbose):
     """Compile MODEL into one bundle file.
 
     MODEL is a torch.export program (.pt2, torch.export.save), a TorchScript file (torch.jit.save)
@@ -76,8 +82,8 @@ def build(model, output, input_shapes, example_inputs, target, cpu, winograd, pr
         except ValueError:
             raise BuildError(f"--cuda-sass takes compute capabilities like 80,90 (or none), got {cuda_sass!r}") from None
         result = do_build(str(model), examples, output, target, cpu=cpu, precision=precision, cuda_arch=cuda_arch,
-                          cuda_sass=sass, winograd=winograd,
-                          input_shapes=input_shapes or None, progress=progress, dump_ir=dump_ir)
+                          cuda_sass=sass, winograd=winograd, input_shapes=input_shapes or None, progress=progress,
+                          dump_ir=dump_ir, dynamic=list(dynamic) or None, buckets=list(buckets) or None)
     except BuildError as e:
         if verbose:
             raise
@@ -93,6 +99,8 @@ def build(model, output, input_shapes, example_inputs, target, cpu, winograd, pr
             say(f"cuda: {_describe_cuda(t)}; kernels: {', '.join(f'{k} x{v}' for k, v in sorted(kernels.items()))}")
         else:
             say(f"cpu: {sum(kernels.values())} ops on microkernels")
+    for line in _describe_dynamic(result.manifest):
+        say(line)
     say(f"memory plan: arena {_mib(plan['arena_bytes'])} | sum of buffers {_mib(plan['sum_bytes'])} | "
         f"live-bytes lower bound {_mib(plan['lower_bound_bytes'])} ({len(plan['buffers'])} buffers, "
         f"{plan['algorithm']})")
@@ -165,8 +173,10 @@ def inspect(bundle, as_json, plot):
     click.echo("sections:")
     for s in info.sections:
         click.echo(f"  {s.name:<10} {s.size:>12,d} bytes at {s.offset:#x}  sha256 {s.sha256.hex()[:16]}…")
+    for line in _describe_dynamic(m):
+        click.echo(line)
     plan = m["memory_plan"]
-    click.echo(f"memory plan: arena {_mib(plan['arena_bytes'])}, sum {_mib(plan['sum_bytes'])}, "
+    click.echo(f"memory plan{' (largest program)' if m.get('programs') else ''}: arena {_mib(plan['arena_bytes'])}, sum {_mib(plan['sum_bytes'])}, "
                f"lower bound {_mib(plan['lower_bound_bytes'])}, {len(plan['buffers'])} buffers ({plan['algorithm']})")
     click.echo(f"weights: {len(m['weights'])} tensors, {_mib(sum(w['nbytes'] for w in m['weights']))}")
     for name, t in m["targets"].items():
@@ -178,6 +188,25 @@ def inspect(bundle, as_json, plot):
     if plot:
         _plot_memory(plan, bundle.name, plot)
         click.echo(f"wrote {plot}")
+
+
+def _describe_dynamic(m: dict) -> list[str]:
+    """Dynamic dims, their buckets and padding, and each program's arena (format version 2)."""
+    if not m.get("programs"):
+        return []
+    lines = []
+    for d in m.get("dynamic_dims", []):
+        how = ("sizes between buckets run padded on the next bucket" if d.get("padding") is not None
+               else f"only bucket sizes run (not padded: {d.get('not_padded', 'unknown')})")
+        lines.append(f"dynamic dim {d['name']}: {d['min']}..{d['max']}, buckets {d['buckets']}; {how}")
+    arenas = [p["arena_bytes"] for p in m["programs"]]
+    lines.append(f"programs: {len(m['programs'])}, one per bucket combination; arena {_mib(max(arenas))} "
+                 f"(the largest program's)")
+    for p in m["programs"]:
+        sizes = ", ".join(f"{k}={v}" for k, v in p["sizes"].items())
+        lines.append(f"  {sizes:<24} {p['section']:<8} arena {_mib(p['arena_bytes'])}, "
+                     f"{sum(p.get('kernels', {}).values())} kernel calls")
+    return lines
 
 
 def _describe_structure(node, outputs: list[dict]) -> str:

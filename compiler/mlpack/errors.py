@@ -4,6 +4,24 @@ Every error that reaches the CLI is a `BuildError`: a message a user can act on,
 traceback from torch or MLIR (those stay attached as `__cause__` for `-v`).
 """
 
+import re
+
+
+def node_location(node) -> str:
+    """Where an FX node of an exported model comes from: module path (class) and source line."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, cls = list(stack.values())[-1]
+        cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+        where = f"module '{path or '<root>'}' ({cls_name})"
+    else:
+        where = "module '<root>'"
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.*)', node.meta.get("stack_trace") or "")
+    if frames:
+        file, line, fn, code = frames[-1]
+        where += f", {file}:{line} in {fn}: {code.strip()}"
+    return where
+
 
 class BuildError(Exception):
     """A model could not be built into a bundle; the message says why and what to do."""

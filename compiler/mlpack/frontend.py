@@ -132,17 +132,15 @@ def detect_format(path: Path) -> str:
     return "pickle"
 
 
-def load_model(path: str | Path, example_inputs: Sequence[torch.Tensor] | None) -> ExportedProgram:
-    """Load any supported model file and return an ExportedProgram."""
+def load_source(path: str | Path, example_inputs: Sequence[torch.Tensor] | None) -> ExportedProgram | torch.nn.Module:
+    """The model a file holds: a .pt2 as saved (an ExportedProgram, dynamic dims included), else an
+    nn.Module (TorchScript converted to one, or the pickled module)."""
     path = Path(path)
     if not path.exists():
         raise BuildError(f"model file not found: {path}")
     fmt = detect_format(path)
     if fmt == "exported":
-        ep = torch.export.load(str(path))
-        if example_inputs is not None:  # re-export at the requested shapes
-            return export_module(ep.module(), example_inputs)
-        return ep
+        return torch.export.load(str(path))
     if example_inputs is None:
         raise BuildError(
             f"{path} is a {'TorchScript' if fmt == 'torchscript' else 'pickled nn.Module'} file, which does not "
@@ -156,12 +154,9 @@ def load_model(path: str | Path, example_inputs: Sequence[torch.Tensor] | None) 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "Manually populate num_batches_tracked ..." noise
                 converted = TS2EPConverter(scripted, tuple(example_inputs)).convert()
-            # The converter leaves dimensions dynamic (Dim.AUTO); bundles are static: re-export.
-            return export_module(converted.module(), example_inputs)
-        except BuildError:
-            raise
         except Exception as e:  # noqa: BLE001 - converter raises many types
             raise BuildError(f"could not convert TorchScript model {path} to torch.export: {e}") from e
+        return converted.module()  # its dims are Dim.AUTO: exported again, static or as declared
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=False)  # runs pickled code: documented
     except (ModuleNotFoundError, AttributeError) as e:
@@ -171,8 +166,57 @@ def load_model(path: str | Path, example_inputs: Sequence[torch.Tensor] | None) 
         raise BuildError(f"cannot load {path} as a torch.save file: {e}") from e
     if not isinstance(obj, torch.nn.Module):
         raise BuildError(f"{path} holds a {type(obj).__name__}, not an nn.Module (a state_dict alone has no code: "
-                         "save the module itself, or export it with torch.export.save)")
-    return export_module(obj, example_inputs)
+                         "save the module itself, or export it with torch.export.save instead)")
+    return obj
+
+
+def load_model(path: str | Path, example_inputs: Sequence[torch.Tensor] | None) -> ExportedProgram:
+    """Load any supported model file and return an ExportedProgram (at `example_inputs`' shapes if given)."""
+    src = load_source(path, example_inputs)
+    if isinstance(src, ExportedProgram):
+        return src if example_inputs is None else export_module(src.module(), example_inputs)
+    return export_module(src, example_inputs)
+
+
+def input_names(model: ExportedProgram | torch.nn.Module, count: int) -> list[str]:
+    """The names of the user inputs, as torch.export gives them to the bundle's ports."""
+    if isinstance(model, ExportedProgram):
+        return [s.arg.name for s in model.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    import inspect
+
+    names: list[str] = []
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    for prm in params:
+        if prm.kind == prm.VAR_POSITIONAL:
+            break
+        if prm.kind in (prm.POSITIONAL_ONLY, prm.POSITIONAL_OR_KEYWORD):
+            names.append(prm.name)
+    names = names[:count]
+    return names + [f"args_{i}" for i in range(count - len(names))]
+
+
+def has_dynamic_inputs(ep: ExportedProgram) -> bool:
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    for spec, node in zip(ep.graph_signature.input_specs, placeholders):
+        val = node.meta.get("val")
+        if spec.kind == InputKind.USER_INPUT and isinstance(val, torch.Tensor):
+            if any(not isinstance(d, int) for d in val.shape):
+                return True
+    return False
+
+
+def example_inputs_of(ep: ExportedProgram) -> list[torch.Tensor] | None:
+    """The example inputs a .pt2 recorded (torch.export.save keeps them), if any."""
+    ex = getattr(ep, "example_inputs", None)
+    if not ex:
+        return None
+    args, kwargs = ex
+    if kwargs:
+        return None
+    return [a for a in args] if all(isinstance(a, torch.Tensor) for a in args) else None
 
 
 _CONTROL_FLOW_HINT = (

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from .errors import BuildError, UnsupportedOpError
+from .errors import BuildError, UnsupportedOpError, node_location
 from .frontend import LiftedProgram
 
 _OP_PATTERNS = (
@@ -71,21 +71,5 @@ def op_locations(ep, op: str) -> list[str]:
             continue
         if node.target._schema.name != f"aten::{base}":
             continue
-        stack = node.meta.get("nn_module_stack") or {}
-        if stack:
-            path, cls = list(stack.values())[-1]
-            cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
-            where = f"module '{path or '<root>'}' ({cls_name})"
-        else:
-            where = "module '<root>'"
-        src = _last_frame(node.meta.get("stack_trace") or "")
-        found.append(f"{where}{', ' + src if src else ''}")
+        found.append(node_location(node))
     return found
-
-
-def _last_frame(stack_trace: str) -> str:
-    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.*)', stack_trace)
-    if not frames:
-        return ""
-    file, line, fn, code = frames[-1]
-    return f"{file}:{line} in {fn}: {code.strip()}"
