@@ -103,6 +103,18 @@ class LinearChain(nn.Module):
         return self.b(torch.clamp(self.a(x), -0.5, 0.5))
 
 
+class ResidualLinear(nn.Module):
+    """One row through a wide Linear with a residual and a clamp: the packed one-row GEMV, its
+    panels split across threads, a partial last panel, the whole epilogue."""
+
+    def __init__(self, n=520):
+        super().__init__()
+        self.fc = nn.Linear(n, n)
+
+    def forward(self, x):
+        return torch.clamp(self.fc(x) + x, -1.0, 1.0)
+
+
 class StridedMatmuls(nn.Module):
     """Matmuls on views, read in place by the GEMM: slices at an offset (A and B), a column
     stride (B gathered into panels, also with few rows), heads of a permuted fused qkv."""
@@ -193,6 +205,7 @@ CASES = {
                              [(1, 20, 6, 5, 5)]),
     "linear_gemv": (lambda: LinearChain(1), [(1, 300)]),
     "linear_gemm": (lambda: LinearChain(40), [(40, 300)]),
+    "linear_gemv_wide_residual": (lambda: ResidualLinear(), [(1, 520)]),
     "batch_matmul": (lambda: Attention(), [(3, 20, 16), (3, 24, 16)]),
     "matmul_strided_views": (lambda: StridedMatmuls(), [(24, 24), (24, 64), (2, 16, 24)]),
     # 3x3 stride-1 convs with >= 16 channels: Winograd F(2x2,3x3). Odd sizes leave partial tiles,
@@ -426,9 +439,11 @@ def test_portable_x86_64_bundle(tmp_path):
     assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs]), ref)
 
 
-@pytest.mark.parametrize("name", ["winograd4x4_unpadded_bn_relu6", "winograd_bias_relu_odd"])
-def test_portable_winograd(name, tmp_path):
-    """The Winograd transforms' plain C paths (F(4x4) and F(2x2)), as an x86-64 bundle runs them."""
+@pytest.mark.parametrize("name", ["winograd4x4_unpadded_bn_relu6", "winograd_bias_relu_odd", "linear_gemv",
+                                  "linear_gemv_wide_residual"])
+def test_portable_kernels(name, tmp_path):
+    """The plain C paths of the Winograd transforms (F(4x4) and F(2x2)) and of the packed one-row
+    GEMV, as an x86-64 bundle runs them."""
     make, shapes = CASES[name]
     torch.manual_seed(0)
     model, inputs = make().eval(), [torch.randn(s) for s in shapes]

@@ -165,7 +165,6 @@ class _Options:
     winograd: bool
     dump: Callable
     stage: Callable
-    any_rows: bool = False  # programs share weights across row counts (dynamic bundles)
 
 
 @dataclass
@@ -202,8 +201,8 @@ def _compile_program(lifted, opts: _Options) -> _Program:
     # Winograd, small-map and 3-D conv weights are CPU-only layouts: a bundle whose weights the
     # CUDA target shares keeps those convs on the plain layout.
     cpu_only = "cuda" not in targets
-    art = compile_cpu(module, opts.cpu, dump, stage, winograd=opts.winograd, cpu_only=cpu_only,
-                      any_rows=opts.any_rows) if "cpu" in targets else None
+    art = compile_cpu(module, opts.cpu, dump, stage, winograd=opts.winograd, cpu_only=cpu_only) \
+        if "cpu" in targets else None
     cuda = None
     if "cuda" in targets:
         cuda = compile_cuda(cuda_module, opts.precision, opts.cuda_arch or DEFAULT_SM, dump, stage,
@@ -278,7 +277,6 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
     from . import bundle as bundle_fmt
     from . import dynamic_dims, frontend
 
-    opts.any_rows = True
     if opts.targets != ["cpu"]:
         raise BuildError("dynamic dims are CPU-only in this version: build with --target cpu (the CUDA target "
                          "needs static shapes)")

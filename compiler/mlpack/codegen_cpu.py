@@ -627,11 +627,10 @@ def bufferize(module, func_op) -> None:
 
 
 def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd: bool = True,
-                cpu_only: bool = True, any_rows: bool = False) -> CpuArtifact:
+                cpu_only: bool = True) -> CpuArtifact:
     """Lower an imported linalg-on-tensors module to a shared object. `dump(name, text)` sees the
     IR after each step; `stage(name)` is a context manager timing each step (optimize, plan,
-    codegen, link). cpu_only: no other target shares the weights (they may take CPU-only layouts).
-    any_rows: weight layouts must not depend on matmul row counts (see replace_with_kernel_calls)."""
+    codegen, link). cpu_only: no other target shares the weights (they may take CPU-only layouts)."""
     if cpu not in CPU_LEVELS:
         raise BuildError(f"unknown --cpu {cpu!r}: one of {', '.join(CPU_LEVELS)}")
     from torch_mlir import ir
@@ -642,8 +641,7 @@ def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd:
         bufferize(module, func_op)
         dump("bufferized", str(module))
         with module.context, ir.Location.unknown():
-            kernels, prepack = replace_with_kernel_calls(module, func_op, winograd=winograd, cpu_only=cpu_only,
-                                                         any_rows=any_rows)
+            kernels, prepack = replace_with_kernel_calls(module, func_op, winograd=winograd, cpu_only=cpu_only)
             fuse_elementwise_chains(func_op)
         dump("kernels", str(module))
     with stage("plan"):
