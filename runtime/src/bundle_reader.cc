@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -188,7 +190,9 @@ Result<BundleView> ParseContainer(const uint8_t* data, size_t size, LoadOptions:
 
 namespace {
 
-Status ParseTensorSpec(const json::Value& v, const std::string& where, TensorSpec* out) {
+// `allow_dynamic`: a dim may be -1 (format version 2 inputs and outputs); the symbols and bounds
+// are filled in later, by ParseDynamic. min_shape and max_shape are set to `shape` here.
+Status ParseTensorSpec(const json::Value& v, const std::string& where, bool allow_dynamic, TensorSpec* out) {
   const json::Value* name = v.find("name");
   const json::Value* dtype = v.find("dtype");
   const json::Value* shape = v.find("shape");
@@ -202,8 +206,13 @@ Status ParseTensorSpec(const json::Value& v, const std::string& where, TensorSpe
   if (shape->items().size() > kMaxRank) return BadManifest(where + ": rank above " + std::to_string(kMaxRank));
   int64_t elements = 1;
   for (const auto& d : shape->items()) {
+    if (allow_dynamic && d.is_int() && d.as_int() == -1) {
+      out->shape.push_back(-1);
+      continue;
+    }
     if (!d.is_int() || d.as_int() < 0 || d.as_int() > kMaxElements) {
-      return BadManifest(where + ": shape dimensions must be integers in [0, 2^40]");
+      return BadManifest(where + (allow_dynamic ? ": shape dimensions must be -1 (dynamic) or integers in [0, 2^40]"
+                                                : ": shape dimensions must be integers in [0, 2^40]"));
     }
     out->shape.push_back(d.as_int());
     // elements <= 2^40 and d <= 2^40 -> check before multiplying to stay far from overflow
@@ -212,15 +221,17 @@ Status ParseTensorSpec(const json::Value& v, const std::string& where, TensorSpe
     }
     elements *= d.as_int();
   }
+  out->min_shape = out->shape;
+  out->max_shape = out->shape;
   return Status::Ok();
 }
 
-Status ParseTensorList(const json::Value& root, const char* key, std::vector<TensorSpec>* out) {
+Status ParseTensorList(const json::Value& root, const char* key, bool allow_dynamic, std::vector<TensorSpec>* out) {
   const json::Value* list = root.find(key);
   if (!list || !list->is_array()) return BadManifest(std::string("missing array '") + key + "'");
   for (size_t i = 0; i < list->items().size(); ++i) {
     TensorSpec spec;
-    Status s = ParseTensorSpec(list->items()[i], std::string(key) + "[" + std::to_string(i) + "]", &spec);
+    Status s = ParseTensorSpec(list->items()[i], std::string(key) + "[" + std::to_string(i) + "]", allow_dynamic, &spec);
     if (!s.ok()) return s;
     out->push_back(std::move(spec));
   }
@@ -365,6 +376,458 @@ Status ParseCudaTarget(const json::Value& t, const BundleView& bundle, CudaTarge
   return Status::Ok();
 }
 
+// The argument list of an entry point (`call`, top level or per program): `input:i`, `weight:i`,
+// `output:i` (each output exactly once) and `arena` (exactly once). `where` prefixes errors.
+Status ParseCallList(const json::Value* call, const std::string& where, size_t num_inputs, size_t num_weights,
+                     size_t num_outputs, std::vector<CallArg>* out) {
+  if (!call || !call->is_array() || call->items().empty()) return BadManifest("missing array '" + where + "'");
+  std::vector<int> output_seen(num_outputs, 0);
+  int arenas = 0;
+  for (const auto& item : call->items()) {
+    if (!item.is_string()) return BadManifest(where + " entries must be strings");
+    std::string_view text = item.as_string();
+    CallArg arg;
+    size_t colon = text.find(':');
+    std::string_view kind = text.substr(0, colon);
+    size_t limit = 0;
+    if (kind == "arena" && colon == std::string_view::npos) {
+      arg.kind = CallArg::Kind::kArena;
+      ++arenas;
+    } else {
+      if (colon == std::string_view::npos || !ReadIndex(text.substr(colon + 1), &arg.index)) {
+        return BadManifest("bad " + where + " entry '" + std::string(text) + "'");
+      }
+      if (kind == "input") {
+        arg.kind = CallArg::Kind::kInput;
+        limit = num_inputs;
+      } else if (kind == "weight") {
+        arg.kind = CallArg::Kind::kWeight;
+        limit = num_weights;
+      } else if (kind == "output") {
+        arg.kind = CallArg::Kind::kOutput;
+        limit = num_outputs;
+      } else {
+        return BadManifest("bad " + where + " entry '" + std::string(text) + "'");
+      }
+      if (arg.index >= limit) return BadManifest(where + " entry '" + std::string(text) + "' is out of range");
+      if (arg.kind == CallArg::Kind::kOutput) ++output_seen[arg.index];
+    }
+    out->push_back(arg);
+  }
+  if (arenas != 1) return BadManifest(where + " list must name the arena exactly once");
+  for (size_t i = 0; i < output_seen.size(); ++i) {
+    if (output_seen[i] != 1) {
+      return BadManifest("output " + std::to_string(i) + " must appear exactly once in " + where);
+    }
+  }
+  return Status::Ok();
+}
+
+// ------------------------------------------------------------------ dynamic dims (format version 2)
+
+constexpr size_t kMaxSymbols = 16;
+constexpr size_t kMaxBuckets = 64;
+constexpr size_t kMaxPrograms = kMaxSections;  // each program has its own code section
+constexpr size_t kMaxPadCuts = 1024;
+constexpr int64_t kMaxPadMul = int64_t{1} << 20;
+
+// A symbol name: 1..128 printable ASCII characters, no spaces (it appears in messages and in
+// mlrt_serve's READY line).
+bool IsSymbolName(const std::string& s) {
+  if (s.empty() || s.size() > 128) return false;
+  for (char c : s) {
+    if (!(c > 0x20 && c < 0x7f)) return false;
+  }
+  return true;
+}
+
+std::string Range(int64_t lo, int64_t hi) { return std::to_string(lo) + ".." + std::to_string(hi); }
+
+// An integer member in [lo, hi]; false when missing, not an integer or out of range.
+bool ReadInt(const json::Value& obj, const char* key, int64_t lo, int64_t hi, int64_t* out) {
+  const json::Value* v = obj.find(key);
+  if (!v || !v->is_int() || v->as_int() < lo || v->as_int() > hi) return false;
+  *out = v->as_int();
+  return true;
+}
+
+Status ParseDynamicDims(const json::Value& root, Manifest* m) {
+  const json::Value* dims = root.find("dynamic_dims");
+  if (!dims || !dims->is_array() || dims->items().empty()) {
+    return BadManifest("a manifest with 'programs' needs a non-empty array 'dynamic_dims'");
+  }
+  if (dims->items().size() > kMaxSymbols) {
+    return BadManifest("dynamic_dims has more than " + std::to_string(kMaxSymbols) + " symbols");
+  }
+  for (size_t s = 0; s < dims->items().size(); ++s) {
+    const json::Value& d = dims->items()[s];
+    std::string where = "dynamic_dims[" + std::to_string(s) + "]";
+    if (!d.is_object()) return BadManifest(where + " is not an object");
+    DynamicDim dim;
+    const json::Value* name = d.find("name");
+    if (!name || !name->is_string() || !IsSymbolName(name->as_string())) {
+      return BadManifest(where + ": 'name' must be 1..128 printable characters without spaces");
+    }
+    dim.name = name->as_string();
+    for (const auto& other : m->dynamic_dims) {
+      if (other.name == dim.name) return BadManifest(where + ": duplicate symbol '" + dim.name + "'");
+    }
+    where += " ('" + dim.name + "')";
+    if (!ReadInt(d, "min", 0, kMaxElements, &dim.min) || !ReadInt(d, "max", 0, kMaxElements, &dim.max)) {
+      return BadManifest(where + ": 'min' and 'max' must be integers in [0, 2^40]");
+    }
+    if (dim.min > dim.max) return BadManifest(where + ": min " + std::to_string(dim.min) + " > max " + std::to_string(dim.max));
+    const json::Value* buckets = d.find("buckets");
+    if (!buckets || !buckets->is_array() || buckets->items().empty() || buckets->items().size() > kMaxBuckets) {
+      return BadManifest(where + ": 'buckets' must be an array of 1.." + std::to_string(kMaxBuckets) + " sizes");
+    }
+    for (const auto& b : buckets->items()) {
+      if (!b.is_int() || b.as_int() < dim.min || b.as_int() > dim.max) {
+        return BadManifest(where + ": buckets must be integers within " + Range(dim.min, dim.max));
+      }
+      if (!dim.buckets.empty() && b.as_int() <= dim.buckets.back()) {
+        return BadManifest(where + ": buckets must be strictly increasing");
+      }
+      dim.buckets.push_back(b.as_int());
+    }
+    if (dim.buckets.back() != dim.max) {
+      return BadManifest(where + ": the last bucket (" + std::to_string(dim.buckets.back()) + ") must equal max (" +
+                         std::to_string(dim.max) + ")");
+    }
+    std::vector<PadCut> cuts;
+    const json::Value* padding = d.find("padding");
+    if (padding && padding->kind() != json::Value::Kind::kNull) {
+      const json::Value* outs = padding->find("outputs");
+      if (!padding->is_object() || !outs || !outs->is_array() || outs->items().size() > kMaxPadCuts) {
+        return BadManifest(where + ": 'padding' must be null or {\"outputs\": [...]}");
+      }
+      for (size_t k = 0; k < outs->items().size(); ++k) {
+        const json::Value& c = outs->items()[k];
+        std::string at = where + ".padding.outputs[" + std::to_string(k) + "]";
+        int64_t output = 0, dim_index = 0;
+        PadCut cut;
+        if (!c.is_object() || !ReadInt(c, "output", 0, kMaxElements, &output) ||
+            !ReadInt(c, "dim", 0, kMaxElements, &dim_index) || !ReadInt(c, "mul", 0, kMaxPadMul, &cut.mul) ||
+            !ReadInt(c, "add", -kMaxElements, kMaxElements, &cut.add)) {
+          return BadManifest(at + ": needs integers output, dim, mul (in [0, 2^20]) and add (in [-2^40, 2^40])");
+        }
+        if (static_cast<uint64_t>(output) >= m->outputs.size()) {
+          return BadManifest(at + ": output " + std::to_string(output) + " is out of range (" +
+                             std::to_string(m->outputs.size()) + " outputs)");
+        }
+        const TensorSpec& spec = m->outputs[static_cast<size_t>(output)];
+        if (static_cast<uint64_t>(dim_index) >= spec.shape.size()) {
+          return BadManifest(at + ": dim " + std::to_string(dim_index) + " is out of range for output " +
+                             std::to_string(output) + " of rank " + std::to_string(spec.shape.size()));
+        }
+        if (spec.shape[static_cast<size_t>(dim_index)] != -1) {
+          return BadManifest(at + ": output " + std::to_string(output) + " dim " + std::to_string(dim_index) +
+                             " is static (its shape says " + std::to_string(spec.shape[static_cast<size_t>(dim_index)]) +
+                             "), so padding cannot cut it");
+        }
+        if (cut.add + cut.mul * dim.min < 0) {
+          return BadManifest(at + ": add + mul * min is negative");
+        }
+        cut.output = static_cast<uint32_t>(output);
+        cut.dim = static_cast<uint32_t>(dim_index);
+        for (const auto& seen : m->padding) {
+          for (const auto& p : seen) {
+            if (p.output == cut.output && p.dim == cut.dim) {
+              return BadManifest(at + ": output " + std::to_string(output) + " dim " + std::to_string(dim_index) +
+                                 " is already cut by another symbol");
+            }
+          }
+        }
+        for (const auto& p : cuts) {
+          if (p.output == cut.output && p.dim == cut.dim) return BadManifest(at + ": lists that output dim twice");
+        }
+        cuts.push_back(cut);
+      }
+      dim.padded = true;
+    }
+    if (const json::Value* why = d.find("not_padded")) {
+      if (why->is_string()) {
+        dim.not_padded = why->as_string();
+      } else if (why->kind() != json::Value::Kind::kNull) {
+        return BadManifest(where + ": 'not_padded' must be a string");
+      }
+    }
+    m->dynamic_dims.push_back(std::move(dim));
+    m->padding.push_back(std::move(cuts));
+  }
+  return Status::Ok();
+}
+
+int FindSymbol(const Manifest& m, const std::string& name) {
+  for (size_t s = 0; s < m.dynamic_dims.size(); ++s) {
+    if (m.dynamic_dims[s].name == name) return static_cast<int>(s);
+  }
+  return -1;
+}
+
+// inputs[i].symbols: which symbol sizes each -1 dim. Fills the specs' symbols and bounds.
+Status ParseInputSymbols(const json::Value& root, Manifest* m) {
+  const json::Value& list = *root.find("inputs");  // checked by ParseTensorList
+  std::vector<bool> used(m->dynamic_dims.size(), false);
+  for (size_t i = 0; i < m->inputs.size(); ++i) {
+    TensorSpec& spec = m->inputs[i];
+    std::string where = "inputs[" + std::to_string(i) + "]";
+    const json::Value* symbols = list.items()[i].find("symbols");
+    std::vector<int> index(spec.shape.size(), -1);
+    const bool dynamic = spec.is_dynamic();
+    if (symbols && symbols->kind() != json::Value::Kind::kNull) {
+      if (!symbols->is_array() || symbols->items().size() != spec.shape.size()) {
+        return BadManifest(where + ": 'symbols' must be an array with one entry per dim");
+      }
+      for (size_t d = 0; d < spec.shape.size(); ++d) {
+        const json::Value& sym = symbols->items()[d];
+        if (spec.shape[d] != -1) {
+          if (sym.kind() != json::Value::Kind::kNull) {
+            return BadManifest(where + ": dim " + std::to_string(d) + " is static, so its symbol must be null");
+          }
+          continue;
+        }
+        int s = sym.is_string() ? FindSymbol(*m, sym.as_string()) : -1;
+        if (s < 0) {
+          return BadManifest(where + ": dynamic dim " + std::to_string(d) + " must name a symbol of dynamic_dims" +
+                             (sym.is_string() ? " (got '" + sym.as_string() + "')" : ""));
+        }
+        index[d] = s;
+        used[static_cast<size_t>(s)] = true;
+      }
+    } else if (dynamic) {
+      return BadManifest(where + ": a shape with -1 needs 'symbols'");
+    }
+    if (dynamic) {
+      spec.symbols.assign(spec.shape.size(), "");
+      int64_t elements = 1;
+      for (size_t d = 0; d < spec.shape.size(); ++d) {
+        if (index[d] >= 0) {
+          const DynamicDim& dim = m->dynamic_dims[static_cast<size_t>(index[d])];
+          spec.symbols[d] = dim.name;
+          spec.min_shape[d] = dim.min;
+          spec.max_shape[d] = dim.max;
+        }
+        int64_t n = spec.max_shape[d];
+        if (n != 0 && elements > kMaxElements / n) return BadManifest(where + ": more than 2^40 elements at max sizes");
+        elements *= n;
+      }
+    }
+    m->input_symbols.push_back(std::move(index));
+  }
+  for (size_t s = 0; s < used.size(); ++s) {
+    if (!used[s]) {
+      return BadManifest("dynamic_dims[" + std::to_string(s) + "] ('" + m->dynamic_dims[s].name +
+                         "') sizes no input dim");
+    }
+  }
+  return Status::Ok();
+}
+
+Status ParsePrograms(const json::Value& root, const BundleView& bundle, Manifest* m) {
+  const json::Value* programs = root.find("programs");
+  if (!programs->is_array() || programs->items().empty() || programs->items().size() > kMaxPrograms) {
+    return BadManifest("'programs' must be an array of 1.." + std::to_string(kMaxPrograms) + " programs");
+  }
+  const size_t num_symbols = m->dynamic_dims.size();
+  // Every combination of buckets has exactly one program.
+  uint64_t combinations = 1;
+  for (const auto& d : m->dynamic_dims) {
+    combinations *= d.buckets.size();  // <= 64 * 64 before the check below stops it
+    if (combinations > kMaxPrograms) break;
+  }
+  if (combinations != programs->items().size()) {
+    return BadManifest("'programs' must hold one program per combination of buckets: " + std::to_string(combinations) +
+                       (combinations > kMaxPrograms ? "+" : "") + " combination(s), " +
+                       std::to_string(programs->items().size()) + " program(s)");
+  }
+  m->program_by_buckets.assign(static_cast<size_t>(combinations), UINT32_MAX);
+  for (size_t p = 0; p < programs->items().size(); ++p) {
+    const json::Value& v = programs->items()[p];
+    std::string where = "programs[" + std::to_string(p) + "]";
+    if (!v.is_object()) return BadManifest(where + " is not an object");
+    Program prog;
+    const json::Value* sizes = v.find("sizes");
+    if (!sizes || !sizes->is_object()) return BadManifest(where + ": needs an object 'sizes'");
+    prog.sizes.assign(num_symbols, -1);
+    size_t flat = 0;
+    std::vector<size_t> bucket_index(num_symbols, 0);
+    for (const auto& [key, value] : sizes->members()) {
+      int s = FindSymbol(*m, key);
+      if (s < 0) return BadManifest(where + ".sizes names '" + key + "', which is not a symbol of dynamic_dims");
+      const DynamicDim& dim = m->dynamic_dims[static_cast<size_t>(s)];
+      if (prog.sizes[static_cast<size_t>(s)] != -1) return BadManifest(where + ".sizes names '" + key + "' twice");
+      size_t b = 0;
+      while (b < dim.buckets.size() && !(value.is_int() && value.as_int() == dim.buckets[b])) ++b;
+      if (b == dim.buckets.size()) return BadManifest(where + ".sizes." + key + " is not one of its buckets");
+      prog.sizes[static_cast<size_t>(s)] = dim.buckets[b];
+      bucket_index[static_cast<size_t>(s)] = b;
+    }
+    for (size_t s = 0; s < num_symbols; ++s) {
+      if (prog.sizes[s] == -1) return BadManifest(where + ".sizes misses symbol '" + m->dynamic_dims[s].name + "'");
+      flat = flat * m->dynamic_dims[s].buckets.size() + bucket_index[s];
+    }
+    if (m->program_by_buckets[flat] != UINT32_MAX) {
+      return BadManifest(where + " has the same sizes as programs[" + std::to_string(m->program_by_buckets[flat]) + "]");
+    }
+    m->program_by_buckets[flat] = static_cast<uint32_t>(p);
+
+    const json::Value* section = v.find("section");
+    const json::Value* entry = v.find("entry");
+    if (!section || !section->is_string() || !entry || !entry->is_string() || entry->as_string().empty()) {
+      return BadManifest(where + ": needs strings 'section' and 'entry'");
+    }
+    prog.section = section->as_string();
+    prog.entry = entry->as_string();
+    if (prog.section == "manifest" || prog.section == "weights" || prog.section == "signature") {
+      return BadManifest(where + ": code section may not be '" + prog.section + "'");
+    }
+    if (!bundle.Find(prog.section)) return BadManifest(where + ": code section '" + prog.section + "' is missing");
+    if (Status s = ParseCallList(v.find("call"), where + ".call", m->inputs.size(), m->weights.size(),
+                                 m->outputs.size(), &prog.call);
+        !s.ok()) {
+      return s;
+    }
+    int64_t arena = 0;
+    if (!ReadInt(v, "arena_bytes", 0, static_cast<int64_t>(kMaxArenaBytes), &arena)) {
+      return BadManifest(where + ": 'arena_bytes' missing or out of range");
+    }
+    prog.arena_bytes = static_cast<uint64_t>(arena);
+
+    const json::Value* shapes = v.find("output_shapes");
+    if (!shapes || !shapes->is_array() || shapes->items().size() != m->outputs.size()) {
+      return BadManifest(where + ": 'output_shapes' must hold one shape per output");
+    }
+    for (size_t o = 0; o < m->outputs.size(); ++o) {
+      const TensorSpec& spec = m->outputs[o];
+      const json::Value& sv = shapes->items()[o];
+      std::string at = where + ".output_shapes[" + std::to_string(o) + "]";
+      if (!sv.is_array() || sv.items().size() != spec.shape.size()) {
+        return BadManifest(at + ": must have the output's rank (" + std::to_string(spec.shape.size()) + ")");
+      }
+      std::vector<int64_t> shape;
+      int64_t elements = 1;
+      for (size_t d = 0; d < spec.shape.size(); ++d) {
+        const json::Value& n = sv.items()[d];
+        if (!n.is_int() || n.as_int() < 0 || n.as_int() > kMaxElements) {
+          return BadManifest(at + ": dimensions must be integers in [0, 2^40]");
+        }
+        if (spec.shape[d] >= 0 && n.as_int() != spec.shape[d]) {
+          return BadManifest(at + ": dim " + std::to_string(d) + " is " + std::to_string(n.as_int()) +
+                             ", but the output's shape says " + std::to_string(spec.shape[d]));
+        }
+        if (n.as_int() != 0 && elements > kMaxElements / n.as_int()) return BadManifest(at + ": more than 2^40 elements");
+        elements *= n.as_int();
+        shape.push_back(n.as_int());
+      }
+      prog.output_shapes.push_back(std::move(shape));
+    }
+    for (size_t s = 0; s < num_symbols; ++s) {
+      for (const PadCut& c : m->padding[s]) {
+        int64_t expected = c.add + c.mul * prog.sizes[s];  // |add| <= 2^40, mul <= 2^20, size <= 2^40: no overflow
+        if (prog.output_shapes[c.output][c.dim] != expected) {
+          return BadManifest(where + ".output_shapes[" + std::to_string(c.output) + "][" + std::to_string(c.dim) +
+                             "] is " + std::to_string(prog.output_shapes[c.output][c.dim]) + ", but the padding of '" +
+                             m->dynamic_dims[s].name + "' says " + std::to_string(c.add) + " + " +
+                             std::to_string(c.mul) + " * " + std::to_string(prog.sizes[s]) + " = " +
+                             std::to_string(expected));
+        }
+      }
+    }
+    m->arena_bytes = std::max(m->arena_bytes, prog.arena_bytes);
+    m->programs.push_back(std::move(prog));
+  }
+  // A padded symbol's run cuts only the output dims its padding lists: every other output dim must
+  // be the same in two programs that differ in that symbol's bucket alone.
+  for (size_t p = 0; p < m->programs.size(); ++p) {
+    for (size_t q = p + 1; q < m->programs.size(); ++q) {
+      const Program &a = m->programs[p], &b = m->programs[q];
+      size_t differing = 0, symbol = 0;
+      for (size_t s = 0; s < num_symbols; ++s) {
+        if (a.sizes[s] != b.sizes[s]) ++differing, symbol = s;
+      }
+      if (differing != 1 || !m->dynamic_dims[symbol].padded) continue;
+      for (size_t o = 0; o < m->outputs.size(); ++o) {
+        for (size_t d = 0; d < a.output_shapes[o].size(); ++d) {
+          bool cut = false;
+          for (const PadCut& c : m->padding[symbol]) cut = cut || (c.output == o && c.dim == d);
+          if (!cut && a.output_shapes[o][d] != b.output_shapes[o][d]) {
+            return BadManifest("output " + std::to_string(o) + " dim " + std::to_string(d) + " changes with symbol '" +
+                               m->dynamic_dims[symbol].name + "' (programs " + std::to_string(p) + " and " +
+                               std::to_string(q) + "), but its padding does not list it");
+          }
+        }
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// outputs[i]: bounds of each -1 dim (over the programs, and the cut at `min` of a padded symbol),
+// and a name for it: outputs[i].symbols[d] when the manifest gives one, else derived ("batch",
+// "2*batch+1", or "<output>_dim<d>" when no symbol alone explains it).
+Status ParseOutputSymbols(const json::Value& root, Manifest* m) {
+  const json::Value& list = *root.find("outputs");
+  for (size_t o = 0; o < m->outputs.size(); ++o) {
+    TensorSpec& spec = m->outputs[o];
+    std::string where = "outputs[" + std::to_string(o) + "]";
+    const json::Value* symbols = list.items()[o].find("symbols");
+    if (symbols && symbols->kind() != json::Value::Kind::kNull &&
+        (!symbols->is_array() || symbols->items().size() != spec.shape.size())) {
+      return BadManifest(where + ": 'symbols' must be an array with one entry per dim");
+    }
+    if (!spec.is_dynamic()) {
+      if (symbols && symbols->is_array()) {
+        for (const auto& sym : symbols->items()) {
+          if (sym.kind() != json::Value::Kind::kNull) return BadManifest(where + ": a static dim's symbol must be null");
+        }
+      }
+      continue;
+    }
+    spec.symbols.assign(spec.shape.size(), "");
+    for (size_t d = 0; d < spec.shape.size(); ++d) {
+      const json::Value* given = symbols && symbols->is_array() ? &symbols->items()[d] : nullptr;
+      if (spec.shape[d] != -1) {
+        if (given && given->kind() != json::Value::Kind::kNull) {
+          return BadManifest(where + ": dim " + std::to_string(d) + " is static, so its symbol must be null");
+        }
+        continue;
+      }
+      int64_t lo = INT64_MAX, hi = 0;
+      for (const Program& p : m->programs) {
+        lo = std::min(lo, p.output_shapes[o][d]);
+        hi = std::max(hi, p.output_shapes[o][d]);
+      }
+      std::string name;
+      for (size_t s = 0; s < m->dynamic_dims.size(); ++s) {
+        for (const PadCut& c : m->padding[s]) {
+          if (c.output != o || c.dim != d) continue;
+          const std::string& sym = m->dynamic_dims[s].name;
+          lo = c.add + c.mul * m->dynamic_dims[s].min;
+          name = c.mul == 0 ? std::to_string(c.add) : (c.mul == 1 ? sym : std::to_string(c.mul) + "*" + sym);
+          if (c.mul != 0 && c.add > 0) name += "+" + std::to_string(c.add);
+          if (c.mul != 0 && c.add < 0) name += std::to_string(c.add);
+        }
+      }
+      for (size_t s = 0; s < m->dynamic_dims.size() && name.empty(); ++s) {
+        bool same = true;
+        for (const Program& p : m->programs) same = same && p.output_shapes[o][d] == p.sizes[s];
+        if (same) name = m->dynamic_dims[s].name;
+      }
+      if (given && given->kind() != json::Value::Kind::kNull) {
+        if (!given->is_string() || !IsSymbolName(given->as_string())) {
+          return BadManifest(where + ": symbols[" + std::to_string(d) + "] must be null or a name");
+        }
+        name = given->as_string();
+      }
+      if (name.empty()) name = spec.name + "_dim" + std::to_string(d);
+      spec.symbols[d] = std::move(name);
+      spec.min_shape[d] = lo;
+      spec.max_shape[d] = hi;
+    }
+  }
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -382,8 +845,19 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
   if (!version || !version->is_int() || version->as_int() != bundle.format_version) {
     return BadManifest("format_version disagrees with the header");
   }
-  Status s = ParseTensorList(root, "inputs", &m.inputs);
-  if (s.ok()) s = ParseTensorList(root, "outputs", &m.outputs);
+  // Format version 2 adds dynamic dims: `programs` (one static program per bucket combination),
+  // `dynamic_dims`, and -1 dims in the inputs and outputs. A version-2 manifest without `programs`
+  // is static, read like version 1.
+  const json::Value* programs = bundle.format_version >= 2 ? root.find("programs") : nullptr;
+  const bool dynamic = programs != nullptr && programs->kind() != json::Value::Kind::kNull;
+  if (!dynamic && bundle.format_version >= 2) {
+    const json::Value* dims = root.find("dynamic_dims");
+    if (dims && !(dims->is_array() && dims->items().empty()) && dims->kind() != json::Value::Kind::kNull) {
+      return BadManifest("'dynamic_dims' without 'programs'");
+    }
+  }
+  Status s = ParseTensorList(root, "inputs", dynamic, &m.inputs);
+  if (s.ok()) s = ParseTensorList(root, "outputs", dynamic, &m.outputs);
   if (!s.ok()) return s;
 
   // Weights: each a byte range of the weights section, consistent with its dtype and shape.
@@ -395,7 +869,7 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
     const json::Value& w = weights->items()[i];
     std::string where = "weights[" + std::to_string(i) + "]";
     TensorSpec spec;
-    if (Status ws = ParseTensorSpec(w, where, &spec); !ws.ok()) return ws;
+    if (Status ws = ParseTensorSpec(w, where, /*allow_dynamic=*/false, &spec); !ws.ok()) return ws;
     const json::Value* offset = w.find("offset");
     const json::Value* nbytes = w.find("nbytes");
     if (!offset || !offset->is_int() || offset->as_int() < 0 || !nbytes || !nbytes->is_int() || nbytes->as_int() < 0) {
@@ -410,53 +884,25 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
     m.weights.push_back(std::move(ref));
   }
 
-  // The call list: which pointer goes in each argument slot of the entry point.
-  const json::Value* call = root.find("call");
-  if (!call || !call->is_array() || call->items().empty()) return BadManifest("missing array 'call'");
-  std::vector<int> output_seen(m.outputs.size(), 0);
-  int arenas = 0;
-  for (const auto& item : call->items()) {
-    if (!item.is_string()) return BadManifest("call entries must be strings");
-    std::string_view text = item.as_string();
-    CallArg arg;
-    size_t colon = text.find(':');
-    std::string_view kind = text.substr(0, colon);
-    size_t limit = 0;
-    if (kind == "arena" && colon == std::string_view::npos) {
-      arg.kind = CallArg::Kind::kArena;
-      ++arenas;
-    } else {
-      if (colon == std::string_view::npos || !ReadIndex(text.substr(colon + 1), &arg.index)) {
-        return BadManifest("bad call entry '" + std::string(text) + "'");
-      }
-      if (kind == "input") {
-        arg.kind = CallArg::Kind::kInput;
-        limit = m.inputs.size();
-      } else if (kind == "weight") {
-        arg.kind = CallArg::Kind::kWeight;
-        limit = m.weights.size();
-      } else if (kind == "output") {
-        arg.kind = CallArg::Kind::kOutput;
-        limit = m.outputs.size();
-      } else {
-        return BadManifest("bad call entry '" + std::string(text) + "'");
-      }
-      if (arg.index >= limit) return BadManifest("call entry '" + std::string(text) + "' is out of range");
-      if (arg.kind == CallArg::Kind::kOutput) ++output_seen[arg.index];
+  if (dynamic) {
+    // Top-level call and memory_plan are the last program's, for tools; the runtime reads the programs'.
+    if (Status ds = ParseDynamicDims(root, &m); !ds.ok()) return ds;
+    if (Status ds = ParseInputSymbols(root, &m); !ds.ok()) return ds;
+    if (Status ds = ParsePrograms(root, bundle, &m); !ds.ok()) return ds;
+    if (Status ds = ParseOutputSymbols(root, &m); !ds.ok()) return ds;
+  } else {
+    // The call list: which pointer goes in each argument slot of the entry point.
+    if (Status cs = ParseCallList(root.find("call"), "call", m.inputs.size(), m.weights.size(), m.outputs.size(), &m.call);
+        !cs.ok()) {
+      return cs;
     }
-    m.call.push_back(arg);
+    const json::Value* plan = root.find("memory_plan");
+    const json::Value* arena = plan ? plan->find("arena_bytes") : nullptr;
+    if (!arena || !arena->is_int() || arena->as_int() < 0 || static_cast<uint64_t>(arena->as_int()) > kMaxArenaBytes) {
+      return BadManifest("memory_plan.arena_bytes missing or out of range");
+    }
+    m.arena_bytes = static_cast<uint64_t>(arena->as_int());
   }
-  if (arenas != 1) return BadManifest("call list must name the arena exactly once");
-  for (size_t i = 0; i < output_seen.size(); ++i) {
-    if (output_seen[i] != 1) return BadManifest("output " + std::to_string(i) + " must appear exactly once in call");
-  }
-
-  const json::Value* plan = root.find("memory_plan");
-  const json::Value* arena = plan ? plan->find("arena_bytes") : nullptr;
-  if (!arena || !arena->is_int() || arena->as_int() < 0 || static_cast<uint64_t>(arena->as_int()) > kMaxArenaBytes) {
-    return BadManifest("memory_plan.arena_bytes missing or out of range");
-  }
-  m.arena_bytes = static_cast<uint64_t>(arena->as_int());
 
   const json::Value* targets = root.find("targets");
   const json::Value* cpu = targets ? targets->find("cpu") : nullptr;
@@ -466,9 +912,10 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
     const json::Value* features = cpu->find("features");
     const json::Value* sec = cpu->find("section");
     const json::Value* entry = cpu->find("entry");
-    if (!arch || !arch->is_string() || !level || !level->is_string() || !features || !features->is_array() || !sec ||
-        !sec->is_string() || !entry || !entry->is_string()) {
-      return BadManifest("targets.cpu needs arch, cpu, features, section and entry");
+    if (!arch || !arch->is_string() || !level || !level->is_string() || !features || !features->is_array() ||
+        (!dynamic && (!sec || !sec->is_string() || !entry || !entry->is_string()))) {
+      return BadManifest(dynamic ? "targets.cpu needs arch, cpu and features"
+                                 : "targets.cpu needs arch, cpu, features, section and entry");
     }
     if (arch->as_string() != "x86_64") {
       return Status(StatusCode::kFailedPrecondition,
@@ -480,8 +927,10 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
       if (!f.is_string()) return BadManifest("targets.cpu.features must be strings");
       m.cpu.features.push_back(f.as_string());
     }
-    m.cpu.section = sec->as_string();
-    m.cpu.entry = entry->as_string();
+    if (!dynamic) {  // dynamic bundles: per program
+      m.cpu.section = sec->as_string();
+      m.cpu.entry = entry->as_string();
+    }
     const json::Value* host_abi = cpu->find("host_abi");
     if (!host_abi || !host_abi->is_int() || host_abi->as_int() < 1) return BadManifest("targets.cpu.host_abi missing");
     if (host_abi->as_int() > kHostAbiVersion) {
@@ -490,9 +939,11 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
                                                     "; upgrade mlrt");
     }
     m.cpu.host_abi = static_cast<uint32_t>(host_abi->as_int());
-    if (!bundle.Find(m.cpu.section)) return BadManifest("code section '" + m.cpu.section + "' is missing");
+    if (!dynamic && !bundle.Find(m.cpu.section)) return BadManifest("code section '" + m.cpu.section + "' is missing");
   }
+  if (dynamic && !m.has_cpu) return BadManifest("a manifest with 'programs' needs targets.cpu");
   const json::Value* cuda = targets ? targets->find("cuda") : nullptr;
+  if (cuda && dynamic) return BadManifest("a manifest with 'programs' (dynamic dims) may not have a CUDA target");
   if (cuda) {
     if (!cuda->is_object()) return BadManifest("targets.cuda is not an object");
     if (Status cs = ParseCudaTarget(*cuda, bundle, &m.cuda); !cs.ok()) return cs;

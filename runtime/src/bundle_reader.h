@@ -13,7 +13,7 @@
 
 namespace mlrt {
 
-inline constexpr uint32_t kBundleFormatVersion = 1;
+inline constexpr uint32_t kBundleFormatVersion = 2;
 
 // A read-only, private mapping of a whole file. Move-only; unmaps on destruction.
 class MappedFile final {
@@ -92,13 +92,41 @@ struct CudaTarget {
   std::vector<std::pair<int, std::string>> sass;
 };
 
+// One entry of dynamic_dims[s].padding.outputs: output `output`'s dim `dim` has size add + mul * v
+// for a size v of the symbol (add + mul * bucket in the program; cut back after a padded run).
+struct PadCut {
+  uint32_t output = 0;
+  uint32_t dim = 0;
+  int64_t mul = 0;
+  int64_t add = 0;
+};
+
+// One static program of a dynamic bundle (programs[i]): code, call list and shapes at one bucket
+// per symbol.
+struct Program {
+  std::vector<int64_t> sizes;  // per symbol (dynamic_dims order): the bucket this program runs
+  std::string section;
+  std::string entry;
+  std::vector<CallArg> call;
+  std::vector<std::vector<int64_t>> output_shapes;  // concrete, per output
+  uint64_t arena_bytes = 0;
+};
+
 struct Manifest {
   std::string text;  // verbatim JSON
   std::vector<TensorSpec> inputs;
   std::vector<TensorSpec> outputs;
   std::vector<WeightRef> weights;
-  std::vector<CallArg> call;
-  uint64_t arena_bytes = 0;
+  std::vector<CallArg> call;  // static bundles only
+  uint64_t arena_bytes = 0;   // dynamic bundles: the largest program's
+  // Dynamic dims (format version 2 with `programs`); all empty for a static bundle.
+  std::vector<DynamicDim> dynamic_dims;
+  std::vector<std::vector<PadCut>> padding;       // per symbol; empty when not padded
+  std::vector<std::vector<int>> input_symbols;    // per input, per dim: symbol index, or -1 (static)
+  std::vector<Program> programs;
+  // Program index by bucket combination: mixed radix over symbols, the last symbol fastest.
+  std::vector<uint32_t> program_by_buckets;
+  bool is_dynamic() const { return !programs.empty(); }
   bool has_cpu = false;
   CpuTarget cpu;
   bool has_cuda = false;

@@ -82,12 +82,212 @@ Status Validate(const Manifest& m, const std::vector<ConstTensorView>& inputs, c
   return Status::Ok();
 }
 
+// ---------------------------------------------------------------------------- dynamic dims
+
+// What one call of a dynamic bundle runs: the program of the chosen buckets, the symbols' sizes,
+// and every output's shape for this call.
+struct CallPlan {
+  const Program* program = nullptr;
+  std::vector<int64_t> values;   // per symbol: the inputs' size
+  std::vector<int64_t> buckets;  // per symbol: the program's size (>= value)
+  bool padded = false;           // some value is below its bucket
+  std::vector<std::vector<int64_t>> output_shapes;
+};
+
+// "[batch,8]": a spec's shape with symbol names for its dynamic dims.
+std::string SpecShapeString(const TensorSpec& spec) {
+  std::string s = "[";
+  for (size_t i = 0; i < spec.shape.size(); ++i) {
+    s += i ? "," : "";
+    s += spec.shape[i] >= 0 || i >= spec.symbols.size() ? std::to_string(spec.shape[i]) : spec.symbols[i];
+  }
+  return s + "]";
+}
+
+std::string BucketList(const std::vector<int64_t>& buckets) {
+  std::string s;
+  for (size_t i = 0; i < buckets.size(); ++i) s += (i ? ", " : "") + std::to_string(buckets[i]);
+  return s;
+}
+
+int64_t NumElements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// Validates the inputs of a dynamic bundle and picks the program. O(inputs x rank + symbols x buckets).
+Status PlanDynamicCall(const Manifest& m, const std::vector<ConstTensorView>& inputs, CallPlan* plan) {
+  if (inputs.size() != m.inputs.size()) {
+    return Status(StatusCode::kInvalidArgument, "expected " + std::to_string(m.inputs.size()) + " input(s), got " +
+                                                    std::to_string(inputs.size()));
+  }
+  const size_t num_symbols = m.dynamic_dims.size();
+  plan->values.assign(num_symbols, -1);
+  std::vector<std::pair<size_t, size_t>> first(num_symbols);  // (input, dim) that set each value
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const TensorSpec& spec = m.inputs[i];
+    const ConstTensorView& v = inputs[i];
+    auto where = [&] { return "input " + std::to_string(i) + " ('" + spec.name + "')"; };
+    if (v.dtype != spec.dtype) {
+      return Status(StatusCode::kInvalidArgument, where() + ": expected dtype " + DTypeName(spec.dtype) + ", got " +
+                                                      DTypeName(v.dtype));
+    }
+    if (v.shape.size() != spec.shape.size()) {
+      return Status(StatusCode::kInvalidArgument, where() + ": expected shape " + SpecShapeString(spec) + " (rank " +
+                                                      std::to_string(spec.shape.size()) + "), got " +
+                                                      ShapeString(v.shape) + " (rank " +
+                                                      std::to_string(v.shape.size()) + ")");
+    }
+    for (size_t d = 0; d < spec.shape.size(); ++d) {
+      const int sym = m.input_symbols[i][d];
+      const int64_t n = v.shape[d];
+      if (sym < 0) {
+        if (n != spec.shape[d]) {
+          return Status(StatusCode::kInvalidArgument, where() + ": expected shape " + SpecShapeString(spec) + ", got " +
+                                                          ShapeString(v.shape) + " (dim " + std::to_string(d) +
+                                                          " must be " + std::to_string(spec.shape[d]) + ")");
+        }
+        continue;
+      }
+      const DynamicDim& dim = m.dynamic_dims[static_cast<size_t>(sym)];
+      auto at = [&] { return where() + " dim " + std::to_string(d) + " (" + dim.name + ")"; };
+      if (n < dim.min || n > dim.max) {
+        return Status(StatusCode::kInvalidArgument, at() + ": " + std::to_string(n) + " is outside " +
+                                                        std::to_string(dim.min) + ".." + std::to_string(dim.max));
+      }
+      int64_t& value = plan->values[static_cast<size_t>(sym)];
+      if (value < 0) {
+        value = n;
+        first[static_cast<size_t>(sym)] = {i, d};
+      } else if (value != n) {
+        auto [fi, fd] = first[static_cast<size_t>(sym)];
+        return Status(StatusCode::kInvalidArgument,
+                      at() + " is " + std::to_string(n) + ", but input " + std::to_string(fi) + " ('" + m.inputs[fi].name +
+                          "') dim " + std::to_string(fd) + " (" + dim.name + ") is " + std::to_string(value) +
+                          ": dims of one symbol must be equal");
+      }
+    }
+    if (v.data == nullptr && NumElements(v.shape) != 0) {
+      return Status(StatusCode::kInvalidArgument, where() + ": data pointer is null");
+    }
+  }
+  // Every symbol sizes some input dim (checked at load), so every value is set. Pick the buckets.
+  plan->buckets.assign(num_symbols, 0);
+  plan->padded = false;
+  size_t flat = 0;
+  for (size_t s = 0; s < num_symbols; ++s) {
+    const DynamicDim& dim = m.dynamic_dims[s];
+    const int64_t v = plan->values[s];
+    size_t b = 0;
+    while (dim.buckets[b] < v) ++b;  // the last bucket is max >= v
+    if (dim.buckets[b] != v) {
+      if (!dim.padded) {
+        auto [fi, fd] = first[s];
+        return Status(StatusCode::kInvalidArgument,
+                      "input " + std::to_string(fi) + " ('" + m.inputs[fi].name + "') dim " + std::to_string(fd) + " (" +
+                          dim.name + "): size " + std::to_string(v) + " has no compiled code: this bundle runs " +
+                          dim.name + " at " + BucketList(dim.buckets) + " only, and not padded to the next bucket (" +
+                          (dim.not_padded.empty() ? "the compiler could not prove padding exact" : dim.not_padded) +
+                          ")");
+      }
+      plan->padded = true;
+    }
+    plan->buckets[s] = dim.buckets[b];
+    flat = flat * dim.buckets.size() + b;
+  }
+  plan->program = &m.programs[m.program_by_buckets[flat]];
+  plan->output_shapes = plan->program->output_shapes;
+  for (size_t s = 0; s < num_symbols; ++s) {
+    if (plan->values[s] == plan->buckets[s]) continue;
+    for (const PadCut& c : m.padding[s]) plan->output_shapes[c.output][c.dim] = c.add + c.mul * plan->values[s];
+  }
+  return Status::Ok();
+}
+
+// Outputs of a dynamic call: count, dtype, exactly this call's shapes, no overlap with an input.
+Status ValidateDynamicOutputs(const Manifest& m, const CallPlan& plan, const std::vector<ConstTensorView>& inputs,
+                              const std::vector<TensorView>& outputs) {
+  if (outputs.size() != m.outputs.size()) {
+    return Status(StatusCode::kInvalidArgument, "expected " + std::to_string(m.outputs.size()) +
+                                                    " output buffer(s), got " + std::to_string(outputs.size()));
+  }
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const TensorSpec& spec = m.outputs[i];
+    const TensorView& v = outputs[i];
+    const std::string where = "output " + std::to_string(i) + " ('" + spec.name + "')";
+    if (v.dtype != spec.dtype) {
+      return Status(StatusCode::kInvalidArgument, where + ": expected dtype " + DTypeName(spec.dtype) + ", got " +
+                                                      DTypeName(v.dtype));
+    }
+    if (v.shape != plan.output_shapes[i]) {
+      return Status(StatusCode::kInvalidArgument, where + ": expected shape " + ShapeString(plan.output_shapes[i]) +
+                                                      " for these inputs (" + SpecShapeString(spec) + "), got " +
+                                                      ShapeString(v.shape));
+    }
+    const size_t bytes = static_cast<size_t>(NumElements(v.shape)) * DTypeSize(spec.dtype);
+    if (v.data == nullptr && bytes != 0) return Status(StatusCode::kInvalidArgument, where + ": data pointer is null");
+    for (size_t j = 0; j < inputs.size(); ++j) {
+      const size_t in_bytes = static_cast<size_t>(NumElements(inputs[j].shape)) * DTypeSize(inputs[j].dtype);
+      if (Overlaps(v.data, bytes, inputs[j].data, in_bytes)) {
+        return Status(StatusCode::kInvalidArgument, "output " + std::to_string(i) + " overlaps input " + std::to_string(j));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// Copies the leading block min(src_shape, dst_shape) (per dim) of a C-order tensor into another of
+// the same rank: pads (src smaller) or cuts (dst smaller). Any rank (0 included), any element size.
+void CopyBlock(const uint8_t* src, const std::vector<int64_t>& src_shape, uint8_t* dst,
+               const std::vector<int64_t>& dst_shape, size_t itemsize) {
+  const size_t rank = src_shape.size();
+  std::vector<int64_t> block(rank);
+  for (size_t d = 0; d < rank; ++d) {
+    block[d] = std::min(src_shape[d], dst_shape[d]);
+    if (block[d] == 0) return;
+  }
+  // Trailing dims that are whole in both tensors join the contiguous row.
+  size_t split = rank;  // dims [split, rank) are copied as one contiguous run
+  size_t row = itemsize;
+  while (split > 0 && src_shape[split - 1] == dst_shape[split - 1]) {
+    --split;
+    row *= static_cast<size_t>(src_shape[split]);
+  }
+  if (split > 0) {  // the innermost partial dim: its first block[d] entries
+    --split;
+    row *= static_cast<size_t>(block[split]);
+  }
+  // Strides in bytes of dims [0, split).
+  std::vector<size_t> src_stride(rank + 1, itemsize), dst_stride(rank + 1, itemsize);
+  for (size_t d = rank; d-- > 0;) {
+    src_stride[d] = src_stride[d + 1] * static_cast<size_t>(src_shape[d]);
+    dst_stride[d] = dst_stride[d + 1] * static_cast<size_t>(dst_shape[d]);
+  }
+  std::vector<int64_t> index(split, 0);
+  while (true) {
+    size_t src_offset = 0, dst_offset = 0;
+    for (size_t d = 0; d < split; ++d) {
+      src_offset += static_cast<size_t>(index[d]) * src_stride[d + 1];
+      dst_offset += static_cast<size_t>(index[d]) * dst_stride[d + 1];
+    }
+    std::memcpy(dst + dst_offset, src + src_offset, row);
+    size_t d = split;  // next index, odometer style; done when dim 0 wraps (or there is no outer dim)
+    while (true) {
+      if (d == 0) return;
+      --d;
+      if (++index[d] < block[d]) break;
+      index[d] = 0;
+    }
+  }
+}
 }  // namespace
 
 struct Model::Impl {
   MappedFile file;
   Manifest manifest;
-  std::optional<LoadedCode> code;  // device "cpu"
+  std::optional<LoadedCode> code;  // device "cpu", static bundle
+  std::vector<LoadedCode> program_code;  // device "cpu", dynamic bundle: one per manifest.programs[i]
   std::string device = "cpu";
   std::unique_ptr<CudaModel> cuda;  // device "cuda:N"
   std::vector<const void*> weights;  // resolved pointers into the mapped weights section
@@ -121,7 +321,94 @@ struct Model::Impl {
     std::lock_guard<std::mutex> lock(pool_mutex);
     idle_arenas.push_back(std::move(a));
   }
+
+  // Calls `entry` with the pointers its call list names, on an arena from the pool.
+  Status Call(EntryFn entry, const std::vector<CallArg>& call, const std::vector<const void*>& inputs,
+              const std::vector<void*>& outputs) const {
+    auto arena = TakeArena();
+    if (!arena.ok()) return arena.status();
+    std::vector<void*> args(call.size());
+    for (size_t i = 0; i < call.size(); ++i) {
+      const CallArg& c = call[i];
+      switch (c.kind) {
+        case CallArg::Kind::kInput: args[i] = const_cast<void*>(inputs[c.index]); break;  // read-only by contract
+        case CallArg::Kind::kWeight: args[i] = const_cast<void*>(weights[c.index]); break;
+        case CallArg::Kind::kOutput: args[i] = outputs[c.index]; break;
+        case CallArg::Kind::kArena: args[i] = arena->get(); break;
+      }
+    }
+    entry(args.data(), &host);
+    ReturnArena(std::move(arena).value());
+    return Status::Ok();
+  }
+
+  Status RunDynamic(const CallPlan& plan, const std::vector<ConstTensorView>& inputs,
+                    const std::vector<TensorView>& outputs) const;
 };
+
+namespace {
+Result<Arena> AllocateZeroed(size_t bytes, const std::string& what) {
+  size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) {
+    return Status(StatusCode::kResourceExhausted, "cannot allocate " + std::to_string(bytes) + " bytes for " + what);
+  }
+  std::memset(p, 0, rounded);
+  return Arena(static_cast<uint8_t*>(p));
+}
+}  // namespace
+
+// A run of a dynamic bundle. At bucket sizes the program reads and writes the caller's buffers
+// directly. Below a bucket (padded symbols), each input with such a dim is copied into a zeroed
+// buffer of the bucket's shape, and each output with a cut dim is written to a temporary of the
+// program's shape, whose leading block is copied out afterwards. Temporaries belong to the call,
+// so concurrent runs at different shapes share nothing but the (read-only) code and weights.
+Status Model::Impl::RunDynamic(const CallPlan& plan, const std::vector<ConstTensorView>& inputs,
+                               const std::vector<TensorView>& outputs) const {
+  const Program& program = *plan.program;
+  const size_t index = static_cast<size_t>(&program - manifest.programs.data());
+  std::vector<const void*> in(inputs.size());
+  std::vector<void*> out(outputs.size());
+  std::vector<Arena> temporaries;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    in[i] = inputs[i].data;
+    if (!plan.padded) continue;
+    std::vector<int64_t> shape = inputs[i].shape;
+    bool pad = false;
+    for (size_t d = 0; d < shape.size(); ++d) {
+      const int sym = manifest.input_symbols[i][d];
+      if (sym >= 0 && shape[d] != plan.buckets[static_cast<size_t>(sym)]) {
+        shape[d] = plan.buckets[static_cast<size_t>(sym)];
+        pad = true;
+      }
+    }
+    if (!pad) continue;
+    const size_t itemsize = DTypeSize(inputs[i].dtype);
+    auto buffer = AllocateZeroed(static_cast<size_t>(NumElements(shape)) * itemsize,
+                                 "padding input " + std::to_string(i) + " to " + ShapeString(shape));
+    if (!buffer.ok()) return buffer.status();
+    CopyBlock(static_cast<const uint8_t*>(inputs[i].data), inputs[i].shape, buffer->get(), shape, itemsize);
+    in[i] = buffer->get();
+    temporaries.push_back(std::move(buffer).value());
+  }
+  std::vector<size_t> cut;  // outputs written to a temporary first
+  for (size_t o = 0; o < outputs.size(); ++o) {
+    out[o] = outputs[o].data;
+    if (!plan.padded || outputs[o].shape == program.output_shapes[o]) continue;
+    const size_t bytes = static_cast<size_t>(NumElements(program.output_shapes[o])) * DTypeSize(outputs[o].dtype);
+    auto buffer = AllocateZeroed(bytes, "output " + std::to_string(o) + " at " + ShapeString(program.output_shapes[o]));
+    if (!buffer.ok()) return buffer.status();
+    out[o] = buffer->get();
+    temporaries.push_back(std::move(buffer).value());
+    cut.push_back(o);
+  }
+  if (Status s = Call(program_code[index].entry(), program.call, in, out); !s.ok()) return s;
+  for (size_t o : cut) {
+    CopyBlock(static_cast<const uint8_t*>(out[o]), program.output_shapes[o], static_cast<uint8_t*>(outputs[o].data),
+              outputs[o].shape, DTypeSize(outputs[o].dtype));
+  }
+  return Status::Ok();
+}
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
@@ -145,6 +432,11 @@ Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const 
   if (threads > 1024) return Status(StatusCode::kInvalidArgument, "num_threads " + std::to_string(threads) + " is too large");
 
   if (on_cuda) {
+    if (manifest->is_dynamic()) {
+      return Status(StatusCode::kFailedPrecondition,
+                    path + ": device '" + device + "' cannot run this bundle: it has dynamic dims, which run on cpu "
+                           "only in this version (load it with device=\"cpu\", or build a static bundle for cuda)");
+    }
     if (!manifest->has_cuda) {
       return Status(StatusCode::kFailedPrecondition,
                     path + ": device '" + device + "' needs the bundle's CUDA code, but it was built for cpu only; "
@@ -171,13 +463,29 @@ Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const 
   if (Status s = CheckCpuFeatures(manifest->cpu.features, manifest->cpu.cpu); !s.ok()) {
     return Status(s.code(), path + ": " + s.message());
   }
-  const SectionRef* code_section = view->Find(manifest->cpu.section);
-  auto code = LoadedCode::Load(code_section->data, code_section->size, manifest->cpu.entry);
-  if (!code.ok()) return Status(code.status().code(), path + ": " + code.status().message());
+  std::optional<LoadedCode> code;
+  std::vector<LoadedCode> program_code;
+  if (manifest->is_dynamic()) {
+    for (const Program& program : manifest->programs) {
+      const SectionRef* section = view->Find(program.section);
+      auto loaded = LoadedCode::Load(section->data, section->size, program.entry);
+      if (!loaded.ok()) {
+        return Status(loaded.status().code(), path + ": program for section '" + program.section + "': " +
+                                                  loaded.status().message());
+      }
+      program_code.push_back(std::move(loaded).value());
+    }
+  } else {
+    const SectionRef* code_section = view->Find(manifest->cpu.section);
+    auto loaded = LoadedCode::Load(code_section->data, code_section->size, manifest->cpu.entry);
+    if (!loaded.ok()) return Status(loaded.status().code(), path + ": " + loaded.status().message());
+    code.emplace(std::move(loaded).value());
+  }
 
   const SectionRef* weight_section = view->Find("weights");
   auto impl = std::make_unique<Impl>(std::move(file).value(), std::move(manifest).value());
-  impl->code.emplace(std::move(code).value());
+  impl->code = std::move(code);
+  impl->program_code = std::move(program_code);
   for (const auto& w : impl->manifest.weights) impl->weights.push_back(weight_section->data + w.offset);
   impl->arena_size = std::max<size_t>(64, (impl->manifest.arena_bytes + 63) / 64 * 64);
   impl->pool = std::make_unique<ThreadPool>(threads);
@@ -187,6 +495,7 @@ Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const 
 
 const std::vector<TensorSpec>& Model::inputs() const { return impl_->manifest.inputs; }
 const std::vector<TensorSpec>& Model::outputs() const { return impl_->manifest.outputs; }
+const std::vector<DynamicDim>& Model::dynamic_dims() const { return impl_->manifest.dynamic_dims; }
 const std::string& Model::manifest_json() const { return impl_->manifest.text; }
 size_t Model::arena_bytes() const { return impl_->manifest.arena_bytes; }
 int Model::num_threads() const { return impl_->pool->num_threads(); }
@@ -236,34 +545,47 @@ Result<std::vector<DeviceTensor>> Model::RunDevice(const std::vector<ConstTensor
   return Result<std::vector<DeviceTensor>>(std::move(outputs));
 }
 
+Result<std::vector<std::vector<int64_t>>> Model::OutputShapes(const std::vector<ConstTensorView>& inputs) const {
+  const Manifest& m = impl_->manifest;
+  if (m.is_dynamic()) {
+    CallPlan plan;
+    if (Status s = PlanDynamicCall(m, inputs, &plan); !s.ok()) return s;
+    return std::move(plan.output_shapes);
+  }
+  if (Status s = ValidateInputs(m, inputs); !s.ok()) return s;
+  std::vector<std::vector<int64_t>> shapes;
+  for (const auto& spec : m.outputs) shapes.push_back(spec.shape);
+  return shapes;
+}
+
 Status Model::Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const {
   const Manifest& m = impl_->manifest;
+  if (m.is_dynamic()) {
+    CallPlan plan;
+    if (Status s = PlanDynamicCall(m, inputs, &plan); !s.ok()) return s;
+    if (Status s = ValidateDynamicOutputs(m, plan, inputs, outputs); !s.ok()) return s;
+    return impl_->RunDynamic(plan, inputs, outputs);
+  }
   if (Status s = Validate(m, inputs, outputs); !s.ok()) return s;
   if (impl_->cuda) return impl_->cuda->Run(inputs, outputs, /*device_pointers=*/false);
-  auto arena = impl_->TakeArena();
-  if (!arena.ok()) return arena.status();
-
-  std::vector<void*> args(m.call.size());
-  for (size_t i = 0; i < m.call.size(); ++i) {
-    const CallArg& c = m.call[i];
-    switch (c.kind) {
-      case CallArg::Kind::kInput: args[i] = const_cast<void*>(inputs[c.index].data); break;  // read-only by contract
-      case CallArg::Kind::kWeight: args[i] = const_cast<void*>(impl_->weights[c.index]); break;
-      case CallArg::Kind::kOutput: args[i] = outputs[c.index].data; break;
-      case CallArg::Kind::kArena: args[i] = arena->get(); break;
-    }
-  }
-  impl_->code->entry()(args.data(), &impl_->host);
-  impl_->ReturnArena(std::move(arena).value());
-  return Status::Ok();
+  std::vector<const void*> in(inputs.size());
+  std::vector<void*> out(outputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) in[i] = inputs[i].data;
+  for (size_t i = 0; i < outputs.size(); ++i) out[i] = outputs[i].data;
+  return impl_->Call(impl_->code->entry(), m.call, in, out);
 }
 
 Result<std::vector<Tensor>> Model::Run(const std::vector<ConstTensorView>& inputs) const {
+  auto shapes = OutputShapes(inputs);  // validates the inputs before anything is allocated
+  if (!shapes.ok()) return shapes.status();
   std::vector<Tensor> outputs;
   std::vector<TensorView> views;
-  for (const auto& spec : impl_->manifest.outputs) {
-    auto t = Tensor::Allocate(spec);
-    if (!t.ok()) return t.status();
+  for (size_t i = 0; i < shapes->size(); ++i) {
+    auto t = Tensor::Allocate(impl_->manifest.outputs[i].dtype, std::move((*shapes)[i]));
+    if (!t.ok()) {
+      return Status(t.status().code(), t.status().message() + " for output " + std::to_string(i) + " ('" +
+                                           impl_->manifest.outputs[i].name + "')");
+    }
     outputs.push_back(std::move(t).value());
     views.push_back(outputs.back().view());
   }

@@ -81,13 +81,36 @@ const char* DTypeName(DType dtype);
 size_t DTypeSize(DType dtype);
 std::optional<DType> DTypeFromName(std::string_view name);
 
-// The declared signature of one input or output: static shape, row-major (C order).
+// The declared signature of one input or output, row-major (C order). In a bundle with dynamic
+// dims (format version 2) `shape` holds -1 for a dim whose size is chosen per call; `symbols` then
+// names each dim's symbol ("" for a static dim; empty for a spec with no dynamic dim), and
+// min_shape / max_shape bound the sizes a run may have (both equal `shape` for a static spec).
 struct TensorSpec {
   std::string name;
   DType dtype = DType::kFloat32;
   std::vector<int64_t> shape;
+  std::vector<std::string> symbols;
+  std::vector<int64_t> min_shape;
+  std::vector<int64_t> max_shape;
+  bool is_dynamic() const;
+  // Elements and bytes of `shape`; for a dynamic spec, at max_shape (the largest run: a buffer this
+  // size fits every call), a dynamic dim counting 0 when max_shape is not filled in. Never negative.
   int64_t num_elements() const;
   size_t num_bytes() const { return static_cast<size_t>(num_elements()) * DTypeSize(dtype); }
+};
+
+// A dynamic dim of a format-version-2 bundle (Model::dynamic_dims()): a symbol that sizes one or more
+// input dims per call, between `min` and `max`. The bundle holds one compiled program per bucket
+// (per combination of buckets, over all symbols); a run takes the smallest bucket at or above the
+// input's size. Sizes between buckets run on zero-padded inputs with the outputs cut back when
+// `padded` (the compiler proved that exact); otherwise only bucket sizes run and `not_padded` says why.
+struct DynamicDim {
+  std::string name;
+  int64_t min = 0;
+  int64_t max = 0;
+  std::vector<int64_t> buckets;  // strictly increasing, the last == max
+  bool padded = false;
+  std::string not_padded;
 };
 
 // Non-owning views of contiguous row-major data. The caller keeps the data alive during Run.
@@ -106,7 +129,11 @@ struct TensorView {
 // Move-only; thread-compatible.
 class Tensor final {
  public:
+  // A tensor of the spec's shape (a dynamic spec: its max_shape).
   static Result<Tensor> Allocate(const TensorSpec& spec);
+  // A tensor of exactly this shape (e.g. one of Model::OutputShapes). INVALID_ARGUMENT for a
+  // negative dim or more than 2^40 elements.
+  static Result<Tensor> Allocate(DType dtype, std::vector<int64_t> shape);
   Tensor(Tensor&&) noexcept = default;
   Tensor& operator=(Tensor&&) noexcept = default;
 
@@ -211,16 +238,23 @@ class Model final {
 
   const std::vector<TensorSpec>& inputs() const;
   const std::vector<TensorSpec>& outputs() const;
+  // The symbols of the inputs' dynamic dims, in manifest order; empty for a static bundle.
+  const std::vector<DynamicDim>& dynamic_dims() const;
   const std::string& manifest_json() const;  // the bundle's manifest, verbatim
-  size_t arena_bytes() const;                // per concurrent Run
+  size_t arena_bytes() const;                // per concurrent Run (dynamic: the largest program's)
   int num_threads() const;                   // threads one Run uses
   const std::string& device() const;         // "cpu" or "cuda:N", as loaded
   size_t device_bytes() const;               // GPU memory held (weights + execution contexts); 0 on cpu
 
+  // Validates the inputs (count, dtype, shape: every dynamic dim within its range, the dims of one
+  // symbol equal, a size between buckets only where the symbol is padded) and returns the shape
+  // every output has for this call. For a static bundle, the outputs' declared shapes.
+  Result<std::vector<std::vector<int64_t>>> OutputShapes(const std::vector<ConstTensorView>& inputs) const;
   // Runs the model on caller-provided outputs. Validates count, dtype and shape of every input
-  // and output (O(rank), before touching data); outputs must not overlap inputs.
+  // and output (O(rank), before touching data: outputs must have exactly the shapes OutputShapes
+  // gives); outputs must not overlap inputs.
   Status Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const;
-  // Same, allocating the outputs.
+  // Same, allocating the outputs (at this call's shapes).
   Result<std::vector<Tensor>> Run(const std::vector<ConstTensorView>& inputs) const;
   // CUDA models only: like Run, but every data pointer is a CUDA device pointer (CUdeviceptr) valid
   // in the device's primary context. Inputs are copied device-to-device into the execution context
