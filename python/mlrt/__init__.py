@@ -3,7 +3,8 @@
     import mlrt
     model = mlrt.load("model.bundle")
     y = model.run(x)               # one output -> one array; a tuple of outputs -> a tuple
-    model.inputs, model.outputs    # [TensorSpec(name, dtype, shape), ...]
+    model.inputs, model.outputs    # [TensorSpec(name, dtype, shape), ...]; a dynamic dim is its symbol: ('batch', 8)
+    model.dynamic_dims             # [DynamicDim(name='batch', min=1, max=32, buckets=(1, 8, 32), padded=True)]
 
     gpu = mlrt.load("model.bundle", device="cuda:0")
     y = gpu.run_dlpack(x_cuda)     # DLPack in (torch/CuPy/JAX CUDA tensors), DeviceArray out
@@ -20,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ._mlrt import DeviceArray, Error, TensorSpec
+from ._mlrt import DeviceArray, DynamicDim, Error, TensorSpec
 from ._mlrt import load as _load
 from ._mlrt import max_bundle_format_version, version
 
-__all__ = ["load", "Model", "Error", "TensorSpec", "DeviceArray", "version", "get_cmake_dir", "get_include_dir", "get_pkgconfig_dir"]
+__all__ = ["load", "Model", "Error", "TensorSpec", "DynamicDim", "DeviceArray", "version", "get_cmake_dir", "get_include_dir", "get_pkgconfig_dir"]
 __version__ = version()
 
 
@@ -60,6 +61,11 @@ class Model:
         return self._native.outputs
 
     @property
+    def dynamic_dims(self) -> list[DynamicDim]:
+        """The symbols of the inputs' dynamic dims (format version 2 bundles); [] for a static bundle."""
+        return self._native.dynamic_dims
+
+    @property
     def arena_bytes(self) -> int:
         return self._native.arena_bytes
 
@@ -81,7 +87,8 @@ class Model:
         """Run on numpy arrays, positionally or by input name. Returns the model's output structure
         (one output -> one array; tuples, lists, dicts, named tuples and constants such as None as
         the PyTorch model returned them). An input the model updates in place (`x.add_(1)`) gets
-        its new value written back when it is a writable numpy array of the declared dtype and shape."""
+        its new value written back when it is a writable numpy array of the declared dtype and shape
+        (for a dynamic bundle: the shape it had in this call, which is the new value's shape)."""
         flat = self.run_flat(*args, **kwargs)
         if self._mutations:
             names = [s.name for s in self._native.inputs]
@@ -95,6 +102,16 @@ class Model:
 
     def run_flat(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
         """Like `run`, but returns the outputs as a flat list in `outputs` order."""
+        return self._native.run_flat(self._arrays(args, kwargs))
+
+    def output_shapes(self, *args: Any, **kwargs: Any) -> list[tuple[int, ...]]:
+        """The shape of every output (flat, `outputs` order) for these inputs, without running:
+        validates them like `run` (a dynamic bundle: each dynamic dim within its range, the dims of
+        one symbol equal, a size between buckets only where padding applies)."""
+        return self._native.output_shapes(self._arrays(args, kwargs))
+
+    def _arrays(self, args: tuple, kwargs: dict) -> list[np.ndarray]:
+        """The inputs, positional or by name, as C-contiguous numpy arrays in `inputs` order."""
         specs = self._native.inputs
         if kwargs:
             names = [s.name for s in specs]
@@ -114,7 +131,7 @@ class Model:
                 else:
                     raise Error(f"input {i} ('{specs[i].name}'): expected a numpy array, got {type(a).__name__}")
             arrays.append(_c_array(a))
-        return self._native.run_flat(arrays)
+        return arrays
 
     def run_dlpack(self, *args: Any, stream: int = 1) -> Any:
         """CUDA models only: run on GPU tensors from any DLPack producer (torch CUDA tensors, CuPy,

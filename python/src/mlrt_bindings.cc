@@ -50,6 +50,19 @@ py::tuple ShapeTuple(const std::vector<int64_t>& shape) {
   return t;
 }
 
+// A spec's shape as Python sees it: a dynamic dim is its symbol's name (like ONNX Runtime).
+py::tuple SpecShapeTuple(const mlrt::TensorSpec& spec) {
+  py::tuple t(spec.shape.size());
+  for (size_t i = 0; i < spec.shape.size(); ++i) {
+    if (spec.shape[i] < 0 && i < spec.symbols.size()) {
+      t[i] = py::str(spec.symbols[i]);
+    } else {
+      t[i] = spec.shape[i];
+    }
+  }
+  return t;
+}
+
 std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
@@ -296,14 +309,14 @@ py::list RunDLPack(const mlrt::Model& model, const py::list& objects, int64_t st
   return result;
 }
 
-// Runs on already C-contiguous arrays (the Python layer guarantees it); returns a list of arrays.
-py::list RunFlat(const mlrt::Model& model, const py::list& arrays) {
+// Views of already C-contiguous arrays (the Python layer guarantees it); `keep` holds the arrays.
+std::vector<mlrt::ConstTensorView> InputViews(const mlrt::Model& model, const py::list& arrays,
+                                              std::vector<py::array>* keep) {
   const auto& specs = model.inputs();
   if (arrays.size() != specs.size()) {
     Raise(mlrt::Status(mlrt::StatusCode::kInvalidArgument, "expected " + std::to_string(specs.size()) +
                                                                 " input(s), got " + std::to_string(arrays.size())));
   }
-  std::vector<py::array> keep;  // keeps the inputs alive while the GIL is released
   std::vector<mlrt::ConstTensorView> inputs;
   for (size_t i = 0; i < arrays.size(); ++i) {
     py::array a = py::reinterpret_borrow<py::array>(arrays[i]);
@@ -325,14 +338,36 @@ py::list RunFlat(const mlrt::Model& model, const py::list& arrays) {
     }
     std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
     inputs.push_back({a.data(), *dt, std::move(shape)});
-    keep.push_back(std::move(a));
+    keep->push_back(std::move(a));
   }
+  return inputs;
+}
+
+// The shape of every output for these inputs (validated; dynamic bundles: per call).
+py::list OutputShapes(const mlrt::Model& model, const py::list& arrays) {
+  std::vector<py::array> keep;
+  std::vector<mlrt::ConstTensorView> inputs = InputViews(model, arrays, &keep);
+  auto shapes = model.OutputShapes(inputs);
+  if (!shapes.ok()) Raise(shapes.status());
+  py::list result;
+  for (const auto& shape : *shapes) result.append(ShapeTuple(shape));
+  return result;
+}
+
+// Runs on already C-contiguous arrays (the Python layer guarantees it); returns a list of arrays
+// of this call's output shapes.
+py::list RunFlat(const mlrt::Model& model, const py::list& arrays) {
+  std::vector<py::array> keep;  // keeps the inputs alive while the GIL is released
+  std::vector<mlrt::ConstTensorView> inputs = InputViews(model, arrays, &keep);
+  auto shapes = model.OutputShapes(inputs);  // validates the inputs before anything is allocated
+  if (!shapes.ok()) Raise(shapes.status());
   std::vector<py::array> outs;
   std::vector<mlrt::TensorView> views;
-  for (const auto& spec : model.outputs()) {
-    std::vector<py::ssize_t> shape(spec.shape.begin(), spec.shape.end());
-    py::array out(ToNumpy(spec.dtype), shape);
-    views.push_back({out.mutable_data(), spec.dtype, spec.shape});
+  for (size_t i = 0; i < shapes->size(); ++i) {
+    const mlrt::DType dtype = model.outputs()[i].dtype;
+    std::vector<int64_t>& shape = (*shapes)[i];
+    py::array out(ToNumpy(dtype), std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    views.push_back({out.mutable_data(), dtype, std::move(shape)});
     outs.push_back(std::move(out));
   }
   mlrt::Status status;
@@ -356,23 +391,48 @@ PYBIND11_MODULE(_mlrt, m) {
   py::class_<mlrt::TensorSpec>(m, "TensorSpec")
       .def_readonly("name", &mlrt::TensorSpec::name)
       .def_property_readonly("dtype", [](const mlrt::TensorSpec& s) { return ToNumpy(s.dtype); })
-      .def_property_readonly("shape", [](const mlrt::TensorSpec& s) { return ShapeTuple(s.shape); })
+      .def_property_readonly("shape", &SpecShapeTuple)
+      .def_property_readonly("min_shape", [](const mlrt::TensorSpec& s) { return ShapeTuple(s.min_shape); })
+      .def_property_readonly("max_shape", [](const mlrt::TensorSpec& s) { return ShapeTuple(s.max_shape); })
+      .def_property_readonly("is_dynamic", &mlrt::TensorSpec::is_dynamic)
       .def("__repr__", [](const mlrt::TensorSpec& s) {
         std::string shape;
-        for (size_t i = 0; i < s.shape.size(); ++i) shape += (i ? ", " : "") + std::to_string(s.shape[i]);
+        for (size_t i = 0; i < s.shape.size(); ++i) {
+          shape += i ? ", " : "";
+          shape += s.shape[i] < 0 && i < s.symbols.size() ? "'" + s.symbols[i] + "'" : std::to_string(s.shape[i]);
+        }
         if (s.shape.size() == 1) shape += ",";
         return "TensorSpec(name='" + s.name + "', dtype=" + mlrt::DTypeName(s.dtype) + ", shape=(" + shape + "))";
+      });
+
+  py::class_<mlrt::DynamicDim>(m, "DynamicDim")
+      .def_readonly("name", &mlrt::DynamicDim::name)
+      .def_readonly("min", &mlrt::DynamicDim::min)
+      .def_readonly("max", &mlrt::DynamicDim::max)
+      .def_property_readonly("buckets", [](const mlrt::DynamicDim& d) { return ShapeTuple(d.buckets); })
+      .def_readonly("padded", &mlrt::DynamicDim::padded)
+      .def_readonly("not_padded", &mlrt::DynamicDim::not_padded)
+      .def("__repr__", [](const mlrt::DynamicDim& d) {
+        std::string buckets;
+        for (size_t i = 0; i < d.buckets.size(); ++i) buckets += (i ? ", " : "") + std::to_string(d.buckets[i]);
+        if (d.buckets.size() == 1) buckets += ",";
+        std::string r = "DynamicDim(name='" + d.name + "', min=" + std::to_string(d.min) + ", max=" +
+                        std::to_string(d.max) + ", buckets=(" + buckets + "), padded=" + (d.padded ? "True" : "False");
+        if (!d.padded) r += ", not_padded=" + std::string(py::repr(py::str(d.not_padded)));
+        return r + ")";
       });
 
   py::class_<mlrt::Model, std::shared_ptr<mlrt::Model>>(m, "Model")
       .def_property_readonly("inputs", &mlrt::Model::inputs)
       .def_property_readonly("outputs", &mlrt::Model::outputs)
+      .def_property_readonly("dynamic_dims", &mlrt::Model::dynamic_dims)
       .def_property_readonly("manifest_json", &mlrt::Model::manifest_json)
       .def_property_readonly("arena_bytes", &mlrt::Model::arena_bytes)
       .def_property_readonly("num_threads", &mlrt::Model::num_threads)
       .def_property_readonly("device", &mlrt::Model::device)
       .def_property_readonly("device_bytes", &mlrt::Model::device_bytes)
       .def("run_flat", &RunFlat, py::arg("inputs"))
+      .def("output_shapes", &OutputShapes, py::arg("inputs"))
       .def("run_dlpack", &RunDLPack, py::arg("inputs"), py::arg("stream") = 1);
 
   py::class_<DeviceArray>(m, "DeviceArray")
