@@ -80,10 +80,19 @@ int main(int argc, char** argv) {
   if (!loaded.ok()) return Fail(loaded.status());
   const mlrt::Model& model = **loaded;
 
-  // 2. The signature: names, dtypes and static shapes of inputs and outputs.
+  // 2. The signature: names, dtypes and shapes of the inputs. A dynamic dim (bundle format
+  //    version 2) has shape -1, a symbol and a range: printed as batch=1..32. The .npy files give
+  //    this run's sizes.
   for (const auto& spec : model.inputs()) {
     std::cout << "input  " << spec.name << ": " << mlrt::DTypeName(spec.dtype) << "[";
-    for (size_t d = 0; d < spec.shape.size(); ++d) std::cout << (d ? "," : "") << spec.shape[d];
+    for (size_t d = 0; d < spec.shape.size(); ++d) {
+      std::cout << (d ? "," : "");
+      if (spec.shape[d] >= 0) {
+        std::cout << spec.shape[d];
+      } else {
+        std::cout << spec.symbols[d] << "=" << spec.min_shape[d] << ".." << spec.max_shape[d];
+      }
+    }
     std::cout << "]\n";
   }
 
@@ -98,7 +107,8 @@ int main(int argc, char** argv) {
   for (const auto& a : arrays) inputs.push_back({a.data.data(), a.dtype, a.shape});
 
   // 4. Run. Inputs are checked (count, dtype, shape) before any data is touched; a mismatch is an
-  //    INVALID_ARGUMENT status naming the input. Outputs are allocated by the runtime here.
+  //    INVALID_ARGUMENT status naming the input. Outputs are allocated by the runtime here, at this
+  //    call's shapes (Model::OutputShapes gives them without running).
   double best_ms = 1e300;
   mlrt::Result<std::vector<mlrt::Tensor>> outputs = mlrt::Status(mlrt::StatusCode::kInternal, "not run");
   for (int r = 0; r < repeat; ++r) {
@@ -112,7 +122,9 @@ int main(int argc, char** argv) {
   // 5. Use the outputs: here, save them as .npy files.
   for (size_t i = 0; i < outputs->size(); ++i) {
     const mlrt::Tensor& t = (*outputs)[i];
-    std::cout << "output " << model.outputs()[i].name << ": " << t.num_bytes() << " bytes\n";
+    std::cout << "output " << model.outputs()[i].name << ": " << t.num_bytes() << " bytes [";
+    for (size_t d = 0; d < t.shape().size(); ++d) std::cout << (d ? "," : "") << t.shape()[d];
+    std::cout << "]\n";
     if (!out_prefix.empty()) {
       mlrt::Status s = WriteNpy(out_prefix + std::to_string(i) + ".npy", t.dtype(), t.shape(), t.data(), t.num_bytes());
       if (!s.ok()) return Fail(s);
