@@ -1,6 +1,10 @@
 // Stress checks run by tests/test_trust.py, built with sanitizers:
 //   stress_test concurrency BUNDLE THREADS RUNS   many threads share one Model, each result must be
-//                                                 bit-identical to a single-threaded run
+//                                                 bit-identical to a single-threaded run; on a bundle
+//                                                 with dynamic dims each input set has its own sizes
+//                                                 (buckets and, where padded, sizes between them),
+//                                                 and every other run writes into caller-provided
+//                                                 outputs of the shapes OutputShapes gives
 //   stress_test leak BUNDLE ITERATIONS            load / run / unload in a loop (LeakSanitizer and
 //                                                 RSS growth catch leaks)
 //   stress_test pool THREADS LOOPS                the thread pool alone: every task of every loop
@@ -12,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,10 +26,35 @@
 
 namespace {
 
-std::vector<std::vector<char>> MakeInputs(const mlrt::Model& model, uint32_t seed) {
-  std::vector<std::vector<char>> inputs;
+struct Inputs {
+  std::vector<std::vector<char>> data;
+  std::vector<std::vector<int64_t>> shapes;
+};
+
+// The size of each dynamic dim's symbol for input set `seed`: any size in range where the symbol
+// is padded, else one of its buckets.
+int64_t SymbolSize(const mlrt::Model& model, const std::string& symbol, uint32_t seed) {
+  const auto& dims = model.dynamic_dims();
+  for (size_t s = 0; s < dims.size(); ++s) {
+    const mlrt::DynamicDim& d = dims[s];
+    if (d.name != symbol) continue;
+    const uint32_t pick = seed * (2 * static_cast<uint32_t>(s) + 1) + static_cast<uint32_t>(s) * 3;
+    if (!d.padded) return d.buckets[pick % d.buckets.size()];
+    return d.min + static_cast<int64_t>(pick % static_cast<uint64_t>(d.max - d.min + 1));
+  }
+  return -1;
+}
+
+Inputs MakeInputs(const mlrt::Model& model, uint32_t seed) {
+  Inputs inputs;
   for (const auto& spec : model.inputs()) {
-    std::vector<char> buf(spec.num_bytes());
+    std::vector<int64_t> shape = spec.shape;
+    for (size_t d = 0; d < shape.size(); ++d) {
+      if (shape[d] < 0) shape[d] = SymbolSize(model, spec.symbols[d], seed);
+    }
+    size_t elements = 1;
+    for (int64_t n : shape) elements *= static_cast<size_t>(n);
+    std::vector<char> buf(elements * mlrt::DTypeSize(spec.dtype));
     uint32_t x = seed * 2654435761u + 12345u;
     if (spec.dtype == mlrt::DType::kFloat32) {
       auto* f = reinterpret_cast<float*>(buf.data());
@@ -33,21 +63,46 @@ std::vector<std::vector<char>> MakeInputs(const mlrt::Model& model, uint32_t see
         f[i] = static_cast<float>(x >> 8) / 16777216.0f - 0.5f;
       }
     }  // other dtypes: zeros (valid indices)
-    inputs.push_back(std::move(buf));
+    inputs.data.push_back(std::move(buf));
+    inputs.shapes.push_back(std::move(shape));
   }
   return inputs;
 }
 
-mlrt::Result<std::vector<mlrt::Tensor>> RunOnce(const mlrt::Model& model, const std::vector<std::vector<char>>& in) {
+std::vector<mlrt::ConstTensorView> Views(const mlrt::Model& model, const Inputs& in) {
   std::vector<mlrt::ConstTensorView> views;
-  for (size_t i = 0; i < in.size(); ++i) views.push_back({in[i].data(), model.inputs()[i].dtype, model.inputs()[i].shape});
-  return model.Run(views);
+  for (size_t i = 0; i < in.data.size(); ++i) views.push_back({in.data[i].data(), model.inputs()[i].dtype, in.shapes[i]});
+  return views;
+}
+
+mlrt::Result<std::vector<mlrt::Tensor>> RunOnce(const mlrt::Model& model, const Inputs& in) {
+  return model.Run(Views(model, in));
+}
+
+// The same run into caller-provided outputs, allocated at the shapes OutputShapes reports.
+mlrt::Result<std::vector<mlrt::Tensor>> RunIntoOutputs(const mlrt::Model& model, const Inputs& in) {
+  auto views = Views(model, in);
+  auto shapes = model.OutputShapes(views);
+  if (!shapes.ok()) return shapes.status();
+  std::vector<mlrt::Tensor> outputs;
+  std::vector<mlrt::TensorView> out_views;
+  for (size_t i = 0; i < shapes->size(); ++i) {
+    auto t = mlrt::Tensor::Allocate(model.outputs()[i].dtype, (*shapes)[i]);
+    if (!t.ok()) return t.status();
+    outputs.push_back(std::move(t).value());
+    out_views.push_back(outputs.back().view());
+  }
+  if (mlrt::Status s = model.Run(views, out_views); !s.ok()) return s;
+  return outputs;
 }
 
 bool SameBits(const std::vector<mlrt::Tensor>& a, const std::vector<mlrt::Tensor>& b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].num_bytes() != b[i].num_bytes() || std::memcmp(a[i].data(), b[i].data(), a[i].num_bytes()) != 0) return false;
+    if (a[i].shape() != b[i].shape() || a[i].num_bytes() != b[i].num_bytes() ||
+        std::memcmp(a[i].data(), b[i].data(), a[i].num_bytes()) != 0) {
+      return false;
+    }
   }
   return true;
 }
@@ -68,9 +123,31 @@ int Concurrency(const char* path, int threads, int runs) {
   // Reference results, one per distinct input, computed on this thread alone.
   const int kDistinct = 8;
   std::vector<std::vector<mlrt::Tensor>> expected;
+  std::set<std::vector<std::vector<int64_t>>> distinct_shapes;
   for (int k = 0; k < kDistinct; ++k) {
-    auto r = RunOnce(m, MakeInputs(m, static_cast<uint32_t>(k)));
+    Inputs in = MakeInputs(m, static_cast<uint32_t>(k));
+    auto r = RunOnce(m, in);
     if (!r.ok()) return std::fprintf(stderr, "%s\n", r.status().ToString().c_str()), 1;
+    // OutputShapes agrees with the shapes Run allocated.
+    auto shapes = m.OutputShapes(Views(m, in));
+    if (!shapes.ok()) return std::fprintf(stderr, "%s\n", shapes.status().ToString().c_str()), 1;
+    for (size_t i = 0; i < r->size(); ++i) {
+      if ((*r)[i].shape() != (*shapes)[i]) return std::fprintf(stderr, "OutputShapes disagrees with Run\n"), 1;
+    }
+    distinct_shapes.insert(in.shapes);
+    // Outputs of another call's shapes are refused, before anything runs.
+    if (!m.dynamic_dims().empty() && k > 0) {
+      std::vector<mlrt::TensorView> other;
+      bool same = true;
+      for (size_t i = 0; i < expected[0].size(); ++i) {
+        other.push_back(expected[0][i].view());
+        same = same && other.back().shape == (*shapes)[i];
+      }
+      mlrt::Status s = same ? mlrt::Status() : m.Run(Views(m, in), other);
+      if (!same && s.code() != mlrt::StatusCode::kInvalidArgument) {
+        return std::fprintf(stderr, "outputs of the wrong shape: %s\n", s.ToString().c_str()), 1;
+      }
+    }
     expected.push_back(std::move(r).value());
   }
   std::atomic<int> mismatches{0}, errors{0};
@@ -79,15 +156,16 @@ int Concurrency(const char* path, int threads, int runs) {
     pool.emplace_back([&, t] {
       for (int r = 0; r < runs; ++r) {
         int k = (t * 7 + r) % kDistinct;
-        auto out = RunOnce(m, MakeInputs(m, static_cast<uint32_t>(k)));
+        Inputs in = MakeInputs(m, static_cast<uint32_t>(k));
+        auto out = r % 2 ? RunIntoOutputs(m, in) : RunOnce(m, in);
         if (!out.ok()) ++errors;
         else if (!SameBits(*out, expected[k])) ++mismatches;
       }
     });
   }
   for (auto& th : pool) th.join();
-  std::printf("concurrency: %d threads x %d runs, %d mismatches, %d errors\n", threads, runs, mismatches.load(),
-              errors.load());
+  std::printf("concurrency: %d threads x %d runs, %d mismatches, %d errors (%zu input shapes)\n", threads, runs,
+              mismatches.load(), errors.load(), distinct_shapes.size());
   return mismatches == 0 && errors == 0 ? 0 : 1;
 }
 
