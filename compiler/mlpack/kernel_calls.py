@@ -563,7 +563,8 @@ class _Rewriter(TopLevelOps):
             return None
         users: list = []
         collect_users(value, users)
-        if any((u.operation if hasattr(u, "operation") else u) not in (kernel_op, via) for u in users):
+        allowed = [op for op in (kernel_op, via) if op is not None]  # MLIR ops do not compare with None
+        if any(not any((u.operation if hasattr(u, "operation") else u) == op for op in allowed) for u in users):
             return None
         return value.arg_number
 
