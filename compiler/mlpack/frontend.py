@@ -342,6 +342,7 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
     stats["empty_permuted_decomposed"] += model_io.decompose_empty_permuted(gm.graph)
     stats["int_operands_promoted"] += model_io.promote_int_operands(gm.graph)
     stats["var_mean_in_float32"] = graph_passes.run_pass(gm.graph, values, graph_passes.var_mean_in_input_dtype)
+    stats["weight_matmuls_unbatched"] = graph_passes.run_pass(gm.graph, values, graph_passes.unbatch_weight_matmuls)
     stats["constants_folded"] = graph_passes.run_pass(gm.graph, values, graph_passes.fold_constants)
     gm.recompile()
     call_args, weights, example_args = _flatten(gm, inputs, input_nodes, values)

@@ -24,7 +24,8 @@ from torch import fx
 aten = torch.ops.aten
 
 # Folding must not blow up the bundle: a folded result may be at most this many times larger than
-# the constants it is computed from (an expand of a bias to a full activation would be huge).
+# the stored weights it is computed from (an expand of a bias to a full activation would be huge;
+# so would a copy of an expanded weight, MultiheadAttention's bmm operand at batch > 1).
 MAX_GROWTH = 1.0
 
 
@@ -90,8 +91,67 @@ def fold_batchnorm(wg: WeightGraph) -> int:
     return folded
 
 
+def _weight_only(node, values, seen=None) -> bool:
+    """True when `node` is computed from weights alone (no input reaches it)."""
+    seen = set() if seen is None else seen
+    if node in seen:
+        return True
+    seen.add(node)
+    if node.op == "placeholder":
+        return node in values
+    return node.op == "call_function" and all(_weight_only(i, values, seen) for i in node.all_input_nodes)
+
+
+def _shape(node) -> tuple:
+    val = node.meta.get("val")
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else ()
+
+
+def unbatch_weight_matmuls(wg: WeightGraph) -> int:
+    """bmm(x, expand(w)) with a 2-D weight `w` copied across the batch ==> mm(rows of x, w).
+
+    torch's matmul decomposition makes that bmm of a 3-D activation and a weight whenever the
+    activation is not contiguous (MultiheadAttention's projections at batch > 1): folded, the
+    weight would be stored once per batch item and read unpacked. As one mm, the weight is
+    stored once, packed, and all rows are one GEMM (the activation is copied to rows first)."""
+    done = 0
+    for node in list(wg.graph.nodes):
+        if node.op != "call_function" or node.target != aten.bmm.default:
+            continue
+        x, y = node.args
+        while y.op == "call_function" and y.target in (aten.view.default, aten._unsafe_view.default) \
+                and _shape(y) == _shape(y.args[0]):
+            y = y.args[0]
+        if not (y.op == "call_function" and y.target == aten.expand.default):
+            continue
+        w = y.args[0]
+        shape_w, shape_x = _shape(w), _shape(x)
+        if len(shape_w) == 3 and shape_w[0] == 1:
+            pass
+        elif len(shape_w) != 2:
+            continue
+        if len(shape_x) != 3 or not all(isinstance(d, int) for d in shape_x) or not _weight_only(w, wg.values):
+            continue
+        b, m, k = shape_x
+        n = shape_w[-1]
+        with wg.graph.inserting_before(node):
+            w2 = w if len(shape_w) == 2 else wg.graph.call_function(aten.view.default, (w, [k, n]))
+            rows = wg.graph.call_function(aten.reshape.default, (x, [b * m, k]))
+            mm = wg.graph.call_function(aten.mm.default, (rows, w2))
+            out = wg.graph.call_function(aten.view.default, (mm, [b, m, n]))
+        out.meta = dict(node.meta)
+        node.replace_all_uses_with(out)
+        wg.graph.erase_node(node)
+        done += 1
+    wg.drop_unused()
+    return done
+
+
 def _numel(t) -> int:
     return t.numel() if isinstance(t, torch.Tensor) else 0
+
+
+_VIEWS_KEPT = (torch.ops.aten.slice.Tensor, torch.ops.aten.select.int)
 
 
 def fold_constants(wg: WeightGraph) -> int:
@@ -112,13 +172,20 @@ def fold_constants(wg: WeightGraph) -> int:
             result = node.target(*args, **kwargs)
         if isinstance(result, torch.Tensor):
             const[node] = result
+    roots: dict[fx.Node, set] = {}  # the weights each folded value is computed from
+    for node in const:
+        roots[node] = {node} if node.op == "placeholder" else set().union(*(roots[i] for i in node.all_input_nodes))
     materialize: list[fx.Node] = []
 
     def need(node: fx.Node) -> None:
-        """`node`'s value is needed at run time: store it, or (if too big) what it is computed from."""
+        """`node`'s value is needed at run time: store it, or (if too big) what it is computed from.
+        A slice of a weight stays a view of it (position embeddings cut to the sequence length): the
+        programs of a dynamic bundle then share the whole weight instead of storing each cut."""
         if node.op == "placeholder" or node in materialize:
             return
-        sources = sum(_numel(const[i]) for i in node.all_input_nodes)
+        if node.target in _VIEWS_KEPT and node.args[0].op == "placeholder":
+            return
+        sources = sum(_numel(const[i]) for i in roots[node])
         if const[node].numel() <= MAX_GROWTH * max(sources, 1):
             materialize.append(node)
         else:  # cheaper to compute at run time than to store
