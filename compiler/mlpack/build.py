@@ -308,13 +308,13 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
             raise BuildError(f"the model's outputs differ in number, dtype or structure between sizes {sizes} and "
                              "the first bucket: a dynamic bundle needs one signature")
         call = []
-        for arg in program.call:  # weights stored once across programs, keyed by name and content
-            kind, _, i = arg.partition(":")
+        for arg in program.call:  # weights stored once across programs, keyed by content (folded
+            kind, _, i = arg.partition(":")  # constants are numbered per program)
             if kind != "weight":
                 call.append(arg)
                 continue
             name, arr = program.weights[int(i)]
-            key = (name, str(arr.dtype), arr.shape, hashlib.sha256(arr.tobytes()).digest())
+            key = (str(arr.dtype), arr.shape, hashlib.sha256(arr.tobytes()).digest())
             if key not in weight_index:
                 weight_index[key] = len(blobs)
                 blobs.append((name, arr))
@@ -342,8 +342,13 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
                 manifest["inputs"][i].setdefault("symbols", [None] * len(first.inputs[i].shape))[dim] = s.name
         for o, out in enumerate(manifest["outputs"]):
             for d in range(len(out["shape"])):
-                if len({tuple(sh[o]) [d] for sh in shapes_at.values()}) > 1:
-                    out["shape"][d] = -1
+                if len({sh[o][d] for sh in shapes_at.values()}) == 1:
+                    continue
+                out["shape"][d] = -1
+                for k, s in enumerate(syms):  # a dim that is one symbol's size in every program
+                    if all(sh[o][d] == combo[k] for combo, sh in shapes_at.items()):
+                        out.setdefault("symbols", [None] * len(out["shape"]))[d] = s.name
+                        break
         weights_blob, weight_entries = bundle_fmt.pack_weights(blobs)
         last = programs[-1]
         manifest.update({"weights": weight_entries, "dynamic_dims": dims,

@@ -278,9 +278,11 @@ def _plot_memory(plan: dict, title: str, out: Path) -> None:
 @click.option("--input", "inputs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help=".npy file per input, in order.")
 @click.option("--random", "use_random", is_flag=True, help="Feed seeded random inputs of the right signature.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=N",
+              help="Size of a dynamic dim for the random inputs (default: its upper bound), e.g. batch=4.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write outputs to .npz / .npy.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (a bundle built with --target cuda).")
-def run(bundle, inputs, use_random, output, device):
+def run(bundle, inputs, use_random, dims, output, device):
     """Run BUNDLE with mlrt on .npy inputs (or --random) and print or save the outputs."""
     import numpy as np
 
@@ -289,7 +291,7 @@ def run(bundle, inputs, use_random, output, device):
     try:
         model = mlrt.load(bundle, device=device)
         if use_random:
-            arrays = _random_inputs(model)
+            arrays = _random_inputs(model, dims)
         else:
             arrays = [np.load(p) for p in inputs]
         t0 = time.perf_counter()
@@ -319,7 +321,9 @@ def run(bundle, inputs, use_random, output, device):
               help="A model file (.pt2 / TorchScript / pickled nn.Module) to run in eager PyTorch on the same inputs.")
 @click.option("--cold/--no-cold", default=True, show_default=True,
               help="Also measure cold start (process start -> first result) and peak RSS in a fresh process.")
-def bench(bundle, iterations, warmup, threads, device, compare, cold):
+@click.option("--dim", "dims", multiple=True, metavar="NAME=N",
+              help="Size of a dynamic dim for the random inputs (default: its upper bound), e.g. batch=4.")
+def bench(bundle, iterations, warmup, threads, device, compare, cold, dims):
     """Latency (min / median / p99), throughput, cold start and peak RSS of BUNDLE with mlrt."""
     import statistics
     import subprocess
@@ -328,10 +332,10 @@ def bench(bundle, iterations, warmup, threads, device, compare, cold):
 
     try:
         model = mlrt.load(bundle, num_threads=threads, device=device)
+        arrays = _random_inputs(model, dims)
     except mlrt.Error as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    arrays = _random_inputs(model)
     runners = {"mlrt": lambda: model.run_flat(*arrays)}
     if compare:
         runners["eager"] = _eager_runner(compare, arrays, model.num_threads, device)
@@ -357,7 +361,7 @@ def bench(bundle, iterations, warmup, threads, device, compare, cold):
     if cold:
         code = ("import sys, numpy as np, mlrt\n"
                 "m = mlrt.load(sys.argv[1], device=sys.argv[2])\n"
-                "m.run_flat(*[np.zeros(s.shape, s.dtype) for s in m.inputs])\n"
+                "m.run_flat(*[np.zeros(s.max_shape, s.dtype) for s in m.inputs])\n"
                 "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')))\n")
         best, rss = float("inf"), 0
         for _ in range(3):
@@ -371,13 +375,30 @@ def bench(bundle, iterations, warmup, threads, device, compare, cold):
         click.echo(f"  cold start (python process start -> first result): {best:.0f} ms; peak RSS {rss:.0f} MiB")
 
 
-def _random_inputs(model):
-    """Seeded inputs of the model's signature: normal floats, zeros elsewhere (valid indices)."""
+def _random_inputs(model, dims=()):
+    """Seeded inputs of the model's signature: normal floats, zeros elsewhere (valid indices).
+    `dims`: "NAME=N" sizes of dynamic dims; the others take their upper bound."""
     import numpy as np
 
+    import mlrt
+
+    sizes = {}
+    for spec in dims:
+        name, _, n = spec.partition("=")
+        if not n.isdigit():
+            raise mlrt.Error(f"--dim {spec!r}: expected NAME=N, e.g. batch=4")
+        sizes[name] = int(n)
+    known = {d for s in model.inputs for d in s.shape if isinstance(d, str)}
+    unknown = sorted(set(sizes) - known)
+    if unknown:
+        raise mlrt.Error(f"--dim: the bundle has no dynamic dim {', '.join(unknown)} "
+                         f"(its dynamic dims: {', '.join(sorted(known)) or 'none'})")
     rng = np.random.default_rng(0)
-    return [rng.standard_normal(s.shape).astype(s.dtype) if s.dtype.kind == "f" else np.zeros(s.shape, s.dtype)
-            for s in model.inputs]
+    out = []
+    for s in model.inputs:
+        shape = [sizes.get(d, hi) if isinstance(d, str) else d for d, hi in zip(s.shape, s.max_shape)]
+        out.append(rng.standard_normal(shape).astype(s.dtype) if s.dtype.kind == "f" else np.zeros(shape, s.dtype))
+    return out
 
 
 def _eager_runner(path: Path, arrays, threads: int, device: str = "cpu"):

@@ -30,7 +30,7 @@ from .errors import BuildError, node_location
 
 _SPEC = re.compile(r"^(?P<input>[A-Za-z_][\w.]*|\d+):(?P<dim>-?\d+)=(?:(?P<name>[A-Za-z_]\w*):)?"
                    r"(?P<lo>\d+)?\.\.(?P<hi>\d+)?$")
-MAX_PROGRAMS = 64  # bucket combinations per bundle: each is a full static program
+MAX_PROGRAMS = 62  # bucket combinations: each program is a section, and a bundle has at most 64 (manifest, weights)
 
 
 @dataclass
@@ -224,6 +224,14 @@ def _expr(d) -> sympy.Expr:
     return sympy.sympify(d.node.expr) if isinstance(d, torch.SymInt) else sympy.Integer(int(d))
 
 
+def _finite(bound) -> int | None:
+    """A range bound as an int; None for torch's infinity (int_oo)."""
+    try:
+        return int(bound) if bool(sympy.sympify(bound).is_finite) else None
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return None
+
+
 def symbols(ep, input_names: list[str], names: dict[tuple[int, int], str] | None = None) -> list[Symbol]:
     """The dynamic dims of an exported program's user inputs, with their ranges. Every one must be a
     plain symbol with a finite upper bound. `names` maps (input, dim) to a declared name."""
@@ -246,12 +254,12 @@ def symbols(ep, input_names: list[str], names: dict[tuple[int, int], str] | None
                                  "only (each input dim its own Dim, or the same Dim)")
             if e not in found:
                 vr = ep.range_constraints.get(e)
-                lo, hi = (int(vr.lower), vr.upper) if vr is not None else (0, None)
-                if hi is None or not getattr(hi, "is_finite", True) or int(hi) >= 1 << 40:
+                lo, hi = (_finite(vr.lower) or 0, _finite(vr.upper)) if vr is not None else (0, None)
+                if hi is None or hi >= 1 << 40:
                     raise BuildError(f"input dim {where} is dynamic without an upper bound: the bundle's memory is "
                                      f"planned at it. Export with Dim(..., max=N), or build with --dynamic {where}=LO..HI")
                 name = (names or {}).get((i, dim)) or f"{input_names[i]}_{dim}"
-                found[e] = Symbol(name, e, lo, int(hi), [])
+                found[e] = Symbol(name, e, lo, hi, [])
             found[e].uses.append((i, dim))
     return list(found.values())
 
