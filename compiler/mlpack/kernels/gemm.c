@@ -302,8 +302,96 @@ static void gemm_run(gemm_job *g) {
   }
 }
 
+/* One row of A times packed B panels: four panels at a time, so eight independent accumulators
+ * hide the FMA latency that a one-row register tile (two accumulators) is bound by. Tasks split
+ * the panels. */
+typedef struct {
+  const float *a, *Bp;
+  float *c;
+  int64_t N, K, panels_per_task;
+  const mlrt_epilogue *ep;
+} packed_row_job;
+
+static void packed_row_task(void *ctx, int64_t task) {
+  const packed_row_job *d = (const packed_row_job *)ctx;
+  const int64_t panels = (d->N + NR - 1) / NR;
+  const int64_t p0 = task * d->panels_per_task, p1 = min64(panels, p0 + d->panels_per_task);
+  for (int64_t p = p0; p < p1; p += 4) {
+    const int64_t np = min64(4, p1 - p);
+    float acc[4][NR];
+    const float *b = d->Bp + p * d->K * NR;
+    const int64_t stride = d->K * NR; /* floats between panels */
+#ifdef MLRT_HAVE_AVX2
+    if (np == 4) {
+      __m256 s[8];
+      for (int q = 0; q < 8; ++q) s[q] = _mm256_setzero_ps();
+      for (int64_t k = 0; k < d->K; ++k) {
+        const __m256 ak = _mm256_broadcast_ss(d->a + k);
+        const float *bk = b + k * NR;
+        for (int q = 0; q < 4; ++q) {
+          s[2 * q] = _mm256_fmadd_ps(ak, _mm256_loadu_ps(bk + q * stride), s[2 * q]);
+          s[2 * q + 1] = _mm256_fmadd_ps(ak, _mm256_loadu_ps(bk + q * stride + 8), s[2 * q + 1]);
+        }
+      }
+      for (int q = 0; q < 4; ++q) {
+        _mm256_storeu_ps(acc[q], s[2 * q]);
+        _mm256_storeu_ps(acc[q] + 8, s[2 * q + 1]);
+      }
+    } else {
+      /* the last one to three panels: even and odd k in separate accumulators, four chains */
+      for (int64_t q = 0; q < np; ++q) {
+        const float *bq = b + q * stride;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        int64_t k = 0;
+        for (; k + 2 <= d->K; k += 2) {
+          const __m256 a0 = _mm256_broadcast_ss(d->a + k), a1 = _mm256_broadcast_ss(d->a + k + 1);
+          s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(bq + k * NR), s0);
+          s1 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(bq + k * NR + 8), s1);
+          s2 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(bq + (k + 1) * NR), s2);
+          s3 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(bq + (k + 1) * NR + 8), s3);
+        }
+        if (k < d->K) {
+          const __m256 a0 = _mm256_broadcast_ss(d->a + k);
+          s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(bq + k * NR), s0);
+          s1 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(bq + k * NR + 8), s1);
+        }
+        _mm256_storeu_ps(acc[q], _mm256_add_ps(s0, s2));
+        _mm256_storeu_ps(acc[q] + 8, _mm256_add_ps(s1, s3));
+      }
+    }
+#else
+    {
+      for (int64_t q = 0; q < np; ++q) {
+        for (int c = 0; c < NR; ++c) acc[q][c] = 0.0f;
+        for (int64_t k = 0; k < d->K; ++k)
+          for (int c = 0; c < NR; ++c) acc[q][c] += d->a[k] * b[q * stride + k * NR + c];
+      }
+    }
+#endif
+    const mlrt_epilogue *ep = d->ep;
+    for (int64_t q = 0; q < np; ++q)
+      for (int64_t c = 0, j = (p + q) * NR; c < NR && j < d->N; ++c, ++j) {
+        float v = acc[q][c] + (ep->overwrite ? (!ep->bias ? 0.0f : ep->bias_per_col ? ep->bias[j] : ep->bias[0])
+                                             : d->c[j]);
+        v += ep->residual ? ep->residual[j] : 0.0f;
+        ep->dst[j] = mlrt_clamp(v, ep->lo, ep->hi);
+      }
+  }
+}
+
 void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep) {
+  if (M == 1 && N > 0 && K > 0) { /* a GEMV (Linear at batch 1, squeeze-excite 1x1 convs): see packed_row_task */
+    const int64_t panels = (N + NR - 1) / NR, threads = mlrt_threads_for(N * K);
+    int64_t per = (panels + threads - 1) / threads;
+    per = (per + 3) / 4 * 4;
+    packed_row_job d = {A, Bp, C, N, K, per, ep};
+    if (threads == 1)
+      packed_row_task(&d, 0);
+    else
+      mlrt_parallel_for((panels + per - 1) / per, packed_row_task, &d);
+    return;
+  }
   gemm_job g = {M, N, K, lda, ldc, A, Bp, C, ep, (N + NR - 1) / NR, 1, 1, NULL, NR, 0};
   gemm_run(&g);
 }
@@ -385,61 +473,6 @@ static void direct_task(void *ctx, int64_t task) {
   }
 }
 
-/* One row of A times packed B panels: four panels at a time, so eight independent accumulators
- * hide the FMA latency that a one-row register tile (two accumulators) is bound by. Tasks split
- * the panels. */
-typedef struct {
-  const float *a, *Bp;
-  float *c;
-  int64_t N, K, panels_per_task;
-  const mlrt_epilogue *ep;
-} packed_row_job;
-
-static void packed_row_task(void *ctx, int64_t task) {
-  const packed_row_job *d = (const packed_row_job *)ctx;
-  const int64_t panels = (d->N + NR - 1) / NR;
-  const int64_t p0 = task * d->panels_per_task, p1 = min64(panels, p0 + d->panels_per_task);
-  for (int64_t p = p0; p < p1; p += 4) {
-    const int64_t np = min64(4, p1 - p);
-    float acc[4][NR];
-    const float *b = d->Bp + p * d->K * NR;
-    const int64_t stride = d->K * NR; /* floats between panels */
-#ifdef MLRT_HAVE_AVX2
-    if (np == 4) {
-      __m256 s[8];
-      for (int q = 0; q < 8; ++q) s[q] = _mm256_setzero_ps();
-      for (int64_t k = 0; k < d->K; ++k) {
-        const __m256 ak = _mm256_broadcast_ss(d->a + k);
-        const float *bk = b + k * NR;
-        for (int q = 0; q < 4; ++q) {
-          s[2 * q] = _mm256_fmadd_ps(ak, _mm256_loadu_ps(bk + q * stride), s[2 * q]);
-          s[2 * q + 1] = _mm256_fmadd_ps(ak, _mm256_loadu_ps(bk + q * stride + 8), s[2 * q + 1]);
-        }
-      }
-      for (int q = 0; q < 4; ++q) {
-        _mm256_storeu_ps(acc[q], s[2 * q]);
-        _mm256_storeu_ps(acc[q] + 8, s[2 * q + 1]);
-      }
-    } else
-#endif
-    {
-      for (int64_t q = 0; q < np; ++q) {
-        for (int c = 0; c < NR; ++c) acc[q][c] = 0.0f;
-        for (int64_t k = 0; k < d->K; ++k)
-          for (int c = 0; c < NR; ++c) acc[q][c] += d->a[k] * b[q * stride + k * NR + c];
-      }
-    }
-    const mlrt_epilogue *ep = d->ep;
-    for (int64_t q = 0; q < np; ++q)
-      for (int64_t c = 0, j = (p + q) * NR; c < NR && j < d->N; ++c, ++j) {
-        float v = acc[q][c] + (ep->overwrite ? (!ep->bias ? 0.0f : ep->bias_per_col ? ep->bias[j] : ep->bias[0])
-                                             : d->c[j]);
-        v += ep->residual ? ep->residual[j] : 0.0f;
-        ep->dst[j] = mlrt_clamp(v, ep->lo, ep->hi);
-      }
-  }
-}
-
 /* ------------------------------------------------------------------------- entry point */
 
 void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t batch, int64_t M, int64_t N,
@@ -456,17 +489,6 @@ void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t b
                         (float *)(intptr_t)dst + c_off};
     const float *Ab = A + bi * a_batch, *Bb = B + bi * b_batch;
     float *Cb = C + c_off;
-    if (b_packed && M == 1) {
-      const int64_t panels = (N + NR - 1) / NR, threads = mlrt_threads_for(8 * N * K);
-      int64_t per = (panels + threads - 1) / threads;
-      per = (per + 3) / 4 * 4;
-      packed_row_job d = {Ab, B, Cb, N, K, per, &ep};
-      if (threads == 1)
-        packed_row_task(&d, 0);
-      else
-        mlrt_parallel_for((panels + per - 1) / per, packed_row_task, &d);
-      continue;
-    }
     if (b_packed) {  /* 2-D only: the compiler packs weights for plain matmuls */
       mlrt_gemm_packed(M, N, K, Ab, lda, B, Cb, N, &ep);
       continue;
