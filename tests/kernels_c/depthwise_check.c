@@ -91,6 +91,21 @@ int main(void) {
             if (r < 0) return 1;
             cases += r;
           }
+  /* Outputs of 1 to 9 columns: channels in the lanes below 6, in blocks of 8 (a partial last block),
+   * two images; strides, dilation, 3x3 to 7x7, in place where the shape allows it. */
+  const int64_t chans[] = {8, 13, 24};
+  for (int ci = 0; ci < 3; ++ci)
+    for (int64_t W = 1; W <= 9; W += 2)
+      for (int64_t K = 3; K <= 7; K += 2)
+        for (int e = 0; e < 16; ++e) {
+          const int64_t s = 1 + (e & 1), d = 1 + ((e >> 1) & 1), pad = (K - 1) * d / 2;
+          const int in_place = s == 1 && (e & 4);
+          const dw_case k = {2, chans[ci], W + 2 * (e >> 3), W, K, K, s, s, d, d, pad, pad, pad, pad, in_place || (e & 8),
+                             (e & 4) != 0, (e & 8) != 0, in_place};
+          const int r = run_case(&k, 1 + (e % 3));
+          if (r < 0) return 1;
+          cases += r;
+        }
   /* Rows too wide for the ring: the direct loop. */
   const dw_case wide = {1, 2, 4, 1500, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
   const int r = run_case(&wide, 2);

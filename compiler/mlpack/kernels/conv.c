@@ -341,7 +341,7 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
 
 /* Whole-channel staging: both buffers in half of L1 (28x28 maps and smaller). At 56x56 the buffers
  * and the output rows no longer fit in L1 together and it is slower than the ring. */
-enum { DW_ROWS = MLRT_DW_ROWS, DW_IMAGE_FLOATS = 4096 };
+enum { DW_ROWS = MLRT_DW_ROWS, DW_IMAGE_FLOATS = 4096, DW_LANES_MAX_TAPS = 81 };
 
 /* Floats of one ring row: every column a vector tap can read, in whole vectors. Padded column j
  * is input column j - pad_left; stride 2 stores column j at j / 2 (even j) or rw / 2 + j / 2. */
@@ -658,6 +658,76 @@ static void depthwise_direct(int64_t x, int64_t w, int64_t y, int64_t batch, int
     mlrt_parallel_for(batch * C, direct_dw_channel, &j);
 }
 
+#ifdef MLRT_HAVE_AVX2
+/* Outputs of fewer than 6 columns (row vectors mostly empty): eight channels in the lanes instead.
+ * A task stages a block of eight channel planes zero-padded and interleaved ([PH][PW][8], on the
+ * stack), then every output position is KH * KW vector FMAs on unit-stride loads. In place is
+ * safe: a block's planes are staged whole before any of its outputs is written. */
+typedef struct {
+  const float *x, *w, *y;
+  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, PH, PW, blocks, per_task;
+  mlrt_epilogue ep;
+} dw_lanes_job;
+
+static void dw_lanes_task(void *ctx, int64_t task) {
+  const dw_lanes_job *j = (const dw_lanes_job *)ctx;
+  const mlrt_epilogue *ep = &j->ep;
+  const int64_t per_image = (j->C + 7) / 8, taps = j->KH * j->KW, plane = j->H * j->W, oplane = j->OH * j->OW;
+  const int64_t b0 = task * j->per_task, b1 = min64(j->blocks, b0 + j->per_task);
+  float buf[MLRT_DW_RING_FLOATS] __attribute__((aligned(32)));
+  memset(buf, 0, (size_t)(j->PH * j->PW * 8) * sizeof(float)); /* padding stays zero: staging skips it */
+  __m256 wv[DW_LANES_MAX_TAPS];
+  float out[8] __attribute__((aligned(32)));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i w_idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32((int)taps));
+  const __m256i o_idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32((int)oplane)); /* channel planes */
+  const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi), zero = _mm256_setzero_ps();
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t n = b / per_image, c0 = (b % per_image) * 8, nc = min64(8, j->C - c0);
+    const __m256 valid = _mm256_castsi256_ps(mlrt_lanes_below((int)nc));
+    for (int64_t l = 0; l < nc; ++l) {
+      const float *src = j->x + (n * j->C + c0 + l) * plane;
+      for (int64_t iy = 0; iy < j->H; ++iy)
+        for (int64_t ix = 0; ix < j->W; ++ix) buf[((iy + j->pt) * j->PW + ix + j->pl) * 8 + l] = src[iy * j->W + ix];
+    }
+    for (int64_t k = 0; k < taps; ++k) wv[k] = _mm256_mask_i32gather_ps(zero, j->w + c0 * taps + k, w_idx, valid, 4);
+    const __m256 bias = ep->bias ? _mm256_maskload_ps(ep->bias + c0, _mm256_castps_si256(valid)) : zero;
+    const int64_t o0 = (n * j->C + c0) * oplane; /* channel c0, position 0 */
+    for (int64_t oy = 0; oy < j->OH; ++oy)
+      for (int64_t ox = 0; ox < j->OW; ++ox) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t ky = 0; ky < j->KH; ++ky) {
+          const float *row = buf + ((oy * j->sh + ky * j->dh) * j->PW + ox * j->sw) * 8;
+          for (int64_t kx = 0; kx < j->KW; ++kx)
+            acc = _mm256_fmadd_ps(wv[ky * j->KW + kx], _mm256_load_ps(row + kx * j->dw * 8), acc);
+        }
+        const int64_t o = o0 + oy * j->OW + ox;
+        acc = _mm256_add_ps(acc, ep->overwrite ? bias : _mm256_mask_i32gather_ps(zero, j->y + o, o_idx, valid, 4));
+        if (ep->residual) acc = _mm256_add_ps(acc, _mm256_mask_i32gather_ps(zero, ep->residual + o, o_idx, valid, 4));
+        _mm256_store_ps(out, mlrt_clamp8(acc, lo, hi));
+        for (int64_t l = 0; l < nc; ++l) ep->dst[o + l * oplane] = out[l];
+      }
+  }
+}
+
+/* True when it ran the conv with channels in the lanes (narrow maps whose padded planes fit). */
+static int depthwise_lanes(const dw_lanes_job *proto, int64_t batch) {
+  dw_lanes_job j = *proto;
+  j.PH = max64((j.OH - 1) * j.sh + (j.KH - 1) * j.dh + 1, j.H + j.pt);
+  j.PW = max64((j.OW - 1) * j.sw + (j.KW - 1) * j.dw + 1, j.W + j.pl);
+  if (j.OW >= 6 || j.KH * j.KW > DW_LANES_MAX_TAPS || j.PH * j.PW * 8 > MLRT_DW_RING_FLOATS) return 0;
+  j.blocks = batch * ((j.C + 7) / 8);
+  const int64_t threads = mlrt_threads_for(batch * j.C * j.OH * j.OW * j.KH * j.KW);
+  const int64_t tasks = threads == 1 ? 1 : min64(j.blocks, 4 * threads);
+  j.per_task = (j.blocks + tasks - 1) / tasks;
+  if (tasks == 1)
+    dw_lanes_task(&j, 0);
+  else
+    mlrt_parallel_for((j.blocks + j.per_task - 1) / j.per_task, dw_lanes_task, &j);
+  return 1;
+}
+#endif
+
 void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
                                int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
                                int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
@@ -669,6 +739,13 @@ void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, i
                      residual, act_lo, act_hi, dst);
     return;
   }
+#ifdef MLRT_HAVE_AVX2
+  const dw_lanes_job lanes = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, C, H, W,
+                              KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 0, 0, 0, 0,
+                              {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual,
+                               act_lo, act_hi, (float *)(intptr_t)dst}};
+  if (depthwise_lanes(&lanes, batch)) return;
+#endif
   depthwise_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, batch, C, H, W,
                      KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 1, ring_rows, rw, 0,
                      {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual, act_lo,
