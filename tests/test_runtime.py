@@ -281,3 +281,57 @@ def test_bundle_deleted_while_loaded_keeps_working(two_io, tmp_path):
     copy.unlink()
     for a, b in zip(m.run_flat(x.numpy(), idx.numpy()), expected):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A bundle whose weights (264 KB) span many 4 KiB chunks once its digests are re-cut."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(256, 256).eval()
+    path = tmp_path_factory.mktemp("chunks") / "wide.bundle"
+    mlpack.build(model, (torch.randn(2, 256),), path)
+    small = path.with_name("wide4k.bundle")
+    blob = bundle_fmt.section_bytes(path, "weights")
+    _rewrite_manifest(path, small, lambda m: m.update(weights_sha256=bundle_fmt.weight_chunk_digests(blob, 4096)))
+    return model, path, small
+
+
+def test_weights_are_verified_by_chunk_on_several_threads(wide, tmp_path):
+    model, path, small = wide
+    assert len(bundle_fmt.read_bundle(small).manifest["weights_sha256"]["chunks"]) > 60
+    x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
+    ref = model(torch.from_numpy(x)).detach().numpy()
+    for p in (path, small):
+        np.testing.assert_allclose(mlrt.load(p, num_threads=3).run(x), ref, rtol=1e-5, atol=1e-5)
+    w = next(s for s in bundle_fmt.read_bundle(small).sections if s.name == "weights")
+    for chunk in (0, 17, w.size // 4096):  # first, middle, the short last one
+        _flip(small, tmp_path / "bad.bundle", w.offset + chunk * 4096 + 5)
+        with pytest.raises(mlrt.Error, match=rf"section 'weights' fails its sha256 check \(chunk {chunk} of"):
+            mlrt.load(tmp_path / "bad.bundle", num_threads=3)
+        mlrt.load(tmp_path / "bad.bundle", verify="skip-weights")  # documented: trusted in that mode
+
+
+def test_weights_without_chunk_digests_are_verified_whole(wide, tmp_path):
+    _, path, _ = wide
+    _rewrite_manifest(path, tmp_path / "old.bundle", lambda m: m.pop("weights_sha256"))
+    mlrt.load(tmp_path / "old.bundle")
+    w = next(s for s in bundle_fmt.read_bundle(tmp_path / "old.bundle").sections if s.name == "weights")
+    _flip(tmp_path / "old.bundle", tmp_path / "bad.bundle", w.offset + 100)
+    with pytest.raises(mlrt.Error, match=r"section 'weights' fails its sha256 check \(expected"):
+        mlrt.load(tmp_path / "bad.bundle")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.update(chunk_bytes=5000), "power of two"),
+    (lambda d: d.update(chunk_bytes=1 << 31), "power of two"),
+    (lambda d: d["chunks"].pop(), "lists"),
+    (lambda d: d["chunks"].append(d["chunks"][0]), "lists"),
+    (lambda d: d["chunks"].__setitem__(0, d["chunks"][0].upper()), "hex digits"),
+    (lambda d: d["chunks"].__setitem__(0, d["chunks"][0][:-1]), "hex digits"),
+    (lambda d: d.pop("chunks"), "needs integer"),
+])
+def test_malformed_chunk_digests_are_refused(wide, tmp_path, edit, message):
+    _, _, small = wide
+    _rewrite_manifest(small, tmp_path / "m.bundle", lambda m: edit(m["weights_sha256"]))
+    with pytest.raises(mlrt.Error, match=message):
+        mlrt.load(tmp_path / "m.bundle")

@@ -57,7 +57,8 @@ def test_tampering_with_rehashed_sections_breaks_the_signature(signed, tmp_path)
     manifest["inputs"][0]["name"] = "evil"
     weights = bytearray(bundle_fmt.section_bytes(src, "weights"))
     weights[0] ^= 1
-    for label, new_manifest, new_weights in (("manifest", manifest, None), ("weights", info.manifest, bytes(weights))):
+    rehashed = {**info.manifest, "weights_sha256": bundle_fmt.weight_chunk_digests(bytes(weights))}  # the chunk digests too
+    for label, new_manifest, new_weights in (("manifest", manifest, None), ("weights", rehashed, bytes(weights))):
         sections = [(s.name, new_weights if (s.name == "weights" and new_weights) else bundle_fmt.section_bytes(src, s.name),
                      s.alignment) for s in info.sections if s.name != "manifest"]
         bad = tmp_path / f"{label}.bundle"

@@ -46,7 +46,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto view = mlrt::ParseContainer(bytes.data(), bytes.size(), mlrt::LoadOptions::Verify::kFull);
   if (view.ok()) {
     auto manifest = mlrt::ParseManifest(*view);
-    (void)manifest;
+    if (manifest.ok()) (void)mlrt::VerifyWeights(*view, *manifest, 2);
   }
   // The JSON reader on the raw input as well.
   mlrt::json::Value v;

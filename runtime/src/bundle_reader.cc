@@ -6,11 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <set>
+#include <thread>
 
 #include "host_api.h"
 #include "json.h"
@@ -173,8 +176,9 @@ Result<BundleView> ParseContainer(const uint8_t* data, size_t size, LoadOptions:
       return DataLoss("section '" + s.name + "' is misaligned or declares a bad alignment");
     }
     s.data = data + offset;
-    bool check = verify == LoadOptions::Verify::kFull || s.name != "weights";
-    if (check) {
+    if (s.name == "weights") {
+      view.weights_pending = verify == LoadOptions::Verify::kFull;
+    } else {
       Sha256Digest actual = Sha256(s.data, s.size);
       if (std::memcmp(actual.data(), digest, 32) != 0) {
         return DataLoss("section '" + s.name + "' fails its sha256 check (expected " + Hex(digest, 32) + ", got " +
@@ -831,6 +835,89 @@ Status ParseOutputSymbols(const json::Value& root, Manifest* m) {
 
 }  // namespace
 
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+// `weights_sha256`: {"chunk_bytes": power of two in [4 KiB, 1 GiB], "chunks": one lowercase hex
+// digest per chunk, ceil(section size / chunk_bytes) of them}.
+Status ParseWeightChunks(const json::Value* v, uint64_t weight_bytes, Manifest* m) {
+  if (!v || v->kind() == json::Value::Kind::kNull) return Status::Ok();
+  const json::Value* size = v->is_object() ? v->find("chunk_bytes") : nullptr;
+  const json::Value* chunks = v->is_object() ? v->find("chunks") : nullptr;
+  if (!size || !size->is_int() || !chunks || !chunks->is_array()) {
+    return BadManifest("'weights_sha256' needs integer 'chunk_bytes' and array 'chunks'");
+  }
+  const int64_t n = size->as_int();
+  if (n < 4096 || n > (int64_t{1} << 30) || (n & (n - 1)) != 0) {
+    return BadManifest("'weights_sha256': chunk_bytes must be a power of two in [4096, 2^30]");
+  }
+  const uint64_t count = (weight_bytes + static_cast<uint64_t>(n) - 1) / static_cast<uint64_t>(n);
+  if (chunks->items().size() != count) {
+    return BadManifest("'weights_sha256' lists " + std::to_string(chunks->items().size()) + " chunks, the " +
+                       std::to_string(weight_bytes) + "-byte weights section has " + std::to_string(count));
+  }
+  m->weight_chunk_bytes = static_cast<uint64_t>(n);
+  for (const json::Value& c : chunks->items()) {
+    std::array<uint8_t, 32> d{};
+    bool ok = c.is_string() && c.as_string().size() == 64;
+    for (size_t i = 0; ok && i < 32; ++i) {
+      const int hi = HexValue(c.as_string()[2 * i]), lo = HexValue(c.as_string()[2 * i + 1]);
+      ok = hi >= 0 && lo >= 0;
+      d[i] = static_cast<uint8_t>(ok ? hi * 16 + lo : 0);
+    }
+    if (!ok) return BadManifest("'weights_sha256': a chunk digest is not 64 lowercase hex digits");
+    m->weight_chunks.push_back(d);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status VerifyWeights(const BundleView& bundle, const Manifest& manifest, int threads) {
+  const SectionRef* w = bundle.Find("weights");
+  if (!bundle.weights_pending || !w) return Status::Ok();
+  if (manifest.weight_chunks.empty()) {
+    Sha256Digest actual = Sha256(w->data, w->size);
+    if (std::memcmp(actual.data(), w->sha256.data(), 32) != 0) {
+      return DataLoss("section 'weights' fails its sha256 check (expected " + Hex(w->sha256.data(), 32) + ", got " +
+                      Hex(actual.data(), 32) + ")");
+    }
+    return Status::Ok();
+  }
+  // Chunks are independent: threads take them in turn. The manifest holding the digests was
+  // itself verified, so this covers every byte the section-table digest would.
+  const size_t count = manifest.weight_chunks.size();
+  std::atomic<size_t> next{0};
+  std::atomic<size_t> bad{count};  // the first mismatching chunk, or count
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < count;) {
+      const uint64_t off = i * manifest.weight_chunk_bytes;
+      const uint64_t len = std::min<uint64_t>(manifest.weight_chunk_bytes, w->size - off);
+      Sha256Digest d = Sha256(w->data + off, len);
+      if (std::memcmp(d.data(), manifest.weight_chunks[i].data(), 32) != 0) {
+        size_t seen = bad.load();
+        while (i < seen && !bad.compare_exchange_weak(seen, i)) {
+        }
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  const size_t extra = std::min<size_t>(count, static_cast<size_t>(std::max(threads, 1))) - 1;
+  for (size_t t = 0; t < extra; ++t) helpers.emplace_back(work);
+  work();
+  for (auto& t : helpers) t.join();
+  if (bad.load() < count) {
+    return DataLoss("section 'weights' fails its sha256 check (chunk " + std::to_string(bad.load()) + " of " +
+                    std::to_string(count) + ")");
+  }
+  return Status::Ok();
+}
+
 Result<Manifest> ParseManifest(const BundleView& bundle) {
   const SectionRef* section = bundle.Find("manifest");
   if (!section) return BadManifest("no 'manifest' section");
@@ -883,6 +970,7 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
     if (ref.offset % DTypeSize(spec.dtype) != 0) return BadManifest(where + ": misaligned offset");
     m.weights.push_back(std::move(ref));
   }
+  if (Status cs = ParseWeightChunks(root.find("weights_sha256"), weight_bytes, &m); !cs.ok()) return cs;
 
   if (dynamic) {
     // Top-level call and memory_plan are the last program's, for tools; the runtime reads the programs'.

@@ -44,10 +44,13 @@ struct SectionRef {
 struct BundleView {
   uint32_t format_version = 0;
   std::vector<SectionRef> sections;
+  // Under Verify::kFull the weights section is checked after the manifest is read (VerifyWeights),
+  // which may give per-chunk digests that let several threads share the work.
+  bool weights_pending = false;
   const SectionRef* Find(std::string_view name) const;
 };
 
-// Verifies the container; hashes every section (weights only under Verify::kFull).
+// Verifies the container; hashes every section but `weights` (left to VerifyWeights).
 Result<BundleView> ParseContainer(const uint8_t* data, size_t size, LoadOptions::Verify verify);
 
 struct CallArg {
@@ -131,9 +134,16 @@ struct Manifest {
   CpuTarget cpu;
   bool has_cuda = false;
   CudaTarget cuda;
+  // `weights_sha256` (optional): SHA-256 of each weight_chunk_bytes-long piece of the weights section.
+  uint64_t weight_chunk_bytes = 0;
+  std::vector<std::array<uint8_t, 32>> weight_chunks;
 };
 
 // Parses and validates the manifest against the container (weight ranges, sections, call list).
 Result<Manifest> ParseManifest(const BundleView& bundle);
+
+// Hashes the weights section if ParseContainer left it pending: per chunk on up to `threads`
+// threads when the manifest lists chunk digests, else as one digest. DATA_LOSS on a mismatch.
+Status VerifyWeights(const BundleView& bundle, const Manifest& manifest, int threads);
 
 }  // namespace mlrt

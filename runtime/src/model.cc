@@ -423,13 +423,17 @@ Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const 
   const bool signed_only = !options.public_key.empty();
   auto view = ParseContainer(file->data(), file->size(), signed_only ? LoadOptions::Verify::kFull : options.verify);
   if (!view.ok()) return Status(view.status().code(), path + ": " + view.status().message());
-  if (signed_only) {
-    if (Status s = VerifySignature(*view, options.public_key); !s.ok()) return Status(s.code(), path + ": " + s.message());
-  }
+  // The manifest (hash-checked) comes first: it may list the weights' chunk digests, which the
+  // load's threads check side by side. The signature covers every section's digest, so it is
+  // checked once every section has been.
   auto manifest = ParseManifest(*view);
   if (!manifest.ok()) return Status(manifest.status().code(), path + ": " + manifest.status().message());
   int threads = options.num_threads > 0 ? options.num_threads : DefaultThreadCount();
   if (threads > 1024) return Status(StatusCode::kInvalidArgument, "num_threads " + std::to_string(threads) + " is too large");
+  if (Status s = VerifyWeights(*view, *manifest, threads); !s.ok()) return Status(s.code(), path + ": " + s.message());
+  if (signed_only) {
+    if (Status s = VerifySignature(*view, options.public_key); !s.ok()) return Status(s.code(), path + ": " + s.message());
+  }
 
   if (on_cuda) {
     if (manifest->is_dynamic()) {
