@@ -987,7 +987,7 @@ _RULES = {
 _PREFIX_OPS = {"cumsum", "cumprod"}
 # Not tagged pointwise, but each output entry is the input entry at the same index.
 _IDENTITY_LIKE = {"clone", "_to_copy", "alias", "detach", "lift_fresh_copy", "contiguous", "full_like", "zeros_like",
-                  "ones_like", "empty_like", "dropout", "native_dropout", "masked_fill", "_unsafe_index_put_none"}
+                  "ones_like", "empty_like", "masked_fill"}
 # Results without tensors to track (runtime assertions, range constraints).
 _NO_RESULT = {"_assert_scalar", "sym_constrain_range_for_size", "sym_constrain_range", "_assert_tensor_metadata",
               "sym_size", "sym_numel", "sym_stride", "sym_storage_offset"}
