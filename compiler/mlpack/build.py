@@ -89,6 +89,8 @@ def build(
     if unknown or not targets:
         raise BuildError(f"unknown target {target!r}: this build supports {', '.join(TARGETS)}")
     decls = dynamic_dims.declarations(dynamic)
+    if decls and targets != ["cpu"]:  # refused before the export; a dynamic .pt2 is refused in _build_dynamic
+        raise BuildError(_CPU_ONLY)
     timings: dict[str, float] = {}
     report = progress or (lambda stage, secs: None)
 
@@ -153,6 +155,9 @@ def build(
         program = _compile_program(lifted, opts)
         return _write_static(lifted, program, opts, output_path, timings)
     return _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts, output_path, timings)
+
+
+_CPU_ONLY = "dynamic dims are CPU-only in this version: build with --target cpu (the CUDA target needs static shapes)"
 
 
 @dataclass
@@ -278,8 +283,7 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
     from . import dynamic_dims, frontend
 
     if opts.targets != ["cpu"]:
-        raise BuildError("dynamic dims are CPU-only in this version: build with --target cpu (the CUDA target "
-                         "needs static shapes)")
+        raise BuildError(_CPU_ONLY)
     with opts.stage("export"):
         decomposed = dyn_ep.run_decompositions()
         syms = dynamic_dims.symbols(decomposed, names, dim_names)
