@@ -229,3 +229,24 @@ def test_build_errors(tmp_path):
     ep = torch.export.export(model, (torch.randn(2, 4),), dynamic_shapes={"input": {0: Dim("b", min=1)}})
     with pytest.raises(mlpack.BuildError, match="upper bound"):
         mlpack.build(ep, None, tmp_path / "a.bundle")
+
+
+@pytest.mark.parametrize("name", ["hf_bert", "tv_mobilenet_v3_small"])
+def test_corpus_models_with_a_dynamic_batch(name, tmp_path):
+    """Models nobody here wrote: a batch of 1..4 from buckets 1 and 4, so 2 and 3 run padded."""
+    import corpus
+    from mlpack import dynamic_dims
+
+    model, example = corpus.make(name)
+    result = mlpack.build(model, list(example), tmp_path / "m.bundle",
+                          dynamic=[f"{i}:0=batch:1..4" for i in range(len(example))], buckets=["batch=1,4"])
+    assert result.manifest["dynamic_dims"][0]["padding"] is not None  # the proof holds for the batch dim
+    m = mlrt.load(tmp_path / "m.bundle")
+    gen = torch.Generator().manual_seed(1)
+    for n in (1, 2, 3, 4):
+        xs = [dynamic_dims.resize(x, 0, n) for x in example]
+        if xs[0].is_floating_point():  # distinct images, so a row mix-up would show
+            xs[0] = xs[0] + 0.1 * torch.randn(xs[0].shape, generator=gen)
+        elif n > 1:  # distinct sentences
+            xs[0][1:] = torch.randint(0, 100, xs[0][1:].shape, generator=gen)
+        assert_matches_eager(m.run_flat(*[x.numpy() for x in xs]), _eager(model, *[x.numpy() for x in xs]))
