@@ -22,7 +22,7 @@ def _verdict(model, examples, specs, names=None):
     ep, dim_names = dd.export_dynamic(model.eval(), examples, names, [dd.parse_dynamic(s) for s in specs])
     ep = ep.run_decompositions()
     syms = dd.symbols(ep, names, dim_names)
-    return {s.name: dd.padding_obstacle(ep, s, names) for s in syms}, syms
+    return {s.name: dd.padding_obstacle(ep, s) for s in syms}, syms
 
 
 def _padded_equals_eager(model, examples, sym, v):

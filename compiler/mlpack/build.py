@@ -289,7 +289,7 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
         syms = dynamic_dims.symbols(decomposed, names, dim_names)
         dynamic_dims.choose_buckets(syms, dynamic_dims.parse_buckets(buckets), names)
         for s in syms:
-            s.not_padded = dynamic_dims.padding_obstacle(decomposed, s, names)
+            s.not_padded = dynamic_dims.padding_obstacle(decomposed, s)
         if examples is None:
             examples = _examples_from_signature(decomposed, syms)
 

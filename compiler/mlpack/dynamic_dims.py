@@ -1001,7 +1001,7 @@ _SIZE_ARGS = {("view", 1), ("_unsafe_view", 1), ("reshape", 1), ("view_copy", 1)
               ("native_group_norm", 3), ("native_group_norm", 5), ("empty_permuted", 0)}
 
 
-def padding_obstacle(ep, sym: Symbol, input_names: list[str]) -> str | None:
+def padding_obstacle(ep, sym: Symbol) -> str | None:
     """None when every output's entries below add + mul * v (per dim of dynamic size) depend only on
     input entries below v along `sym`'s dims, and equal a program built for v; else why not."""
     from torch.export.graph_signature import InputKind

@@ -126,9 +126,7 @@ def unbatch_weight_matmuls(wg: WeightGraph) -> int:
             continue
         w = y.args[0]
         shape_w, shape_x = _shape(w), _shape(x)
-        if len(shape_w) == 3 and shape_w[0] == 1:
-            pass
-        elif len(shape_w) != 2:
+        if not (len(shape_w) == 2 or (len(shape_w) == 3 and shape_w[0] == 1)):  # [k, n] or [1, k, n]
             continue
         if len(shape_x) != 3 or not all(isinstance(d, int) for d in shape_x) or not _weight_only(w, wg.values):
             continue
