@@ -107,6 +107,41 @@ def build(model, output, input_shapes, example_inputs, dynamic, buckets, target,
     say(f"wrote {output}: {_mib(result.bundle_bytes)} in {time.perf_counter() - t0:.1f} s")
 
 
+@main.command("triton-repo")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "repo", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Model repository folder (created; other models in it are left alone).")
+@click.option("--name", default=None, help="Model name in Triton (default: the bundle's file name without suffix).")
+@click.option("--instances", default=1, show_default=True, type=int,
+              help="Model instances (threads serving requests); they share one loaded bundle.")
+@click.option("--max-batch", "max_batch", default=None, type=int,
+              help="Triton max_batch_size (default: the bundle's dynamic batch dim max, else 0; 0 turns batching off).")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="Instance kind; gpu needs a bundle built with --target cuda (untested here).")
+@click.option("--threads", default=None, type=int, help="mlrt threads per run (default: physical cores).")
+@click.option("--version", "version", default=1, show_default=True, type=int, help="Model version folder.")
+@click.option("--backend", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="libtriton_mlrt.so to copy (default: the one inside the installed mlrt package).")
+def triton_repo(bundle, repo, name, instances, max_batch, kind, threads, version, backend):
+    """Write a Triton Inference Server model repository serving BUNDLE with the mlrt backend.
+
+    Then: tritonserver --model-repository REPO (docs/serving.md).
+    """
+    from .triton_repo import TritonRepoError, write_repo
+
+    try:
+        folder = write_repo(bundle, repo, name=name, instances=instances, max_batch=max_batch, kind=kind,
+                            threads=threads, version=version, backend=backend)
+    except TritonRepoError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    config = (folder / "config.pbtxt").read_text()
+    batching = any(line.startswith("max_batch_size:") for line in config.splitlines())
+    click.echo(f"wrote {folder}/ (config.pbtxt, {version}/model.bundle, libtriton_mlrt.so)"
+               + ("; dynamic batching on" if batching else "; one request per run"))
+    click.echo(f"serve it: tritonserver --model-repository {repo}")
+
+
 @main.command()
 @click.argument("private_key", type=click.Path(dir_okay=False, path_type=Path))
 def keygen(private_key):
