@@ -19,3 +19,12 @@ fi
 # torchvision and timm without their dependencies: resolved by pip they would replace torch with
 # a CUDA build. (transformers comes with the test extra; it brings timm's other dependencies.)
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps "torchvision==0.28.0" "timm>=1.0"
+
+# Triton Inference Server for tests/test_triton.py: the only full server on the package index is
+# inside nvidia-pytriton (Triton 2.51, needs glibc >= 2.35). --no-deps: its numpy<2 pin would
+# replace ours; --target: only its binary is used, from build/triton (ignored by git). Without it
+# the Triton tests skip with the reason.
+if [ ! -x build/triton/pytriton/tritonserver/bin/tritonserver ]; then
+  "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target build/triton "nvidia-pytriton==0.7.0" \
+    || echo "setup: could not install nvidia-pytriton (tests/test_triton.py will skip)" >&2
+fi
