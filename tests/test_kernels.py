@@ -208,23 +208,24 @@ CASES = {
     "linear_gemv_wide_residual": (lambda: ResidualLinear(), [(1, 520)]),
     "batch_matmul": (lambda: Attention(), [(3, 20, 16), (3, 24, 16)]),
     "matmul_strided_views": (lambda: StridedMatmuls(), [(24, 24), (24, 64), (2, 16, 24)]),
-    # 3x3 stride-1 convs with >= 16 channels: Winograd F(2x2,3x3). Odd sizes leave partial tiles,
+    # 3x3 stride-1 convs with >= 32 channels: Winograd F(2x2,3x3). Odd sizes leave partial tiles,
     # widths that are not a multiple of 16 tiles put panels across tile rows (the gather path).
-    "winograd_bias_relu_odd": (lambda: nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU()),
-                               [(2, 16, 13, 30)]),
-    "winograd_residual_relu": (lambda: Residual(16), [(1, 16, 26, 18)]),
-    "winograd_unpadded_bn_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(32, 16, 3, bias=False), nn.BatchNorm2d(16),
-                                                             nn.ReLU6())), [(1, 32, 9, 7)]),
-    "winograd_asymmetric_padding": (lambda: nn.Conv2d(16, 20, 3, padding=(0, 1)), [(1, 16, 11, 20)]),
-    "winograd_few_tiles_many_channels": (lambda: nn.Conv2d(64, 96, 3, padding=1), [(1, 64, 7, 7)]),
+    "winograd_bias_relu_odd": (lambda: nn.Sequential(nn.Conv2d(32, 40, 3, padding=1), nn.ReLU()),
+                               [(2, 32, 13, 30)]),
+    "winograd_residual_relu": (lambda: Residual(32), [(1, 32, 26, 18)]),
+    "winograd_unpadded_bn_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(32, 40, 3, bias=False), nn.BatchNorm2d(40),
+                                                             nn.ReLU6())), [(1, 32, 11, 10)]),
+    "winograd_asymmetric_padding": (lambda: nn.Conv2d(32, 36, 3, padding=(0, 1)), [(1, 32, 11, 20)]),
+    # one panel of tiles pays only with many channels (kernel_calls.WINOGRAD_ONE_PANEL_MIN_CHANNELS2)
+    "winograd_few_tiles_many_channels": (lambda: nn.Conv2d(128, 256, 3, padding=1), [(1, 128, 7, 7)]),
     # Maps with enough tiles: F(4x4,3x3). Tile rows of 16 with a cut last tile, of 7 tiles (one
     # dummy lane per 8), of 14 (two), rows and columns cut at the bottom/right edges.
-    "winograd4x4_bias_relu_ragged": (lambda: nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU()),
-                                     [(2, 16, 30, 62)]),
-    "winograd4x4_unpadded_bn_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(24, 16, 3, bias=False),
-                                                                nn.BatchNorm2d(16), nn.ReLU6())), [(1, 24, 30, 29)]),
-    "winograd4x4_asymmetric_padding": (lambda: nn.Conv2d(16, 20, 3, padding=(0, 1)), [(1, 16, 23, 54)]),
-    "winograd4x4_residual_relu": (lambda: Residual(16), [(1, 16, 28, 28)]),
+    "winograd4x4_bias_relu_ragged": (lambda: nn.Sequential(nn.Conv2d(32, 40, 3, padding=1), nn.ReLU()),
+                                     [(2, 32, 30, 62)]),
+    "winograd4x4_unpadded_bn_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(40, 32, 3, bias=False),
+                                                                nn.BatchNorm2d(32), nn.ReLU6())), [(1, 40, 30, 29)]),
+    "winograd4x4_asymmetric_padding": (lambda: nn.Conv2d(32, 36, 3, padding=(0, 1)), [(1, 32, 23, 54)]),
+    "winograd4x4_residual_relu": (lambda: Residual(32), [(1, 32, 28, 28)]),
     # Pooling: taps in the padding skipped (the -inf / zero padded copy dropped), ceil mode's
     # bottom/right overhang, strides 1-3, dilation, rows of 1-40 outputs, avg with and without
     # counting the padding (the division stays a loop).
@@ -288,7 +289,7 @@ def test_convs_read_channel_slices_in_place(tmp_path):
     assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(x.numpy()), ref)
 
 
-@pytest.mark.parametrize("shape", [(1, 32, 40, 44), (1, 64, 7, 7), (2, 48, 14, 14), (1, 32, 28, 56)])
+@pytest.mark.parametrize("shape", [(1, 32, 40, 44), (1, 192, 7, 7), (2, 48, 14, 14), (1, 32, 28, 56)])
 def test_winograd_is_the_same_on_any_thread_count(shape, tmp_path):
     """Every task split (whole panels, channel chunks, serial) gives the same result as eager."""
     torch.manual_seed(1)

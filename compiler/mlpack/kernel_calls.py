@@ -30,8 +30,13 @@ from .memory_plan import TopLevelOps, collect_users, defining_op, root_buffer
 # one row runs 1.28x and two rows 1.6x faster than reading B in place (784-1024-1024-10 MLP, Zen 4).
 PACK_MIN_ROWS = 8
 # 3x3 convs with fewer input or output channels than this keep im2col: the GEMMs of the Winograd
-# domain would be too thin to pay for its input and output transforms.
-WINOGRAD_MIN_CHANNELS = 16
+# domain would be too thin to pay for its input and output transforms (Zen 4, 2 threads: 16->64
+# on 15x15 1.35x slower than im2col; 32->32 on 32x32 1.55x faster).
+WINOGRAD_MIN_CHANNELS = 32
+# On maps whose F(2x2) tiles fill one panel (8x8 and smaller) Winograd pays only with this many
+# input x output channels: 128->256 on 7x7 1.36x faster than the small-map conv, 128->128 even,
+# 64->64 and 32->128 1.3x slower.
+WINOGRAD_ONE_PANEL_MIN_CHANNELS2 = 128 * 256
 # Grouped convs: the most threads that run (image, group) pairs side by side, each with its own
 # packed-B scratch (kernels/conv.c mlrt_conv2d_grouped_f32).
 GROUPED_SLICES = 8
@@ -42,6 +47,9 @@ GROUPED_SLICES = 8
 # 1x1 on 2x2 2.6x; a 1x1 on 4x4 (16 positions, one full panel) 2x slower; 8x8 even; 7x7 with
 # 512 channels 1.7x slower (its row gather is scalar and strided).
 SMALL_MAP_POSITIONS = 32
+# Wider taps (3x3) keep the small-map conv up to this many positions where Winograd does not pay:
+# 6x6 and 7x7 maps with 32-128 channels 1.1-1.2x faster than im2col; 8x8 (four full panels) slower.
+SMALL_MAP_POSITIONS_TAPS = 64
 NR = 16  # packed panel width, kernels/mlrt_kernels.h MLRT_NR
 GEMM_KC = 256  # the GEMM's K block (kernels/gemm.c KC): deeper products keep partial sums in C
 DW_RING_FLOATS, DW_MAX_KH, DW_ROWS = 16384, 16, 4  # the depthwise kernel's row ring, kernels/mlrt_kernels.h
@@ -606,11 +614,14 @@ class _Rewriter(TopLevelOps):
                 self.epilogue(kernel_op, y, None, fusion, {w} if x == y else {x, w})  # x == y: in place
                 dims = [n, c, h, wd] + ([] if depthwise else [co]) + [kh, kw, oh, ow, sh, sw, dh, dw, pt, pl]
                 winograd_arg = small_arg = None
-                if self.cpu_layouts and not depthwise and oh * ow < SMALL_MAP_POSITIONS \
-                        and not (kh * kw == 1 and oh * ow % NR == 0):
+                winograd = self.winograd and not depthwise and (kh, kw, sh, sw, dh, dw) == (3, 3, 1, 1, 1, 1) \
+                    and min(c, co) >= WINOGRAD_MIN_CHANNELS \
+                    and (_winograd_tiles(oh, ow, 2)[2] > 1 or c * co >= WINOGRAD_ONE_PANEL_MIN_CHANNELS2)
+                if self.cpu_layouts and not depthwise and (
+                        (oh * ow < SMALL_MAP_POSITIONS and not (kh * kw == 1 and oh * ow % NR == 0))
+                        or (kh * kw > 1 and oh * ow < SMALL_MAP_POSITIONS_TAPS and not winograd)):
                     small_arg = self.packable_weight(w, kernel_op)
-                elif self.winograd and not depthwise and (kh, kw, sh, sw, dh, dw) == (3, 3, 1, 1, 1, 1) \
-                        and min(c, co) >= WINOGRAD_MIN_CHANNELS:
+                elif winograd:
                     winograd_arg = self.packable_weight(w, kernel_op)
                 if depthwise:
                     sig = self.emit(kernel_op, "mlrt_depthwise_conv2d_f32", [x, w, y], None, dims, fusion, [], y,
