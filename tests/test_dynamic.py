@@ -218,8 +218,6 @@ def test_build_errors(tmp_path):
     from torch.export import Dim
 
     model = nn.Linear(4, 2).eval()
-    with pytest.raises(mlpack.BuildError, match="CPU-only"):
-        mlpack.build(model, [torch.randn(2, 4)], tmp_path / "a.bundle", target="cuda", dynamic=["0:0=1..4"])
     with pytest.raises(mlpack.BuildError, match="no input named 'x'"):
         mlpack.build(model, [torch.randn(2, 4)], tmp_path / "a.bundle", dynamic=["x:0=1..4"])
     with pytest.raises(mlpack.BuildError, match="outside the dim's range"):

@@ -25,6 +25,7 @@ class BuildResult:
     manifest: dict
     timings: dict[str, float] = field(default_factory=dict)
     cuda_source: str | None = None  # the generated CUDA C++ of a cuda target (for tests and debugging)
+    cuda_sources: list[str] | None = None  # dynamic bundles: each program's, in `programs` order
 
     @property
     def memory_plan(self) -> dict:
@@ -89,8 +90,6 @@ def build(
     if unknown or not targets:
         raise BuildError(f"unknown target {target!r}: this build supports {', '.join(TARGETS)}")
     decls = dynamic_dims.declarations(dynamic)
-    if decls and targets != ["cpu"]:  # refused before the export; a dynamic .pt2 is refused in _build_dynamic
-        raise BuildError(_CPU_ONLY)
     timings: dict[str, float] = {}
     report = progress or (lambda stage, secs: None)
 
@@ -155,9 +154,6 @@ def build(
         program = _compile_program(lifted, opts)
         return _write_static(lifted, program, opts, output_path, timings)
     return _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts, output_path, timings)
-
-
-_CPU_ONLY = "dynamic dims are CPU-only in this version: build with --target cpu (the CUDA target needs static shapes)"
 
 
 @dataclass
@@ -282,18 +278,18 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
     from . import bundle as bundle_fmt
     from . import dynamic_dims, frontend
 
-    if opts.targets != ["cpu"]:
-        raise BuildError(_CPU_ONLY)
     with opts.stage("export"):
         decomposed = dyn_ep.run_decompositions()
         syms = dynamic_dims.symbols(decomposed, names, dim_names)
         dynamic_dims.choose_buckets(syms, dynamic_dims.parse_buckets(buckets), names)
+        _check_section_count(syms, opts)
         for s in syms:
             s.not_padded = dynamic_dims.padding_obstacle(decomposed, s)
         if examples is None:
             examples = _examples_from_signature(decomposed, syms)
 
-    programs, weight_index, blobs, entries = [], {}, [], []
+    programs, weight_index, blobs, entries, cuda_sections, cuda_sources = [], {}, [], [], [], []
+    cuda_shared = None
     shapes_at: dict[tuple, list[list[int]]] = {}
     first = None
     for combo in itertools.product(*[s.buckets for s in syms]):
@@ -325,10 +321,24 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
             call.append(f"weight:{weight_index[key]}")
         out_shapes = [list(o.shape) for o in lifted.outputs]
         shapes_at[combo] = out_shapes
-        art = program.art
-        programs.append({"sizes": sizes, "section": f"cpu.p{len(programs)}", "entry": "mlrt_entry", "call": call,
-                         "output_shapes": out_shapes, "arena_bytes": art.memory_plan.arena_bytes,
-                         "kernels": art.kernels, "memory_plan": art.memory_plan.to_json(), "_so": art.shared_object})
+        art, cuda, n = program.art, program.cuda, len(programs)
+        main = art or cuda  # arena_bytes and memory_plan: the CPU's, or the CUDA target's in a cuda-only bundle
+        entry = {"sizes": sizes}
+        if art is not None:
+            entry.update({"section": f"cpu.p{n}", "entry": "mlrt_entry"})
+        entry.update({"call": call, "output_shapes": out_shapes, "arena_bytes": main.memory_plan.arena_bytes,
+                      "kernels": main.kernels, "memory_plan": main.memory_plan.to_json(),
+                      "_so": art.shared_object if art is not None else None})
+        if cuda is not None:  # one CUDA program per bucket combination too: its own PTX, launches and arena
+            if cuda_shared is None:
+                cuda_shared = cuda.shared_manifest()
+            elif cuda.shared_manifest() != cuda_shared:
+                raise BuildError(f"internal: the CUDA program at sizes {sizes} needs {cuda.shared_manifest()}, "
+                                 f"the first one {cuda_shared}")
+            entry["cuda"] = cuda.program_manifest(n)
+            cuda_sections += cuda.program_sections(n)
+            cuda_sources.append(cuda.source)
+        programs.append(entry)
 
     with opts.stage("write"):
         dims = []
@@ -358,13 +368,36 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
         manifest.update({"weights": weight_entries, "weights_sha256": bundle_fmt.weight_chunk_digests(weights_blob),
                          "dynamic_dims": dims,
                          "programs": [{k: v for k, v in p.items() if k != "_so"} for p in programs],
-                         "call": last["call"], "memory_plan": last["memory_plan"],
-                         "targets": {"cpu": {**_cpu_target(program.art),
-                                             "kernels": dict(last["kernels"])}}})
-        sections = [(p["section"], p["_so"], bundle_fmt.PAGE) for p in programs]
+                         "call": last["call"], "memory_plan": last["memory_plan"], "targets": {}})
+        if program.art is not None:
+            manifest["targets"]["cpu"] = {**_cpu_target(program.art), "kernels": dict(last["kernels"])}
+        if cuda_shared is not None:
+            manifest["targets"]["cuda"] = cuda_shared
+        sections = [(p["section"], p["_so"], bundle_fmt.PAGE) for p in programs if p["_so"] is not None]
+        sections += cuda_sections
         sections.append(("weights", weights_blob, bundle_fmt.PAGE))
         size = bundle_fmt.write_bundle(output_path, manifest, sections)
-    return BuildResult(Path(output_path), size, manifest, timings)
+    return BuildResult(Path(output_path), size, manifest, timings, cuda_sources[-1] if cuda_sources else None,
+                       cuda_sources or None)
+
+
+def _check_section_count(syms, opts: _Options) -> None:
+    """Each program has a section per target (and per cubin): refuse before compiling what cannot be written."""
+    from . import dynamic_dims
+    from .codegen_cuda import DEFAULT_SASS, DEFAULT_SM
+
+    count = 1
+    for s in syms:
+        count *= len(s.buckets)
+    per_program = int("cpu" in opts.targets)
+    if "cuda" in opts.targets:
+        sass = DEFAULT_SASS if opts.cuda_sass is None else tuple(opts.cuda_sass)
+        per_program += 1 + len([cc for cc in sass if cc >= (opts.cuda_arch or DEFAULT_SM)])
+    limit = dynamic_dims.MAX_PROGRAMS  # the 64 sections a bundle holds, less manifest and weights
+    if count * per_program > limit:
+        raise BuildError(f"{count} bucket combination(s) x {per_program} section(s) each (targets "
+                         f"{','.join(opts.targets)}, cubins included) is more than the {limit} code sections a "
+                         "bundle holds: choose fewer sizes with --buckets, or ship fewer cubins (--cuda-sass)")
 
 
 def _examples_from_signature(ep, syms) -> list:

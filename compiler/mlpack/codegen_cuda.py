@@ -102,6 +102,21 @@ class CudaArtifact:
         return [("cuda.ptx", self.ptx.encode("ascii") + b"\0", 8)] + \
                [(f"cuda.sm_{cc}", cubin, 8) for cc, cubin in sorted(self.sass.items())]
 
+    # A dynamic bundle (format version 2): what every program shares goes in targets.cuda, the
+    # code of program n in programs[n].cuda, with sections cuda.pN (PTX) and cuda.pN.sm_NN (cubins).
+    def shared_manifest(self) -> dict:
+        return {"ptx_isa": self.ptx_isa, "min_sm": self.min_sm, "min_driver": self.min_driver,
+                "precision": self.precision}
+
+    def program_manifest(self, n: int) -> dict:
+        return {"section": f"cuda.p{n}", "arena_bytes": self.memory_plan.arena_bytes,
+                "memory_plan": self.memory_plan.to_json(), "kernels": self.kernels, "launches": self.launches,
+                "sass": {str(cc): f"cuda.p{n}.sm_{cc}" for cc in sorted(self.sass)}}
+
+    def program_sections(self, n: int) -> list[tuple[str, bytes, int]]:
+        return [(f"cuda.p{n}", self.ptx.encode("ascii") + b"\0", 8)] + \
+               [(f"cuda.p{n}.sm_{cc}", cubin, 8) for cc, cubin in sorted(self.sass.items())]
+
 
 # --------------------------------------------------------------------------- scalar types and literals
 
