@@ -362,8 +362,12 @@ def test_many_launches_are_bounded(cpu_bundle, tmp_path):
 FAKE_LIBCUDA = r"""/* A stand-in libcuda.so.1 for testing mlrt's CUDA backend on machines without a GPU: device memory
  * is host memory, and the two "kernels" of the test bundle (k0, k1) run on the host. It checks
  * what a real driver would refuse (no current context, capture misuse) and reports leaks at exit.
+ * Real bundles: a module whose PTX has no "// layout" line runs the kernels of the CUDA emulation
+ * (tests/cuda_emulation) compiled from the same generated source: $FAKE_CUDA_EMULATION/<key>.so,
+ * where <key> is the FNV-1a 64 hash of the PTX text (emulate.ptx_key), one at a time.
  * Stream ordering: a device-to-device copy on a stream that has not waited on an event since its
  * last synchronize counts as unordered (fake_cuda_count("dtod_unordered")). */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -463,8 +467,23 @@ CUresult cuDevicePrimaryCtxRelease_v2(int dev) { (void)dev; add(&g_retains, -1);
 CUresult cuCtxPushCurrent_v2(void *ctx) { if (ctx != &g_ctx_token) return 201; t_depth++; return 0; }
 CUresult cuCtxPopCurrent_v2(void **ctx) { if (t_depth <= 0) return 201; t_depth--; if (ctx) *ctx = &g_ctx_token; return 0; }
 
-typedef struct { char *ptx; int layout[5]; } Module;
-typedef struct { char name[64]; unsigned shared_limit; const int *layout; } Function;
+typedef int (*EmulateFn)(const char *, void *const *, const unsigned *, const unsigned *);
+typedef struct { char *ptx; int layout[5]; void *emu_lib; EmulateFn emu; } Module;
+typedef struct { char name[64]; unsigned shared_limit; const int *layout; EmulateFn emu; } Function;
+static pthread_mutex_t g_emu_lock = PTHREAD_MUTEX_INITIALIZER; /* the emulation's thread indices are globals */
+
+static int load_emulation(Module *m, const char *ptx) {
+  const char *dir = getenv("FAKE_CUDA_EMULATION");
+  if (!dir) return 218;
+  unsigned long long h = 0xcbf29ce484222325ULL; /* FNV-1a 64 */
+  for (const unsigned char *c = (const unsigned char *)ptx; *c; ++c) h = (h ^ *c) * 1099511628211ULL;
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%016llx.so", dir, h);
+  m->emu_lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!m->emu_lib) return 218;
+  m->emu = (EmulateFn)dlsym(m->emu_lib, "mlrt_emulate_named");
+  return m->emu ? 0 : 218;
+}
 CUresult cuModuleLoadDataEx(void **mod, const void *image, unsigned n, int *opts, void **vals) {
   NEED_CTX();
   const char *ptx = image;
@@ -476,13 +495,23 @@ CUresult cuModuleLoadDataEx(void **mod, const void *image, unsigned n, int *opts
   Module *m = calloc(1, sizeof *m);
   m->ptx = strdup(ptx);
   const char *l = strstr(ptx, "// layout ");
-  if (!l || sscanf(l, "// layout x=%d w0=%d t=%d y=%d w1=%d", &m->layout[0], &m->layout[1], &m->layout[2],
-                   &m->layout[3], &m->layout[4]) != 5) return 218;
+  if (!l) {
+    int r = load_emulation(m, ptx);
+    if (r) { if (m->emu_lib) dlclose(m->emu_lib); free(m->ptx); free(m); return r; }
+  } else if (sscanf(l, "// layout x=%d w0=%d t=%d y=%d w1=%d", &m->layout[0], &m->layout[1], &m->layout[2],
+                    &m->layout[3], &m->layout[4]) != 5) return 218;
   *mod = m;
   add(&g_modules, 1);
   return 0;
 }
-CUresult cuModuleUnload(void *mod) { Module *m = mod; free(m->ptx); free(m); add(&g_modules, -1); return 0; }
+CUresult cuModuleUnload(void *mod) {
+  Module *m = mod;
+  if (m->emu_lib) dlclose(m->emu_lib);
+  free(m->ptx);
+  free(m);
+  add(&g_modules, -1);
+  return 0;
+}
 CUresult cuModuleGetFunction(void **f, void *mod, const char *name) {
   NEED_CTX();
   Module *m = mod;
@@ -493,6 +522,7 @@ CUresult cuModuleGetFunction(void **f, void *mod, const char *name) {
   strcpy(fn->name, name);
   fn->shared_limit = 48 * 1024;
   fn->layout = m->layout;
+  fn->emu = m->emu;
   *f = fn;
   return 0;
 }
@@ -513,7 +543,7 @@ CUresult cuMemGetInfo_v2(size_t *f, size_t *t) { *f = 1 << 30; *t = 1 << 30; ret
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { NEED_CTX(); memcpy((void *)d, s, n); return 0; }
 CUresult cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { NEED_CTX(); FAIL("cuMemcpyDtoH_v2"); memcpy(d, (void *)s, n); return 0; }
 
-typedef struct { Function *f; unsigned grid, block, shared; void **args; } Launch;
+typedef struct { Function *f; unsigned grid, block, shared; void **args; unsigned grid3[3], block3[3]; } Launch;
 typedef struct { int capturing; Launch *rec; int nrec; int waited; } Stream;
 typedef struct { void *stream; int recorded; } Event;
 typedef struct { Launch *rec; int nrec; } Graph;
@@ -565,6 +595,12 @@ CUresult cuStreamWaitEvent(void *s, void *e, unsigned flags) {
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *src, size_t n, void *s) { NEED_CTX(); NO_CAPTURE(s); memcpy((void *)d, src, n); return 0; }
 CUresult cuMemcpyDtoHAsync_v2(void *d, CUdeviceptr src, size_t n, void *s) { NEED_CTX(); NO_CAPTURE(s); memcpy(d, (void *)src, n); return 0; }
+CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void *s) {
+  NEED_CTX();
+  NO_CAPTURE(s);
+  memset((void *)d, v, n);
+  return 0;
+}
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s) {
   NEED_CTX();
   NO_CAPTURE(s);
@@ -575,6 +611,13 @@ CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s)
 }
 
 static void run_kernel(const Launch *l) {
+  if (l->f->emu) {
+    pthread_mutex_lock(&g_emu_lock);
+    if (l->f->emu(l->f->name, l->args, l->grid3, l->block3) != 0) abort(); /* a kernel the library lacks */
+    pthread_mutex_unlock(&g_emu_lock);
+    add(&g_launches, 1);
+    return;
+  }
   void **a = l->args;
   const int *o = l->f->layout; /* x w0 t y w1: argument-table slots */
   float *x = a[o[0]], *w0 = a[o[1]], *t = a[o[2]], *y = a[o[3]], *w1 = a[o[4]];
@@ -592,9 +635,9 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
   NEED_CTX();
   FAIL("cuLaunchKernel");
   Function *fn = f;
-  if (extra || !params || gy != 1 || gz != 1 || by != 1 || bz != 1) return 1;
+  if (extra || !params || (!fn->emu && (gy != 1 || gz != 1 || by != 1 || bz != 1))) return 1;
   if (shared > fn->shared_limit) return 1; /* CUDA_ERROR_INVALID_VALUE, as a real driver */
-  Launch l = {fn, gx, bx, shared, (void **)*(CUdeviceptr *)params[0]};
+  Launch l = {fn, gx, bx, shared, (void **)*(CUdeviceptr *)params[0], {gx, gy, gz}, {bx, by, bz}};
   Stream *s = stream;
   if (s->capturing) {
     s->rec = realloc(s->rec, sizeof(Launch) * (size_t)(s->nrec + 1));
@@ -691,7 +734,7 @@ def fake_driver(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("fake_cuda")
     (d / "fake_libcuda.c").write_text(FAKE_LIBCUDA)
     subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wall", "-o", str(d / "libcuda.so.1"), str(d / "fake_libcuda.c"),
-                    "-lpthread"], check=True, capture_output=True)
+                    "-lpthread", "-ldl"], check=True, capture_output=True)
     return d
 
 

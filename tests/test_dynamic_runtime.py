@@ -255,9 +255,9 @@ def test_python_threads_at_different_shapes(mlp):
     assert not failures
 
 
-def test_dynamic_bundle_is_cpu_only(mlp):
+def test_cpu_only_dynamic_bundle_on_cuda(mlp):
     _, _, path, _ = mlp
-    with pytest.raises(mlrt.Error, match="has dynamic dims, which run on cpu only"):
+    with pytest.raises(mlrt.Error, match=r"built for cpu only; rebuild with mlpack build --target cuda"):
         mlrt.load(path, device="cuda:0")
 
 
@@ -362,8 +362,10 @@ HOSTILE = [
     (_set(["inputs", 0, "shape"], [-2, 8]), "must be -1 \\(dynamic\\) or integers"),
     (_set(["weights", 0, "shape"], [-1, 16]), r"integers in \[0, 2\^40\]"),
     (_set(["outputs", 0, "symbols"], [None, "batch"]), "dim 1 is static, so its symbol must be null"),
-    (_set(["targets", "cuda"], {"section": "cuda.ptx"}), "may not have a CUDA target"),
-    (_del(["targets"]), "needs targets.cpu"),
+    (_set(["targets", "cuda"], {"section": "cuda.ptx"}), "targets.cuda needs string ptx_isa and precision"),
+    (_set(["targets", "cuda"], {"ptx_isa": "8.0", "min_sm": 80, "min_driver": 12000, "precision": "fp32"}),
+     r"programs\[0\]: needs an object 'cuda' \(the bundle has a CUDA target\)"),
+    (_del(["targets"]), "needs targets.cpu or targets.cuda"),
     (_set(["targets", "cpu", "features"], 5), "targets.cpu needs arch, cpu and features"),
 ]
 

@@ -278,22 +278,99 @@ bool ReadDim3(const json::Value* v, const std::array<int64_t, 3>& max, std::arra
 constexpr uint64_t kMaxCudaLaunches = 1000000;
 constexpr int64_t kMaxSharedBytes = 228 * 1024;  // the most any GPU gives one block (sm_90)
 
-Status ParseCudaTarget(const json::Value& t, const BundleView& bundle, CudaTarget* out) {
+// One CUDA program's code (section, arena_bytes, launches, optional sass) at `where`:
+// "targets.cuda" in a static bundle, "programs[i].cuda" in a dynamic one.
+Status ParseCudaCode(const json::Value& t, const std::string& where, const BundleView& bundle, CudaCode* out) {
+  if (!t.is_object()) return BadManifest(where + " is not an object");
   const json::Value* sec = t.find("section");
+  const json::Value* arena = t.find("arena_bytes");
+  const json::Value* launches = t.find("launches");
+  if (!sec || !sec->is_string() || !arena || !arena->is_int() || !launches || !launches->is_array()) {
+    return BadManifest(where + " needs string section, integer arena_bytes and array launches");
+  }
+  out->section = sec->as_string();
+  if (arena->as_int() < 0 || static_cast<uint64_t>(arena->as_int()) > kMaxArenaBytes) {
+    return BadManifest(where + ".arena_bytes out of range");
+  }
+  out->arena_bytes = static_cast<uint64_t>(arena->as_int());
+
+  const SectionRef* ptx = bundle.Find(out->section);
+  if (!ptx) return BadManifest("CUDA section '" + out->section + "' is missing");
+  if (out->section == "manifest" || out->section == "weights") {
+    return BadManifest(where + ".section may not be '" + out->section + "'");
+  }
+  // PTX text: ASCII (tab, newline, carriage return, printable), one terminating NUL.
+  if (ptx->size < 2 || ptx->data[ptx->size - 1] != 0) return BadManifest("CUDA section '" + out->section + "' is not NUL-terminated PTX text");
+  for (uint64_t i = 0; i + 1 < ptx->size; ++i) {
+    uint8_t c = ptx->data[i];
+    if (!((c >= 0x20 && c < 0x7f) || c == '\t' || c == '\n' || c == '\r')) {
+      return BadManifest("CUDA section '" + out->section + "' holds a non-ASCII byte at offset " + std::to_string(i) +
+                         " (PTX is ASCII text)");
+    }
+  }
+
+  // Optional prebuilt machine code: {"90": "cuda.sm_90", ...}, each section an ELF cubin.
+  if (const json::Value* sass = t.find("sass")) {
+    if (!sass->is_object() || sass->members().size() > 16) return BadManifest(where + ".sass must be an object");
+    for (const auto& [key, value] : sass->members()) {
+      uint32_t cc = 0;
+      if (!ReadIndex(key, &cc) || cc < 10 || cc > 10000 || !value.is_string()) {
+        return BadManifest(where + ".sass maps a compute capability like \"90\" to a section name");
+      }
+      const SectionRef* cubin = bundle.Find(value.as_string());
+      if (!cubin || value.as_string() == "manifest" || value.as_string() == "weights") {
+        return BadManifest(where + ".sass section '" + value.as_string() + "' is missing");
+      }
+      if (cubin->size < 64 || std::memcmp(cubin->data, "\x7f" "ELF", 4) != 0) {
+        return BadManifest(where + ".sass section '" + value.as_string() + "' is not an ELF cubin");
+      }
+      out->sass.emplace_back(static_cast<int>(cc), value.as_string());
+    }
+  }
+
+  if (launches->items().size() > kMaxCudaLaunches) return BadManifest(where + ".launches has more than 1e6 entries");
+  for (size_t i = 0; i < launches->items().size(); ++i) {
+    const json::Value& l = launches->items()[i];
+    std::string at = where + ".launches[" + std::to_string(i) + "]";
+    const json::Value* kernel = l.find("kernel");
+    const json::Value* shared = l.find("shared_bytes");
+    if (!kernel || !kernel->is_string() || !shared || !shared->is_int()) {
+      return BadManifest(at + ": needs string 'kernel', 'grid' and 'block' (3 integers each) and integer "
+                              "'shared_bytes'");
+    }
+    CudaLaunch launch;
+    launch.kernel = kernel->as_string();
+    if (!IsIdentifier(launch.kernel)) return BadManifest(at + ": kernel name is not an identifier");
+    if (!ReadDim3(l.find("grid"), {(int64_t{1} << 31) - 1, 65535, 65535}, &launch.grid)) {
+      return BadManifest(at + ": grid must be 3 integers, x in [1, 2^31-1], y and z in [1, 65535]");
+    }
+    if (!ReadDim3(l.find("block"), {1024, 1024, 64}, &launch.block) ||
+        uint64_t{launch.block[0]} * launch.block[1] * launch.block[2] > 1024) {
+      return BadManifest(at + ": block must be 3 positive integers (z <= 64) with at most 1024 threads");
+    }
+    if (shared->as_int() < 0 || shared->as_int() > kMaxSharedBytes) {
+      return BadManifest(at + ": shared_bytes must be in [0, 228 KiB]");
+    }
+    launch.shared_bytes = static_cast<uint32_t>(shared->as_int());
+    out->launches.push_back(std::move(launch));
+  }
+  return Status::Ok();
+}
+
+// targets.cuda: what every program shares (ptx_isa, min_sm, min_driver, precision) and, in a static
+// bundle, the code (ParseCudaCode). A dynamic bundle's code is per program (ParseCudaPrograms).
+Status ParseCudaTarget(const json::Value& t, const BundleView& bundle, bool dynamic, CudaTarget* out) {
   const json::Value* isa = t.find("ptx_isa");
   const json::Value* min_sm = t.find("min_sm");
   const json::Value* min_driver = t.find("min_driver");
   const json::Value* precision = t.find("precision");
-  const json::Value* arena = t.find("arena_bytes");
-  const json::Value* launches = t.find("launches");
-  if (!sec || !sec->is_string() || !isa || !isa->is_string() || !min_sm || !min_sm->is_int() || !min_driver ||
-      !min_driver->is_int() || !precision || !precision->is_string() || !arena || !arena->is_int() || !launches ||
-      !launches->is_array()) {
-    return BadManifest(
-        "targets.cuda needs string section, ptx_isa and precision, integer min_sm, min_driver and arena_bytes, "
-        "and array launches");
+  if (!isa || !isa->is_string() || !min_sm || !min_sm->is_int() || !min_driver || !min_driver->is_int() ||
+      !precision || !precision->is_string() ||
+      (!dynamic && (!t.find("section") || !t.find("arena_bytes") || !t.find("launches")))) {
+    return BadManifest(dynamic ? "targets.cuda needs string ptx_isa and precision, integer min_sm and min_driver"
+                               : "targets.cuda needs string section, ptx_isa and precision, integer min_sm, "
+                                 "min_driver and arena_bytes, and array launches");
   }
-  out->section = sec->as_string();
   out->ptx_isa = isa->as_string();
   const std::string& v = out->ptx_isa;
   size_t dot = v.find('.');
@@ -312,72 +389,7 @@ Status ParseCudaTarget(const json::Value& t, const BundleView& bundle, CudaTarge
   if (out->precision != "fp32" && out->precision != "tf32" && out->precision != "fp16" && out->precision != "bf16") {
     return BadManifest("targets.cuda.precision must be fp32, tf32, fp16 or bf16, got '" + out->precision + "'");
   }
-  if (arena->as_int() < 0 || static_cast<uint64_t>(arena->as_int()) > kMaxArenaBytes) {
-    return BadManifest("targets.cuda.arena_bytes out of range");
-  }
-  out->arena_bytes = static_cast<uint64_t>(arena->as_int());
-
-  const SectionRef* ptx = bundle.Find(out->section);
-  if (!ptx) return BadManifest("CUDA section '" + out->section + "' is missing");
-  if (out->section == "manifest" || out->section == "weights") {
-    return BadManifest("targets.cuda.section may not be '" + out->section + "'");
-  }
-  // PTX text: ASCII (tab, newline, carriage return, printable), one terminating NUL.
-  if (ptx->size < 2 || ptx->data[ptx->size - 1] != 0) return BadManifest("CUDA section '" + out->section + "' is not NUL-terminated PTX text");
-  for (uint64_t i = 0; i + 1 < ptx->size; ++i) {
-    uint8_t c = ptx->data[i];
-    if (!((c >= 0x20 && c < 0x7f) || c == '\t' || c == '\n' || c == '\r')) {
-      return BadManifest("CUDA section '" + out->section + "' holds a non-ASCII byte at offset " + std::to_string(i) +
-                         " (PTX is ASCII text)");
-    }
-  }
-
-  // Optional prebuilt machine code: {"90": "cuda.sm_90", ...}, each section an ELF cubin.
-  if (const json::Value* sass = t.find("sass")) {
-    if (!sass->is_object() || sass->members().size() > 16) return BadManifest("targets.cuda.sass must be an object");
-    for (const auto& [key, value] : sass->members()) {
-      uint32_t cc = 0;
-      if (!ReadIndex(key, &cc) || cc < 10 || cc > 10000 || !value.is_string()) {
-        return BadManifest("targets.cuda.sass maps a compute capability like \"90\" to a section name");
-      }
-      const SectionRef* cubin = bundle.Find(value.as_string());
-      if (!cubin || value.as_string() == "manifest" || value.as_string() == "weights") {
-        return BadManifest("targets.cuda.sass section '" + value.as_string() + "' is missing");
-      }
-      if (cubin->size < 64 || std::memcmp(cubin->data, "\x7f" "ELF", 4) != 0) {
-        return BadManifest("targets.cuda.sass section '" + value.as_string() + "' is not an ELF cubin");
-      }
-      out->sass.emplace_back(static_cast<int>(cc), value.as_string());
-    }
-  }
-
-  if (launches->items().size() > kMaxCudaLaunches) return BadManifest("targets.cuda.launches has more than 1e6 entries");
-  for (size_t i = 0; i < launches->items().size(); ++i) {
-    const json::Value& l = launches->items()[i];
-    std::string where = "targets.cuda.launches[" + std::to_string(i) + "]";
-    const json::Value* kernel = l.find("kernel");
-    const json::Value* shared = l.find("shared_bytes");
-    if (!kernel || !kernel->is_string() || !shared || !shared->is_int()) {
-      return BadManifest(where + ": needs string 'kernel', 'grid' and 'block' (3 integers each) and integer "
-                                 "'shared_bytes'");
-    }
-    CudaLaunch launch;
-    launch.kernel = kernel->as_string();
-    if (!IsIdentifier(launch.kernel)) return BadManifest(where + ": kernel name is not an identifier");
-    if (!ReadDim3(l.find("grid"), {(int64_t{1} << 31) - 1, 65535, 65535}, &launch.grid)) {
-      return BadManifest(where + ": grid must be 3 integers, x in [1, 2^31-1], y and z in [1, 65535]");
-    }
-    if (!ReadDim3(l.find("block"), {1024, 1024, 64}, &launch.block) ||
-        uint64_t{launch.block[0]} * launch.block[1] * launch.block[2] > 1024) {
-      return BadManifest(where + ": block must be 3 positive integers (z <= 64) with at most 1024 threads");
-    }
-    if (shared->as_int() < 0 || shared->as_int() > kMaxSharedBytes) {
-      return BadManifest(where + ": shared_bytes must be in [0, 228 KiB]");
-    }
-    launch.shared_bytes = static_cast<uint32_t>(shared->as_int());
-    out->launches.push_back(std::move(launch));
-  }
-  return Status::Ok();
+  return dynamic ? Status::Ok() : ParseCudaCode(t, "targets.cuda", bundle, &out->code);
 }
 
 // The argument list of an entry point (`call`, top level or per program): `input:i`, `weight:i`,
@@ -676,17 +688,21 @@ Status ParsePrograms(const json::Value& root, const BundleView& bundle, Manifest
     }
     m->program_by_buckets[flat] = static_cast<uint32_t>(p);
 
+    // CPU code; a cuda-only bundle's programs have none (required once targets.cpu is known).
     const json::Value* section = v.find("section");
     const json::Value* entry = v.find("entry");
-    if (!section || !section->is_string() || !entry || !entry->is_string() || entry->as_string().empty()) {
-      return BadManifest(where + ": needs strings 'section' and 'entry'");
+    if (section || entry) {
+      if (!section || !section->is_string() || section->as_string().empty() || !entry || !entry->is_string() ||
+          entry->as_string().empty()) {
+        return BadManifest(where + ": needs strings 'section' and 'entry'");
+      }
+      prog.section = section->as_string();
+      prog.entry = entry->as_string();
+      if (prog.section == "manifest" || prog.section == "weights" || prog.section == "signature") {
+        return BadManifest(where + ": code section may not be '" + prog.section + "'");
+      }
+      if (!bundle.Find(prog.section)) return BadManifest(where + ": code section '" + prog.section + "' is missing");
     }
-    prog.section = section->as_string();
-    prog.entry = entry->as_string();
-    if (prog.section == "manifest" || prog.section == "weights" || prog.section == "signature") {
-      return BadManifest(where + ": code section may not be '" + prog.section + "'");
-    }
-    if (!bundle.Find(prog.section)) return BadManifest(where + ": code section '" + prog.section + "' is missing");
     if (Status s = ParseCallList(v.find("call"), where + ".call", m->inputs.size(), m->weights.size(),
                                  m->outputs.size(), &prog.call);
         !s.ok()) {
@@ -1029,13 +1045,25 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
     m.cpu.host_abi = static_cast<uint32_t>(host_abi->as_int());
     if (!dynamic && !bundle.Find(m.cpu.section)) return BadManifest("code section '" + m.cpu.section + "' is missing");
   }
-  if (dynamic && !m.has_cpu) return BadManifest("a manifest with 'programs' needs targets.cpu");
   const json::Value* cuda = targets ? targets->find("cuda") : nullptr;
-  if (cuda && dynamic) return BadManifest("a manifest with 'programs' (dynamic dims) may not have a CUDA target");
   if (cuda) {
     if (!cuda->is_object()) return BadManifest("targets.cuda is not an object");
-    if (Status cs = ParseCudaTarget(*cuda, bundle, &m.cuda); !cs.ok()) return cs;
+    if (Status cs = ParseCudaTarget(*cuda, bundle, dynamic, &m.cuda); !cs.ok()) return cs;
     m.has_cuda = true;
+  }
+  if (dynamic) {
+    if (!m.has_cpu && !m.has_cuda) return BadManifest("a manifest with 'programs' needs targets.cpu or targets.cuda");
+    // Each program has the code of every target: CPU code in programs[i].section, CUDA code in
+    // programs[i].cuda (its own PTX, launches and device arena).
+    const json::Value* programs_json = root.find("programs");
+    for (size_t p = 0; p < m.programs.size(); ++p) {
+      const std::string where = "programs[" + std::to_string(p) + "]";
+      if (m.has_cpu && m.programs[p].section.empty()) return BadManifest(where + ": needs strings 'section' and 'entry'");
+      if (!m.has_cuda) continue;
+      const json::Value* code = programs_json->items()[p].find("cuda");
+      if (!code) return BadManifest(where + ": needs an object 'cuda' (the bundle has a CUDA target)");
+      if (Status cs = ParseCudaCode(*code, where + ".cuda", bundle, &m.programs[p].cuda); !cs.ok()) return cs;
+    }
   }
   return m;
 }

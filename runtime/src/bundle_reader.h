@@ -82,17 +82,23 @@ struct CudaLaunch {
   uint32_t shared_bytes = 0;
 };
 
-struct CudaTarget {
+// The code of one CUDA program: targets.cuda itself in a static bundle, programs[i].cuda in a
+// dynamic one.
+struct CudaCode {
   std::string section;    // holds NUL-terminated ASCII PTX (checked)
+  uint64_t arena_bytes = 0;
+  std::vector<CudaLaunch> launches;
+  // Optional machine code compiled at build time (sass): compute capability (major * 10 + minor)
+  // -> section holding a cubin (ELF) for exactly that architecture.
+  std::vector<std::pair<int, std::string>> sass;
+};
+
+struct CudaTarget {
   std::string ptx_isa;    // "8.0"
   int min_sm = 0;         // major * 10 + minor
   int min_driver = 0;     // cuDriverGetVersion() value
   std::string precision;  // fp32 | tf32 | fp16 | bf16
-  uint64_t arena_bytes = 0;
-  std::vector<CudaLaunch> launches;
-  // Optional machine code compiled at build time (targets.cuda.sass): compute capability
-  // (major * 10 + minor) -> section holding a cubin (ELF) for exactly that architecture.
-  std::vector<std::pair<int, std::string>> sass;
+  CudaCode code;          // static bundles; a dynamic bundle's are per program (Program::cuda)
 };
 
 // One entry of dynamic_dims[s].padding.outputs: output `output`'s dim `dim` has size add + mul * v
@@ -108,8 +114,9 @@ struct PadCut {
 // per symbol.
 struct Program {
   std::vector<int64_t> sizes;  // per symbol (dynamic_dims order): the bucket this program runs
-  std::string section;
+  std::string section;         // CPU code (empty in a cuda-only bundle)
   std::string entry;
+  CudaCode cuda;               // when the bundle has a CUDA target
   std::vector<CallArg> call;
   std::vector<std::vector<int64_t>> output_shapes;  // concrete, per output
   uint64_t arena_bytes = 0;

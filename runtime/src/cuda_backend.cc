@@ -1,5 +1,7 @@
 #include "cuda_backend.h"
 
+#include "block_copy.h"
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +19,12 @@ constexpr int kDefaultSharedLimit = 48 * 1024;  // dynamic shared memory a launc
 constexpr unsigned kJitLogBytes = 16 * 1024;
 
 size_t Align(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+int64_t NumElementsOf(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
 
 // Makes the model's context current on the calling thread for the scope (any host thread may Run).
 class ScopedContext {
@@ -55,14 +63,17 @@ Result<int> ParseDevice(const std::string& device) {
   return Status(StatusCode::kInvalidArgument, "device must be 'cpu', 'cuda' or 'cuda:N', got '" + device + "'");
 }
 
+// Sized for the largest program, so any program runs on any context: device memory is fixed by the
+// number of concurrent runs, whatever shapes they have. Each program has its own argument table
+// (call lists differ) and its own graph, captured on this context's first run of that program.
 struct CudaModel::Context {
-  CUdeviceptr memory = 0;  // [arena | inputs | outputs | argument table], each 256-byte aligned
+  CUdeviceptr memory = 0;  // [arena | inputs | outputs | argument tables], each 256-byte aligned
   size_t bytes = 0;
-  CUdeviceptr argtable = 0;
+  std::vector<CUdeviceptr> argtables;  // per program
   std::vector<CUdeviceptr> inputs, outputs;
   CUstream stream = nullptr;
-  CUgraphExec graph = nullptr;  // captured on the first run
-  CUevent ready = nullptr;      // RunDevice: recorded on the caller's stream, waited on by `stream`
+  std::vector<CUgraphExec> graphs;  // per program; null until its first run here
+  CUevent ready = nullptr;          // RunDevice: recorded on the caller's stream, waited on by `stream`
 };
 
 Status CudaModel::Check(CUresult r, const char* call) const {
@@ -139,79 +150,45 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::str
   ScopedContext scope(d, ctx);
   if (Status s = m->Check(scope.result(), "cuCtxPushCurrent"); !s.ok()) return s;
 
-  // Machine code built for this GPU's architecture when the bundle has it (a cubin for sm_XY runs on
-  // compute capability X.Y' with Y' >= Y: same major), else the PTX, JIT-compiled by the driver;
-  // the JIT's logs go into the error on failure.
-  const SectionRef* ptx = bundle.Find(target.section);
-  const int cc = major * 10 + minor;
-  int best = -1;
-  for (const auto& [arch, section] : target.sass) {
-    if (arch / 10 == major && arch <= cc && arch > best) {
-      best = arch;
-      ptx = bundle.Find(section);
-    }
-  }
-  std::vector<char> error_log(kJitLogBytes, 0), info_log(kJitLogBytes, 0);
-  int options[4] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES, CU_JIT_INFO_LOG_BUFFER,
-                    CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES};
-  void* values[4] = {error_log.data(), reinterpret_cast<void*>(uintptr_t{kJitLogBytes - 1}), info_log.data(),
-                     reinterpret_cast<void*>(uintptr_t{kJitLogBytes - 1})};
-  CUmodule module = nullptr;
-  CUresult r = d->cuModuleLoadDataEx(&module, ptx->data, 4, options, values);
-  if (r != CUDA_SUCCESS) {
-    std::string log = std::string(error_log.data());
-    std::string info = std::string(info_log.data());
-    if (!info.empty()) log += (log.empty() ? "" : "\n") + info;
-    return fail(StatusCode::kFailedPrecondition,
-                "the driver could not load the bundle's " + std::string(best >= 0 ? "cubin" : "PTX") + " (ISA " + target.ptx_isa + ", sm_" +
-                    std::to_string(target.min_sm) + ") on GPU " + std::to_string(ordinal) + " (" + name +
-                    "): " + ErrorText(*d, r, "cuModuleLoadDataEx") + (log.empty() ? "" : "; JIT log:\n" + log));
-  }
-  m->module_ = module;
-
-  // Kernels: every one the launches name must exist; large dynamic shared memory is opted into.
-  std::unordered_map<std::string, std::pair<CUfunction, unsigned>> functions;  // name -> (handle, max shared)
-  for (size_t i = 0; i < target.launches.size(); ++i) {
-    const CudaLaunch& l = target.launches[i];
-    auto it = functions.find(l.kernel);
-    if (it == functions.end()) {
-      CUfunction f = nullptr;
-      r = d->cuModuleGetFunction(&f, module, l.kernel.c_str());
-      if (r != CUDA_SUCCESS || !f) {
-        return Status(StatusCode::kDataLoss, "invalid bundle: targets.cuda.launches[" + std::to_string(i) +
-                                                 "] names kernel '" + l.kernel + "', which the PTX does not define (" +
-                                                 ErrorText(*d, r, "cuModuleGetFunction") + ")");
+  // One module per program: a static bundle's targets.cuda, or each bucket combination's code.
+  const size_t num_programs = manifest.is_dynamic() ? manifest.programs.size() : 1;
+  for (size_t p = 0; p < num_programs; ++p) {
+    ProgramCode code;
+    const CudaCode& source = manifest.is_dynamic() ? manifest.programs[p].cuda : target.code;
+    const std::string what = manifest.is_dynamic() ? "programs[" + std::to_string(p) + "].cuda" : "targets.cuda";
+    Status s = m->LoadProgram(source, what, major, minor, shared_optin, name, target, bundle, &code);
+    m->programs_.push_back(std::move(code));  // its module is unloaded by the destructor, even on failure
+    if (!s.ok()) return s;
+    ProgramCode& c = m->programs_.back();
+    c.call = manifest.is_dynamic() ? manifest.programs[p].call : manifest.call;
+    c.arena_bytes = source.arena_bytes;
+    for (size_t i = 0; i < manifest.inputs.size(); ++i) {
+      std::vector<int64_t> shape = manifest.inputs[i].shape;
+      for (size_t k = 0; k < shape.size() && manifest.is_dynamic(); ++k) {
+        const int sym = manifest.input_symbols[i][k];
+        if (sym >= 0) shape[k] = manifest.programs[p].sizes[static_cast<size_t>(sym)];
       }
-      it = functions.emplace(l.kernel, std::make_pair(f, 0u)).first;
+      c.input_bytes.push_back(static_cast<size_t>(NumElementsOf(shape)) * DTypeSize(manifest.inputs[i].dtype));
+      c.input_shapes.push_back(std::move(shape));
     }
-    if (l.shared_bytes > static_cast<unsigned>(shared_optin)) {
-      return Status(StatusCode::kFailedPrecondition,
-                    "kernel '" + l.kernel + "' needs " + std::to_string(l.shared_bytes) +
-                        " bytes of shared memory per block; GPU " + std::to_string(ordinal) + " (" + name +
-                        ") allows " + std::to_string(shared_optin));
+    for (size_t o = 0; o < manifest.outputs.size(); ++o) {
+      std::vector<int64_t> shape = manifest.is_dynamic() ? manifest.programs[p].output_shapes[o]
+                                                         : manifest.outputs[o].shape;
+      c.output_bytes.push_back(static_cast<size_t>(NumElementsOf(shape)) * DTypeSize(manifest.outputs[o].dtype));
+      c.output_shapes.push_back(std::move(shape));
     }
-    if (l.shared_bytes > it->second.second) it->second.second = l.shared_bytes;
-    Launch launch;
-    launch.function = it->second.first;
-    for (int k = 0; k < 3; ++k) {
-      launch.grid[k] = l.grid[k];
-      launch.block[k] = l.block[k];
-    }
-    launch.shared_bytes = l.shared_bytes;
-    m->launches_.push_back(launch);
-  }
-  for (const auto& [fname, f] : functions) {
-    if (f.second > static_cast<unsigned>(kDefaultSharedLimit)) {
-      if (Status s = m->Check(d->cuFuncSetAttribute(f.first, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                                    static_cast<int>(f.second)),
-                              "cuFuncSetAttribute");
-          !s.ok()) {
-        return s;
-      }
+    c.table_offset = m->table_bytes_;
+    m->table_bytes_ += Align(c.call.size() * sizeof(CUdeviceptr));
+    m->max_arena_bytes_ = std::max<uint64_t>(m->max_arena_bytes_, c.arena_bytes);
+    m->max_input_bytes_.resize(c.input_bytes.size(), 0);
+    m->max_output_bytes_.resize(c.output_bytes.size(), 0);
+    for (size_t i = 0; i < c.input_bytes.size(); ++i) m->max_input_bytes_[i] = std::max(m->max_input_bytes_[i], c.input_bytes[i]);
+    for (size_t o = 0; o < c.output_bytes.size(); ++o) {
+      m->max_output_bytes_[o] = std::max(m->max_output_bytes_[o], c.output_bytes[o]);
     }
   }
 
-  // Weights: the whole section, once, shared by every execution context.
+  // Weights: the whole section, once, shared by every execution context and program.
   const SectionRef* weights = bundle.Find("weights");
   if (weights && weights->size > 0) {
     CUdeviceptr p = 0;
@@ -223,13 +200,89 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::str
     }
   }
   for (const auto& w : manifest.weights) m->weight_offsets_.push_back(w.offset);
-  m->call_ = manifest.call;
-  for (const auto& t : manifest.inputs) m->input_bytes_.push_back(t.num_bytes());
-  for (const auto& t : manifest.outputs) m->output_bytes_.push_back(t.num_bytes());
-  m->arena_bytes_ = target.arena_bytes;
   const char* graphs = std::getenv("MLRT_CUDA_GRAPHS");
   m->use_graphs_ = !(graphs && std::strcmp(graphs, "0") == 0);
   return Result<std::unique_ptr<CudaModel>>(std::move(m));
+}
+
+// Loads one program's machine code for this GPU's architecture when the bundle has it (a cubin for
+// sm_XY runs on compute capability X.Y' with Y' >= Y: same major), else its PTX, JIT-compiled by the
+// driver (the JIT's logs go into the error on failure); resolves its kernels and opts into large
+// dynamic shared memory. The primary context must be current.
+Status CudaModel::LoadProgram(const CudaCode& code, const std::string& what, int major, int minor, int shared_optin,
+                              const std::string& gpu_name, const CudaTarget& target, const BundleView& bundle,
+                              ProgramCode* out) {
+  auto fail = [&](StatusCode c, const std::string& msg) { return Status(c, "device '" + device_ + "': " + msg); };
+  const SectionRef* ptx = bundle.Find(code.section);
+  const int cc = major * 10 + minor;
+  int best = -1;
+  for (const auto& [arch, section] : code.sass) {
+    if (arch / 10 == major && arch <= cc && arch > best) {
+      best = arch;
+      ptx = bundle.Find(section);
+    }
+  }
+  std::vector<char> error_log(kJitLogBytes, 0), info_log(kJitLogBytes, 0);
+  int options[4] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES, CU_JIT_INFO_LOG_BUFFER,
+                    CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES};
+  void* values[4] = {error_log.data(), reinterpret_cast<void*>(uintptr_t{kJitLogBytes - 1}), info_log.data(),
+                     reinterpret_cast<void*>(uintptr_t{kJitLogBytes - 1})};
+  CUmodule module = nullptr;
+  CUresult r = d_->cuModuleLoadDataEx(&module, ptx->data, 4, options, values);
+  if (r != CUDA_SUCCESS) {
+    std::string log = std::string(error_log.data());
+    std::string info = std::string(info_log.data());
+    if (!info.empty()) log += (log.empty() ? "" : "\n") + info;
+    return fail(StatusCode::kFailedPrecondition,
+                "the driver could not load the bundle's " + std::string(best >= 0 ? "cubin" : "PTX") +
+                    (what == "targets.cuda" ? std::string() : " for " + what) + " (ISA " + target.ptx_isa + ", sm_" +
+                    std::to_string(target.min_sm) + ") on GPU " + std::to_string(ordinal_) + " (" + gpu_name +
+                    "): " + ErrorText(*d_, r, "cuModuleLoadDataEx") + (log.empty() ? "" : "; JIT log:\n" + log));
+  }
+  out->module = module;
+
+  // Kernels: every one the launches name must exist; large dynamic shared memory is opted into.
+  std::unordered_map<std::string, std::pair<CUfunction, unsigned>> functions;  // name -> (handle, max shared)
+  for (size_t i = 0; i < code.launches.size(); ++i) {
+    const CudaLaunch& l = code.launches[i];
+    auto it = functions.find(l.kernel);
+    if (it == functions.end()) {
+      CUfunction f = nullptr;
+      r = d_->cuModuleGetFunction(&f, module, l.kernel.c_str());
+      if (r != CUDA_SUCCESS || !f) {
+        return Status(StatusCode::kDataLoss, "invalid bundle: " + what + ".launches[" + std::to_string(i) +
+                                                 "] names kernel '" + l.kernel + "', which the PTX does not define (" +
+                                                 ErrorText(*d_, r, "cuModuleGetFunction") + ")");
+      }
+      it = functions.emplace(l.kernel, std::make_pair(f, 0u)).first;
+    }
+    if (l.shared_bytes > static_cast<unsigned>(shared_optin)) {
+      return Status(StatusCode::kFailedPrecondition,
+                    "kernel '" + l.kernel + "' needs " + std::to_string(l.shared_bytes) +
+                        " bytes of shared memory per block; GPU " + std::to_string(ordinal_) + " (" + gpu_name +
+                        ") allows " + std::to_string(shared_optin));
+    }
+    if (l.shared_bytes > it->second.second) it->second.second = l.shared_bytes;
+    Launch launch;
+    launch.function = it->second.first;
+    for (int k = 0; k < 3; ++k) {
+      launch.grid[k] = l.grid[k];
+      launch.block[k] = l.block[k];
+    }
+    launch.shared_bytes = l.shared_bytes;
+    out->launches.push_back(launch);
+  }
+  for (const auto& [fname, f] : functions) {
+    if (f.second > static_cast<unsigned>(kDefaultSharedLimit)) {
+      if (Status s = Check(d_->cuFuncSetAttribute(f.first, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                                  static_cast<int>(f.second)),
+                           "cuFuncSetAttribute");
+          !s.ok()) {
+        return s;
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 CudaModel::~CudaModel() {
@@ -240,7 +293,9 @@ CudaModel::~CudaModel() {
       for (auto& c : idle_) DestroyContext(std::move(c));
       idle_.clear();
       if (weights_) d_->cuMemFree(weights_);
-      if (module_) d_->cuModuleUnload(module_);
+      for (const ProgramCode& p : programs_) {
+        if (p.module) d_->cuModuleUnload(p.module);
+      }
     }
   }
   // device_handle_ releases the primary context when the last DeviceTensor from this model is gone.
@@ -284,17 +339,17 @@ Status DeviceTensor::CopyToHost(void* host) const {
 
 Result<std::unique_ptr<CudaModel::Context>> CudaModel::NewContext() const {
   auto c = std::make_unique<Context>();
-  size_t offset = Align(arena_bytes_);
-  for (size_t n : input_bytes_) {
+  size_t offset = Align(max_arena_bytes_);
+  for (size_t n : max_input_bytes_) {
     c->inputs.push_back(offset);  // offsets for now; rebased below
     offset += Align(n);
   }
-  for (size_t n : output_bytes_) {
+  for (size_t n : max_output_bytes_) {
     c->outputs.push_back(offset);
     offset += Align(n);
   }
-  size_t table_offset = offset;
-  c->bytes = offset + call_.size() * sizeof(CUdeviceptr);
+  const size_t tables_offset = offset;
+  c->bytes = offset + table_bytes_;
   CUresult r = d_->cuMemAlloc(&c->memory, c->bytes);
   if (r != CUDA_SUCCESS) {
     c->memory = 0;
@@ -303,7 +358,7 @@ Result<std::unique_ptr<CudaModel::Context>> CudaModel::NewContext() const {
   context_bytes_.fetch_add(c->bytes, std::memory_order_relaxed);
   for (auto& p : c->inputs) p += c->memory;
   for (auto& p : c->outputs) p += c->memory;
-  c->argtable = c->memory + table_offset;
+  c->graphs.assign(programs_.size(), nullptr);
   r = d_->cuStreamCreate(&c->stream, CU_STREAM_NON_BLOCKING);
   if (r != CUDA_SUCCESS) {
     c->stream = nullptr;
@@ -311,17 +366,22 @@ Result<std::unique_ptr<CudaModel::Context>> CudaModel::NewContext() const {
     DestroyContext(std::move(c));
     return s;
   }
-  std::vector<CUdeviceptr> table(call_.size());
-  for (size_t i = 0; i < call_.size(); ++i) {
-    const CallArg& a = call_[i];
-    switch (a.kind) {
-      case CallArg::Kind::kInput: table[i] = c->inputs[a.index]; break;
-      case CallArg::Kind::kOutput: table[i] = c->outputs[a.index]; break;
-      case CallArg::Kind::kWeight: table[i] = weights_ + weight_offsets_[a.index]; break;
-      case CallArg::Kind::kArena: table[i] = c->memory; break;
+  // Every program's argument table: the same buffers, in that program's call order.
+  std::vector<CUdeviceptr> tables(table_bytes_ / sizeof(CUdeviceptr), 0);
+  for (const ProgramCode& p : programs_) {
+    c->argtables.push_back(c->memory + tables_offset + p.table_offset);
+    CUdeviceptr* table = tables.data() + p.table_offset / sizeof(CUdeviceptr);
+    for (size_t i = 0; i < p.call.size(); ++i) {
+      const CallArg& a = p.call[i];
+      switch (a.kind) {
+        case CallArg::Kind::kInput: table[i] = c->inputs[a.index]; break;
+        case CallArg::Kind::kOutput: table[i] = c->outputs[a.index]; break;
+        case CallArg::Kind::kWeight: table[i] = weights_ + weight_offsets_[a.index]; break;
+        case CallArg::Kind::kArena: table[i] = c->memory; break;
+      }
     }
   }
-  Status s = Check(d_->cuMemcpyHtoDAsync(c->argtable, table.data(), table.size() * sizeof(CUdeviceptr), c->stream),
+  Status s = Check(d_->cuMemcpyHtoDAsync(c->memory + tables_offset, tables.data(), table_bytes_, c->stream),
                    "cuMemcpyHtoDAsync (argument table)");
   if (s.ok()) s = Check(d_->cuStreamSynchronize(c->stream), "cuStreamSynchronize");
   if (!s.ok()) {
@@ -334,7 +394,9 @@ Result<std::unique_ptr<CudaModel::Context>> CudaModel::NewContext() const {
 void CudaModel::DestroyContext(std::unique_ptr<Context> c) const {
   if (!c) return;
   if (c->stream) d_->cuStreamSynchronize(c->stream);  // nothing may still use the memory
-  if (c->graph) d_->cuGraphExecDestroy(c->graph);
+  for (CUgraphExec g : c->graphs) {
+    if (g) d_->cuGraphExecDestroy(g);
+  }
   if (c->ready) d_->cuEventDestroy(c->ready);
   if (c->stream) d_->cuStreamDestroy(c->stream);
   if (c->memory) {
@@ -343,9 +405,9 @@ void CudaModel::DestroyContext(std::unique_ptr<Context> c) const {
   }
 }
 
-Status CudaModel::LaunchAll(CUstream stream, CUdeviceptr argtable) const {
+Status CudaModel::LaunchAll(const ProgramCode& p, CUstream stream, CUdeviceptr argtable) const {
   void* params[1] = {&argtable};  // the single kernel argument: the argument table's address
-  for (const Launch& l : launches_) {
+  for (const Launch& l : p.launches) {
     CUresult r = d_->cuLaunchKernel(l.function, l.grid[0], l.grid[1], l.grid[2], l.block[0], l.block[1], l.block[2],
                                     l.shared_bytes, stream, params, nullptr);
     if (r != CUDA_SUCCESS) return Check(r, "cuLaunchKernel");
@@ -353,16 +415,18 @@ Status CudaModel::LaunchAll(CUstream stream, CUdeviceptr argtable) const {
   return Status::Ok();
 }
 
-Status CudaModel::Execute(Context& c, const std::vector<ConstTensorView>& inputs,
+Status CudaModel::Execute(Context& c, size_t program, const std::vector<ConstTensorView>& inputs,
                           const std::vector<TensorView>& outputs, bool device_pointers, uintptr_t wait_stream) const {
-  if (use_graphs_ && !c.graph && !launches_.empty()) {
-    // Capture once per context: the launches only ever see this context's argument table.
+  const ProgramCode& p = programs_[program];
+  const CUdeviceptr argtable = c.argtables[program];
+  if (use_graphs_ && !c.graphs[program] && !p.launches.empty()) {
+    // Capture once per (context, program): the launches only ever see this context's argument table.
     if (Status s = Check(d_->cuStreamBeginCapture(c.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
                          "cuStreamBeginCapture");
         !s.ok()) {
       return s;
     }
-    Status launched = LaunchAll(c.stream, c.argtable);
+    Status launched = LaunchAll(p, c.stream, argtable);
     CUgraph graph = nullptr;
     CUresult r = d_->cuStreamEndCapture(c.stream, &graph);
     if (!launched.ok() || r != CUDA_SUCCESS) {
@@ -373,7 +437,7 @@ Status CudaModel::Execute(Context& c, const std::vector<ConstTensorView>& inputs
     r = d_->cuGraphInstantiateWithFlags(&exec, graph, 0);
     d_->cuGraphDestroy(graph);
     if (Status s = Check(r, "cuGraphInstantiateWithFlags"); !s.ok()) return s;
-    c.graph = exec;
+    c.graphs[program] = exec;
   }
   if (device_pointers) {
     // The caller's buffers may still be written by work queued on `wait_stream` (e.g. the DLPack
@@ -390,34 +454,60 @@ Status CudaModel::Execute(Context& c, const std::vector<ConstTensorView>& inputs
     }
     if (Status s = Check(d_->cuStreamWaitEvent(c.stream, c.ready, 0), "cuStreamWaitEvent"); !s.ok()) return s;
   }
+  // Copies between the caller's buffer and the context's, by rows where the shapes differ (padding
+  // and cutting, block_copy.h: the same rows the CPU executor copies).
+  auto copy = [&](CUdeviceptr device, const void* host_or_device, size_t bytes, bool to_device) -> CUresult {
+    const auto other = reinterpret_cast<CUdeviceptr>(host_or_device);
+    if (to_device) {
+      return device_pointers ? d_->cuMemcpyDtoDAsync(device, other, bytes, c.stream)
+                             : d_->cuMemcpyHtoDAsync(device, host_or_device, bytes, c.stream);
+    }
+    return device_pointers ? d_->cuMemcpyDtoDAsync(other, device, bytes, c.stream)
+                           : d_->cuMemcpyDtoHAsync(const_cast<void*>(host_or_device), device, bytes, c.stream);
+  };
   for (size_t i = 0; i < inputs.size(); ++i) {
-    size_t n = input_bytes_[i];
+    const size_t n = p.input_bytes[i];
     if (n == 0) continue;
-    CUresult r = device_pointers ? d_->cuMemcpyDtoDAsync(c.inputs[i], reinterpret_cast<CUdeviceptr>(inputs[i].data),
-                                                         n, c.stream)
-                                 : d_->cuMemcpyHtoDAsync(c.inputs[i], inputs[i].data, n, c.stream);
-    if (r != CUDA_SUCCESS) return Check(r, device_pointers ? "cuMemcpyDtoDAsync (input)" : "cuMemcpyHtoDAsync (input)");
+    const char* what = device_pointers ? "cuMemcpyDtoDAsync (input)" : "cuMemcpyHtoDAsync (input)";
+    if (inputs[i].shape == p.input_shapes[i]) {
+      if (Status s = Check(copy(c.inputs[i], inputs[i].data, n, true), what); !s.ok()) return s;
+      continue;
+    }
+    // Below the bucket: zeros, then the caller's data as the leading block.
+    if (Status s = Check(d_->cuMemsetD8Async(c.inputs[i], 0, n, c.stream), "cuMemsetD8Async (input padding)");
+        !s.ok()) {
+      return s;
+    }
+    const auto* src = static_cast<const uint8_t*>(inputs[i].data);
+    CUresult r = CUDA_SUCCESS;
+    ForEachBlockRow(inputs[i].shape, p.input_shapes[i], DTypeSize(inputs[i].dtype), [&](size_t from, size_t to, size_t b) {
+      if (r == CUDA_SUCCESS) r = copy(c.inputs[i] + to, src + from, b, true);
+    });
+    if (Status s = Check(r, what); !s.ok()) return s;
   }
-  if (c.graph) {
-    if (Status s = Check(d_->cuGraphLaunch(c.graph, c.stream), "cuGraphLaunch"); !s.ok()) return s;
-  } else if (Status s = LaunchAll(c.stream, c.argtable); !s.ok()) {
+  if (c.graphs[program]) {
+    if (Status s = Check(d_->cuGraphLaunch(c.graphs[program], c.stream), "cuGraphLaunch"); !s.ok()) return s;
+  } else if (Status s = LaunchAll(p, c.stream, argtable); !s.ok()) {
     return s;
   }
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    size_t n = output_bytes_[i];
-    if (n == 0) continue;
-    CUresult r = device_pointers
-                     ? d_->cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(outputs[i].data), c.outputs[i], n, c.stream)
-                     : d_->cuMemcpyDtoHAsync(outputs[i].data, c.outputs[i], n, c.stream);
-    if (r != CUDA_SUCCESS) {
-      return Check(r, device_pointers ? "cuMemcpyDtoDAsync (output)" : "cuMemcpyDtoHAsync (output)");
-    }
+  for (size_t o = 0; o < outputs.size(); ++o) {
+    if (p.output_bytes[o] == 0) continue;
+    const char* what = device_pointers ? "cuMemcpyDtoDAsync (output)" : "cuMemcpyDtoHAsync (output)";
+    auto* dst = static_cast<uint8_t*>(outputs[o].data);
+    CUresult r = CUDA_SUCCESS;
+    ForEachBlockRow(p.output_shapes[o], outputs[o].shape, DTypeSize(outputs[o].dtype), [&](size_t from, size_t to, size_t b) {
+      if (r == CUDA_SUCCESS) r = copy(c.outputs[o] + from, dst + to, b, false);
+    });
+    if (Status s = Check(r, what); !s.ok()) return s;
   }
   return Check(d_->cuStreamSynchronize(c.stream), "cuStreamSynchronize");
 }
 
-Status CudaModel::Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
-                      bool device_pointers, uintptr_t wait_stream) const {
+Status CudaModel::Run(size_t program, const std::vector<ConstTensorView>& inputs,
+                      const std::vector<TensorView>& outputs, bool device_pointers, uintptr_t wait_stream) const {
+  if (program >= programs_.size()) {
+    return Status(StatusCode::kInternal, "device '" + device_ + "': no program " + std::to_string(program));
+  }
   ScopedContext scope(d_, ctx_);
   if (Status s = Check(scope.result(), "cuCtxPushCurrent"); !s.ok()) return s;
   std::unique_ptr<Context> c;
@@ -433,9 +523,9 @@ Status CudaModel::Run(const std::vector<ConstTensorView>& inputs, const std::vec
     if (!fresh.ok()) return fresh.status();
     c = std::move(fresh).value();
   }
-  Status s = Execute(*c, inputs, outputs, device_pointers, wait_stream);
+  Status s = Execute(*c, program, inputs, outputs, device_pointers, wait_stream);
   if (!s.ok()) {
-    DestroyContext(std::move(c));  // its stream or graph may be in any state: never reuse it
+    DestroyContext(std::move(c));  // its stream or graphs may be in any state: never reuse it
     return s;
   }
   std::lock_guard<std::mutex> lock(pool_mutex_);

@@ -1,8 +1,12 @@
-// The CUDA backend: runs a bundle's `cuda.ptx` target (docs/bundle-format.md, "The CUDA target").
-// Load: driver and GPU checks, PTX module (JIT), kernels, one device copy of the weights.
-// Run: an execution context from a pool (device arena + input/output buffers + argument table +
-// stream, one allocation), inputs copied in, the launches replayed as a CUDA graph captured on the
-// context's first run, outputs copied out. Needs no CUDA headers or libraries at build time.
+// The CUDA backend: runs a bundle's `cuda.ptx` target (docs/bundle-format.md, "The CUDA target"), or
+// a dynamic bundle's CUDA programs (one per bucket combination, sections cuda.pN).
+// Load: driver and GPU checks, one module per program (cubin or JIT-compiled PTX), kernels, one
+// device copy of the weights shared by every program.
+// Run: an execution context from a pool (device arena + input/output buffers + one argument table
+// per program + stream, one allocation, sized for the largest program), inputs copied in (zero-padded
+// to the program's bucket), the program's launches replayed as a CUDA graph captured on that
+// context's first run of that program, outputs copied out (cut back to the call's shape).
+// Needs no CUDA headers or libraries at build time.
 #pragma once
 
 #include <atomic>
@@ -57,10 +61,13 @@ class CudaModel final {
   CudaModel(const CudaModel&) = delete;
   CudaModel& operator=(const CudaModel&) = delete;
 
-  // Inputs and outputs are already validated against the manifest. `device_pointers`: their data
-  // are device pointers in this model's context (RunDevice), else host pointers; the input copies
-  // then wait for the work queued on `wait_stream` first. Thread-safe.
-  Status Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
+  // Runs program `program` (0 for a static bundle; a dynamic bundle's manifest.programs index).
+  // Inputs and outputs are already validated against the manifest, at shapes no larger than the
+  // program's buckets: a smaller input is zero-padded to the bucket on the device, a smaller output
+  // gets the leading block of the program's (the padding rules, docs/bundle-format.md).
+  // `device_pointers`: their data are device pointers in this model's context (RunDevice), else
+  // host pointers; the input copies then wait for the work queued on `wait_stream` first. Thread-safe.
+  Status Run(size_t program, const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
              bool device_pointers, uintptr_t wait_stream = 0) const;
 
   // A device allocation of `bytes` (> 0) that keeps the primary context alive; `what` names it in
@@ -68,7 +75,8 @@ class CudaModel final {
   Result<std::shared_ptr<internal::DeviceBuffer>> Allocate(size_t bytes, const std::string& what) const;
   int ordinal() const { return ordinal_; }
 
-  // Device memory this model holds: the weights plus every execution context allocated so far.
+  // Device memory this model holds: the weights plus every execution context allocated so far
+  // (each sized for the largest program, so it does not grow with the shapes a model sees).
   size_t device_bytes() const { return weight_bytes_ + context_bytes_.load(std::memory_order_relaxed); }
 
  private:
@@ -79,13 +87,26 @@ class CudaModel final {
     unsigned block[3] = {1, 1, 1};
     unsigned shared_bytes = 0;
   };
+  // One static program: the static bundle itself, or one bucket combination of a dynamic bundle.
+  struct ProgramCode {
+    cuda::CUmodule module = nullptr;
+    std::vector<Launch> launches;
+    std::vector<CallArg> call;
+    uint64_t arena_bytes = 0;
+    std::vector<std::vector<int64_t>> input_shapes, output_shapes;  // at this program's buckets
+    std::vector<size_t> input_bytes, output_bytes;
+    size_t table_offset = 0;  // of its argument table in a context's table region
+  };
   CudaModel() = default;
   Status Check(cuda::CUresult r, const char* call) const;
+  Status LoadProgram(const CudaCode& code, const std::string& what, int major, int minor, int shared_optin,
+                     const std::string& gpu_name, const CudaTarget& target, const BundleView& bundle,
+                     ProgramCode* out);
   Result<std::unique_ptr<Context>> NewContext() const;
   void DestroyContext(std::unique_ptr<Context> c) const;  // the primary context must be current
-  Status Execute(Context& c, const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
-                 bool device_pointers, uintptr_t wait_stream) const;
-  Status LaunchAll(cuda::CUstream stream, cuda::CUdeviceptr argtable) const;
+  Status Execute(Context& c, size_t program, const std::vector<ConstTensorView>& inputs,
+                 const std::vector<TensorView>& outputs, bool device_pointers, uintptr_t wait_stream) const;
+  Status LaunchAll(const ProgramCode& p, cuda::CUstream stream, cuda::CUdeviceptr argtable) const;
 
   const cuda::Driver* d_ = nullptr;
   std::string device_;
@@ -93,16 +114,16 @@ class CudaModel final {
   cuda::CUdevice dev_ = 0;
   cuda::CUcontext ctx_ = nullptr;                // the device's primary context, retained by device_handle_
   std::shared_ptr<const CudaDevice> device_handle_;  // released after everything else in the destructor
-  cuda::CUmodule module_ = nullptr;
   cuda::CUdeviceptr weights_ = 0;
   size_t weight_bytes_ = 0;
   bool use_graphs_ = true;  // MLRT_CUDA_GRAPHS=0 turns capture off
 
-  std::vector<Launch> launches_;
-  std::vector<CallArg> call_;
+  std::vector<ProgramCode> programs_;
   std::vector<uint64_t> weight_offsets_;
-  std::vector<size_t> input_bytes_, output_bytes_;
-  uint64_t arena_bytes_ = 0;
+  // A context's layout, planned for the largest program: every program fits any context.
+  uint64_t max_arena_bytes_ = 0;
+  std::vector<size_t> max_input_bytes_, max_output_bytes_;
+  size_t table_bytes_ = 0;  // all programs' argument tables
 
   mutable std::mutex pool_mutex_;
   mutable std::vector<std::unique_ptr<Context>> idle_;  // a Run takes one and gives it back

@@ -53,6 +53,7 @@ Loaded Load() {
   bind(d.cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2");
   bind(d.cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2");
   bind(d.cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2");
+  bind(d.cuMemsetD8Async, "cuMemsetD8Async");
   bind(d.cuStreamCreate, "cuStreamCreate");
   bind(d.cuStreamDestroy, "cuStreamDestroy_v2");
   bind(d.cuStreamSynchronize, "cuStreamSynchronize");

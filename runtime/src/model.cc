@@ -5,6 +5,7 @@
 #include <mutex>
 #include <optional>
 
+#include "block_copy.h"
 #include "bundle_reader.h"
 #include "code_loader.h"
 #include "cuda_backend.h"
@@ -238,48 +239,11 @@ Status ValidateDynamicOutputs(const Manifest& m, const CallPlan& plan, const std
 }
 
 // Copies the leading block min(src_shape, dst_shape) (per dim) of a C-order tensor into another of
-// the same rank: pads (src smaller) or cuts (dst smaller). Any rank (0 included), any element size.
+// the same rank: pads (src smaller) or cuts (dst smaller).
 void CopyBlock(const uint8_t* src, const std::vector<int64_t>& src_shape, uint8_t* dst,
                const std::vector<int64_t>& dst_shape, size_t itemsize) {
-  const size_t rank = src_shape.size();
-  std::vector<int64_t> block(rank);
-  for (size_t d = 0; d < rank; ++d) {
-    block[d] = std::min(src_shape[d], dst_shape[d]);
-    if (block[d] == 0) return;
-  }
-  // Trailing dims that are whole in both tensors join the contiguous row.
-  size_t split = rank;  // dims [split, rank) are copied as one contiguous run
-  size_t row = itemsize;
-  while (split > 0 && src_shape[split - 1] == dst_shape[split - 1]) {
-    --split;
-    row *= static_cast<size_t>(src_shape[split]);
-  }
-  if (split > 0) {  // the innermost partial dim: its first block[d] entries
-    --split;
-    row *= static_cast<size_t>(block[split]);
-  }
-  // Strides in bytes of dims [0, split).
-  std::vector<size_t> src_stride(rank + 1, itemsize), dst_stride(rank + 1, itemsize);
-  for (size_t d = rank; d-- > 0;) {
-    src_stride[d] = src_stride[d + 1] * static_cast<size_t>(src_shape[d]);
-    dst_stride[d] = dst_stride[d + 1] * static_cast<size_t>(dst_shape[d]);
-  }
-  std::vector<int64_t> index(split, 0);
-  while (true) {
-    size_t src_offset = 0, dst_offset = 0;
-    for (size_t d = 0; d < split; ++d) {
-      src_offset += static_cast<size_t>(index[d]) * src_stride[d + 1];
-      dst_offset += static_cast<size_t>(index[d]) * dst_stride[d + 1];
-    }
-    std::memcpy(dst + dst_offset, src + src_offset, row);
-    size_t d = split;  // next index, odometer style; done when dim 0 wraps (or there is no outer dim)
-    while (true) {
-      if (d == 0) return;
-      --d;
-      if (++index[d] < block[d]) break;
-      index[d] = 0;
-    }
-  }
+  ForEachBlockRow(src_shape, dst_shape, itemsize,
+                  [&](size_t from, size_t to, size_t bytes) { std::memcpy(dst + to, src + from, bytes); });
 }
 }  // namespace
 
@@ -436,11 +400,6 @@ Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const 
   }
 
   if (on_cuda) {
-    if (manifest->is_dynamic()) {
-      return Status(StatusCode::kFailedPrecondition,
-                    path + ": device '" + device + "' cannot run this bundle: it has dynamic dims, which run on cpu "
-                           "only in this version (load it with device=\"cpu\", or build a static bundle for cuda)");
-    }
     if (!manifest->has_cuda) {
       return Status(StatusCode::kFailedPrecondition,
                     path + ": device '" + device + "' needs the bundle's CUDA code, but it was built for cpu only; "
@@ -517,15 +476,24 @@ Status NotOnCuda(const std::string& device) {
 Status Model::RunDevice(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
                         uintptr_t wait_stream) const {
   if (!impl_->cuda) return NotOnCuda(impl_->device);
-  if (Status s = Validate(impl_->manifest, inputs, outputs); !s.ok()) return s;
-  return impl_->cuda->Run(inputs, outputs, /*device_pointers=*/true, wait_stream);
+  const Manifest& m = impl_->manifest;
+  if (m.is_dynamic()) {  // the program is chosen as on the CPU; the backend pads and cuts on the device
+    CallPlan plan;
+    if (Status s = PlanDynamicCall(m, inputs, &plan); !s.ok()) return s;
+    if (Status s = ValidateDynamicOutputs(m, plan, inputs, outputs); !s.ok()) return s;
+    return impl_->cuda->Run(static_cast<size_t>(plan.program - m.programs.data()), inputs, outputs,
+                            /*device_pointers=*/true, wait_stream);
+  }
+  if (Status s = Validate(m, inputs, outputs); !s.ok()) return s;
+  return impl_->cuda->Run(0, inputs, outputs, /*device_pointers=*/true, wait_stream);
 }
 
 Result<std::vector<DeviceTensor>> Model::RunDevice(const std::vector<ConstTensorView>& inputs,
                                                    uintptr_t wait_stream) const {
   if (!impl_->cuda) return NotOnCuda(impl_->device);
   const Manifest& m = impl_->manifest;
-  if (Status s = ValidateInputs(m, inputs); !s.ok()) return s;  // before allocating anything
+  auto shapes = OutputShapes(inputs);  // validates the inputs before anything is allocated
+  if (!shapes.ok()) return shapes.status();
   std::vector<DeviceTensor> outputs;
   std::vector<TensorView> views;
   outputs.reserve(m.outputs.size());
@@ -533,9 +501,9 @@ Result<std::vector<DeviceTensor>> Model::RunDevice(const std::vector<ConstTensor
     const TensorSpec& spec = m.outputs[i];
     DeviceTensor t;
     t.dtype_ = spec.dtype;
-    t.shape_ = spec.shape;
+    t.shape_ = std::move((*shapes)[i]);
     t.ordinal_ = impl_->cuda->ordinal();
-    t.num_bytes_ = spec.num_bytes();
+    t.num_bytes_ = static_cast<size_t>(NumElements(t.shape_)) * DTypeSize(spec.dtype);
     if (t.num_bytes_ > 0) {  // zero-byte outputs own nothing (cuMemAlloc refuses size 0)
       auto buffer = impl_->cuda->Allocate(t.num_bytes_, "output " + std::to_string(i));
       if (!buffer.ok()) return buffer.status();
@@ -568,10 +536,14 @@ Status Model::Run(const std::vector<ConstTensorView>& inputs, const std::vector<
     CallPlan plan;
     if (Status s = PlanDynamicCall(m, inputs, &plan); !s.ok()) return s;
     if (Status s = ValidateDynamicOutputs(m, plan, inputs, outputs); !s.ok()) return s;
+    if (impl_->cuda) {  // pads and cuts on the device (the same rows RunDynamic copies here)
+      return impl_->cuda->Run(static_cast<size_t>(plan.program - m.programs.data()), inputs, outputs,
+                              /*device_pointers=*/false);
+    }
     return impl_->RunDynamic(plan, inputs, outputs);
   }
   if (Status s = Validate(m, inputs, outputs); !s.ok()) return s;
-  if (impl_->cuda) return impl_->cuda->Run(inputs, outputs, /*device_pointers=*/false);
+  if (impl_->cuda) return impl_->cuda->Run(0, inputs, outputs, /*device_pointers=*/false);
   std::vector<const void*> in(inputs.size());
   std::vector<void*> out(outputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) in[i] = inputs[i].data;

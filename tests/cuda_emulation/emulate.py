@@ -32,19 +32,34 @@ extern "C" int mlrt_emulate(int index, void *const *args, const unsigned *grid, 
         }
   return 0;
 }
+extern "C" int mlrt_emulate_named(const char *name, void *const *args, const unsigned *grid, const unsigned *block) {
+  static const char *const names[] = {%s};
+  for (int i = 0; i < (int)(sizeof(names) / sizeof(names[0])); ++i)
+    if (strcmp(names[i], name) == 0) return mlrt_emulate(i, args, grid, block);
+  return 1;
+}
 """
 
 
+def ptx_key(ptx: str) -> str:
+    """FNV-1a 64 of the PTX text: the name (<key>.so) under which the stand-in libcuda.so.1 of
+    test_cuda_runtime.py finds the emulation library of a module it is asked to load."""
+    h = 0xCBF29CE484222325
+    for byte in ptx.encode("ascii"):
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
 class Emulation:
-    def __init__(self, source: str, launches: list[dict], workdir: Path):
+    def __init__(self, source: str, launches: list[dict], workdir: Path, so: Path | None = None):
         names = [l["kernel"] for l in launches]
         kernels = sorted(set(re.findall(r"void __launch_bounds__\([\d, ]+\) (k\d+)\(", source)), key=lambda k: int(k[1:]))
         self.index = {k: i for i, k in enumerate(kernels)}
         self.launches = launches
         assert set(names) <= set(kernels), "launch table names a kernel the source lacks"
         cu = workdir / "emulated.cc"
-        cu.write_text(source + _DRIVER % ", ".join(kernels))
-        so = workdir / "emulated.so"
+        cu.write_text(source + _DRIVER % (", ".join(kernels), ", ".join(f'"{k}"' for k in kernels)))
+        so = so or workdir / "emulated.so"
         subprocess.run(["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-w", f"-I{HERE}", f"-I{KERNELS}",
                         "-o", str(so), str(cu)], check=True)
         self.lib = ctypes.CDLL(str(so))
