@@ -174,6 +174,46 @@ def test_cuda_only_dynamic_bundle_on_cpu(built):
         mlrt.load(built.path)
 
 
+def _edit(built: Built, path: Path, edit) -> Path:
+    import copy
+
+    from mlpack import bundle as bf
+
+    info = bf.read_bundle(built.path)
+    manifest = copy.deepcopy(info.manifest)
+    edit(manifest)
+    sections = [(s.name, bf.section_bytes(built.path, s.name), s.alignment) for s in info.sections if s.name != "manifest"]
+    bf.write_bundle(path, manifest, sections)
+    data = bytearray(path.read_bytes())
+    data[8:12] = (2).to_bytes(4, "little")  # write_bundle writes version 1 headers
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _code(key, value, program=0):
+    return lambda m: m["programs"][program]["cuda"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["programs"][1].pop("cuda"), r"programs\[1\]: needs an object 'cuda' \(the bundle has a CUDA target\)"),
+    (_code("section", "cuda.nope"), "CUDA section 'cuda.nope' is missing"),
+    (_code("section", "weights"), r"programs\[0\]\.cuda\.section may not be 'weights'"),
+    (_code("arena_bytes", -1), r"programs\[0\]\.cuda\.arena_bytes out of range"),
+    (_code("launches", {}, 1), r"programs\[1\]\.cuda needs string section, integer arena_bytes and array launches"),
+    (lambda m: m["programs"][0]["cuda"]["launches"][0].__setitem__("grid", [0, 1, 1]),
+     r"programs\[0\]\.cuda\.launches\[0\]: grid must be 3 integers"),
+    (_code("sass", {"90": "cuda.p1"}), r"programs\[0\]\.cuda\.sass section 'cuda.p1' is not an ELF cubin"),
+    (lambda m: m["targets"]["cuda"].pop("precision"), "targets.cuda needs string ptx_isa and precision"),
+    (lambda m: m.__setitem__("targets", {}), "needs targets.cpu or targets.cuda"),
+])
+def test_hostile_cuda_programs(built, tmp_path, edit, message):
+    """Every program's CUDA code is validated with the manifest, before any driver is touched."""
+    path = _edit(built, tmp_path / "hostile.bundle", edit)
+    for device in ("cpu", "cuda:0"):
+        with pytest.raises(mlrt.Error, match=message):
+            mlrt.load(path, device=device)
+
+
 # --------------------------------------------------------------------------- through the stand-in driver
 
 
