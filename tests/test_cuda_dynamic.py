@@ -166,6 +166,15 @@ def test_one_cuda_program_per_bucket_sharing_weights(built):
     assert arenas == sorted(arenas) and arenas[0] < arenas[-1]
 
 
+def test_inspect_shows_each_cuda_program(built):
+    proc = subprocess.run([sys.executable, "-m", "mlpack.cli", "inspect", str(built.path)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "one CUDA program per bucket combination" in proc.stdout, proc.stdout
+    for n, p in enumerate(built.manifest["programs"]):
+        assert f"cuda.p{n}: {len(p['cuda']['launches'])} launches, device arena" in proc.stdout, proc.stdout
+
+
 def test_cuda_only_dynamic_bundle_on_cpu(built):
     if "cpu" in built.manifest["targets"]:
         assert mlrt.load(built.path).dynamic_dims[0].buckets == (1, 4, 8)

@@ -239,8 +239,14 @@ def _describe_dynamic(m: dict) -> list[str]:
                  f"(the largest program's)")
     for p in m["programs"]:
         sizes = ", ".join(f"{k}={v}" for k, v in p["sizes"].items())
-        lines.append(f"  {sizes:<24} {p['section']:<8} arena {_mib(p['arena_bytes'])}, "
-                     f"{sum(p.get('kernels', {}).values())} kernel calls")
+        line = f"  {sizes:<24} {p.get('section', '-'):<8} arena {_mib(p['arena_bytes'])}, " \
+               f"{sum(p.get('kernels', {}).values())} kernel calls"
+        if "cuda" in p:
+            cuda = p["cuda"]
+            sass = ", ".join("sm_" + k for k in cuda.get("sass", {})) or "PTX only"
+            line += (f"; {cuda['section']}: {len(cuda['launches'])} launches, device arena "
+                     f"{_mib(cuda['arena_bytes'])}, {sass}")
+        lines.append(line)
     return lines
 
 
@@ -270,9 +276,11 @@ def _describe_structure(node, outputs: list[dict]) -> str:
 
 def _describe_cuda(t: dict) -> str:
     """One line about a bundle's CUDA target (manifest targets.cuda), for build and inspect."""
+    head = f"PTX ISA {t['ptx_isa']} for sm_{t['min_sm']}+ (driver >= {t['min_driver']}), precision {t['precision']}"
+    if "launches" not in t:  # a dynamic bundle: the code is per program (programs[i].cuda)
+        return f"{head}, one CUDA program per bucket combination (below)"
     sass = ", ".join("sm_" + k for k in t.get("sass", {})) or "none (PTX JIT only)"
-    return (f"PTX ISA {t['ptx_isa']} for sm_{t['min_sm']}+ (driver >= {t['min_driver']}), precision "
-            f"{t['precision']}, {len(t['launches'])} launches, device arena {_mib(t['arena_bytes'])}, "
+    return (f"{head}, {len(t['launches'])} launches, device arena {_mib(t['arena_bytes'])}, "
             f"machine code for {sass}")
 
 

@@ -104,7 +104,7 @@ def write_repo(bundle: str | os.PathLike, repo: str | os.PathLike, name: str | N
     except mlrt.Error as e:
         if kind != "gpu" or "device=" not in str(e):
             raise TritonRepoError(f"cannot read {bundle}: {e}") from e
-        model, info = None, BatchInfo(False, why_not="a cuda-only bundle (dynamic dims run on cpu only)")
+        model, info = None, BatchInfo(False, why_not="a cuda-only bundle (its batch dim is read through a CPU load)")
 
     if max_batch is None:
         max_batch = info.max if info.batchable else 0
