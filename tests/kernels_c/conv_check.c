@@ -242,6 +242,17 @@ int main(void) {
           if (r < 0) return 1;
           cases += r;
         }
+  /* many planes of short rows (the tap table; 8 planes in the lanes, then the rest one by one):
+   * 8 and 19 planes, maps 1x1-7x9, ceil-mode overhang, NaNs, both ops, accumulate, 1 and 3 threads */
+  for (int64_t P = 8; P <= 19; P += 11)
+    for (int64_t H = 1; H <= 7; H += 2)
+      for (int e = 0; e < 16; ++e) {
+        const int64_t k = 1 + e % 3, s = 1 + (e & 1), pad = (e & 4) && k > 1 ? 1 : 0;
+        const int r = run_pool(P, H, H + (e & 2), k, k, s, 1, pad, pad, (e & 8) ? s - 1 : 0, e < 12, e % 5 != 3,
+                               1 + 2 * (e & 1));
+        if (r < 0) return 1;
+        cases += r;
+      }
   /* padded planes too large to stage: vector interior, checked borders */
   for (int e = 0; e < 4; ++e) {
     const int r = run_pool(2, 97 + e, 101, 3, 3, 1 + (e & 1), 1, 1, 1, e >> 1, e & 1, 1, 1 + 2 * (e & 1));
