@@ -173,7 +173,7 @@ def test_dump_ir_writes_every_stage(cnn, tmp_path):
     assert names == ["00-linalg.mlir", "01-bufferized.mlir", "02-kernels.mlir", "03-planned.mlir", "04-loops.mlir",
                      "05-llvm.mlir"]
     assert "linalg.conv_2d_nchw_fchw" in (tmp_path / "ir" / "00-linalg.mlir").read_text()
-    assert "call @mlrt_conv2d_f32" in (tmp_path / "ir" / "02-kernels.mlir").read_text()
+    assert "call @mlrt_conv2d_packed_f32" in (tmp_path / "ir" / "02-kernels.mlir").read_text()
 
 
 def test_mlpack_command_without_click_says_what_to_install():

@@ -260,7 +260,7 @@ def test_kernel_path_matches_eager(name, tmp_path):
     if name.startswith("conv3d"):
         assert kernels == {"mlrt_conv3d_f32": 1}, kernels
     if name.startswith("conv1d"):
-        assert kernels == {"mlrt_conv2d_f32": 1}, kernels
+        assert kernels == {"mlrt_conv2d_packed_f32": 1}, kernels
     if name == "grouped_bottlenecks_shared_views":
         assert kernels.get("mlrt_conv2d_grouped_f32") == 3, kernels
     if name.startswith("conv_grouped"):

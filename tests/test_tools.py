@@ -30,7 +30,7 @@ def test_inspect_human_json_and_plot(cnn_files):
     out = CliRunner().invoke(cli, ["inspect", str(d / "cnn.bundle"), "--plot", str(d / "plan.png")])
     assert out.exit_code == 0, out.output
     for needle in ("inputs:", "x: float32[1, 3, 32, 32]", "target cpu: x86-64-v3", "sections:", "weights ",
-                   "memory plan: arena", "kernels (cpu): mlrt_conv2d_f32 x3", "signature: none"):
+                   "memory plan: arena", "kernels (cpu): mlrt_conv2d_packed_f32 x3", "signature: none"):
         assert needle in out.output
     assert (d / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     js = CliRunner().invoke(cli, ["inspect", str(d / "cnn.bundle"), "--json"])
@@ -160,7 +160,7 @@ def test_build_no_winograd_keeps_plain_conv_weights(tmp_path):
     for name in ("plain", "cnn"):
         manifest = json.loads(CliRunner().invoke(cli, ["inspect", str(d / f"{name}.bundle"), "--json"]).output)
         kernels[name] = manifest["targets"]["cpu"]["kernels"]
-    assert kernels["plain"]["mlrt_conv2d_f32"] == 2 and "mlrt_conv2d_winograd_f32" not in kernels["plain"]
+    assert kernels["plain"]["mlrt_conv2d_packed_f32"] == 2 and "mlrt_conv2d_winograd_f32" not in kernels["plain"]
     assert kernels["cnn"]["mlrt_conv2d_winograd_f32"] == 2
     with torch.no_grad():
         ref = flat_outputs(model(*inputs))

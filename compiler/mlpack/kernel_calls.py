@@ -51,6 +51,7 @@ SMALL_MAP_POSITIONS = 32
 # 6x6 and 7x7 maps with 32-128 channels 1.1-1.2x faster than im2col; 8x8 (four full panels) slower.
 SMALL_MAP_POSITIONS_TAPS = 64
 NR = 16  # packed panel width, kernels/mlrt_kernels.h MLRT_NR
+MR = 6  # rows of a packed A panel, kernels/mlrt_kernels.h MLRT_MR
 GEMM_KC = 256  # the GEMM's K block (kernels/gemm.c KC): deeper products keep partial sums in C
 DW_RING_FLOATS, DW_MAX_KH, DW_ROWS = 16384, 16, 4  # the depthwise kernel's row ring, kernels/mlrt_kernels.h
 
@@ -639,10 +640,13 @@ class _Rewriter(TopLevelOps):
                     sig = self.emit(kernel_op, "mlrt_conv2d_small_f32", [x, w, y], n * oh * ow * (c * kh * kw + co),
                                     [n, 1, *dims[1:]], fusion, [], y, offsets={x: x_offset})
                     kernel = "mlrt_conv2d_small_f32"
-                else:
-                    sig = self.emit(kernel_op, "mlrt_conv2d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
+                else:  # im2col (or a 1x1's input in place) times the weights, packed as A panels where they may be
+                    a_arg = self.packable_weight(w, kernel_op) if self.cpu_layouts and not depthwise else None
+                    kernel = "mlrt_conv2d_f32" if a_arg is None else "mlrt_conv2d_packed_f32"
+                    if a_arg is not None:
+                        self.prepack[a_arg] = Prepack("conv_a_panels", (co, c, kh, kw))
+                    sig = self.emit(kernel_op, kernel, [x, w, y], _packed_floats(c * kh * kw, oh * ow),
                                     dims, fusion, [], y, gemm_shape=(n, co, oh * ow, c * kh * kw), offsets={x: x_offset})
-                    kernel = "mlrt_conv2d_f32"
             elif name == "linalg.conv_2d_ngchw_gfchw" and self.scratch is None:
                 # torch-mlir's grouped conv reads 5-D views [N, G, C/G, H, W] of 4-D buffers (3-D
                 # for a grouped 1-D conv, W = 1): the kernel takes the buffers behind the views, so
@@ -721,10 +725,13 @@ class _Rewriter(TopLevelOps):
                 co, ow = y.type.shape[1:]
                 self.prologue(kernel_op, y, ([0, 2], False), fusion)
                 self.epilogue(kernel_op, y, None, fusion, {x, w})
-                sig = self.emit(kernel_op, "mlrt_conv2d_f32", [x, w, y], _packed_floats(c * kw, ow),
+                a_arg = self.packable_weight(w, kernel_op) if self.cpu_layouts else None
+                kernel = "mlrt_conv2d_f32" if a_arg is None else "mlrt_conv2d_packed_f32"
+                if a_arg is not None:
+                    self.prepack[a_arg] = Prepack("conv_a_panels", (co, c, kw))
+                sig = self.emit(kernel_op, kernel, [x, w, y], _packed_floats(c * kw, ow),
                                 [n, c, 1, wd, co, 1, kw, 1, ow, 1, sw, 1, dw, 0, 0], fusion, [], y,
                                 gemm_shape=(n, co, ow, c * kw))
-                kernel = "mlrt_conv2d_f32"
             elif name in _POOLING and self.scratch is None:
                 x, window_buf, y = operands
                 if not (_is_dense_f32(x, 4) and _is_dense_f32(y, 4)) or x == y:
@@ -843,6 +850,19 @@ def pack_conv_panels(w, groups: int = 1):
     return np.stack([pack_b_panels(g.reshape(g.shape[0], -1).T) for g in np.split(w, groups)])
 
 
+def pack_a_panels(w):
+    """numpy [CO, ...] -> [ceil(CO/6), K, 6] (K = the product of the rest), zero rows at the end:
+    a conv's weights as the GEMM reads them, MR = 6 output channels per panel (mlrt_conv2d_packed_f32)."""
+    import numpy as np
+
+    a = w.reshape(w.shape[0], -1)
+    co, k = a.shape
+    panels = -(-co // MR)
+    padded = np.zeros((panels * MR, k), dtype=a.dtype)
+    padded[:co] = a
+    return np.ascontiguousarray(padded.reshape(panels, MR, k).transpose(0, 2, 1))
+
+
 def conv3d_weights(w):
     """numpy [CO, C, KD, KH, KW] -> [KD, CO, C, KH, KW] (mlrt_conv3d_f32: one GEMM operand per depth tap)."""
     import numpy as np
@@ -915,6 +935,7 @@ WINOGRAD_LAYOUTS = {2: "winograd3x3", 4: "winograd4x4_3x3"}
 WEIGHT_LAYOUTS = {
     "panels": ("packed B panels", pack_b_panels),
     "conv_panels": ("transposed, packed B panels", pack_conv_panels),
+    "conv_a_panels": ("packed A panels", pack_a_panels),
     "conv3d": ("depth taps first", conv3d_weights),
     "winograd3x3": ("Winograd F(2x2,3x3)", winograd_weights),
     "winograd4x4_3x3": ("Winograd F(4x4,3x3)", winograd4_weights),

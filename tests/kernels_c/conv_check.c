@@ -1,4 +1,4 @@
-/* Checks mlrt_conv2d_grouped_f32, mlrt_conv2d_small_f32, mlrt_conv3d_f32 and
+/* Checks mlrt_conv2d_grouped_f32, mlrt_conv2d_packed_f32, mlrt_conv2d_small_f32, mlrt_conv3d_f32 and
  * mlrt_conv2d_winograd_f32 (F(2x2) and F(4x4), ragged right/bottom edges) and mlrt_pool2d_f32
  * (max with NaNs, sum; padding, strides, dilation) against plain
  * reference loops on many shapes, built with AddressSanitizer + UBSan by tests/test_kernels.py.
@@ -59,6 +59,19 @@ static int run_case(const conv_case *k, int threads) {
     mlrt_conv2d_small_f32((intptr_t)x, (intptr_t)wp, (intptr_t)y, (intptr_t)scratch, k->N, k->G, k->C, k->H, k->W,
                           k->CO, k->KH, k->KW, OH, OW, k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->overwrite,
                           (intptr_t)b, (intptr_t)res, lo, hi, (intptr_t)y);
+  } else if (k->G == 1 && k->CO % 2 == 0) { /* weights in A panels of MR output channels, zero rows last */
+    const int64_t panels = (k->CO + MLRT_MR - 1) / MLRT_MR;
+    wp = malloc((size_t)(panels * K * MLRT_MR) * sizeof(float));
+    for (int64_t pn = 0; pn < panels; ++pn)
+      for (int64_t kk = 0; kk < K; ++kk)
+        for (int64_t r = 0; r < MLRT_MR; ++r) {
+          const int64_t co = pn * MLRT_MR + r;
+          wp[(pn * K + kk) * MLRT_MR + r] = co < k->CO ? w[co * K + kk] : 0.0f;
+        }
+    scratch = malloc((size_t)mlrt_packed_b_floats(K, P) * sizeof(float));
+    mlrt_conv2d_packed_f32((intptr_t)x, (intptr_t)wp, (intptr_t)y, (intptr_t)scratch, k->N, k->C, k->H, k->W, k->CO,
+                           k->KH, k->KW, OH, OW, k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->overwrite, (intptr_t)b,
+                           (intptr_t)res, lo, hi, (intptr_t)y);
   } else {
     const int64_t slices = k->N * k->G < 8 ? k->N * k->G : 8;
     scratch = malloc((size_t)(slices * mlrt_packed_b_floats(K, P)) * sizeof(float));
@@ -71,7 +84,7 @@ static int run_case(const conv_case *k, int threads) {
     if (fabsf(y[i] - want[i]) > 1e-4f * (1.0f + fabsf(want[i]))) {
       printf("mismatch at %lld: %g vs %g; %s N%lld G%lld C%lld CO%lld %lldx%lld k%lldx%lld s%lld,%lld d%lld,%lld "
              "pad %lld,%lld overwrite %d bias %d residual %d threads %d\n",
-             (long long)i, y[i], want[i], k->small ? "small" : "grouped", (long long)k->N, (long long)k->G,
+             (long long)i, y[i], want[i], k->small ? "small" : k->G == 1 && k->CO % 2 == 0 ? "packed" : "grouped", (long long)k->N, (long long)k->G,
              (long long)k->C, (long long)k->CO, (long long)k->H, (long long)k->W, (long long)k->KH,
              (long long)k->KW, (long long)k->sh, (long long)k->sw, (long long)k->dh, (long long)k->dw,
              (long long)k->pt, (long long)k->pl, k->overwrite, k->bias, k->residual, threads);
@@ -300,6 +313,20 @@ int main(void) {
                 cases += r;
               }
             }
+  /* output rows of 16+ positions (im2col panels inside one row): interior taps, border taps whose
+   * lanes in bounds are a range (stem-like 7x7 / stride 2 / padding 3), dilation, stride 3 */
+  for (int64_t kk = 3; kk <= 7; kk += 4)
+    for (int64_t s = 1; s <= 3; ++s)
+      for (int64_t W = 17; W <= 77; W += 30)
+        for (int e = 0; e < 4; ++e) {
+          const int64_t d = 1 + (e & 1), pad = (e & 2) ? (kk - 1) * d / 2 : 1;
+          const conv_case k = {1, 1, 3 + e, 8, 5 + 2 * e, W * s, kk, kk, s, s, d, d, pad, pad, pad, pad, 1, 1, e == 3, 0};
+          for (int threads = 1; threads <= 3; threads += 2) {
+            const int r = run_case(&k, threads);
+            if (r < 0) return 1;
+            cases += r;
+          }
+        }
   printf("ok %d\n", cases);
   return 0;
 }

@@ -39,10 +39,19 @@ static void im2col_panel(void *ctx, int64_t p) {
   }
   for (int64_t ky = 0; ky < j->KH; ++ky)
     for (int64_t kx = 0; kx < j->KW; ++kx) {
-      /* lane l reads base + l * step when base >= 0; else off[l] (-1: padding) */
-      int64_t off[NR], base = -1, step = 0;
+      /* lane l reads base + l * step when base >= 0 (lanes outside [l0, l1) are padding); else
+       * off[l] (-1: padding) */
+      int64_t off[NR], base = -1, step = 0, l0 = 0, l1 = NR;
       const int64_t iy0 = oy0 * j->sh + ky * j->dh - j->pt, ix0 = ox0 * j->sw + kx * j->dw - j->pl;
       if (one_row && iy0 >= 0 && iy0 < j->H && ix0 >= 0 && ix0 + (NR - 1) * j->sw < j->W) {
+        base = iy0 * j->W + ix0, step = j->sw;
+      } else if (one_row) { /* a border tap of one output row: its lanes in bounds are a range */
+        if (iy0 >= 0 && iy0 < j->H) {
+          l0 = ix0 >= 0 ? 0 : (-ix0 + j->sw - 1) / j->sw;
+          l1 = ix0 + (NR - 1) * j->sw < j->W ? NR : (j->W - 1 - ix0 >= 0 ? (j->W - 1 - ix0) / j->sw + 1 : 0);
+        } else {
+          l0 = l1 = 0;
+        }
         base = iy0 * j->W + ix0, step = j->sw;
       } else {
         int contiguous = 1, stride2 = 1;
@@ -57,7 +66,9 @@ static void im2col_panel(void *ctx, int64_t p) {
       float *d = dst + (ky * j->KW + kx) * NR;
       const float *src = j->x;
       for (int64_t c = 0; c < j->C; ++c, d += taps * NR, src += plane) {
-        if (base >= 0 && step == 1) {
+        if (l0 != 0 || l1 != NR) {
+          for (int64_t l = 0; l < NR; ++l) d[l] = l >= l0 && l < l1 ? src[base + l * step] : 0.0f;
+        } else if (base >= 0 && step == 1) {
           memcpy(d, src + base, NR * sizeof(float));
 #ifdef MLRT_HAVE_AVX2
         } else if (base >= 0 && step == 2) { /* stride-2 convs: deinterleave; reads end at the last element used */
@@ -81,19 +92,20 @@ typedef struct {
   const float *w;
   float *y;
   const mlrt_epilogue *ep;
-  int64_t CO, K, N, ldc, tasks, panels;
+  int64_t CO, K, N, ldc, tasks, panels, lda;
 } conv_job;
 
 static void conv_task(void *ctx, int64_t t) {
   const conv_job *j = (const conv_job *)ctx;
   const int64_t p0 = mlrt_part(j->panels, j->tasks, t), p1 = mlrt_part(j->panels, j->tasks, t + 1);
   for (int64_t p = p0; p < p1; ++p) im2col_panel((void *)&j->im2col, p);
-  mlrt_gemm_panels(j->CO, j->N, j->K, j->w, j->K, j->im2col.bp, j->y, j->ldc, j->ep, p0, p1);
+  mlrt_gemm_panels(j->CO, j->N, j->K, j->w, j->lda, j->im2col.bp, j->y, j->ldc, j->ep, p0, p1);
 }
 
 /* One image's conv: X [C][H][W] (channel planes cstride apart) -> Y [CO][OH*OW] (rows ldc apart),
- * with `ep` set for this image. */
-static void conv_image(const float *X, int64_t cstride, const float *Wt, float *Y, int64_t ldc, float *Bp,
+ * with `ep` set for this image. Weights [CO][K] row-major (lda = K), or packed in A panels
+ * (lda = MLRT_A_PANELS). */
+static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t lda, float *Y, int64_t ldc, float *Bp,
                        const mlrt_epilogue *ep, int64_t C, int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW,
                        int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top,
                        int64_t pad_left) {
@@ -105,7 +117,7 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, float *
     if (n0 < N)
       for (int64_t c = 0; c < C; ++c)
         for (int64_t l = 0; l < NR; ++l) Bp[c * NR + l] = n0 + l < N ? X[c * cstride + n0 + l] : 0.0f;
-    mlrt_gemm_rows(CO, N, K, Wt, K, X, cstride, Bp, Y, ldc, ep);
+    mlrt_gemm_rows(CO, N, K, Wt, lda, X, cstride, Bp, Y, ldc, ep);
     return;
   }
   im2col_job j = {X, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left, cstride};
@@ -121,7 +133,7 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, float *
       if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103) tasks = n;
   }
   if (tasks > 1) {
-    conv_job cj = {j, Wt, Y, ep, CO, K, N, ldc, tasks, panels};
+    conv_job cj = {j, Wt, Y, ep, CO, K, N, ldc, tasks, panels, lda};
     mlrt_parallel_for(tasks, conv_task, &cj);
     return;
   }
@@ -129,13 +141,13 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, float *
     for (int64_t p = 0; p < panels; ++p) im2col_panel(&j, p);
   else
     mlrt_parallel_for(panels, im2col_panel, &j);
-  mlrt_gemm_packed(CO, N, K, Wt, K, Bp, Y, ldc, ep);
+  mlrt_gemm_packed(CO, N, K, Wt, lda, Bp, Y, ldc, ep);
 }
 
-void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
-                     int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
-                     int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
-                     int64_t residual, float act_lo, float act_hi, int64_t dst) {
+static void conv2d(int64_t lda, int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C,
+                   int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+                   int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
+                   int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst) {
   const float *X = (const float *)(intptr_t)x, *Wt = (const float *)(intptr_t)w;
   float *Y = (float *)(intptr_t)y, *Bp = (float *)(intptr_t)scratch;
   const int64_t N = OH * OW;
@@ -144,9 +156,25 @@ void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
     mlrt_epilogue ep = {(int)overwrite, (const float *)(intptr_t)bias, 0,
                         residual ? (const float *)(intptr_t)residual + y_off : NULL, act_lo, act_hi,
                         (float *)(intptr_t)dst + y_off};
-    conv_image(X + n * C * H * W, H * W, Wt, Y + y_off, N, Bp, &ep, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw,
-               pad_top, pad_left);
+    conv_image(X + n * C * H * W, H * W, Wt, lda, Y + y_off, N, Bp, &ep, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh,
+               dw, pad_top, pad_left);
   }
+}
+
+void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
+                     int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
+                     int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                     int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  conv2d(C * KH * KW, x, w, y, scratch, batch, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left,
+         overwrite, bias, residual, act_lo, act_hi, dst);
+}
+
+void mlrt_conv2d_packed_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
+                            int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+                            int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
+                            int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  conv2d(MLRT_A_PANELS, x, w, y, scratch, batch, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left,
+         overwrite, bias, residual, act_lo, act_hi, dst);
 }
 
 /* ------------------------------------------------------------------------- grouped
@@ -168,7 +196,7 @@ static void grouped_pairs(const grouped_job *j, int64_t u0, int64_t u1, float *b
     mlrt_epilogue ep = {(int)j->overwrite, j->bias ? j->bias + g * fg : NULL, 0,
                         j->residual ? j->residual + y_off : NULL, j->lo, j->hi, j->dst + y_off};
     conv_image(j->x + (n * j->C + g * cg) * j->H * j->W, j->H * j->W, j->w + g * fg * cg * j->KH * j->KW,
-               j->y + y_off, N, bp, &ep, cg, j->H, j->W, fg, j->KH, j->KW, j->OH, j->OW, j->sh, j->sw, j->dh, j->dw,
+               cg * j->KH * j->KW, j->y + y_off, N, bp, &ep, cg, j->H, j->W, fg, j->KH, j->KW, j->OH, j->OW, j->sh, j->sw, j->dh, j->dw,
                j->pt, j->pl);
   }
 }
@@ -236,7 +264,7 @@ void mlrt_conv3d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
         mlrt_epilogue ep = {kd == first ? (int)overwrite : 0, kd == first ? B : NULL, 0,
                             is_last && R ? R + y_off : NULL, is_last ? act_lo : -__builtin_inff(),
                             is_last ? act_hi : __builtin_inff(), (is_last ? Dst : Y) + y_off};
-        conv_image(X + (n * C * D + id) * H * W, D * H * W, Wt + kd * CO * K, Y + y_off, ldc, Bp, &ep, C, H, W, CO,
+        conv_image(X + (n * C * D + id) * H * W, D * H * W, Wt + kd * CO * K, K, Y + y_off, ldc, Bp, &ep, C, H, W, CO,
                    KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left);
       }
     }

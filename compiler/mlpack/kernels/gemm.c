@@ -95,59 +95,86 @@ static inline __attribute__((always_inline)) void store_row(const tile *t, int64
 }
 
 /* C[ROWS x n] += A[ROWS x K] * B[K x 16] (B's rows ldb apart: 16 in a packed panel): 2*ROWS named
- * accumulators stay in registers (`rows` is a constant, so the unused rows compile away). */
+ * accumulators stay in registers (`rows` is a constant, so the unused rows compile away). A's
+ * element (r, k) is at A + r * rs + k * ks: rows lda apart (ks = 1), or an A panel packed at build
+ * time (rs = 1, ks = MR), read as one stream and prefetched ahead like a streaming B. */
 #define ROW_FMA(r)                                          \
   if (rows > r) {                                           \
-    const __m256 a = _mm256_broadcast_ss(A + r * lda + k);  \
+    const __m256 a = _mm256_broadcast_ss(A + r * rs + k * ks); \
     c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0);              \
     c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1);              \
   }
 #define ROW_STORE(r) \
   if (rows > r) store_row(t, r, c##r##0, c##r##1);
-#define DEFINE_UKERNEL(ROWS)                                                                 \
-  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
-    const int rows = ROWS;                                                                   \
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00; \
-    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                \
-    const int stream = t->stream;                                                            \
-    for (int64_t k = 0; k < K; ++k) {                                                        \
-      const __m256 b0 = _mm256_loadu_ps(Bp + k * ldb);                                       \
-      const __m256 b1 = _mm256_loadu_ps(Bp + k * ldb + 8);                                   \
-      if (stream) __builtin_prefetch(Bp + (k + PREFETCH_ROWS) * ldb, 0, 0);                  \
-      ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)                       \
-    }                                                                                        \
-    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)             \
+static inline __attribute__((always_inline)) void ukernel_body(const int rows, const int64_t rs, const int64_t ks,
+                                                               int64_t K, const float *A, const float *Bp, int64_t ldb,
+                                                               const tile *t) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const int stream = t->stream;
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(Bp + k * ldb);
+    const __m256 b1 = _mm256_loadu_ps(Bp + k * ldb + 8);
+    if (stream) __builtin_prefetch(Bp + (k + PREFETCH_ROWS) * ldb, 0, 0);
+    if (ks != 1) __builtin_prefetch(A + (k + PREFETCH_ROWS) * ks, 0, 0);
+    ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)
   }
+  ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)
+}
 /* The same for a last panel with <= 8 valid columns: half the FMAs (N = 49 spatial positions of
  * ResNet's last stage wastes 15 of 64 columns otherwise). */
 #define ROW_FMA8(r)                                         \
-  if (rows > r) c##r##0 = _mm256_fmadd_ps(_mm256_broadcast_ss(A + r * lda + k), b0, c##r##0);
+  if (rows > r) c##r##0 = _mm256_fmadd_ps(_mm256_broadcast_ss(A + r * rs + k * ks), b0, c##r##0);
 #define ROW_STORE8(r) \
   if (rows > r) store_row(t, r, c##r##0, zero);
-#define DEFINE_UKERNEL8(ROWS)                                                                \
+static inline __attribute__((always_inline)) void ukernel8_body(const int rows, const int64_t rs, const int64_t ks,
+                                                                int64_t K, const float *A, const float *Bp,
+                                                                int64_t ldb, const tile *t) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 c00 = zero, c10 = zero, c20 = zero, c30 = zero, c40 = zero, c50 = zero;
+  const int stream = t->stream;
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(Bp + k * ldb);
+    if (stream) __builtin_prefetch(Bp + (k + PREFETCH_ROWS) * ldb, 0, 0);
+    if (ks != 1) __builtin_prefetch(A + (k + PREFETCH_ROWS) * ks, 0, 0);
+    ROW_FMA8(0) ROW_FMA8(1) ROW_FMA8(2) ROW_FMA8(3) ROW_FMA8(4) ROW_FMA8(5)
+  }
+  ROW_STORE8(0) ROW_STORE8(1) ROW_STORE8(2) ROW_STORE8(3) ROW_STORE8(4) ROW_STORE8(5)
+}
+#define DEFINE_UKERNEL(ROWS)                                                                                       \
+  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
+    ukernel_body(ROWS, lda, 1, K, A, Bp, ldb, t);                                                                  \
+  }                                                                                                                \
+  static void ukernel_p##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
+    (void)lda;                                                                                                     \
+    ukernel_body(ROWS, 1, MR, K, A, Bp, ldb, t);                                                                   \
+  }                                                                                                                \
   static void ukernel8_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
-    const int rows = ROWS;                                                                   \
-    const __m256 zero = _mm256_setzero_ps();                                                 \
-    __m256 c00 = zero, c10 = zero, c20 = zero, c30 = zero, c40 = zero, c50 = zero;            \
-    const int stream = t->stream;                                                            \
-    for (int64_t k = 0; k < K; ++k) {                                                        \
-      const __m256 b0 = _mm256_loadu_ps(Bp + k * ldb);                                       \
-      if (stream) __builtin_prefetch(Bp + (k + PREFETCH_ROWS) * ldb, 0, 0);                  \
-      ROW_FMA8(0) ROW_FMA8(1) ROW_FMA8(2) ROW_FMA8(3) ROW_FMA8(4) ROW_FMA8(5)                 \
-    }                                                                                        \
-    ROW_STORE8(0) ROW_STORE8(1) ROW_STORE8(2) ROW_STORE8(3) ROW_STORE8(4) ROW_STORE8(5)       \
+    ukernel8_body(ROWS, lda, 1, K, A, Bp, ldb, t);                                                                 \
+  }                                                                                                                \
+  static void ukernel8_p##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
+    (void)lda;                                                                                                     \
+    ukernel8_body(ROWS, 1, MR, K, A, Bp, ldb, t);                                                                  \
   }
 #else
-#define DEFINE_UKERNEL(ROWS)                                                                 \
+static void ukernel_body(const int rows, const int64_t rs, const int64_t ks, int64_t K, const float *A,
+                         const float *Bp, int64_t ldb, const tile *t) {
+  float acc[MR][NR];
+  memset(acc, 0, sizeof(acc));
+  for (int64_t k = 0; k < K; ++k)
+    for (int i = 0; i < rows; ++i) {
+      const float a = A[i * rs + k * ks];
+      for (int j = 0; j < NR; ++j) acc[i][j] += a * Bp[k * ldb + j];
+    }
+  for (int i = 0; i < rows; ++i) store_row_scalar(t, i, acc[i]);
+}
+#define DEFINE_UKERNEL(ROWS)                                                                                       \
   static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
-    float acc[ROWS][NR];                                                                     \
-    memset(acc, 0, sizeof(acc));                                                             \
-    for (int64_t k = 0; k < K; ++k)                                                          \
-      for (int i = 0; i < ROWS; ++i) {                                                       \
-        const float a = A[i * lda + k];                                                      \
-        for (int j = 0; j < NR; ++j) acc[i][j] += a * Bp[k * ldb + j];                       \
-      }                                                                                      \
-    for (int i = 0; i < ROWS; ++i) store_row_scalar(t, i, acc[i]);                           \
+    ukernel_body(ROWS, lda, 1, K, A, Bp, ldb, t);                                                                  \
+  }                                                                                                                \
+  static void ukernel_p##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
+    (void)lda;                                                                                                     \
+    ukernel_body(ROWS, 1, MR, K, A, Bp, ldb, t);                                                                   \
   }
 #endif
 
@@ -158,28 +185,27 @@ DEFINE_UKERNEL(4)
 DEFINE_UKERNEL(5)
 DEFINE_UKERNEL(6)
 
-#ifdef MLRT_HAVE_AVX2
-DEFINE_UKERNEL8(1)
-DEFINE_UKERNEL8(2)
-DEFINE_UKERNEL8(3)
-DEFINE_UKERNEL8(4)
-DEFINE_UKERNEL8(5)
-DEFINE_UKERNEL8(6)
-#endif
-
 typedef void (*ukernel_fn)(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t);
-static const ukernel_fn ukernels[MR + 1] = {NULL, ukernel_1, ukernel_2, ukernel_3, ukernel_4, ukernel_5, ukernel_6};
+/* [A packed][<= 8 valid columns][rows]: the plain C kernel has no 8-wide variant */
 #ifdef MLRT_HAVE_AVX2
-static const ukernel_fn ukernels8[MR + 1] = {NULL,       ukernel8_1, ukernel8_2, ukernel8_3,
-                                             ukernel8_4, ukernel8_5, ukernel8_6};
+static const ukernel_fn ukernels[2][2][MR + 1] = {
+    {{NULL, ukernel_1, ukernel_2, ukernel_3, ukernel_4, ukernel_5, ukernel_6},
+     {NULL, ukernel8_1, ukernel8_2, ukernel8_3, ukernel8_4, ukernel8_5, ukernel8_6}},
+    {{NULL, ukernel_p1, ukernel_p2, ukernel_p3, ukernel_p4, ukernel_p5, ukernel_p6},
+     {NULL, ukernel8_p1, ukernel8_p2, ukernel8_p3, ukernel8_p4, ukernel8_p5, ukernel8_p6}}};
 #else
-static const ukernel_fn *const ukernels8 = ukernels; /* the plain C kernel has no 8-wide variant */
+static const ukernel_fn ukernels[2][2][MR + 1] = {
+    {{NULL, ukernel_1, ukernel_2, ukernel_3, ukernel_4, ukernel_5, ukernel_6},
+     {NULL, ukernel_1, ukernel_2, ukernel_3, ukernel_4, ukernel_5, ukernel_6}},
+    {{NULL, ukernel_p1, ukernel_p2, ukernel_p3, ukernel_p4, ukernel_p5, ukernel_p6},
+     {NULL, ukernel_p1, ukernel_p2, ukernel_p3, ukernel_p4, ukernel_p5, ukernel_p6}}};
 #endif
 
-/* mr (1..6) rows; a panel with <= 8 valid columns takes the 8-wide kernel. */
+/* mr (1..6) rows; a panel with <= 8 valid columns takes the 8-wide kernel; lda == MLRT_A_PANELS:
+ * A is a packed panel (see mlrt_kernels.h). */
 static void ukernel_rows(int64_t mr, int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb,
                          const tile *t) {
-  (t->n <= 8 ? ukernels8 : ukernels)[mr](K, A, lda, Bp, ldb, t);
+  ukernels[lda == MLRT_A_PANELS][t->n <= 8][mr](K, A, lda, Bp, ldb, t);
 }
 
 typedef struct {
@@ -208,7 +234,8 @@ static inline const float *panel_rows(const gemm_job *g, int64_t p, int64_t pc, 
 static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   /* K blocks of equal size (<= KC): a short last block would cost a full extra pass over C. With
    * one row tile, B is read once whatever the blocking, and streams best as one pass. */
-  const int64_t blocks = m1 - m0 <= MR ? 1 : (g->K + KC - 1) / KC, step = (g->K + blocks - 1) / blocks, np = p1 - p0;
+  const int packed = g->lda == MLRT_A_PANELS;
+  const int64_t blocks = m1 - m0 <= MR || packed ? 1 : (g->K + KC - 1) / KC, step = (g->K + blocks - 1) / blocks, np = p1 - p0;
   for (int64_t pc = 0; pc < g->K; pc += step) {
     const int64_t kc = min64(step, g->K - pc);
     for (int64_t ic = m0; ic < m1; ic += MC) {
@@ -217,7 +244,7 @@ static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, in
        * ukernel waited on it: the next A block (the next rows, else the first rows of the next K
        * block) is prefetched into L2 while this one runs, a share of its lines per panel. */
       const int64_t next_ic = mc_end < m1 ? mc_end : m0, next_pc = mc_end < m1 ? pc : pc + step;
-      const int64_t next_lines = next_pc < g->K ? (min64(step, g->K - next_pc) + 15) / 16 : 0;
+      const int64_t next_lines = next_pc < g->K && !packed ? (min64(step, g->K - next_pc) + 15) / 16 : 0;
       for (int64_t p = p0; p < p1; ++p) {
         int64_t ldb;
         const float *bp = panel_rows(g, p, pc, &ldb);
@@ -225,13 +252,15 @@ static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, in
         for (int64_t i = ic, rows; i < mc_end; i += rows) {
           /* 7 or 8 rows left: 4 + 3 or 4 + 4, not 6 + 1 or 6 + 2. A 1- or 2-row tile has too few
            * accumulators to hide the FMA latency and runs at a quarter to half speed. */
-          rows = mc_end - i == 7 || mc_end - i == 8 ? 4 : min64(MR, mc_end - i);
+          rows = !packed && (mc_end - i == 7 || mc_end - i == 8) ? 4 : min64(MR, mc_end - i);
           for (int64_t r = next_ic + (i - ic); r < min64(next_ic + (i - ic) + rows, m1); ++r)
             for (int64_t l = l0; l < l1; ++l) __builtin_prefetch(g->A + r * g->lda + next_pc + 16 * l, 0, 2);
           /* the first row tile of a block brings B's rows in; the later ones find them in L1 */
           tile t = {g->ep, g->C + i * g->ldc + p * NR, g->ldc, i, p * NR, min64(NR, g->N - p * NR),
                     pc == 0, pc + kc >= g->K, i == ic};
-          ukernel_rows(rows, kc, g->A + i * g->lda + pc, g->lda, bp, ldb, &t);
+          /* packed A: tiles start at panel boundaries (m0, ic and MC are multiples of MR) */
+          const float *a = packed ? g->A + i / MR * g->K * MR + pc * MR : g->A + i * g->lda + pc;
+          ukernel_rows(rows, kc, a, g->lda, bp, ldb, &t);
         }
       }
     }
@@ -393,7 +422,7 @@ static void packed_row_task(void *ctx, int64_t task) {
 
 void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep) {
-  if (M == 1 && N > 0 && K > 0) { /* a GEMV (Linear at batch 1, squeeze-excite 1x1 convs): see packed_row_task */
+  if (M == 1 && N > 0 && K > 0 && lda != MLRT_A_PANELS) { /* a GEMV (Linear at batch 1, squeeze-excite 1x1 convs): see packed_row_task */
     const int64_t panels = (N + NR - 1) / NR, threads = mlrt_threads_for(N * K);
     int64_t per = (panels + threads - 1) / threads;
     per = (per + 3) / 4 * 4;
