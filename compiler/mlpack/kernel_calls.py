@@ -906,26 +906,26 @@ def winograd_scratch_floats(c: int, co: int, oh: int, ow: int, tile: int = 2) ->
 
 
 def winograd_weights(w):
-    """numpy [CO, C, 3, 3] -> [16, CO, C]: U = G g G^T of F(2x2, 3x3), element e = 4 * row + col,
-    computed in float64 and rounded once."""
+    """numpy [CO, C, 3, 3] -> [16, ceil(CO/6), C, 6]: U = G g G^T of F(2x2, 3x3), element e = 4 * row
+    + col, computed in float64 and rounded once, each element's [CO, C] in A panels (pack_a_panels)."""
     import numpy as np
 
     g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
     u = np.einsum("ik,ockl,jl->ijoc", g, w.astype(np.float64), g)
     co, c = w.shape[:2]
-    return np.ascontiguousarray(u.reshape(16, co, c).astype(w.dtype))
+    return np.stack([pack_a_panels(ue) for ue in u.reshape(16, co, c).astype(w.dtype)])
 
 
 def winograd4_weights(w):
-    """numpy [CO, C, 3, 3] -> [36, CO, C]: U = G g G^T of F(4x4, 3x3) (points 0, +-1, +-2),
-    element e = 6 * row + col, computed in float64 and rounded once."""
+    """numpy [CO, C, 3, 3] -> [36, ceil(CO/6), C, 6]: U = G g G^T of F(4x4, 3x3) (points 0, +-1,
+    +-2), element e = 6 * row + col, computed in float64 and rounded once, in A panels per element."""
     import numpy as np
 
     g = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
                   [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=np.float64)
     u = np.einsum("ik,ockl,jl->ijoc", g, w.astype(np.float64), g)
     co, c = w.shape[:2]
-    return np.ascontiguousarray(u.reshape(36, co, c).astype(w.dtype))
+    return np.stack([pack_a_panels(ue) for ue in u.reshape(36, co, c).astype(w.dtype)])
 
 
 WINOGRAD_LAYOUTS = {2: "winograd3x3", 4: "winograd4x4_3x3"}

@@ -168,8 +168,9 @@ static int run_winograd(int64_t N, int64_t C, int64_t CO, int64_t H, int64_t W, 
   static const double g2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
   static const double g4[6][3] = {{1.0 / 4, 0, 0},           {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
                                   {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
-  const int64_t t = T + 2;
-  float *u = malloc((size_t)(E * CO * C) * sizeof(float));
+  const int64_t t = T + 2, co_rows = (CO + MLRT_MR - 1) / MLRT_MR * MLRT_MR;
+  /* per element, [CO, C] in A panels of MR output channels, zero rows last (kernel_calls.pack_a_panels) */
+  float *u = calloc((size_t)(E * co_rows * C), sizeof(float));
   for (int64_t i = 0; i < t; ++i)
     for (int64_t jj = 0; jj < t; ++jj)
       for (int64_t co = 0; co < CO; ++co)
@@ -178,7 +179,7 @@ static int run_winograd(int64_t N, int64_t C, int64_t CO, int64_t H, int64_t W, 
           for (int k = 0; k < 3; ++k)
             for (int l = 0; l < 3; ++l)
               sum += (T == 4 ? g4[i][k] * g4[jj][l] : g2[i][k] * g2[jj][l]) * w[(co * C + c) * 9 + k * 3 + l];
-          u[((i * t + jj) * CO + co) * C + c] = (float)sum;
+          u[((i * t + jj) * co_rows + co / MLRT_MR * MLRT_MR) * C + c * MLRT_MR + co % MLRT_MR] = (float)sum;
         }
   /* kernel_calls.winograd_scratch_floats, with _winograd_tiles' tile-row rounding */
   const int64_t th = (OH + T - 1) / T, tw = (OW + T - 1) / T, tw8 = (tw + 7) / 8 * 8;

@@ -188,14 +188,15 @@ static void input_transform2(const winograd_job *j, int64_t p) {
 #endif
 }
 
-/* M[e] rows [co0, co1) x panels [p0, p1) = U[e] * V[e], for every e. */
+/* M[e] rows [co0, co1) x panels [p0, p1) = U[e] * V[e], for every e. U[e] is in A panels of MR
+ * output channels ([ceil(CO/MR)][C][MR]); co0 is a multiple of MR. */
 static void multiply(const winograd_job *j, int64_t p0, int64_t p1, int64_t co0, int64_t co1) {
-  const int64_t C = j->C, CO = j->CO, ldm = j->panels * NR;
+  const int64_t C = j->C, CO = j->CO, ldm = j->panels * NR, co_rows = (CO + MR - 1) / MR * MR;
   for (int e = 0; e < j->E; ++e) {
     float *out = j->m + (e * CO + co0) * ldm;
     const mlrt_epilogue plain = {1, NULL, 0, NULL, -INFINITY, INFINITY, out};
-    mlrt_gemm_panels(co1 - co0, ldm, C, j->u + (e * CO + co0) * C, C, j->v + e * j->panels * C * NR, out, ldm,
-                     &plain, p0, p1);
+    mlrt_gemm_panels(co1 - co0, ldm, C, j->u + (e * co_rows + co0) * C, MLRT_A_PANELS,
+                     j->v + e * j->panels * C * NR, out, ldm, &plain, p0, p1);
   }
 }
 
