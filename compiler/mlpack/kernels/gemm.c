@@ -50,6 +50,16 @@ static void store_row_scalar(const tile *t, int64_t r, const float *acc) {
   }
 }
 
+/* NAME##ROWS reads A's rows lda apart, NAME##p##ROWS a packed A panel (MLRT_A_PANELS). */
+#define UKERNEL_PAIR(NAME, BODY, ROWS)                                                                          \
+  static void NAME##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) {   \
+    BODY(ROWS, lda, 1, K, A, Bp, ldb, t);                                                                       \
+  }                                                                                                             \
+  static void NAME##p##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
+    (void)lda;                                                                                                  \
+    BODY(ROWS, 1, MR, K, A, Bp, ldb, t);                                                                        \
+  }
+
 #ifdef MLRT_HAVE_AVX2
 /* Stores one accumulated row (two ymm). Values, not addresses: taking an accumulator's address
  * would make the compiler keep every accumulator in memory inside the k loop. */
@@ -141,21 +151,7 @@ static inline __attribute__((always_inline)) void ukernel8_body(const int rows, 
   }
   ROW_STORE8(0) ROW_STORE8(1) ROW_STORE8(2) ROW_STORE8(3) ROW_STORE8(4) ROW_STORE8(5)
 }
-#define DEFINE_UKERNEL(ROWS)                                                                                       \
-  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
-    ukernel_body(ROWS, lda, 1, K, A, Bp, ldb, t);                                                                  \
-  }                                                                                                                \
-  static void ukernel_p##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
-    (void)lda;                                                                                                     \
-    ukernel_body(ROWS, 1, MR, K, A, Bp, ldb, t);                                                                   \
-  }                                                                                                                \
-  static void ukernel8_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
-    ukernel8_body(ROWS, lda, 1, K, A, Bp, ldb, t);                                                                 \
-  }                                                                                                                \
-  static void ukernel8_p##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
-    (void)lda;                                                                                                     \
-    ukernel8_body(ROWS, 1, MR, K, A, Bp, ldb, t);                                                                  \
-  }
+#define DEFINE_UKERNEL(ROWS) UKERNEL_PAIR(ukernel_, ukernel_body, ROWS) UKERNEL_PAIR(ukernel8_, ukernel8_body, ROWS)
 #else
 static void ukernel_body(const int rows, const int64_t rs, const int64_t ks, int64_t K, const float *A,
                          const float *Bp, int64_t ldb, const tile *t) {
@@ -168,14 +164,7 @@ static void ukernel_body(const int rows, const int64_t rs, const int64_t ks, int
     }
   for (int i = 0; i < rows; ++i) store_row_scalar(t, i, acc[i]);
 }
-#define DEFINE_UKERNEL(ROWS)                                                                                       \
-  static void ukernel_##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
-    ukernel_body(ROWS, lda, 1, K, A, Bp, ldb, t);                                                                  \
-  }                                                                                                                \
-  static void ukernel_p##ROWS(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t) { \
-    (void)lda;                                                                                                     \
-    ukernel_body(ROWS, 1, MR, K, A, Bp, ldb, t);                                                                   \
-  }
+#define DEFINE_UKERNEL(ROWS) UKERNEL_PAIR(ukernel_, ukernel_body, ROWS)
 #endif
 
 DEFINE_UKERNEL(1)

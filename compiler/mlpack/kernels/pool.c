@@ -46,6 +46,21 @@ static inline float combine(int is_max, float acc, float v) {
 }
 
 #ifdef MLRT_HAVE_AVX2
+/* One tap into the accumulator: max_ps drops a NaN operand, so max tracks NaN lanes apart (in
+ * `nan`, off the chain through acc) for pool_finish to restore. */
+static inline void pool_tap(int is_max, __m256 *acc, __m256 *nan, __m256 v) {
+  if (is_max) {
+    *acc = _mm256_max_ps(*acc, v);
+    *nan = _mm256_or_ps(*nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  } else {
+    *acc = _mm256_add_ps(*acc, v);
+  }
+}
+
+static inline __m256 pool_finish(int is_max, __m256 acc, __m256 nan) {
+  return is_max ? _mm256_blendv_ps(acc, _mm256_set1_ps(NAN), nan) : acc;
+}
+
 /* Outputs [o0, o0 + n) of row oy, n <= 8, in one register across all taps (every tap's column
  * in bounds). Stride 1 and 2 read rows with vector loads (lanes past n see the next values and
  * are dropped), masked only near src->end; other strides gather the n lanes. */
@@ -56,9 +71,7 @@ static inline void row_chunk(const pool_job *j, const plane_src *src, int64_t y0
   const __m256 init = _mm256_set1_ps(j->is_max ? -INFINITY : 0.0f);
   float tail[8] = {0};
   if (!j->overwrite) memcpy(tail, yr + o0, (size_t)n * sizeof(float));
-  __m256 acc = j->overwrite ? init : _mm256_loadu_ps(tail);
-  /* max_ps drops a NaN operand: NaN lanes are tracked apart, off the chain through acc */
-  __m256 nan = _mm256_cmp_ps(acc, acc, _CMP_UNORD_Q);
+  __m256 acc = j->overwrite ? init : _mm256_loadu_ps(tail), nan = _mm256_cmp_ps(acc, acc, _CMP_UNORD_Q);
   for (int64_t ky = ky0; ky < ky1; ++ky) {
     const float *xr = src->x + (y0 + ky * j->dh) * src->W + o0 * j->sw - src->pl;
     for (int64_t kx = 0; kx < j->KW; ++kx) {
@@ -71,15 +84,10 @@ static inline void row_chunk(const pool_job *j, const plane_src *src, int64_t y0
                                : mlrt_even_lanes(_mm256_maskload_ps(t, m0), _mm256_maskload_ps(t + 8, m1));
       else
         v = _mm256_mask_i32gather_ps(init, t, step, _mm256_castsi256_ps(m), 4);
-      if (j->is_max) {
-        acc = _mm256_max_ps(acc, v);
-        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-      } else {
-        acc = _mm256_add_ps(acc, v);
-      }
+      pool_tap(j->is_max, &acc, &nan, v);
     }
   }
-  if (j->is_max) acc = _mm256_blendv_ps(acc, _mm256_set1_ps(NAN), nan);
+  acc = pool_finish(j->is_max, acc, nan);
   if (n == 8) {
     _mm256_storeu_ps(yr + o0, acc);
   } else { /* masked stores are slow on AMD cores */
@@ -151,17 +159,8 @@ static void table_planes(const pool_job *j, int64_t p0, int64_t p1) {
       const int32_t *t = j->taps + o * kt;
       for (int l = 0; l < 8; ++l) out[l] = j->overwrite ? init : y[l * outs + o];
       __m256 acc = _mm256_loadu_ps(out), nan = _mm256_cmp_ps(acc, acc, _CMP_UNORD_Q);
-      for (int64_t k = 0; k < kt && t[k] >= 0; ++k) {
-        const __m256 v = _mm256_load_ps(st + t[k] * 8);
-        if (j->is_max) {
-          acc = _mm256_max_ps(acc, v);
-          nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-        } else {
-          acc = _mm256_add_ps(acc, v);
-        }
-      }
-      if (j->is_max) acc = _mm256_blendv_ps(acc, _mm256_set1_ps(NAN), nan);
-      _mm256_storeu_ps(out, acc);
+      for (int64_t k = 0; k < kt && t[k] >= 0; ++k) pool_tap(j->is_max, &acc, &nan, _mm256_load_ps(st + t[k] * 8));
+      _mm256_storeu_ps(out, pool_finish(j->is_max, acc, nan));
       for (int l = 0; l < 8; ++l) y[l * outs + o] = out[l];
     }
   }
