@@ -61,7 +61,7 @@ _TO_LLVM = (
 )
 # Functions the generated code may call. Anything else (malloc above all) is a compiler bug.
 _ALLOWED_EXTERNALS = {"memrefCopy", "memcpy", "memset", "memmove", "mlrt_matmul_f32", "mlrt_conv2d_f32",
-                      "mlrt_conv2d_packed_f32", "mlrt_depthwise_conv2d_f32", "mlrt_conv2d_winograd_f32", "mlrt_conv2d_small_f32",
+                      "mlrt_conv2d_packed_f32", "mlrt_depthwise_conv2d_f32", "mlrt_depthwise_mult_conv2d_f32", "mlrt_conv2d_winograd_f32", "mlrt_conv2d_small_f32",
                       "mlrt_conv2d_grouped_f32", "mlrt_conv3d_f32", "mlrt_pool2d_f32",
                       "__kmpc_fork_call", "__kmpc_global_thread_num",
                       "__kmpc_for_static_init_8u", "__kmpc_for_static_init_8", "__kmpc_for_static_init_4u",

@@ -680,9 +680,13 @@ class _Rewriter(TopLevelOps):
                 # On maps of few positions that leave im2col panel lanes empty (2x2, 3x3: RegNet's
                 # last stage at 64x64); whole panels stay (measured: a 4x4 map with 512 channels
                 # per group was 1.2x slower with the output channels in the lanes).
-                if self.cpu_layouts and rank == 4 and oh * ow < SMALL_MAP_POSITIONS and oh * ow % NR and own[1]:
+                if self.cpu_layouts and rank == 4 and cg > 1 and oh * ow < SMALL_MAP_POSITIONS and oh * ow % NR and own[1]:
                     small_arg = self.packable_weight(w, kernel_op, via=views[1])
-                if small_arg is not None:  # each group's W_g^T in packed B panels, output channels in the lanes
+                if rank == 4 and cg == 1:  # one input channel per group: depthwise with a channel multiplier
+                    sig = self.emit(kernel_op, "mlrt_depthwise_mult_conv2d_f32", [x, w, y], None,
+                                    [n, co, h, wd, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl, fg], fusion, [], y)
+                    kernel = "mlrt_depthwise_mult_conv2d_f32"
+                elif small_arg is not None:  # each group's W_g^T in packed B panels, output channels in the lanes
                     self.prepack[small_arg] = Prepack("conv_panels", tuple(w.type.shape), groups)
                     sig = self.emit(kernel_op, "mlrt_conv2d_small_f32", [x, w, y], n * oh * ow * (c * kh * kw + co),
                                     [n, groups, c, h, wd, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl], fusion, [], y)

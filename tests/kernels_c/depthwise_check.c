@@ -14,13 +14,14 @@
 typedef struct {
   int64_t N, C, H, W, KH, KW, sh, sw, dh, dw, pt, pl, pb, pr;
   int overwrite, bias, residual, in_place;
+  int64_t mult; /* channel multiplier: C = mult * input channels (never in place) */
 } dw_case;
 
 static int run_case(const dw_case *k, int threads) {
   const int64_t OH = out_size(k->H, k->pt + k->pb, k->KH, k->dh, k->sh);
   const int64_t OW = out_size(k->W, k->pl + k->pr, k->KW, k->dw, k->sw);
   if (OH <= 0 || OW <= 0) return 0;
-  const int64_t in_n = k->N * k->C * k->H * k->W, out_n = k->N * k->C * OH * OW;
+  const int64_t cin = k->C / k->mult, in_n = k->N * cin * k->H * k->W, out_n = k->N * k->C * OH * OW;
   float *x = fresh(in_n), *w = fresh(k->C * k->KH * k->KW), *b = k->bias ? fresh(k->C) : NULL;
   float *res = k->residual ? fresh(out_n) : NULL, *prior = fresh(out_n), *want = malloc((size_t)out_n * sizeof(float));
   const float lo = -0.7f, hi = 0.9f;
@@ -35,22 +36,28 @@ static int run_case(const dw_case *k, int threads) {
             for (int64_t kx = 0; kx < k->KW; ++kx) {
               const int64_t iy = oy * k->sh + ky * k->dh - k->pt, ix = ox * k->sw + kx * k->dw - k->pl;
               if (iy >= 0 && iy < k->H && ix >= 0 && ix < k->W)
-                sum += w[(c * k->KH + ky) * k->KW + kx] * x[((n * k->C + c) * k->H + iy) * k->W + ix];
+                sum += w[(c * k->KH + ky) * k->KW + kx] * x[((n * cin + c / k->mult) * k->H + iy) * k->W + ix];
             }
           float v = acc + sum + (res ? res[o] : 0.0f);
           want[o] = v < lo ? lo : v > hi ? hi : v;
         }
   float *y = k->in_place ? x : prior;
   use_threads(threads);
-  mlrt_depthwise_conv2d_f32((intptr_t)x, (intptr_t)w, (intptr_t)y, k->N, k->C, k->H, k->W, k->KH, k->KW, OH, OW,
-                            k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->overwrite, (intptr_t)b, (intptr_t)res, lo, hi,
-                            (intptr_t)y);
+  if (k->mult == 1)
+    mlrt_depthwise_conv2d_f32((intptr_t)x, (intptr_t)w, (intptr_t)y, k->N, k->C, k->H, k->W, k->KH, k->KW, OH, OW,
+                              k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->overwrite, (intptr_t)b, (intptr_t)res, lo,
+                              hi, (intptr_t)y);
+  else
+    mlrt_depthwise_mult_conv2d_f32((intptr_t)x, (intptr_t)w, (intptr_t)y, k->N, k->C, k->H, k->W, k->KH, k->KW, OH,
+                                   OW, k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->mult, k->overwrite, (intptr_t)b,
+                                   (intptr_t)res, lo, hi, (intptr_t)y);
   int bad = 0;
   for (int64_t i = 0; i < out_n && !bad; ++i)
     if (fabsf(y[i] - want[i]) > 1e-5f * (1.0f + fabsf(want[i]))) {
-      printf("mismatch at %lld: %g vs %g; case N%lld C%lld %lldx%lld k%lldx%lld s%lld,%lld d%lld,%lld "
+      printf("mismatch at %lld: %g vs %g; case N%lld C%lld mult %lld %lldx%lld k%lldx%lld s%lld,%lld d%lld,%lld "
              "pad %lld,%lld,%lld,%lld overwrite %d bias %d residual %d in_place %d threads %d\n",
-             (long long)i, y[i], want[i], (long long)k->N, (long long)k->C, (long long)k->H, (long long)k->W,
+             (long long)i, y[i], want[i], (long long)k->N, (long long)k->C, (long long)k->mult, (long long)k->H,
+             (long long)k->W,
              (long long)k->KH, (long long)k->KW, (long long)k->sh, (long long)k->sw, (long long)k->dh,
              (long long)k->dw, (long long)k->pt, (long long)k->pl, (long long)k->pb, (long long)k->pr, k->overwrite,
              k->bias, k->residual, k->in_place, threads);
@@ -70,7 +77,7 @@ int main(void) {
     for (int hi = 0; hi < 4; ++hi)
       for (int e = 0; e < 4; ++e)
         for (int threads = 1; threads <= 3; threads += 2) {
-          const dw_case k = {1 + (W % 2), 5, heights[hi], W, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, e & 1, e == 1, e >> 1, 1};
+          const dw_case k = {1 + (W % 2), 5, heights[hi], W, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, e & 1, e == 1, e >> 1, 1, 1};
           const int r = run_case(&k, threads);
           if (r < 0) return 1;
           cases += r;
@@ -86,7 +93,7 @@ int main(void) {
             const int64_t KH = ks[ki][0], KW = ks[ki][1];
             const int64_t pt = (KH - 1) * d / 2, pl = (e & 2) ? 0 : (KW - 1) * d / 2 + (W % 2);
             const dw_case k = {1, 3, (e & 4 ? 90 : 6) + W % 7, W, KH, KW, s, s == 3 ? 1 : s, d, 3 - d, pt, pl, KH / 2, 1,
-                               e & 1, (e & 3) != 2, (e & 3) == 3, 0};
+                               e & 1, (e & 3) != 2, (e & 3) == 3, 0, 1};
             const int r = run_case(&k, 1 + (W % 3));
             if (r < 0) return 1;
             cases += r;
@@ -101,16 +108,33 @@ int main(void) {
           const int64_t s = 1 + (e & 1), d = 1 + ((e >> 1) & 1), pad = (K - 1) * d / 2;
           const int in_place = s == 1 && (e & 4);
           const dw_case k = {2, chans[ci], W + 2 * (e >> 3), W, K, K, s, s, d, d, pad, pad, pad, pad, in_place || (e & 8),
-                             (e & 4) != 0, (e & 8) != 0, in_place};
+                             (e & 4) != 0, (e & 8) != 0, in_place, 1};
           const int r = run_case(&k, 1 + (e % 3));
           if (r < 0) return 1;
           cases += r;
         }
   /* Rows too wide for the ring: the direct loop. */
-  const dw_case wide = {1, 2, 4, 1500, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+  const dw_case wide = {1, 2, 4, 1500, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1};
   const int r = run_case(&wide, 2);
   if (r < 0) return 1;
   cases += r;
+  /* Channel multipliers 2 and 3 (FastViT's patch embedding: 7x7 / stride 2, groups = input
+   * channels): the ring (tall maps), whole-channel staging, channels in the lanes (narrow
+   * outputs, blocks of 8 across input channels), the direct loop; two images. */
+  const int64_t mh[] = {3, 16, 70}, mw[] = {4, 16, 23};
+  for (int64_t m = 2; m <= 3; ++m)
+    for (int hi = 0; hi < 3; ++hi)
+      for (int e = 0; e < 8; ++e) {
+        const int64_t K = e & 1 ? 7 : 3, s = 1 + ((e >> 1) & 1), pad = K / 2;
+        const dw_case k = {2, 5 * m, mh[hi], mw[hi], K, K, s, s, 1, 1, pad, pad, pad, pad, e & 1, (e & 4) != 0,
+                           (e & 2) != 0, 0, m};
+        const int r = run_case(&k, 1 + (e % 3));
+        if (r < 0) return 1;
+        cases += r;
+      }
+  const dw_case wide_mult = {1, 4, 4, 1500, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 2};
+  if (run_case(&wide_mult, 2) < 0) return 1;
+  ++cases;
   printf("ok %d\n", cases);
   return 0;
 }

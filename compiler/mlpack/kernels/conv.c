@@ -398,10 +398,14 @@ static inline int64_t dw_row_floats(int64_t OW, int64_t KW, int64_t sw, int64_t 
   return (sw * ((OW + 7) / 8 * 8) + (KW - 1) * dw + 7) / 8 * 8;
 }
 
+/* A channel multiplier m (groups = input channels, m outputs each: FastViT's patch embedding):
+ * output plane t (= n * C + c, C = m * input channels) reads input plane n * C/m + c/m = t / m. */
+static inline int64_t dw_in_plane(int64_t t, int64_t mult) { return t / mult; }
+
 typedef struct {
   const float *x, *w;
   float *y;
-  int64_t batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, tasks;
+  int64_t batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, tasks, mult;
   int64_t ring_rows, rw; /* the ring: ring_rows rows of rw floats, then a zero row */
   int64_t image_rows;    /* > 0: each buffer holds a whole padded channel of this many rows instead */
   mlrt_epilogue ep;
@@ -568,7 +572,8 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
                                                              dw_ring *rings, const int64_t KH, const int64_t KW,
                                                              const int64_t SW) {
   const int64_t c = t % j->C, dw = j->dw, OW = j->OW, half = j->rw / 2;
-  const float *in = j->x + t * j->H * j->W, *f = j->w + c * KH * KW, *res_all = j->ep.residual;
+  const float *in = j->x + dw_in_plane(t, j->mult) * j->H * j->W, *f = j->w + c * KH * KW;
+  const float *next_in = j->x + dw_in_plane(t + 1, j->mult) * j->H * j->W, *res_all = j->ep.residual;
   const dw_epilogue e = {j->ep.overwrite, j->ep.bias ? j->ep.bias[c] : 0.0f, j->ep.lo, j->ep.hi};
   const float *rows[DW_ROWS * MLRT_DW_MAX_KH];
 #ifdef MLRT_HAVE_AVX2
@@ -578,7 +583,7 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
   const __m256i tail = mlrt_lanes_below(OW % 8);
 #endif
   dw_ring *ring = &rings[t % 2], *following = &rings[(t + 1) % 2];
-  if (j->image_rows && t + 1 < t_end) dw_stage_image(j, following->rows, in + j->H * j->W);
+  if (j->image_rows && t + 1 < t_end) dw_stage_image(j, following->rows, next_in);
   for (int64_t oy = 0; oy < j->OH; oy += DW_ROWS) {
     const int64_t n = min64(DW_ROWS, j->OH - oy), off = t * j->OH * OW + oy * OW;
     if (j->image_rows) {
@@ -589,7 +594,7 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
         dw_stage(j, ring, in, oy + DW_ROWS);
       } else if (t + 1 < t_end) {
         following->next = 0;
-        dw_stage(j, following, in + j->H * j->W, 0);
+        dw_stage(j, following, next_in, 0);
       }
       dw_row_ptrs(j, ring->rows, oy, n, rows, KH);
     }
@@ -621,10 +626,11 @@ static void depthwise_task(void *ctx, int64_t task) {
   float buf[MLRT_DW_RING_FLOATS];
   memset(buf, 0, (size_t)(2 * ring_floats) * sizeof(float)); /* padding stays zero: staging skips it */
   dw_ring rings[2] = {{buf, 0}, {buf + ring_floats, 0}};
+  const float *first = j->x + dw_in_plane(t0, j->mult) * j->H * j->W;
   if (t0 < t1 && j->image_rows)
-    dw_stage_image(j, rings[t0 % 2].rows, j->x + t0 * j->H * j->W);
+    dw_stage_image(j, rings[t0 % 2].rows, first);
   else if (t0 < t1)
-    dw_stage(j, &rings[t0 % 2], j->x + t0 * j->H * j->W, 0);
+    dw_stage(j, &rings[t0 % 2], first, 0);
   for (int64_t t = t0; t < t1; ++t) {
     /* the common shapes with constant taps, so the tap loops unroll */
     if (j->KH == 3 && j->KW == 3 && j->sw == 1)
@@ -647,7 +653,7 @@ static void depthwise_task(void *ctx, int64_t task) {
 typedef struct {
   const float *x, *w;
   float *y;
-  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl;
+  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, mult;
   mlrt_epilogue ep;
 } direct_dw_job;
 
@@ -655,7 +661,7 @@ static void direct_dw_channel(void *ctx, int64_t t) {
   const direct_dw_job *j = (const direct_dw_job *)ctx;
   const mlrt_epilogue *ep = &j->ep;
   const int64_t c = t % j->C, plane_out = j->OH * j->OW;
-  const float *in = j->x + t * j->H * j->W; /* t = n * C + c */
+  const float *in = j->x + dw_in_plane(t, j->mult) * j->H * j->W; /* t = n * C + c */
   const float *f = j->w + c * j->KH * j->KW;
   float *out = j->y + t * plane_out;
   const float init = !ep->overwrite ? 0.0f : ep->bias ? ep->bias[c] : 0.0f;
@@ -695,10 +701,10 @@ static void direct_dw_channel(void *ctx, int64_t t) {
 /* Rows too wide for the ring: a direct loop per channel, partial sums kept in y (never in place). */
 static void depthwise_direct(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
                              int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
-                             int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
-                             int64_t residual, float act_lo, float act_hi, int64_t dst) {
+                             int64_t dw, int64_t pad_top, int64_t pad_left, int64_t mult, int64_t overwrite,
+                             int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst) {
   direct_dw_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, C, H, W, KH, KW,
-                     OH, OW, sh, sw, dh, dw, pad_top, pad_left,
+                     OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult,
                      {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual, act_lo,
                       act_hi, (float *)(intptr_t)dst}};
   if (mlrt_threads_for(batch * C * OH * OW * KH * KW) == 1)
@@ -714,7 +720,7 @@ static void depthwise_direct(int64_t x, int64_t w, int64_t y, int64_t batch, int
  * safe: a block's planes are staged whole before any of its outputs is written. */
 typedef struct {
   const float *x, *w, *y;
-  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, PH, PW, blocks, per_task;
+  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, mult, PH, PW, blocks, per_task;
   mlrt_epilogue ep;
 } dw_lanes_job;
 
@@ -735,7 +741,7 @@ static void dw_lanes_task(void *ctx, int64_t task) {
     const int64_t n = b / per_image, c0 = (b % per_image) * 8, nc = min64(8, j->C - c0);
     const __m256 valid = _mm256_castsi256_ps(mlrt_lanes_below((int)nc));
     for (int64_t l = 0; l < nc; ++l) {
-      const float *src = j->x + (n * j->C + c0 + l) * plane;
+      const float *src = j->x + dw_in_plane(n * j->C + c0 + l, j->mult) * plane;
       for (int64_t iy = 0; iy < j->H; ++iy)
         for (int64_t ix = 0; ix < j->W; ++ix) buf[((iy + j->pt) * j->PW + ix + j->pl) * 8 + l] = src[iy * j->W + ix];
     }
@@ -777,26 +783,26 @@ static int depthwise_lanes(const dw_lanes_job *proto, int64_t batch) {
 }
 #endif
 
-void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
-                               int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
-                               int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
-                               int64_t residual, float act_lo, float act_hi, int64_t dst) {
+static void depthwise(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W, int64_t KH,
+                      int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                      int64_t pad_top, int64_t pad_left, int64_t mult, int64_t overwrite, int64_t bias,
+                      int64_t residual, float act_lo, float act_hi, int64_t dst) {
   const int64_t ring_rows = (KH - 1) * dh + 1 + (2 * DW_ROWS - 1) * sh, rw = dw_row_floats(OW, KW, sw, dw);
   if (batch * C <= 0 || OH <= 0 || OW <= 0) return;
   if (KH > MLRT_DW_MAX_KH || 2 * (ring_rows + 1) * rw > MLRT_DW_RING_FLOATS) {
-    depthwise_direct(x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, overwrite, bias,
-                     residual, act_lo, act_hi, dst);
+    depthwise_direct(x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult, overwrite,
+                     bias, residual, act_lo, act_hi, dst);
     return;
   }
 #ifdef MLRT_HAVE_AVX2
   const dw_lanes_job lanes = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, C, H, W,
-                              KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 0, 0, 0, 0,
+                              KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult, 0, 0, 0, 0,
                               {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual,
                                act_lo, act_hi, (float *)(intptr_t)dst}};
   if (depthwise_lanes(&lanes, batch)) return;
 #endif
   depthwise_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, batch, C, H, W,
-                     KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 1, ring_rows, rw, 0,
+                     KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 1, mult, ring_rows, rw, 0,
                      {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual, act_lo,
                       act_hi, (float *)(intptr_t)dst}};
   /* every row a step reads, the short last step's included */
@@ -810,4 +816,21 @@ void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, i
     depthwise_task(&j, 0);
   else
     mlrt_parallel_for(j.tasks, depthwise_task, &j);
+}
+
+void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                               int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
+                               int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                               int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  depthwise(x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 1, overwrite, bias, residual,
+            act_lo, act_hi, dst);
+}
+
+void mlrt_depthwise_mult_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                                    int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
+                                    int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t mult,
+                                    int64_t overwrite, int64_t bias, int64_t residual, float act_lo, float act_hi,
+                                    int64_t dst) {
+  depthwise(x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult, overwrite, bias,
+            residual, act_lo, act_hi, dst);
 }

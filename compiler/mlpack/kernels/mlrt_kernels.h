@@ -128,6 +128,13 @@ void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, i
                                int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
                                int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
                                int64_t residual, float act_lo, float act_hi, int64_t dst);
+/* The same with a channel multiplier (groups = input channels, `mult` outputs each; C = output
+ * channels = mult * input channels, w [C][KH][KW]); never in place. */
+void mlrt_depthwise_mult_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                                    int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
+                                    int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t mult,
+                                    int64_t overwrite, int64_t bias, int64_t residual, float act_lo, float act_hi,
+                                    int64_t dst);
 /* 3x3, stride 1, dilation 1 conv by Winograd F(TxT,3x3), tile T = 2 or 4; u: weights transformed
  * at build time, [(T+2)^2][CO][C]; scratch: kernel_calls.winograd_scratch_floats floats. */
 void mlrt_conv2d_winograd_f32(int64_t x, int64_t u, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
