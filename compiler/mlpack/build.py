@@ -256,7 +256,8 @@ def _write_static(lifted, program: _Program, opts: _Options, output_path, timing
     with opts.stage("write"):
         weights_blob, weight_entries = bundle_fmt.pack_weights(program.weights)
         manifest = {**_manifest_head(lifted, bundle_fmt.STATIC_FORMAT_VERSION), "weights": weight_entries,
-                    "weights_sha256": bundle_fmt.weight_chunk_digests(weights_blob), "call": program.call, "memory_plan": (art or cuda).memory_plan.to_json(), "targets": {}}
+                    "weights_sha256": bundle_fmt.weight_chunk_digests(weights_blob),
+                    "weights_xxh3": bundle_fmt.weight_chunk_checksums(weights_blob), "call": program.call, "memory_plan": (art or cuda).memory_plan.to_json(), "targets": {}}
         sections = []
         if art is not None:
             manifest["targets"]["cpu"] = {**_cpu_target(art), "section": "cpu.so", "entry": "mlrt_entry",
@@ -366,6 +367,7 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
         weights_blob, weight_entries = bundle_fmt.pack_weights(blobs)
         last = programs[-1]
         manifest.update({"weights": weight_entries, "weights_sha256": bundle_fmt.weight_chunk_digests(weights_blob),
+                         "weights_xxh3": bundle_fmt.weight_chunk_checksums(weights_blob),
                          "dynamic_dims": dims,
                          "programs": [{k: v for k, v in p.items() if k != "_so"} for p in programs],
                          "call": last["call"], "memory_plan": last["memory_plan"], "targets": {}})

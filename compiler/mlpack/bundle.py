@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import xxhash
+
 MAGIC = b"MLRTBNDL"
 FORMAT_VERSION = 2  # the newest this reader knows
 STATIC_FORMAT_VERSION = 1  # bundles without dynamic dims stay readable by version-1 runtimes
@@ -62,6 +64,14 @@ def weight_chunk_digests(blob: bytes, chunk: int = WEIGHT_CHUNK) -> dict:
     runtime can verify the weights on several threads (a section digest is one sequential chain)."""
     return {"chunk_bytes": chunk,
             "chunks": [hashlib.sha256(blob[i:i + chunk]).hexdigest() for i in range(0, len(blob), chunk)]}
+
+
+def weight_chunk_checksums(blob: bytes, chunk: int = WEIGHT_CHUNK) -> dict:
+    """The manifest's `weights_xxh3`: an XXH3-64 per `chunk` bytes, which mlrt checks by default
+    (verify="fast"): ~10x cheaper than SHA-256, and what a load of a large model spends its time on."""
+    view = memoryview(blob)
+    return {"chunk_bytes": chunk,
+            "chunks": [xxhash.xxh3_64_hexdigest(view[i:i + chunk]) for i in range(0, len(blob), chunk)]}
 
 
 def write_bundle(path: str | Path, manifest: dict | bytes, sections: list[tuple[str, bytes, int]],
