@@ -568,9 +568,10 @@ def test_fuzz_version_2_manifests_bounded(mlp, seq, tmp_path):
     explore the dynamic_dims / programs / padding validation."""
     root = Path(__file__).parent.parent / "runtime"
     fuzzer = tmp_path / "bundle_fuzzer"
-    sources = [str(root / "src" / n) for n in ("bundle_reader.cc", "json.cc", "sha256.cc", "status.cc")]
+    sources = [str(root / "src" / n) for n in ("bundle_reader.cc", "checksum.cc", "json.cc", "sha256.cc", "status.cc")]
     subprocess.run([CLANG, "-std=c++17", "-O1", "-g", "-fsanitize=fuzzer,address,undefined",
                     "-fno-sanitize-recover=undefined", f"-I{root / 'include'}", f"-I{root / 'src'}",
+                    f"-I{root / 'third_party' / 'xxhash'}",
                     str(root / "fuzz" / "bundle_fuzzer.cc"), *sources, "-o", str(fuzzer)], check=True)
     corpus = tmp_path / "corpus"
     corpus.mkdir()

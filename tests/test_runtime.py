@@ -132,14 +132,17 @@ def test_truncated_bundle(two_io, tmp_path):
             mlrt.load(p)
 
 
-@pytest.mark.parametrize("section", ["manifest", "cpu.so", "weights"])
-def test_corrupted_section_fails_hash(two_io, tmp_path, section):
+@pytest.mark.parametrize("section,verify,digest", [
+    ("manifest", "fast", "sha256"), ("cpu.so", "fast", "sha256"),
+    ("weights", "fast", "xxh3"),  # the default: weights by their XXH3 chunk checksums
+    ("manifest", "full", "sha256"), ("cpu.so", "full", "sha256"), ("weights", "full", "sha256")])
+def test_corrupted_section_fails_hash(two_io, tmp_path, section, verify, digest):
     src = two_io[2]
     s = next(s for s in bundle_fmt.read_bundle(src).sections if s.name == section)
     dst = tmp_path / "bad.bundle"
     _flip(src, dst, s.offset + s.size // 2)
-    with pytest.raises(mlrt.Error, match=f"section '{section}' fails its sha256 check"):
-        mlrt.load(dst)
+    with pytest.raises(mlrt.Error, match=f"section '{section}' fails its {digest} check"):
+        mlrt.load(dst, verify=verify)
 
 
 def test_skip_weights_verification_mode(two_io, tmp_path):
@@ -259,7 +262,7 @@ def test_portable_sha256_path_agrees(two_io, tmp_path):
     code = ("import mlrt, sys\n"
             f"mlrt.load(r'{src}')\n"
             "try:\n"
-            f"    mlrt.load(r'{bad}')\n"
+            f"    mlrt.load(r'{bad}', verify='full')\n"
             "except mlrt.Error as e:\n"
             "    print('rejected:', e)\n")
     import os
@@ -292,33 +295,52 @@ def wide(tmp_path_factory):
     mlpack.build(model, (torch.randn(2, 256),), path)
     small = path.with_name("wide4k.bundle")
     blob = bundle_fmt.section_bytes(path, "weights")
-    _rewrite_manifest(path, small, lambda m: m.update(weights_sha256=bundle_fmt.weight_chunk_digests(blob, 4096)))
+    _rewrite_manifest(path, small, lambda m: m.update(weights_sha256=bundle_fmt.weight_chunk_digests(blob, 4096),
+                                                      weights_xxh3=bundle_fmt.weight_chunk_checksums(blob, 4096)))
     return model, path, small
 
 
-def test_weights_are_verified_by_chunk_on_several_threads(wide, tmp_path):
+@pytest.mark.parametrize("verify,key", [("full", "weights_sha256"), ("fast", "weights_xxh3")])
+def test_weights_are_verified_by_chunk_on_several_threads(wide, tmp_path, verify, key):
     model, path, small = wide
-    assert len(bundle_fmt.read_bundle(small).manifest["weights_sha256"]["chunks"]) > 60
+    assert len(bundle_fmt.read_bundle(small).manifest[key]["chunks"]) > 60
     x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
     ref = model(torch.from_numpy(x)).detach().numpy()
     for p in (path, small):
-        np.testing.assert_allclose(mlrt.load(p, num_threads=3).run(x), ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(mlrt.load(p, verify=verify, num_threads=3).run(x), ref, rtol=1e-5, atol=1e-5)
     w = next(s for s in bundle_fmt.read_bundle(small).sections if s.name == "weights")
+    digest = key.split("_")[1]
     for chunk in (0, 17, w.size // 4096):  # first, middle, the short last one
         _flip(small, tmp_path / "bad.bundle", w.offset + chunk * 4096 + 5)
-        with pytest.raises(mlrt.Error, match=rf"section 'weights' fails its sha256 check \(chunk {chunk} of"):
-            mlrt.load(tmp_path / "bad.bundle", num_threads=3)
+        with pytest.raises(mlrt.Error, match=rf"section 'weights' fails its {digest} check \(chunk {chunk} of"):
+            mlrt.load(tmp_path / "bad.bundle", verify=verify, num_threads=3)
         mlrt.load(tmp_path / "bad.bundle", verify="skip-weights")  # documented: trusted in that mode
 
 
 def test_weights_without_chunk_digests_are_verified_whole(wide, tmp_path):
+    """A bundle from before the chunk digests: the section table's one SHA-256, in every mode but skip-weights."""
     _, path, _ = wide
-    _rewrite_manifest(path, tmp_path / "old.bundle", lambda m: m.pop("weights_sha256"))
+    _rewrite_manifest(path, tmp_path / "old.bundle", lambda m: (m.pop("weights_sha256"), m.pop("weights_xxh3")))
     mlrt.load(tmp_path / "old.bundle")
     w = next(s for s in bundle_fmt.read_bundle(tmp_path / "old.bundle").sections if s.name == "weights")
     _flip(tmp_path / "old.bundle", tmp_path / "bad.bundle", w.offset + 100)
-    with pytest.raises(mlrt.Error, match=r"section 'weights' fails its sha256 check \(expected"):
+    for verify in ("fast", "full"):
+        with pytest.raises(mlrt.Error, match=r"section 'weights' fails its sha256 check \(expected"):
+            mlrt.load(tmp_path / "bad.bundle", verify=verify)
+
+
+def test_fast_mode_without_checksums_uses_the_sha256_chunks(wide, tmp_path):
+    _, _, small = wide
+    _rewrite_manifest(small, tmp_path / "sha.bundle", lambda m: m.pop("weights_xxh3"))
+    w = next(s for s in bundle_fmt.read_bundle(tmp_path / "sha.bundle").sections if s.name == "weights")
+    _flip(tmp_path / "sha.bundle", tmp_path / "bad.bundle", w.offset + 3 * 4096)
+    with pytest.raises(mlrt.Error, match=r"section 'weights' fails its sha256 check \(chunk 3 of"):
         mlrt.load(tmp_path / "bad.bundle")
+
+
+def test_unknown_verify_mode_is_refused(wide):
+    with pytest.raises(mlrt.Error, match="verify must be 'fast', 'full' or 'skip-weights'"):
+        mlrt.load(wide[1], verify="sha1")
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -330,8 +352,9 @@ def test_weights_without_chunk_digests_are_verified_whole(wide, tmp_path):
     (lambda d: d["chunks"].__setitem__(0, d["chunks"][0][:-1]), "hex digits"),
     (lambda d: d.pop("chunks"), "needs integer"),
 ])
-def test_malformed_chunk_digests_are_refused(wide, tmp_path, edit, message):
+@pytest.mark.parametrize("key", ["weights_sha256", "weights_xxh3"])
+def test_malformed_chunk_digests_are_refused(wide, tmp_path, edit, message, key):
     _, _, small = wide
-    _rewrite_manifest(small, tmp_path / "m.bundle", lambda m: edit(m["weights_sha256"]))
+    _rewrite_manifest(small, tmp_path / "m.bundle", lambda m: edit(m[key]))
     with pytest.raises(mlrt.Error, match=message):
         mlrt.load(tmp_path / "m.bundle")

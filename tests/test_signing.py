@@ -57,7 +57,8 @@ def test_tampering_with_rehashed_sections_breaks_the_signature(signed, tmp_path)
     manifest["inputs"][0]["name"] = "evil"
     weights = bytearray(bundle_fmt.section_bytes(src, "weights"))
     weights[0] ^= 1
-    rehashed = {**info.manifest, "weights_sha256": bundle_fmt.weight_chunk_digests(bytes(weights))}  # the chunk digests too
+    rehashed = {**info.manifest, "weights_sha256": bundle_fmt.weight_chunk_digests(bytes(weights)),
+                "weights_xxh3": bundle_fmt.weight_chunk_checksums(bytes(weights))}  # the chunk digests too
     for label, new_manifest, new_weights in (("manifest", manifest, None), ("weights", rehashed, bytes(weights))):
         sections = [(s.name, new_weights if (s.name == "weights" and new_weights) else bundle_fmt.section_bytes(src, s.name),
                      s.alignment) for s in info.sections if s.name != "manifest"]
@@ -66,6 +67,23 @@ def test_tampering_with_rehashed_sections_breaks_the_signature(signed, tmp_path)
         mlrt.load(bad)  # well-formed...
         with pytest.raises(mlrt.Error, match="does not verify"):
             mlrt.load(bad, public_key=d / "alice.pub")  # ...but not by alice
+
+
+def test_a_required_signature_checks_the_weights_by_sha256(signed, tmp_path):
+    """The default check of the weights (XXH3) guards against corruption, not forgery: a required
+    signature checks them by SHA-256, which the signed section table binds."""
+    d, _, _ = signed
+    src = d / "signed.bundle"
+    info = bundle_fmt.read_bundle(src)
+    weights = bytearray(bundle_fmt.section_bytes(src, "weights"))
+    weights[0] ^= 1
+    forged = {**info.manifest, "weights_xxh3": bundle_fmt.weight_chunk_checksums(bytes(weights))}
+    sections = [(s.name, bytes(weights) if s.name == "weights" else bundle_fmt.section_bytes(src, s.name), s.alignment)
+                for s in info.sections if s.name != "manifest"]
+    bundle_fmt.write_bundle(tmp_path / "forged.bundle", forged, sections)
+    mlrt.load(tmp_path / "forged.bundle")  # the checksums match: corruption is all "fast" looks for
+    with pytest.raises(mlrt.Error, match="section 'weights' fails its sha256 check"):
+        mlrt.load(tmp_path / "forged.bundle", public_key=d / "alice.pub")
 
 
 def test_cpp_runtime_checks_signatures(signed, cpp_sample, tmp_path):

@@ -140,9 +140,10 @@ def test_fuzz_bundle_reader_bounded(build_zoo, tmp_path):
     runtime = ROOT / "runtime"
     fuzzer = tmp_path / "bundle_fuzzer"
     sources = [str(p) for p in (runtime / "src").glob("*.cc") if p.name in
-               ("bundle_reader.cc", "json.cc", "sha256.cc", "status.cc")]
+               ("bundle_reader.cc", "checksum.cc", "json.cc", "sha256.cc", "status.cc")]
     subprocess.run([CLANG, "-std=c++17", "-O1", "-g", "-fsanitize=fuzzer,address,undefined",
                     "-fno-sanitize-recover=undefined", f"-I{runtime / 'include'}", f"-I{runtime / 'src'}",
+                    f"-I{runtime / 'third_party' / 'xxhash'}",
                     str(runtime / "fuzz" / "bundle_fuzzer.cc"), *sources, "-o", str(fuzzer)], check=True)
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -207,9 +207,10 @@ def _public_key_bytes(key) -> bytes:
         raise Error("public_key must be 32 bytes, 64 hex digits, or a .pub file from `mlpack keygen`") from None
 
 
-def load(path: str | os.PathLike, verify: str = "full", num_threads: int = 0, public_key=None,
+def load(path: str | os.PathLike, verify: str = "fast", num_threads: int = 0, public_key=None,
          device: str = "cpu") -> Model:
-    """Load and verify a bundle. verify: 'full' (hash every section) or 'skip-weights'.
+    """Load and verify a bundle. verify: 'fast' (SHA-256 of the code and manifest, the weights by
+    their XXH3 chunk checksums where listed), 'full' (SHA-256 of every section) or 'skip-weights'.
     num_threads: threads per run (0: MLRT_NUM_THREADS, else the physical cores).
     public_key: require a valid Ed25519 signature by this key (bytes, hex, or a .pub file).
     device: 'cpu', 'cuda' (= 'cuda:0') or 'cuda:N' (needs a bundle built with --target cuda and the

@@ -476,13 +476,15 @@ PYBIND11_MODULE(_mlrt, m) {
         options.num_threads = num_threads;
         options.device = device;
         options.public_key = public_key;
-        if (verify == "full") {
+        if (verify == "fast") {
+          options.verify = mlrt::LoadOptions::Verify::kFast;
+        } else if (verify == "full") {
           options.verify = mlrt::LoadOptions::Verify::kFull;
         } else if (verify == "skip-weights") {
           options.verify = mlrt::LoadOptions::Verify::kSkipWeights;
         } else {
           Raise(mlrt::Status(mlrt::StatusCode::kInvalidArgument,
-                             "verify must be 'full' or 'skip-weights', got '" + verify + "'"));
+                             "verify must be 'fast', 'full' or 'skip-weights', got '" + verify + "'"));
         }
         mlrt::Result<std::shared_ptr<const mlrt::Model>> model = [&] {
           py::gil_scoped_release release;
@@ -492,7 +494,7 @@ PYBIND11_MODULE(_mlrt, m) {
         // pybind11 holds non-const pointers; the Model API is const-only, so nothing can mutate it.
         return std::const_pointer_cast<mlrt::Model>(std::move(model).value());
       },
-      py::arg("path"), py::arg("verify") = "full", py::arg("num_threads") = 0, py::arg("public_key") = py::bytes(),
+      py::arg("path"), py::arg("verify") = "fast", py::arg("num_threads") = 0, py::arg("public_key") = py::bytes(),
       py::arg("device") = "cpu");
   m.def("version", &mlrt::Version);
   m.def("max_bundle_format_version", &mlrt::MaxBundleFormatVersion);

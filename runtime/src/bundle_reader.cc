@@ -17,6 +17,7 @@
 
 #include "host_api.h"
 #include "json.h"
+#include "checksum.h"
 #include "sha256.h"
 
 namespace mlrt {
@@ -177,7 +178,8 @@ Result<BundleView> ParseContainer(const uint8_t* data, size_t size, LoadOptions:
     }
     s.data = data + offset;
     if (s.name == "weights") {
-      view.weights_pending = verify == LoadOptions::Verify::kFull;
+      view.weights_pending = verify != LoadOptions::Verify::kSkipWeights;
+      view.verify = verify;
     } else {
       Sha256Digest actual = Sha256(s.data, s.size);
       if (std::memcmp(actual.data(), digest, 32) != 0) {
@@ -859,63 +861,54 @@ int HexValue(char c) {
   return -1;
 }
 
-// `weights_sha256`: {"chunk_bytes": power of two in [4 KiB, 1 GiB], "chunks": one lowercase hex
-// digest per chunk, ceil(section size / chunk_bytes) of them}.
-Status ParseWeightChunks(const json::Value* v, uint64_t weight_bytes, Manifest* m) {
+// `weights_sha256` / `weights_xxh3`: {"chunk_bytes": power of two in [4 KiB, 1 GiB], "chunks": one
+// lowercase hex digest per chunk (64 digits for SHA-256, 16 for XXH3-64), ceil(section size /
+// chunk_bytes) of them}. Each digest is handed to `add` as bytes, most significant first.
+template <typename Add>
+Status ParseWeightChunks(const json::Value* v, const char* key, size_t digest_bytes, uint64_t weight_bytes,
+                         uint64_t* chunk_bytes, Add add) {
   if (!v || v->kind() == json::Value::Kind::kNull) return Status::Ok();
+  const std::string where = std::string("'") + key + "'";
   const json::Value* size = v->is_object() ? v->find("chunk_bytes") : nullptr;
   const json::Value* chunks = v->is_object() ? v->find("chunks") : nullptr;
   if (!size || !size->is_int() || !chunks || !chunks->is_array()) {
-    return BadManifest("'weights_sha256' needs integer 'chunk_bytes' and array 'chunks'");
+    return BadManifest(where + " needs integer 'chunk_bytes' and array 'chunks'");
   }
   const int64_t n = size->as_int();
   if (n < 4096 || n > (int64_t{1} << 30) || (n & (n - 1)) != 0) {
-    return BadManifest("'weights_sha256': chunk_bytes must be a power of two in [4096, 2^30]");
+    return BadManifest(where + ": chunk_bytes must be a power of two in [4096, 2^30]");
   }
   const uint64_t count = (weight_bytes + static_cast<uint64_t>(n) - 1) / static_cast<uint64_t>(n);
   if (chunks->items().size() != count) {
-    return BadManifest("'weights_sha256' lists " + std::to_string(chunks->items().size()) + " chunks, the " +
+    return BadManifest(where + " lists " + std::to_string(chunks->items().size()) + " chunks, the " +
                        std::to_string(weight_bytes) + "-byte weights section has " + std::to_string(count));
   }
-  m->weight_chunk_bytes = static_cast<uint64_t>(n);
+  *chunk_bytes = static_cast<uint64_t>(n);
   for (const json::Value& c : chunks->items()) {
     std::array<uint8_t, 32> d{};
-    bool ok = c.is_string() && c.as_string().size() == 64;
-    for (size_t i = 0; ok && i < 32; ++i) {
+    bool ok = c.is_string() && c.as_string().size() == 2 * digest_bytes;
+    for (size_t i = 0; ok && i < digest_bytes; ++i) {
       const int hi = HexValue(c.as_string()[2 * i]), lo = HexValue(c.as_string()[2 * i + 1]);
       ok = hi >= 0 && lo >= 0;
       d[i] = static_cast<uint8_t>(ok ? hi * 16 + lo : 0);
     }
-    if (!ok) return BadManifest("'weights_sha256': a chunk digest is not 64 lowercase hex digits");
-    m->weight_chunks.push_back(d);
+    if (!ok) {
+      return BadManifest(where + ": a chunk digest is not " + std::to_string(2 * digest_bytes) +
+                         " lowercase hex digits");
+    }
+    add(d);
   }
   return Status::Ok();
 }
 
-}  // namespace
-
-Status VerifyWeights(const BundleView& bundle, const Manifest& manifest, int threads) {
-  const SectionRef* w = bundle.Find("weights");
-  if (!bundle.weights_pending || !w) return Status::Ok();
-  if (manifest.weight_chunks.empty()) {
-    Sha256Digest actual = Sha256(w->data, w->size);
-    if (std::memcmp(actual.data(), w->sha256.data(), 32) != 0) {
-      return DataLoss("section 'weights' fails its sha256 check (expected " + Hex(w->sha256.data(), 32) + ", got " +
-                      Hex(actual.data(), 32) + ")");
-    }
-    return Status::Ok();
-  }
-  // Chunks are independent: threads take them in turn. The manifest holding the digests was
-  // itself verified, so this covers every byte the section-table digest would.
-  const size_t count = manifest.weight_chunks.size();
+// Runs check(i) for every chunk i on up to `threads` threads; returns the first failing chunk, or count.
+template <typename Check>
+size_t FirstBadChunk(size_t count, int threads, Check check) {
   std::atomic<size_t> next{0};
-  std::atomic<size_t> bad{count};  // the first mismatching chunk, or count
+  std::atomic<size_t> bad{count};
   auto work = [&] {
     for (size_t i; (i = next.fetch_add(1)) < count;) {
-      const uint64_t off = i * manifest.weight_chunk_bytes;
-      const uint64_t len = std::min<uint64_t>(manifest.weight_chunk_bytes, w->size - off);
-      Sha256Digest d = Sha256(w->data + off, len);
-      if (std::memcmp(d.data(), manifest.weight_chunks[i].data(), 32) != 0) {
+      if (!check(i)) {
         size_t seen = bad.load();
         while (i < seen && !bad.compare_exchange_weak(seen, i)) {
         }
@@ -927,8 +920,48 @@ Status VerifyWeights(const BundleView& bundle, const Manifest& manifest, int thr
   for (size_t t = 0; t < extra; ++t) helpers.emplace_back(work);
   work();
   for (auto& t : helpers) t.join();
-  if (bad.load() < count) {
-    return DataLoss("section 'weights' fails its sha256 check (chunk " + std::to_string(bad.load()) + " of " +
+  return bad.load();
+}
+
+}  // namespace
+
+Status VerifyWeights(const BundleView& bundle, const Manifest& manifest, int threads) {
+  const SectionRef* w = bundle.Find("weights");
+  if (!bundle.weights_pending || !w) return Status::Ok();
+  // The manifest holding the chunk digests was itself verified, so they cover every byte the
+  // section table's digest would. Chunks are independent: threads take them in turn.
+  auto chunk = [&](uint64_t chunk_bytes, size_t i) {
+    const uint64_t off = i * chunk_bytes;
+    return std::make_pair(w->data + off, std::min<uint64_t>(chunk_bytes, w->size - off));
+  };
+  if (bundle.verify == LoadOptions::Verify::kFast && !manifest.weight_xxh3.empty()) {
+    const size_t count = manifest.weight_xxh3.size();
+    const size_t bad = FirstBadChunk(count, threads, [&](size_t i) {
+      auto [data, len] = chunk(manifest.weight_xxh3_chunk_bytes, i);
+      return Xxh3_64(data, len) == manifest.weight_xxh3[i];
+    });
+    if (bad < count) {
+      return DataLoss("section 'weights' fails its xxh3 check (chunk " + std::to_string(bad) + " of " +
+                      std::to_string(count) + ")");
+    }
+    return Status::Ok();
+  }
+  if (manifest.weight_chunks.empty()) {
+    Sha256Digest actual = Sha256(w->data, w->size);
+    if (std::memcmp(actual.data(), w->sha256.data(), 32) != 0) {
+      return DataLoss("section 'weights' fails its sha256 check (expected " + Hex(w->sha256.data(), 32) + ", got " +
+                      Hex(actual.data(), 32) + ")");
+    }
+    return Status::Ok();
+  }
+  const size_t count = manifest.weight_chunks.size();
+  const size_t bad = FirstBadChunk(count, threads, [&](size_t i) {
+    auto [data, len] = chunk(manifest.weight_chunk_bytes, i);
+    Sha256Digest d = Sha256(data, len);
+    return std::memcmp(d.data(), manifest.weight_chunks[i].data(), 32) == 0;
+  });
+  if (bad < count) {
+    return DataLoss("section 'weights' fails its sha256 check (chunk " + std::to_string(bad) + " of " +
                     std::to_string(count) + ")");
   }
   return Status::Ok();
@@ -986,7 +1019,22 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
     if (ref.offset % DTypeSize(spec.dtype) != 0) return BadManifest(where + ": misaligned offset");
     m.weights.push_back(std::move(ref));
   }
-  if (Status cs = ParseWeightChunks(root.find("weights_sha256"), weight_bytes, &m); !cs.ok()) return cs;
+  if (Status cs = ParseWeightChunks(root.find("weights_sha256"), "weights_sha256", 32, weight_bytes,
+                                    &m.weight_chunk_bytes,
+                                    [&](const std::array<uint8_t, 32>& d) { m.weight_chunks.push_back(d); });
+      !cs.ok()) {
+    return cs;
+  }
+  if (Status cs = ParseWeightChunks(root.find("weights_xxh3"), "weights_xxh3", 8, weight_bytes,
+                                    &m.weight_xxh3_chunk_bytes,
+                                    [&](const std::array<uint8_t, 32>& d) {
+                                      uint64_t v = 0;
+                                      for (int i = 0; i < 8; ++i) v = v << 8 | d[i];
+                                      m.weight_xxh3.push_back(v);
+                                    });
+      !cs.ok()) {
+    return cs;
+  }
 
   if (dynamic) {
     // Top-level call and memory_plan are the last program's, for tools; the runtime reads the programs'.

@@ -44,9 +44,10 @@ struct SectionRef {
 struct BundleView {
   uint32_t format_version = 0;
   std::vector<SectionRef> sections;
-  // Under Verify::kFull the weights section is checked after the manifest is read (VerifyWeights),
-  // which may give per-chunk digests that let several threads share the work.
+  // Unless Verify::kSkipWeights, the weights section is checked after the manifest is read
+  // (VerifyWeights), which may give per-chunk digests that let several threads share the work.
   bool weights_pending = false;
+  LoadOptions::Verify verify = LoadOptions::Verify::kFast;
   const SectionRef* Find(std::string_view name) const;
 };
 
@@ -144,13 +145,18 @@ struct Manifest {
   // `weights_sha256` (optional): SHA-256 of each weight_chunk_bytes-long piece of the weights section.
   uint64_t weight_chunk_bytes = 0;
   std::vector<std::array<uint8_t, 32>> weight_chunks;
+  // `weights_xxh3` (optional): XXH3-64 of each weight_xxh3_chunk_bytes-long piece, for Verify::kFast.
+  uint64_t weight_xxh3_chunk_bytes = 0;
+  std::vector<uint64_t> weight_xxh3;
 };
 
 // Parses and validates the manifest against the container (weight ranges, sections, call list).
 Result<Manifest> ParseManifest(const BundleView& bundle);
 
-// Hashes the weights section if ParseContainer left it pending: per chunk on up to `threads`
-// threads when the manifest lists chunk digests, else as one digest. DATA_LOSS on a mismatch.
+// Checks the weights section if ParseContainer left it pending: under Verify::kFast by the XXH3
+// chunk checksums when the manifest lists them, else (and under kFull) by SHA-256: per chunk on up
+// to `threads` threads when the manifest lists chunk digests, else as one digest. DATA_LOSS on a
+// mismatch.
 Status VerifyWeights(const BundleView& bundle, const Manifest& manifest, int threads);
 
 }  // namespace mlrt

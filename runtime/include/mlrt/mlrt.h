@@ -205,11 +205,14 @@ class DeviceTensor final {
 };
 
 struct LoadOptions {
-  // kFull hashes every section before use (default). kSkipWeights still hashes the manifest and
-  // the code (code is never mapped executable unverified) but trusts the weights: for huge bundles
-  // from a trusted store, where hashing weights would dominate load time.
-  enum class Verify { kFull, kSkipWeights };
-  Verify verify = Verify::kFull;
+  // Every mode checks the manifest and the code by SHA-256 before use (code is never mapped
+  // executable unverified). kFast (default) checks the weights by their XXH3-64 chunk checksums
+  // where the bundle lists them (it detects corruption and truncation at ~10x the speed; against
+  // a forged file only a signature helps, and an unsigned bundle's SHA-256 would not either),
+  // else by SHA-256. kFull checks the weights by SHA-256 too; a required signature implies it.
+  // kSkipWeights trusts the weights: for huge bundles from a trusted store.
+  enum class Verify { kFull, kSkipWeights, kFast };
+  Verify verify = Verify::kFast;
   // Threads for one Run (the calling thread included). 0: MLRT_NUM_THREADS if set, else the
   // physical cores available to the process. Each Model owns a pool of num_threads - 1 workers.
   int num_threads = 0;
