@@ -579,8 +579,9 @@ def support_objects(cc: str, cpu: str) -> list[Path]:
                 tmp_dir = Path(tempfile.mkdtemp(prefix="mlpack-kernels-"))
                 obj = tmp_dir / obj.name
                 tmp = str(tmp_dir / (obj.name + ".tmp"))
-            try:
-                subprocess.run([cc, *flags, str(src), "-o", tmp], check=True, capture_output=True, text=True)
+            try:  # the bare file name from its own folder: no path of this machine in the object
+                subprocess.run([cc, *flags, src.name, "-o", tmp], check=True, capture_output=True, text=True,
+                               cwd=src.parent)
             except subprocess.CalledProcessError as e:
                 Path(tmp).unlink(missing_ok=True)
                 raise BuildError(f"compiling the microkernel {src.name} failed:\n{e.stderr}") from e
@@ -598,10 +599,12 @@ def link_shared_object(objs: list[bytes], num_args: int, cpu: str, call: tuple[l
         for name, obj in zip(names, objs):
             (tmp_path / name).write_bytes(obj)
         (tmp_path / "entry.c").write_text(_entry_wrapper(num_args, call))
+        # Reproducible: files named relative to the temp folder (cwd), so its name is in no symbol;
+        # the build ID is a hash of the content, whatever the linker's default.
         cmd = [cc, "-shared", "-fPIC", "-O3", f"-march={cpu}", "-mtune=generic",
-               "-std=gnu11", "-fvisibility=hidden", f"-I{KERNELS_DIR}", "-o", str(tmp_path / "model.so"),
-               *(str(tmp_path / n) for n in names), str(tmp_path / "entry.c"), *map(str, support),
-               "-lm", "-Wl,-z,noexecstack", "-Wl,-z,now", "-Wl,--no-undefined"]
+               "-std=gnu11", "-fvisibility=hidden", f"-I{KERNELS_DIR}", "-o", "model.so",
+               *names, "entry.c", *map(str, support),
+               "-lm", "-Wl,-z,noexecstack", "-Wl,-z,now", "-Wl,--no-undefined", "-Wl,--build-id=sha1"]
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp)
         except subprocess.CalledProcessError as e:
