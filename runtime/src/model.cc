@@ -1,4 +1,6 @@
 // Model: load (map, verify, load code, resolve weights) and run (validate, take an arena, call).
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +26,18 @@ struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
 using Arena = std::unique_ptr<uint8_t, FreeDeleter>;
+
+// An arena of `bytes` (a multiple of 64). From 4 MiB up it starts on a 2 MiB boundary and asks
+// for transparent huge pages: a ResNet-50's 13 MB arena then takes 6 page faults on its first
+// run instead of ~3200, and its accesses far fewer TLB misses. The untouched alignment slack
+// costs address space only.
+void* AllocateArena(size_t bytes) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  if (bytes < 2 * kHuge) return std::aligned_alloc(64, bytes);
+  void* p = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
+  if (p) madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);  // advice: failure is harmless
+  return p;
+}
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -273,7 +287,7 @@ struct Model::Impl {
         return a;
       }
     }
-    void* p = std::aligned_alloc(64, arena_size);
+    void* p = AllocateArena(arena_size);
     if (!p) {
       return Status(StatusCode::kResourceExhausted,
                     "cannot allocate the model's " + std::to_string(arena_size) + "-byte arena");
