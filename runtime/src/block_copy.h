@@ -1,6 +1,6 @@
 // Padding and cutting between the caller's shapes and a bucket's (dynamic dims): the leading
 // block min(src_shape, dst_shape) of one C-order tensor copied into another of the same rank, as
-// a sequence of contiguous row copies. Shared by the CPU executor (memcpy) and the CUDA backend
+// a sequence of contiguous row copies. Shared by the CPU executor (memcpy) and the CUDA executor
 // (async host<->device or device<->device copies), so both pad and cut the same bytes.
 #pragma once
 

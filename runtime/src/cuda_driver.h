@@ -1,4 +1,4 @@
-// The few CUDA driver API declarations the CUDA backend uses, and a function table filled from
+// The few CUDA driver API declarations the CUDA executor uses, and a function table filled from
 // libcuda.so.1 with dlopen on first use. The runtime neither includes cuda.h nor links libcuda:
 // it builds and runs (CPU models) on machines without any CUDA toolkit or driver. The types and
 // constant values below are those of the public cuda.h (ABI-stable); the symbols are the versioned

@@ -1,17 +1,13 @@
-// Model: load (map, verify, load code, resolve weights) and run (validate, take an arena, call).
-#include <sys/mman.h>
+// Model: the device-independent half of mlrt. Load maps and verifies the bundle (bundle_reader,
+// signature) and creates the executor the device string names (executor.h); every call is
+// validated here (count, dtype, shapes, no overlap), a dynamic bundle's program is chosen here
+// (ranges, one size per symbol, the bucket), outputs are allocated here; the executor runs it.
+#include <memory>
+#include <string>
+#include <vector>
 
-#include <algorithm>
-#include <cstdlib>
-#include <cstring>
-#include <mutex>
-#include <optional>
-
-#include "block_copy.h"
 #include "bundle_reader.h"
-#include "code_loader.h"
-#include "cuda_backend.h"
-#include "cpu_features.h"
+#include "executor.h"
 #include "mlrt/mlrt.h"
 #include "signature.h"
 #include "thread_pool.h"
@@ -21,29 +17,6 @@ namespace mlrt {
 uint32_t MaxBundleFormatVersion() { return kBundleFormatVersion; }
 
 namespace {
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using Arena = std::unique_ptr<uint8_t, FreeDeleter>;
-
-// An arena of `bytes` (a multiple of 64). From 4 MiB up it starts on a 2 MiB boundary and asks
-// for transparent huge pages: a ResNet-50's 13 MB arena then takes 6 page faults on its first
-// run instead of ~3200, and its accesses far fewer TLB misses. The untouched alignment slack
-// costs address space only.
-void* AllocateArena(size_t bytes) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  if (bytes < 2 * kHuge) return std::aligned_alloc(64, bytes);
-  void* p = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
-  if (p) madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);  // advice: failure is harmless
-  return p;
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 // Checks one tensor against its declared spec; `role` is "input" or "output".
 template <typename View>
@@ -123,12 +96,6 @@ std::string BucketList(const std::vector<int64_t>& buckets) {
   std::string s;
   for (size_t i = 0; i < buckets.size(); ++i) s += (i ? ", " : "") + std::to_string(buckets[i]);
   return s;
-}
-
-int64_t NumElements(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
 }
 
 // Validates the inputs of a dynamic bundle and picks the program. O(inputs x rank + symbols x buckets).
@@ -252,150 +219,36 @@ Status ValidateDynamicOutputs(const Manifest& m, const CallPlan& plan, const std
   return Status::Ok();
 }
 
-// Copies the leading block min(src_shape, dst_shape) (per dim) of a C-order tensor into another of
-// the same rank: pads (src smaller) or cuts (dst smaller).
-void CopyBlock(const uint8_t* src, const std::vector<int64_t>& src_shape, uint8_t* dst,
-               const std::vector<int64_t>& dst_shape, size_t itemsize) {
-  ForEachBlockRow(src_shape, dst_shape, itemsize,
-                  [&](size_t from, size_t to, size_t bytes) { std::memcpy(dst + to, src + from, bytes); });
-}
 }  // namespace
 
 struct Model::Impl {
-  MappedFile file;
+  MappedFile file;  // outlives the executor, which may use the weights in place
   Manifest manifest;
-  std::optional<LoadedCode> code;  // device "cpu", static bundle
-  std::vector<LoadedCode> program_code;  // device "cpu", dynamic bundle: one per manifest.programs[i]
   std::string device = "cpu";
-  std::unique_ptr<CudaModel> cuda;  // device "cuda:N"
-  std::vector<const void*> weights;  // resolved pointers into the mapped weights section
-  size_t arena_size = 64;            // bytes actually allocated per arena (>= 64, multiple of 64)
-  std::unique_ptr<ThreadPool> pool;
-  HostApi host{};
-
-  mutable std::mutex pool_mutex;
-  mutable std::vector<Arena> idle_arenas;  // a Run takes one and gives it back
+  std::unique_ptr<Executor> executor;
 
   Impl(MappedFile f, Manifest m) : file(std::move(f)), manifest(std::move(m)) {}
 
-  Result<Arena> TakeArena() const {
-    {
-      std::lock_guard<std::mutex> lock(pool_mutex);
-      if (!idle_arenas.empty()) {
-        Arena a = std::move(idle_arenas.back());
-        idle_arenas.pop_back();
-        return a;
-      }
+  // Validates a call's inputs and outputs and returns the program to run: 0 for a static bundle,
+  // the chosen one's index into manifest.programs for a dynamic bundle.
+  Result<size_t> PlanRun(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const {
+    if (!manifest.is_dynamic()) {
+      if (Status s = Validate(manifest, inputs, outputs); !s.ok()) return s;
+      return size_t{0};
     }
-    void* p = AllocateArena(arena_size);
-    if (!p) {
-      return Status(StatusCode::kResourceExhausted,
-                    "cannot allocate the model's " + std::to_string(arena_size) + "-byte arena");
-    }
-    return Arena(static_cast<uint8_t*>(p));
+    CallPlan plan;
+    if (Status s = PlanDynamicCall(manifest, inputs, &plan); !s.ok()) return s;
+    if (Status s = ValidateDynamicOutputs(manifest, plan, inputs, outputs); !s.ok()) return s;
+    return static_cast<size_t>(plan.program - manifest.programs.data());
   }
-
-  void ReturnArena(Arena a) const {
-    std::lock_guard<std::mutex> lock(pool_mutex);
-    idle_arenas.push_back(std::move(a));
-  }
-
-  // Calls `entry` with the pointers its call list names, on an arena from the pool.
-  Status Call(EntryFn entry, const std::vector<CallArg>& call, const std::vector<const void*>& inputs,
-              const std::vector<void*>& outputs) const {
-    auto arena = TakeArena();
-    if (!arena.ok()) return arena.status();
-    std::vector<void*> args(call.size());
-    for (size_t i = 0; i < call.size(); ++i) {
-      const CallArg& c = call[i];
-      switch (c.kind) {
-        case CallArg::Kind::kInput: args[i] = const_cast<void*>(inputs[c.index]); break;  // read-only by contract
-        case CallArg::Kind::kWeight: args[i] = const_cast<void*>(weights[c.index]); break;
-        case CallArg::Kind::kOutput: args[i] = outputs[c.index]; break;
-        case CallArg::Kind::kArena: args[i] = arena->get(); break;
-      }
-    }
-    entry(args.data(), &host);
-    ReturnArena(std::move(arena).value());
-    return Status::Ok();
-  }
-
-  Status RunDynamic(const CallPlan& plan, const std::vector<ConstTensorView>& inputs,
-                    const std::vector<TensorView>& outputs) const;
 };
-
-namespace {
-Result<Arena> AllocateZeroed(size_t bytes, const std::string& what) {
-  size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
-  void* p = std::aligned_alloc(64, rounded);
-  if (!p) {
-    return Status(StatusCode::kResourceExhausted, "cannot allocate " + std::to_string(bytes) + " bytes for " + what);
-  }
-  std::memset(p, 0, rounded);
-  return Arena(static_cast<uint8_t*>(p));
-}
-}  // namespace
-
-// A run of a dynamic bundle. At bucket sizes the program reads and writes the caller's buffers
-// directly. Below a bucket (padded symbols), each input with such a dim is copied into a zeroed
-// buffer of the bucket's shape, and each output with a cut dim is written to a temporary of the
-// program's shape, whose leading block is copied out afterwards. Temporaries belong to the call,
-// so concurrent runs at different shapes share nothing but the (read-only) code and weights.
-Status Model::Impl::RunDynamic(const CallPlan& plan, const std::vector<ConstTensorView>& inputs,
-                               const std::vector<TensorView>& outputs) const {
-  const Program& program = *plan.program;
-  const size_t index = static_cast<size_t>(&program - manifest.programs.data());
-  std::vector<const void*> in(inputs.size());
-  std::vector<void*> out(outputs.size());
-  std::vector<Arena> temporaries;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    in[i] = inputs[i].data;
-    if (!plan.padded) continue;
-    std::vector<int64_t> shape = inputs[i].shape;
-    bool pad = false;
-    for (size_t d = 0; d < shape.size(); ++d) {
-      const int sym = manifest.input_symbols[i][d];
-      if (sym >= 0 && shape[d] != plan.buckets[static_cast<size_t>(sym)]) {
-        shape[d] = plan.buckets[static_cast<size_t>(sym)];
-        pad = true;
-      }
-    }
-    if (!pad) continue;
-    const size_t itemsize = DTypeSize(inputs[i].dtype);
-    auto buffer = AllocateZeroed(static_cast<size_t>(NumElements(shape)) * itemsize,
-                                 "padding input " + std::to_string(i) + " to " + ShapeString(shape));
-    if (!buffer.ok()) return buffer.status();
-    CopyBlock(static_cast<const uint8_t*>(inputs[i].data), inputs[i].shape, buffer->get(), shape, itemsize);
-    in[i] = buffer->get();
-    temporaries.push_back(std::move(buffer).value());
-  }
-  std::vector<size_t> cut;  // outputs written to a temporary first
-  for (size_t o = 0; o < outputs.size(); ++o) {
-    out[o] = outputs[o].data;
-    if (!plan.padded || outputs[o].shape == program.output_shapes[o]) continue;
-    const size_t bytes = static_cast<size_t>(NumElements(program.output_shapes[o])) * DTypeSize(outputs[o].dtype);
-    auto buffer = AllocateZeroed(bytes, "output " + std::to_string(o) + " at " + ShapeString(program.output_shapes[o]));
-    if (!buffer.ok()) return buffer.status();
-    out[o] = buffer->get();
-    temporaries.push_back(std::move(buffer).value());
-    cut.push_back(o);
-  }
-  if (Status s = Call(program_code[index].entry(), program.call, in, out); !s.ok()) return s;
-  for (size_t o : cut) {
-    CopyBlock(static_cast<const uint8_t*>(out[o]), program.output_shapes[o], static_cast<uint8_t*>(outputs[o].data),
-              outputs[o].shape, DTypeSize(outputs[o].dtype));
-  }
-  return Status::Ok();
-}
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
 Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const LoadOptions& options) {
-  auto ordinal = ParseDevice(options.device);
-  if (!ordinal.ok()) return ordinal.status();
-  const bool on_cuda = *ordinal >= 0;
-  const std::string device = on_cuda ? "cuda:" + std::to_string(*ordinal) : "cpu";
+  auto device = ParseDevice(options.device);
+  if (!device.ok()) return device.status();
   auto file = MappedFile::Open(path);
   if (!file.ok()) return file.status();
   const bool signed_only = !options.public_key.empty();
@@ -413,60 +266,11 @@ Result<std::shared_ptr<const Model>> Model::Load(const std::string& path, const 
     if (Status s = VerifySignature(*view, options.public_key); !s.ok()) return Status(s.code(), path + ": " + s.message());
   }
 
-  if (on_cuda) {
-    if (!manifest->has_cuda) {
-      return Status(StatusCode::kFailedPrecondition,
-                    path + ": device '" + device + "' needs the bundle's CUDA code, but it was built for cpu only; "
-                           "rebuild with mlpack build --target cuda (or cpu,cuda)");
-    }
-    auto cuda = CudaModel::Create(*ordinal, device, *manifest, *view);
-    if (!cuda.ok()) return Status(cuda.status().code(), path + ": " + cuda.status().message());
-    auto impl = std::make_unique<Impl>(std::move(file).value(), std::move(manifest).value());
-    impl->device = device;
-    impl->cuda = std::move(cuda).value();
-    impl->pool = std::make_unique<ThreadPool>(1);  // the GPU does the work; num_threads() is 1
-    impl->host = HostApi{kHostAbiVersion, 1, impl->pool.get(), &ThreadPool::ParallelForThunk};
-    return std::shared_ptr<const Model>(new Model(std::move(impl)));
-  }
-
-  if (!manifest->has_cpu) {
-    if (manifest->has_cuda) {
-      return Status(StatusCode::kFailedPrecondition,
-                    path + ": the bundle has no CPU code (it was built for cuda only): load it with "
-                           "device=\"cuda:0\", or rebuild with mlpack build --target cpu,cuda");
-    }
-    return Status(StatusCode::kFailedPrecondition, path + ": the bundle has no CPU code (built for another target)");
-  }
-  if (Status s = CheckCpuFeatures(manifest->cpu.features, manifest->cpu.cpu); !s.ok()) {
-    return Status(s.code(), path + ": " + s.message());
-  }
-  std::optional<LoadedCode> code;
-  std::vector<LoadedCode> program_code;
-  if (manifest->is_dynamic()) {
-    for (const Program& program : manifest->programs) {
-      const SectionRef* section = view->Find(program.section);
-      auto loaded = LoadedCode::Load(section->data, section->size, program.entry);
-      if (!loaded.ok()) {
-        return Status(loaded.status().code(), path + ": program for section '" + program.section + "': " +
-                                                  loaded.status().message());
-      }
-      program_code.push_back(std::move(loaded).value());
-    }
-  } else {
-    const SectionRef* code_section = view->Find(manifest->cpu.section);
-    auto loaded = LoadedCode::Load(code_section->data, code_section->size, manifest->cpu.entry);
-    if (!loaded.ok()) return Status(loaded.status().code(), path + ": " + loaded.status().message());
-    code.emplace(std::move(loaded).value());
-  }
-
-  const SectionRef* weight_section = view->Find("weights");
+  auto executor = CreateExecutor(*device, *manifest, *view, threads);
+  if (!executor.ok()) return Status(executor.status().code(), path + ": " + executor.status().message());
   auto impl = std::make_unique<Impl>(std::move(file).value(), std::move(manifest).value());
-  impl->code = std::move(code);
-  impl->program_code = std::move(program_code);
-  for (const auto& w : impl->manifest.weights) impl->weights.push_back(weight_section->data + w.offset);
-  impl->arena_size = std::max<size_t>(64, (impl->manifest.arena_bytes + 63) / 64 * 64);
-  impl->pool = std::make_unique<ThreadPool>(threads);
-  impl->host = HostApi{kHostAbiVersion, static_cast<uint32_t>(threads), impl->pool.get(), &ThreadPool::ParallelForThunk};
+  impl->device = device->name;
+  impl->executor = std::move(executor).value();
   return std::shared_ptr<const Model>(new Model(std::move(impl)));
 }
 
@@ -475,9 +279,9 @@ const std::vector<TensorSpec>& Model::outputs() const { return impl_->manifest.o
 const std::vector<DynamicDim>& Model::dynamic_dims() const { return impl_->manifest.dynamic_dims; }
 const std::string& Model::manifest_json() const { return impl_->manifest.text; }
 size_t Model::arena_bytes() const { return impl_->manifest.arena_bytes; }
-int Model::num_threads() const { return impl_->pool->num_threads(); }
+int Model::num_threads() const { return impl_->executor->num_threads(); }
 const std::string& Model::device() const { return impl_->device; }
-size_t Model::device_bytes() const { return impl_->cuda ? impl_->cuda->device_bytes() : 0; }
+size_t Model::device_bytes() const { return impl_->executor->device_bytes(); }
 
 namespace {
 Status NotOnCuda(const std::string& device) {
@@ -489,22 +293,17 @@ Status NotOnCuda(const std::string& device) {
 
 Status Model::RunDevice(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
                         uintptr_t wait_stream) const {
-  if (!impl_->cuda) return NotOnCuda(impl_->device);
-  const Manifest& m = impl_->manifest;
-  if (m.is_dynamic()) {  // the program is chosen as on the CPU; the backend pads and cuts on the device
-    CallPlan plan;
-    if (Status s = PlanDynamicCall(m, inputs, &plan); !s.ok()) return s;
-    if (Status s = ValidateDynamicOutputs(m, plan, inputs, outputs); !s.ok()) return s;
-    return impl_->cuda->Run(static_cast<size_t>(plan.program - m.programs.data()), inputs, outputs,
-                            /*device_pointers=*/true, wait_stream);
-  }
-  if (Status s = Validate(m, inputs, outputs); !s.ok()) return s;
-  return impl_->cuda->Run(0, inputs, outputs, /*device_pointers=*/true, wait_stream);
+  const DeviceExecutor* gpu = impl_->executor->device_executor();
+  if (!gpu) return NotOnCuda(impl_->device);
+  auto program = impl_->PlanRun(inputs, outputs);
+  if (!program.ok()) return program.status();
+  return gpu->RunDevice(*program, inputs, outputs, wait_stream);
 }
 
 Result<std::vector<DeviceTensor>> Model::RunDevice(const std::vector<ConstTensorView>& inputs,
                                                    uintptr_t wait_stream) const {
-  if (!impl_->cuda) return NotOnCuda(impl_->device);
+  const DeviceExecutor* gpu = impl_->executor->device_executor();
+  if (!gpu) return NotOnCuda(impl_->device);
   const Manifest& m = impl_->manifest;
   auto shapes = OutputShapes(inputs);  // validates the inputs before anything is allocated
   if (!shapes.ok()) return shapes.status();
@@ -516,13 +315,13 @@ Result<std::vector<DeviceTensor>> Model::RunDevice(const std::vector<ConstTensor
     DeviceTensor t;
     t.dtype_ = spec.dtype;
     t.shape_ = std::move((*shapes)[i]);
-    t.ordinal_ = impl_->cuda->ordinal();
+    t.ordinal_ = gpu->ordinal();
     t.num_bytes_ = static_cast<size_t>(NumElements(t.shape_)) * DTypeSize(spec.dtype);
     if (t.num_bytes_ > 0) {  // zero-byte outputs own nothing (cuMemAlloc refuses size 0)
-      auto buffer = impl_->cuda->Allocate(t.num_bytes_, "output " + std::to_string(i));
+      auto buffer = gpu->Allocate(t.num_bytes_, "output " + std::to_string(i));
       if (!buffer.ok()) return buffer.status();
-      t.buffer_ = std::move(buffer).value();
-      t.data_ = reinterpret_cast<void*>(t.buffer_->ptr);
+      t.buffer_ = std::move(buffer->owner);
+      t.data_ = buffer->data;
     }
     outputs.push_back(std::move(t));
     views.push_back(outputs.back().view());
@@ -545,24 +344,9 @@ Result<std::vector<std::vector<int64_t>>> Model::OutputShapes(const std::vector<
 }
 
 Status Model::Run(const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs) const {
-  const Manifest& m = impl_->manifest;
-  if (m.is_dynamic()) {
-    CallPlan plan;
-    if (Status s = PlanDynamicCall(m, inputs, &plan); !s.ok()) return s;
-    if (Status s = ValidateDynamicOutputs(m, plan, inputs, outputs); !s.ok()) return s;
-    if (impl_->cuda) {  // pads and cuts on the device (the same rows RunDynamic copies here)
-      return impl_->cuda->Run(static_cast<size_t>(plan.program - m.programs.data()), inputs, outputs,
-                              /*device_pointers=*/false);
-    }
-    return impl_->RunDynamic(plan, inputs, outputs);
-  }
-  if (Status s = Validate(m, inputs, outputs); !s.ok()) return s;
-  if (impl_->cuda) return impl_->cuda->Run(0, inputs, outputs, /*device_pointers=*/false);
-  std::vector<const void*> in(inputs.size());
-  std::vector<void*> out(outputs.size());
-  for (size_t i = 0; i < inputs.size(); ++i) in[i] = inputs[i].data;
-  for (size_t i = 0; i < outputs.size(); ++i) out[i] = outputs[i].data;
-  return impl_->Call(impl_->code->entry(), m.call, in, out);
+  auto program = impl_->PlanRun(inputs, outputs);
+  if (!program.ok()) return program.status();
+  return impl_->executor->Run(*program, inputs, outputs);
 }
 
 Result<std::vector<Tensor>> Model::Run(const std::vector<ConstTensorView>& inputs) const {

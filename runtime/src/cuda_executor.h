@@ -1,11 +1,13 @@
-// The CUDA backend: runs a bundle's `cuda.ptx` target (docs/bundle-format.md, "The CUDA target"), or
-// a dynamic bundle's CUDA programs (one per bucket combination, sections cuda.pN).
+// The CUDA executor (device "cuda:N"): runs a bundle's `cuda.ptx` target (docs/bundle-format.md,
+// "The CUDA target"), or a dynamic bundle's CUDA programs (one per bucket combination, sections
+// cuda.pN), through the NVIDIA driver (cuda_driver.h: libcuda loaded with dlopen).
 // Load: driver and GPU checks, one module per program (cubin or JIT-compiled PTX), kernels, one
 // device copy of the weights shared by every program.
 // Run: an execution context from a pool (device arena + input/output buffers + one argument table
 // per program + stream, one allocation, sized for the largest program), inputs copied in (zero-padded
 // to the program's bucket), the program's launches replayed as a CUDA graph captured on that
-// context's first run of that program, outputs copied out (cut back to the call's shape).
+// context's first run of that program, outputs copied out (cut back to the call's shape). Host
+// buffers (Executor::Run) and device buffers (DeviceExecutor::RunDevice) alike.
 // Needs no CUDA headers or libraries at build time.
 #pragma once
 
@@ -17,6 +19,7 @@
 
 #include "bundle_reader.h"
 #include "cuda_driver.h"
+#include "executor.h"
 #include "mlrt/mlrt.h"
 
 namespace mlrt {
@@ -48,36 +51,35 @@ struct DeviceBuffer {
 };
 }  // namespace internal
 
-// "cpu" -> -1; "cuda" -> 0; "cuda:N" -> N. Anything else: INVALID_ARGUMENT naming the string.
-Result<int> ParseDevice(const std::string& device);
-
-class CudaModel final {
+class CudaExecutor final : public Executor, public DeviceExecutor {
  public:
-  // `ordinal` is the GPU; `device` its name for messages ("cuda:0"). The manifest must have
-  // a CUDA target; `bundle` is the verified container it came from.
-  static Result<std::unique_ptr<CudaModel>> Create(int ordinal, const std::string& device, const Manifest& manifest,
-                                                   const BundleView& bundle);
-  ~CudaModel();
-  CudaModel(const CudaModel&) = delete;
-  CudaModel& operator=(const CudaModel&) = delete;
+  // The GPU `device` names. FAILED_PRECONDITION when the bundle has no CUDA target, or the driver,
+  // the GPU or its architecture cannot run it (docs/runtime-api.md lists the checks in order);
+  // `manifest` and `bundle` are verified.
+  static Result<std::unique_ptr<Executor>> Create(const Device& device, const Manifest& manifest,
+                                                  const BundleView& bundle);
+  ~CudaExecutor() override;
 
-  // Runs program `program` (0 for a static bundle; a dynamic bundle's manifest.programs index).
-  // Inputs and outputs are already validated against the manifest, at shapes no larger than the
-  // program's buckets: a smaller input is zero-padded to the bucket on the device, a smaller output
-  // gets the leading block of the program's (the padding rules, docs/bundle-format.md).
-  // `device_pointers`: their data are device pointers in this model's context (RunDevice), else
-  // host pointers; the input copies then wait for the work queued on `wait_stream` first. Thread-safe.
-  Status Run(size_t program, const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
-             bool device_pointers, uintptr_t wait_stream = 0) const;
+  // Padding and cutting happen on the device (cuMemsetD8Async, row copies).
+  Status Run(size_t program, const std::vector<ConstTensorView>& inputs,
+             const std::vector<TensorView>& outputs) const override {
+    return RunOn(program, inputs, outputs, /*device_pointers=*/false, 0);
+  }
+  int num_threads() const override { return 1; }  // the GPU does the work
+  // The weights plus every execution context allocated so far (each sized for the largest program,
+  // so it does not grow with the shapes a model sees).
+  size_t device_bytes() const override {
+    return weight_bytes_ + context_bytes_.load(std::memory_order_relaxed);
+  }
+  const DeviceExecutor* device_executor() const override { return this; }
 
-  // A device allocation of `bytes` (> 0) that keeps the primary context alive; `what` names it in
-  // errors ("output 0"). RESOURCE_EXHAUSTED when the GPU is out of memory. Thread-safe.
-  Result<std::shared_ptr<internal::DeviceBuffer>> Allocate(size_t bytes, const std::string& what) const;
-  int ordinal() const { return ordinal_; }
-
-  // Device memory this model holds: the weights plus every execution context allocated so far
-  // (each sized for the largest program, so it does not grow with the shapes a model sees).
-  size_t device_bytes() const { return weight_bytes_ + context_bytes_.load(std::memory_order_relaxed); }
+  Status RunDevice(size_t program, const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
+                   uintptr_t wait_stream) const override {
+    return RunOn(program, inputs, outputs, /*device_pointers=*/true, wait_stream);
+  }
+  // The allocation keeps the primary context alive (DeviceTensors may outlive the model).
+  Result<Allocation> Allocate(size_t bytes, const std::string& what) const override;
+  int ordinal() const override { return ordinal_; }
 
  private:
   struct Context;  // one execution context
@@ -91,13 +93,16 @@ class CudaModel final {
   struct ProgramCode {
     cuda::CUmodule module = nullptr;
     std::vector<Launch> launches;
-    std::vector<CallArg> call;
+    ProgramLayout layout;  // call list; shapes at this program's buckets
     uint64_t arena_bytes = 0;
-    std::vector<std::vector<int64_t>> input_shapes, output_shapes;  // at this program's buckets
     std::vector<size_t> input_bytes, output_bytes;
     size_t table_offset = 0;  // of its argument table in a context's table region
   };
-  CudaModel() = default;
+  CudaExecutor() = default;
+  // `device_pointers`: the data are device pointers in this model's context (RunDevice), else host
+  // pointers; with device pointers the input copies wait for the work queued on `wait_stream` first.
+  Status RunOn(size_t program, const std::vector<ConstTensorView>& inputs, const std::vector<TensorView>& outputs,
+               bool device_pointers, uintptr_t wait_stream) const;
   Status Check(cuda::CUresult r, const char* call) const;
   Status LoadProgram(const CudaCode& code, const std::string& what, int major, int minor, int shared_optin,
                      const std::string& gpu_name, const CudaTarget& target, const BundleView& bundle,

@@ -1,12 +1,12 @@
-#include "cuda_backend.h"
-
-#include "block_copy.h"
+#include "cuda_executor.h"
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <unordered_map>
 #include <utility>
+
+#include "block_copy.h"
 
 namespace mlrt {
 
@@ -19,12 +19,6 @@ constexpr int kDefaultSharedLimit = 48 * 1024;  // dynamic shared memory a launc
 constexpr unsigned kJitLogBytes = 16 * 1024;
 
 size_t Align(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-
-int64_t NumElementsOf(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
 
 // Makes the model's context current on the calling thread for the scope (any host thread may Run).
 class ScopedContext {
@@ -47,26 +41,10 @@ class ScopedContext {
 
 }  // namespace
 
-Result<int> ParseDevice(const std::string& device) {
-  if (device == "cpu") return -1;
-  if (device == "cuda") return 0;
-  if (device.size() > 5 && device.size() <= 9 && device.compare(0, 5, "cuda:") == 0) {
-    int n = 0;
-    bool digits = true;
-    for (size_t i = 5; i < device.size(); ++i) {
-      char c = device[i];
-      if (c < '0' || c > '9') digits = false;
-      else n = n * 10 + (c - '0');
-    }
-    if (digits) return n;
-  }
-  return Status(StatusCode::kInvalidArgument, "device must be 'cpu', 'cuda' or 'cuda:N', got '" + device + "'");
-}
-
 // Sized for the largest program, so any program runs on any context: device memory is fixed by the
 // number of concurrent runs, whatever shapes they have. Each program has its own argument table
 // (call lists differ) and its own graph, captured on this context's first run of that program.
-struct CudaModel::Context {
+struct CudaExecutor::Context {
   CUdeviceptr memory = 0;  // [arena | inputs | outputs | argument tables], each 256-byte aligned
   size_t bytes = 0;
   std::vector<CUdeviceptr> argtables;  // per program
@@ -76,14 +54,21 @@ struct CudaModel::Context {
   CUevent ready = nullptr;          // RunDevice: recorded on the caller's stream, waited on by `stream`
 };
 
-Status CudaModel::Check(CUresult r, const char* call) const {
+Status CudaExecutor::Check(CUresult r, const char* call) const {
   if (r == CUDA_SUCCESS) return Status::Ok();
   return Status(r == CUDA_ERROR_OUT_OF_MEMORY ? StatusCode::kResourceExhausted : StatusCode::kInternal,
                 "device '" + device_ + "': " + ErrorText(*d_, r, call));
 }
 
-Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::string& device,
-                                                     const Manifest& manifest, const BundleView& bundle) {
+Result<std::unique_ptr<Executor>> CudaExecutor::Create(const Device& gpu, const Manifest& manifest,
+                                                       const BundleView& bundle) {
+  const int ordinal = gpu.ordinal;
+  const std::string& device = gpu.name;
+  if (!manifest.has_cuda) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "device '" + device + "' needs the bundle's CUDA code, but it was built for cpu only; "
+                  "rebuild with mlpack build --target cuda (or cpu,cuda)");
+  }
   std::string why;
   CUresult init = CUDA_SUCCESS;
   const Driver* d = GetDriver(&why, &init);
@@ -92,7 +77,7 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::str
   auto fail = [&](StatusCode code, const std::string& msg) { return Status(code, "device '" + device + "': " + msg); };
 
   // Partially built models clean up in the destructor: every handle below is released there.
-  std::unique_ptr<CudaModel> m(new CudaModel());
+  std::unique_ptr<CudaExecutor> m(new CudaExecutor());
   m->d_ = d;
   m->device_ = device;
   m->ordinal_ = ordinal;
@@ -151,8 +136,8 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::str
   if (Status s = m->Check(scope.result(), "cuCtxPushCurrent"); !s.ok()) return s;
 
   // One module per program: a static bundle's targets.cuda, or each bucket combination's code.
-  const size_t num_programs = manifest.is_dynamic() ? manifest.programs.size() : 1;
-  for (size_t p = 0; p < num_programs; ++p) {
+  std::vector<ProgramLayout> layouts = ProgramLayouts(manifest);
+  for (size_t p = 0; p < layouts.size(); ++p) {
     ProgramCode code;
     const CudaCode& source = manifest.is_dynamic() ? manifest.programs[p].cuda : target.code;
     const std::string what = manifest.is_dynamic() ? "programs[" + std::to_string(p) + "].cuda" : "targets.cuda";
@@ -160,25 +145,18 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::str
     m->programs_.push_back(std::move(code));  // its module is unloaded by the destructor, even on failure
     if (!s.ok()) return s;
     ProgramCode& c = m->programs_.back();
-    c.call = manifest.is_dynamic() ? manifest.programs[p].call : manifest.call;
+    c.layout = std::move(layouts[p]);
     c.arena_bytes = source.arena_bytes;
     for (size_t i = 0; i < manifest.inputs.size(); ++i) {
-      std::vector<int64_t> shape = manifest.inputs[i].shape;
-      for (size_t k = 0; k < shape.size() && manifest.is_dynamic(); ++k) {
-        const int sym = manifest.input_symbols[i][k];
-        if (sym >= 0) shape[k] = manifest.programs[p].sizes[static_cast<size_t>(sym)];
-      }
-      c.input_bytes.push_back(static_cast<size_t>(NumElementsOf(shape)) * DTypeSize(manifest.inputs[i].dtype));
-      c.input_shapes.push_back(std::move(shape));
+      c.input_bytes.push_back(static_cast<size_t>(NumElements(c.layout.input_shapes[i])) *
+                              DTypeSize(manifest.inputs[i].dtype));
     }
     for (size_t o = 0; o < manifest.outputs.size(); ++o) {
-      std::vector<int64_t> shape = manifest.is_dynamic() ? manifest.programs[p].output_shapes[o]
-                                                         : manifest.outputs[o].shape;
-      c.output_bytes.push_back(static_cast<size_t>(NumElementsOf(shape)) * DTypeSize(manifest.outputs[o].dtype));
-      c.output_shapes.push_back(std::move(shape));
+      c.output_bytes.push_back(static_cast<size_t>(NumElements(c.layout.output_shapes[o])) *
+                               DTypeSize(manifest.outputs[o].dtype));
     }
     c.table_offset = m->table_bytes_;
-    m->table_bytes_ += Align(c.call.size() * sizeof(CUdeviceptr));
+    m->table_bytes_ += Align(c.layout.call.size() * sizeof(CUdeviceptr));
     m->max_arena_bytes_ = std::max<uint64_t>(m->max_arena_bytes_, c.arena_bytes);
     m->max_input_bytes_.resize(c.input_bytes.size(), 0);
     m->max_output_bytes_.resize(c.output_bytes.size(), 0);
@@ -202,14 +180,14 @@ Result<std::unique_ptr<CudaModel>> CudaModel::Create(int ordinal, const std::str
   for (const auto& w : manifest.weights) m->weight_offsets_.push_back(w.offset);
   const char* graphs = std::getenv("MLRT_CUDA_GRAPHS");
   m->use_graphs_ = !(graphs && std::strcmp(graphs, "0") == 0);
-  return Result<std::unique_ptr<CudaModel>>(std::move(m));
+  return std::unique_ptr<Executor>(std::move(m));
 }
 
 // Loads one program's machine code for this GPU's architecture when the bundle has it (a cubin for
 // sm_XY runs on compute capability X.Y' with Y' >= Y: same major), else its PTX, JIT-compiled by the
 // driver (the JIT's logs go into the error on failure); resolves its kernels and opts into large
 // dynamic shared memory. The primary context must be current.
-Status CudaModel::LoadProgram(const CudaCode& code, const std::string& what, int major, int minor, int shared_optin,
+Status CudaExecutor::LoadProgram(const CudaCode& code, const std::string& what, int major, int minor, int shared_optin,
                               const std::string& gpu_name, const CudaTarget& target, const BundleView& bundle,
                               ProgramCode* out) {
   auto fail = [&](StatusCode c, const std::string& msg) { return Status(c, "device '" + device_ + "': " + msg); };
@@ -285,7 +263,7 @@ Status CudaModel::LoadProgram(const CudaCode& code, const std::string& what, int
   return Status::Ok();
 }
 
-CudaModel::~CudaModel() {
+CudaExecutor::~CudaExecutor() {
   if (!d_) return;
   if (ctx_) {
     ScopedContext scope(d_, ctx_);
@@ -309,7 +287,7 @@ DeviceBuffer::~DeviceBuffer() {
 }
 }  // namespace internal
 
-Result<std::shared_ptr<internal::DeviceBuffer>> CudaModel::Allocate(size_t bytes, const std::string& what) const {
+Result<DeviceExecutor::Allocation> CudaExecutor::Allocate(size_t bytes, const std::string& what) const {
   ScopedContext scope(d_, ctx_);
   if (Status s = Check(scope.result(), "cuCtxPushCurrent"); !s.ok()) return s;
   CUdeviceptr p = 0;
@@ -318,7 +296,7 @@ Result<std::shared_ptr<internal::DeviceBuffer>> CudaModel::Allocate(size_t bytes
   auto b = std::make_shared<internal::DeviceBuffer>();
   b->device = device_handle_;
   b->ptr = p;
-  return b;
+  return Allocation{std::move(b), reinterpret_cast<void*>(p)};
 }
 
 Status DeviceTensor::CopyToHost(void* host) const {
@@ -337,7 +315,7 @@ Status DeviceTensor::CopyToHost(void* host) const {
                 "device '" + dev.name + "': " + ErrorText(*dev.d, r, call));
 }
 
-Result<std::unique_ptr<CudaModel::Context>> CudaModel::NewContext() const {
+Result<std::unique_ptr<CudaExecutor::Context>> CudaExecutor::NewContext() const {
   auto c = std::make_unique<Context>();
   size_t offset = Align(max_arena_bytes_);
   for (size_t n : max_input_bytes_) {
@@ -371,8 +349,8 @@ Result<std::unique_ptr<CudaModel::Context>> CudaModel::NewContext() const {
   for (const ProgramCode& p : programs_) {
     c->argtables.push_back(c->memory + tables_offset + p.table_offset);
     CUdeviceptr* table = tables.data() + p.table_offset / sizeof(CUdeviceptr);
-    for (size_t i = 0; i < p.call.size(); ++i) {
-      const CallArg& a = p.call[i];
+    for (size_t i = 0; i < p.layout.call.size(); ++i) {
+      const CallArg& a = p.layout.call[i];
       switch (a.kind) {
         case CallArg::Kind::kInput: table[i] = c->inputs[a.index]; break;
         case CallArg::Kind::kOutput: table[i] = c->outputs[a.index]; break;
@@ -391,7 +369,7 @@ Result<std::unique_ptr<CudaModel::Context>> CudaModel::NewContext() const {
   return Result<std::unique_ptr<Context>>(std::move(c));
 }
 
-void CudaModel::DestroyContext(std::unique_ptr<Context> c) const {
+void CudaExecutor::DestroyContext(std::unique_ptr<Context> c) const {
   if (!c) return;
   if (c->stream) d_->cuStreamSynchronize(c->stream);  // nothing may still use the memory
   for (CUgraphExec g : c->graphs) {
@@ -405,7 +383,7 @@ void CudaModel::DestroyContext(std::unique_ptr<Context> c) const {
   }
 }
 
-Status CudaModel::LaunchAll(const ProgramCode& p, CUstream stream, CUdeviceptr argtable) const {
+Status CudaExecutor::LaunchAll(const ProgramCode& p, CUstream stream, CUdeviceptr argtable) const {
   void* params[1] = {&argtable};  // the single kernel argument: the argument table's address
   for (const Launch& l : p.launches) {
     CUresult r = d_->cuLaunchKernel(l.function, l.grid[0], l.grid[1], l.grid[2], l.block[0], l.block[1], l.block[2],
@@ -415,7 +393,7 @@ Status CudaModel::LaunchAll(const ProgramCode& p, CUstream stream, CUdeviceptr a
   return Status::Ok();
 }
 
-Status CudaModel::Execute(Context& c, size_t program, const std::vector<ConstTensorView>& inputs,
+Status CudaExecutor::Execute(Context& c, size_t program, const std::vector<ConstTensorView>& inputs,
                           const std::vector<TensorView>& outputs, bool device_pointers, uintptr_t wait_stream) const {
   const ProgramCode& p = programs_[program];
   const CUdeviceptr argtable = c.argtables[program];
@@ -469,7 +447,7 @@ Status CudaModel::Execute(Context& c, size_t program, const std::vector<ConstTen
     const size_t n = p.input_bytes[i];
     if (n == 0) continue;
     const char* what = device_pointers ? "cuMemcpyDtoDAsync (input)" : "cuMemcpyHtoDAsync (input)";
-    if (inputs[i].shape == p.input_shapes[i]) {
+    if (inputs[i].shape == p.layout.input_shapes[i]) {
       if (Status s = Check(copy(c.inputs[i], inputs[i].data, n, true), what); !s.ok()) return s;
       continue;
     }
@@ -480,7 +458,7 @@ Status CudaModel::Execute(Context& c, size_t program, const std::vector<ConstTen
     }
     const auto* src = static_cast<const uint8_t*>(inputs[i].data);
     CUresult r = CUDA_SUCCESS;
-    ForEachBlockRow(inputs[i].shape, p.input_shapes[i], DTypeSize(inputs[i].dtype), [&](size_t from, size_t to, size_t b) {
+    ForEachBlockRow(inputs[i].shape, p.layout.input_shapes[i], DTypeSize(inputs[i].dtype), [&](size_t from, size_t to, size_t b) {
       if (r == CUDA_SUCCESS) r = copy(c.inputs[i] + to, src + from, b, true);
     });
     if (Status s = Check(r, what); !s.ok()) return s;
@@ -495,7 +473,7 @@ Status CudaModel::Execute(Context& c, size_t program, const std::vector<ConstTen
     const char* what = device_pointers ? "cuMemcpyDtoDAsync (output)" : "cuMemcpyDtoHAsync (output)";
     auto* dst = static_cast<uint8_t*>(outputs[o].data);
     CUresult r = CUDA_SUCCESS;
-    ForEachBlockRow(p.output_shapes[o], outputs[o].shape, DTypeSize(outputs[o].dtype), [&](size_t from, size_t to, size_t b) {
+    ForEachBlockRow(p.layout.output_shapes[o], outputs[o].shape, DTypeSize(outputs[o].dtype), [&](size_t from, size_t to, size_t b) {
       if (r == CUDA_SUCCESS) r = copy(c.outputs[o] + from, dst + to, b, false);
     });
     if (Status s = Check(r, what); !s.ok()) return s;
@@ -503,8 +481,8 @@ Status CudaModel::Execute(Context& c, size_t program, const std::vector<ConstTen
   return Check(d_->cuStreamSynchronize(c.stream), "cuStreamSynchronize");
 }
 
-Status CudaModel::Run(size_t program, const std::vector<ConstTensorView>& inputs,
-                      const std::vector<TensorView>& outputs, bool device_pointers, uintptr_t wait_stream) const {
+Status CudaExecutor::RunOn(size_t program, const std::vector<ConstTensorView>& inputs,
+                           const std::vector<TensorView>& outputs, bool device_pointers, uintptr_t wait_stream) const {
   if (program >= programs_.size()) {
     return Status(StatusCode::kInternal, "device '" + device_ + "': no program " + std::to_string(program));
   }
