@@ -1,9 +1,9 @@
 """The padding proof of dynamic dims (compiler/mlpack/dynamic_dims.py), without compiling anything.
 
 A verdict "paddable" is checked against eager PyTorch: the model run on inputs zero-padded from v
-to the bound, cut back, must equal the model run at v. A verdict "not paddable" must name the op
-that mixes entries along the dim. Models that are paddable in fact but beyond the checker's rules
-(causal masks) are listed as such: the checker may refuse, never wrongly accept.
+to the bound, cut back, must equal the model run at v, for every v below the bound. A verdict "not
+paddable" must name the op that mixes entries along the dim. The checker may refuse a model that
+is paddable in fact, never wrongly accept one.
 """
 
 from __future__ import annotations
@@ -80,6 +80,54 @@ class MaskedEncoder(nn.Module):
         return self.layer(self.emb(ids), src_key_padding_mask=mask == 0)
 
 
+class Unmasked(nn.Module):
+    """The same encoder with no padding mask: padded tokens would be attended to."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
+
+    def forward(self, ids):
+        return self.layer(self.emb(ids))
+
+
+class HandAttention(nn.Module):
+    """Hand-written attention: BERT's additive mask ((1 - mask) * finfo.min) or a causal mask from
+    arange comparisons, a scale, softmax, then a projection; `norm` divides each row by its norm first."""
+
+    def __init__(self, causal=False, norm=False):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(16, 48), nn.Linear(16, 16)
+        self.causal, self.norm = causal, norm
+
+    def forward(self, x, mask):
+        if self.norm:
+            x = x / x.norm(dim=-1, keepdim=True)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = q @ k.transpose(-1, -2) * 16 ** -0.5
+        if self.causal:
+            i = torch.arange(x.shape[1])
+            scores = scores.masked_fill(i[None, :] > i[:, None], float("-inf"))
+        scores = scores + (1.0 - mask[:, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        return self.out(torch.softmax(scores, -1) @ v)
+
+
+class SdpaBlock(nn.Module):
+    """F.scaled_dot_product_attention, causal or with a boolean mask (True: attend) from the input."""
+
+    def __init__(self, causal):
+        super().__init__()
+        self.qkv = nn.Linear(16, 48)
+        self.causal = causal
+
+    def forward(self, x, mask):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        attn_mask = None if self.causal else mask.bool()[:, None, None, :]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal)
+
+
 class Lambda(nn.Module):
     def __init__(self, fn):
         super().__init__()
@@ -100,6 +148,19 @@ PADDABLE = [
     ("pad in front", lambda: Lambda(lambda x: F.pad(x, (2, 0)) + 1), lambda: [torch.randn(3, 6)], ["0:1=t:1..6"]),
     ("rows of a flattened batch", lambda: Lambda(lambda x: (x.reshape(-1, 4) * 3).reshape(x.shape[0], 2, 4)),
      lambda: [torch.randn(6, 2, 4)], ["0:0=b:1..6"]),
+    # Attention over a padded sequence: the padded keys are masked by the model's own mask.
+    ("encoder seq, key padding mask", MaskedEncoder,
+     lambda: [torch.randint(0, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)], ["0:1=s:1..7", "1:1=s:1..7"]),
+    ("additive finfo.min mask", HandAttention, lambda: [torch.randn(2, 7, 16), torch.ones(2, 7)],
+     ["0:1=s:1..7", "1:1=s:1..7"]),
+    ("causal mask from arange", lambda: HandAttention(causal=True), lambda: [torch.randn(2, 7, 16), torch.ones(2, 7)],
+     ["0:1=s:1..7", "1:1=s:1..7"]),
+    ("sdpa causal", lambda: SdpaBlock(causal=True), lambda: [torch.randn(2, 7, 16), torch.ones(2, 7)],
+     ["0:1=s:1..7", "1:1=s:1..7"]),
+    ("sdpa boolean mask", lambda: SdpaBlock(causal=False), lambda: [torch.randn(2, 7, 16), torch.ones(2, 7)],
+     ["0:1=s:1..7", "1:1=s:1..7"]),
+    ("masked mean pooling", lambda: Lambda(lambda x, m: (x * m[..., None]).sum(1) / m.sum(1, keepdim=True)),
+     lambda: [torch.randn(2, 7, 4), torch.ones(2, 7)], ["0:1=s:1..7", "1:1=s:1..7"]),
 ]
 
 NOT_PADDABLE = [
@@ -117,8 +178,13 @@ NOT_PADDABLE = [
      "convolution"),
     ("batch inside a merged dim", lambda: Lambda(lambda x: x.transpose(0, 1).reshape(-1)), lambda: [torch.randn(6, 3)],
      ["0:0=b:1..6"], "merges"),
-    ("encoder seq", MaskedEncoder, lambda: [torch.randint(0, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)],
+    ("encoder seq without a mask", Unmasked, lambda: [torch.randint(0, 50, (2, 7))], ["0:1=s:1..7"], "softmax"),
+    ("a mask that marks padding with True", lambda: Lambda(
+        lambda x, pad: torch.softmax((x @ x.transpose(1, 2)).masked_fill(pad[:, None, :], float("-inf")), -1) @ x),
+     lambda: [torch.randn(2, 7, 4), torch.zeros(2, 7, dtype=torch.bool)], ["0:1=s:1..7", "1:1=s:1..7"], "softmax"),
+    ("rows divided by their norm", lambda: HandAttention(norm=True), lambda: [torch.randn(2, 7, 16), torch.ones(2, 7)],
      ["0:1=s:1..7", "1:1=s:1..7"], "softmax"),
+    ("plain mean over seq", lambda: Lambda(lambda x: x.mean(1)), lambda: [torch.randn(2, 7)], ["0:1=s:1..7"], "mean"),
 ]
 
 
@@ -142,8 +208,7 @@ def test_mixing_ops_are_refused_with_their_name(name, make, inputs, specs, reaso
 
 
 def test_refusal_names_module_and_source_line():
-    verdicts, _ = _verdict(MaskedEncoder().eval(), [torch.randint(0, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)],
-                           ["0:1=s:1..7", "1:1=s:1..7"])
+    verdicts, _ = _verdict(Unmasked().eval(), [torch.randint(0, 50, (2, 7))], ["0:1=s:1..7"])
     assert "module 'layer.self_attn' (MultiheadAttention)" in verdicts["s"]
     assert ".py:" in verdicts["s"]
 

@@ -11,13 +11,27 @@ splits into an outer factor and the factor counting `s`, of size `lead + s * inn
 is that valid entries are the ones a program built for size `v` computes, from valid entries only. Views that merge the symbol inside another dim
 (MultiheadAttention's seq-first transposes) keep it as an inner factor; an output is only cut
 where the symbol is back to one prefix-shaped dim.
+
+Ops that mix entries along the dim (softmax, sums, matmuls over it) are exact too when what the
+padding puts there cannot change the valid entries: each tracked dim also carries a fact about its
+padded entries (those where this dim is past the valid prefix and every other tracked dim within
+it), from a small lattice (`_Fact`): zero-padded inputs give exact zeros, a mask built from them
+(`mask == 0`, `(1 - mask) * finfo.min`, arange comparisons of a causal mask) gives -inf or a value
+at most -1e30 after the scores, softmax turns those into exact zeros, and a sum or a matmul over
+zeros adds nothing. This is how attention over a padded sequence is proved exact: keys past the
+length masked by the model's own mask. Padded entries the lattice knows nothing exact about are
+assumed finite where they come from finite operands through ops that keep values finite (exp
+included: an overflow would need a garbage score above 88). A row whose every valid key is masked
+(an all-padding sequence) is the exception: its softmax is uniform over however many keys there
+are, so it differs from the unpadded run; models produce meaningless output there anyway.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import sympy
@@ -133,8 +147,9 @@ class Symbol:
 
 
 def default_buckets(lo: int, hi: int) -> list[int]:
-    """Powers of two within [lo, hi], and both bounds."""
-    out = {lo, hi}
+    """Powers of two within [lo, hi], and both bounds (size 0 aside: it runs padded to the first
+    bucket, see choose_buckets)."""
+    out = {max(lo, 1), hi}
     p = 1
     while p < hi:
         if p > lo:
@@ -281,8 +296,13 @@ def choose_buckets(syms: list[Symbol], requested: dict[str, list[int]], input_na
         bad = [v for v in sizes if not s.lo <= v <= s.hi]
         if bad:
             raise BuildError(f"--buckets {key}: {bad} outside the dim's range {s.lo}..{s.hi}")
+        if 0 in sizes:  # torch-mlir cannot lower some ops on empty tensors (it divides by the size)
+            raise BuildError(f"--buckets {key}: a bucket of size 0 cannot be compiled; size 0 runs padded to "
+                             "the smallest bucket instead")
         s.buckets = sorted(set(sizes) | {s.hi})
     for s in syms:
+        if s.hi < 1:
+            raise BuildError(f"dynamic dim {s.name}: its range {s.lo}..{s.hi} holds no size above 0 to compile for")
         if not s.buckets:
             s.buckets = default_buckets(s.lo, s.hi)
     count = 1
@@ -328,11 +348,13 @@ def _is_zero(e) -> bool:
 class _DimState:
     """One dim of size outer * (lead + s * inner): its index is (digit of `outer`) x (digit of the
     symbol's factor); an entry is valid when the second digit is below lead + v * inner. Whatever
-    was merged inside the symbol's factor is folded into lead and inner."""
+    was merged inside the symbol's factor is folded into lead and inner. `pad`: what is known of
+    the padded entries (a _Fact); not part of equality."""
 
     outer: Any
     lead: Any
     inner: Any
+    pad: Any = "any"
 
     @property
     def prefix(self) -> bool:
@@ -357,11 +379,253 @@ def _simple(s, size) -> _DimState:
     return _DimState(sympy.Integer(1), poly.coeff_monomial(1), poly.coeff_monomial(s))
 
 
+# ---- what the padded entries hold (_DimState.pad)
+#
+# ("c", x): exactly x (booleans as 0.0 / 1.0, -inf allowed); "neg": at most -1e30 or -inf (a mask's
+# finfo.min added to a finite score); "pos" / "nonneg" / "lt0" / "fin": finite and > 0 / >= 0 / < 0 /
+# anything;
+# "ge_v": an index at or past the valid length; "lt_v": an index below it; "fneg": finite or masked
+# (a row of scores where some keys are masked); "any": nothing known.
+
+_MASKED = -1e30
+_FINITE = ("pos", "nonneg", "lt0", "fin", "ge_v", "lt_v")
+# Ops whose results are finite whenever their operands are (no division, logarithm or root).
+_FINITE_OPS = {"add", "sub", "rsub", "mul", "neg", "relu", "gelu", "silu", "sigmoid", "tanh", "erf", "cos", "sin",
+               "abs", "clamp", "clamp_min", "clamp_max", "maximum", "minimum", "where", "hardswish", "hardsigmoid",
+               "hardtanh", "leaky_relu", "elu", "exp", "floor", "ceil", "round", "trunc", "sign", "square",
+               "_to_copy", "clone", "alias", "detach", "contiguous", "lift_fresh_copy", "masked_fill", "bitwise_and",
+               "bitwise_or", "bitwise_not", "bitwise_xor", "logical_and", "logical_or", "logical_not", "logical_xor",
+               "eq", "ne", "lt", "le", "gt", "ge", "relu6", "mish", "softplus", "silu_", "gelu_", "pow"}
+_COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
+
+
+def _const(f) -> float | None:
+    return f[1] if isinstance(f, tuple) else None
+
+
+def _fin(f) -> bool:
+    """Whether the fact says finite."""
+    c = _const(f)
+    return f in _FINITE or (c is not None and math.isfinite(c))
+
+
+def _sign(f) -> str:
+    """'pos', 'nonneg' or 'fin' for a finite fact."""
+    c = _const(f)
+    if c is not None:
+        return "pos" if c > 0 else "nonneg" if c == 0 else "fin"
+    return "nonneg" if f in ("ge_v", "lt_v") else "fin" if f == "lt0" else f
+
+
+def _masked(f) -> bool:
+    c = _const(f)
+    return f == "neg" or (c is not None and c <= _MASKED)
+
+
+def _fneg(f) -> bool:
+    return f == "fneg" or _fin(f) or _masked(f)
+
+
+def _join(a, b):
+    if a == b:
+        return a
+    if _masked(a) and _masked(b):
+        return "neg"
+    if not (_fin(a) and _fin(b)) and _fneg(a) and _fneg(b):
+        return "fneg"
+    if _fin(a) and _fin(b):
+        sa, sb = _sign(a), _sign(b)
+        return sa if sa == sb else "nonneg" if {sa, sb} == {"pos", "nonneg"} else "fin"
+    return "any"
+
+
+def _as_fact(x):
+    if isinstance(x, bool):
+        return ("c", 1.0 if x else 0.0)
+    if isinstance(x, (int, float)):
+        return ("c", float(x))
+    return None
+
+
+def _evaluate(node, facts: dict[int, Any]):
+    """The op on 0-d tensors holding the constant facts (argument position -> fact), or None."""
+    args = list(node.args)
+    for pos, a in enumerate(args):
+        if isinstance(a, fx.Node):
+            val = a.meta.get("val")
+            c = _const(facts.get(pos))
+            if not isinstance(val, torch.Tensor) or c is None:
+                return None
+            args[pos] = torch.tensor(c, dtype=val.dtype)
+        elif isinstance(a, (list, tuple)) or isinstance(a, (torch.SymInt, torch.SymFloat)):
+            return None
+    kwargs = {k: v for k, v in node.kwargs.items() if k not in ("device", "layout", "pin_memory", "memory_format")}
+    if any(isinstance(v, fx.Node) for v in kwargs.values()):
+        return None
+    try:
+        r = node.target(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - an op that wants shapes: no constant then
+        return None
+    if not isinstance(r, torch.Tensor) or r.numel() != 1:
+        return None
+    x = float(r.item())
+    return None if math.isnan(x) else ("c", x)
+
+
+_BOUNDS = {"pos": (0.0, True, math.inf), "nonneg": (0.0, False, math.inf), "ge_v": (0.0, False, math.inf),
+           "lt_v": (0.0, False, math.inf), "lt0": (-math.inf, False, 0.0)}  # (low, low excluded, high)
+
+
+def _compare(name: str, a, b):
+    """A comparison decided by the facts: an index past the length against one below it, or a
+    sign against a constant (the causal mask's k - q <= 0)."""
+    order = {("ge_v", "lt_v"): 1, ("lt_v", "ge_v"): -1}.get((a, b))
+    if order is None:
+        ca, cb = _const(a), _const(b)
+        if cb is not None and a in _BOUNDS:
+            lo, strict, hi = _BOUNDS[a]
+            order = 1 if lo > cb or (lo == cb and strict) else -1 if hi < cb or (hi == cb and a == "lt0") else None
+        elif ca is not None and b in _BOUNDS:
+            lo, strict, hi = _BOUNDS[b]
+            order = -1 if lo > ca or (lo == ca and strict) else 1 if hi < ca or (hi == ca and b == "lt0") else None
+    if order is None:
+        return "nonneg"  # a boolean, unknown
+    truth = {"eq": False, "ne": True, "lt": order < 0, "le": order < 0, "gt": order > 0, "ge": order > 0}[name]
+    return ("c", 1.0 if truth else 0.0)
+
+
+def _sum_fact(x, k: float, y):
+    """x + k * y."""
+    if k == -1 and (x, y) in (("ge_v", "lt_v"), ("lt_v", "ge_v")):  # index past the length minus one below it
+        return "pos" if x == "ge_v" else "lt0"
+    cx, cy = _const(x), _const(y)
+    if cy == 0.0:
+        return x
+    if cx == 0.0 and k == 1:
+        return y
+    if cx in (math.inf, -math.inf) and _fin(y):
+        return x
+    if cy in (math.inf, -math.inf) and _fin(x):
+        return ("c", math.copysign(math.inf, k * cy))
+    if (_masked(x) and _fin(y)) or (_masked(y) and _fin(x) and k >= 1):
+        return "neg"
+    if (x == "fneg" and _fin(y)) or (y == "fneg" and _fin(x) and k >= 1):
+        return "fneg"
+    if _fin(x) and _fin(y):
+        sx, sy = _sign(x), _sign(y)
+        if k > 0 and "fin" not in (sx, sy):
+            return "pos" if "pos" in (sx, sy) else "nonneg"
+        return "fin"
+    return "any"
+
+
+def _pointwise_fact(node, name: str, facts: dict[int, Any]):
+    """The fact of a pointwise op's padded entries from its operands' (argument position -> fact)."""
+    if name in ("full_like", "zeros_like", "ones_like"):
+        fill = {"zeros_like": 0.0, "ones_like": 1.0}.get(name, node.args[1] if len(node.args) > 1 else None)
+        return _as_fact(fill) or "any"
+    if name == "empty_like":
+        return "any"
+    got = _evaluate(node, facts)
+    if got is not None:
+        return got
+    f = [facts.get(i) or _as_fact(a) or "any" for i, a in enumerate(node.args)]
+    a = f[0] if f else "any"
+    b = f[1] if len(f) > 1 else None
+    if name in ("_to_copy", "clone", "alias", "detach", "contiguous", "lift_fresh_copy"):
+        dtype = node.meta["val"].dtype
+        return "nonneg" if dtype == torch.bool else a if dtype.is_floating_point else "fin" if _fin(a) else "any"
+    if name == "where":
+        c = _const(f[0])
+        return f[1] if c == 1.0 else f[2] if c == 0.0 else _join(f[1], f[2])
+    if name == "masked_fill":
+        c = _const(f[1])
+        return f[2] if c == 1.0 else f[0] if c == 0.0 else _join(f[0], f[2])
+    if name in _COMPARE and b is not None:
+        return _compare(name, a, b)
+    if name in ("bitwise_and", "logical_and") and 0.0 in (_const(a), _const(b)):
+        return ("c", 0.0)
+    if name in ("bitwise_or", "logical_or") and 1.0 in (_const(a), _const(b)):
+        return ("c", 1.0)
+    if name in ("add", "sub", "rsub") and b is not None:
+        alpha = node.kwargs.get("alpha", 1)
+        if not isinstance(alpha, (int, float)):
+            return "any"
+        return _sum_fact(a, alpha, b) if name == "add" else _sum_fact(a, -alpha, b) if name == "sub" else \
+            _sum_fact(b, -alpha, a)
+    if name == "mul" and b is not None:
+        for x, y in ((a, b), (b, a)):
+            if _const(x) == 0.0 and _fin(y):
+                return ("c", 0.0)
+            if _const(x) == 1.0:
+                return y
+            if _masked(x) and _const(y) is not None and 1.0 <= _const(y) < math.inf:
+                return "neg"
+        if _fin(a) and _fin(b):
+            sa, sb = _sign(a), _sign(b)
+            return sa if sa == sb and sa != "fin" else "nonneg" if {sa, sb} == {"pos", "nonneg"} else "fin"
+        return "any"
+    if name == "div" and b is not None:
+        cb = _const(b)
+        if cb is not None and cb != 0 and math.isfinite(cb):
+            if _const(a) == 0.0:
+                return a
+            if _masked(a) and 0 < cb <= 1.0:
+                return "neg"
+            return (_sign(a) if cb > 0 else "fin") if _fin(a) else "any"
+        return "fin" if _fin(a) and _fin(b) and _sign(b) == "pos" else "any"
+    if name in ("rsqrt", "sqrt", "reciprocal"):
+        if _fin(a) and _sign(a) == "pos":
+            return "pos"
+        return "nonneg" if name == "sqrt" and _fin(a) and _sign(a) == "nonneg" else "any"
+    if name == "pow" and b is not None:
+        e = _const(b)
+        if _fin(a) and _sign(a) == "pos" and e is not None and math.isfinite(e):
+            return "pos"
+        if _fin(a) and e is not None and e >= 1 and e == int(e):
+            return "nonneg" if int(e) % 2 == 0 else "fin"
+        return "any"
+    if name == "exp":  # exp(-1e30) underflows to exactly 0
+        return ("c", 0.0) if _masked(a) else "nonneg" if _fin(a) else "any"
+    if name in ("relu", "relu6", "abs", "square", "sigmoid"):
+        return "nonneg" if _fin(a) else "any"
+    if name in _FINITE_OPS and all(_fin(x) for x in f):
+        return "fin"
+    return "any"
+
+
+_REDUCE_IDENTITY = {"sum": 0.0, "any": 0.0, "amax": -math.inf, "logsumexp": -math.inf, "amin": math.inf,
+                    "all": 1.0, "prod": 1.0}
+
+
+def _reduced_fact(name: str, f):
+    """The fact of a reduction's result over other dims, from its input's on this dim."""
+    c = _const(f)
+    if name in ("argmax", "argmin", "any", "all"):
+        return f if name in ("any", "all") and c is not None else "nonneg"
+    if c is not None and (c == 0.0 or name in ("mean", "amax", "amin")):
+        return ("c", c) if name != "prod" or c in (0.0, 1.0) else "any"
+    if name in ("amax", "amin", "mean") and _masked(f):
+        return "neg"
+    if not _fin(f):
+        return "any"
+    if name in ("var", "std", "norm", "linalg_vector_norm"):
+        return "nonneg"
+    return _sign(f) if name in ("sum", "mean", "amax", "amin") else "fin"
+
+
+def _values(st: dict, finite_in: bool) -> dict:
+    """`st` with every fact replaced by 'fin' (finite operands, an op keeping values finite) or 'any'."""
+    return {d: replace(f, pad="fin" if finite_in else "any") for d, f in st.items()}
+
+
 class _Prover:
     def __init__(self, s: sympy.Symbol):
         self.s = s
         self.states: dict[fx.Node, Any] = {}
         self.iota: dict[fx.Node, int] = {}  # tensors whose entry at index i of this dim is i (arange)
+        self.consts: dict[fx.Node, float] = {}  # untracked tensors holding one value everywhere
+        self.nonfinite: set[fx.Node] = set()  # untracked tensors that may hold inf or nan
 
     def carries(self, e) -> bool:
         return self.s in sympy.sympify(e).free_symbols
@@ -376,6 +640,40 @@ class _Prover:
             if isinstance(st, dict):
                 return st
         return {}
+
+    def simple(self, f: _DimState) -> bool:
+        return _is_zero(f.outer - 1) and _is_zero(f.lead) and _is_zero(f.inner - 1)
+
+    def value_fact(self, x, dim: int | None = None):
+        """What `x` holds where it is not padded along `dim` (an untracked or broadcast operand)."""
+        if not isinstance(x, fx.Node):
+            return _as_fact(x) or "any"
+        if x in self.consts:
+            return ("c", self.consts[x])
+        if x in self.nonfinite:
+            return "any"
+        if x in self.iota:
+            e = self.iota[x]
+            st = self.state(x)
+            return "lt_v" if e in st and e != dim and self.simple(st[e]) else "nonneg"
+        return "fin"
+
+    def operand_fact(self, x, od: int, out_rank: int):
+        """The fact of operand `x` at output dim `od`'s padded entries (right-aligned broadcasting)."""
+        if not isinstance(x, fx.Node) or not isinstance(x.meta.get("val"), torch.Tensor):
+            return self.value_fact(x)
+        xd = od - (out_rank - len(self.shape(x)))
+        st = self.state(x)
+        if xd >= 0 and xd in st:
+            return st[xd].pad
+        return self.value_fact(x, xd)
+
+    def all_finite(self, node) -> bool:
+        """Whether every tensor operand's tracked facts and values are finite."""
+        for a in _tensor_args(node):
+            if not _fin(self.value_fact(a)) or any(not _fin(f.pad) for f in self.state(a).values()):
+                return False
+        return True
 
     # ---- checks shared by all rules
 
@@ -442,6 +740,10 @@ class _Prover:
                 raise _NotPaddable(f"'{name}' turns a dynamic-size tensor into a value")
             return None
         self.follow_iota(node, name)
+        if name in ("scalar_tensor", "full") and isinstance(node.args[-1 if name == "scalar_tensor" else 1], (int, float)):
+            self.consts[node] = float(node.args[0] if name == "scalar_tensor" else node.args[1])
+        if any(a in self.nonfinite for a in _tensor_args(node)):
+            self.nonfinite.add(node)
         rule = _RULES.get(name)
         if rule is None:
             if torch.Tag.pointwise in target.tags or name in _IDENTITY_LIKE:
@@ -464,7 +766,13 @@ class _Prover:
             return {}
         if name not in _FILLS:
             raise _NotPaddable(f"'{name}' makes a tensor of dynamic size whose values may depend on the size")
-        return {d: _simple(self.s, x) for d, x in enumerate(shape) if self.carries(x)}
+        fill = {"zeros": 0.0, "new_zeros": 0.0, "ones": 1.0, "new_ones": 1.0}.get(name)
+        if name in ("full", "new_full", "scalar_tensor"):
+            fill = node.args[1] if isinstance(node.args[1], (int, float)) else None
+        out = {d: _simple(self.s, x) for d, x in enumerate(shape) if self.carries(x)}
+        if node in self.iota:
+            return {d: replace(f, pad="ge_v" if self.simple(f) else "nonneg") for d, f in out.items()}
+        return {d: replace(f, pad=_as_fact(fill) or "any") for d, f in out.items()}
 
     def follow_iota(self, node, name) -> None:
         """arange's 'entry i is i' survives copies, unsqueeze and expand (what index masks are made of)."""
@@ -477,6 +785,8 @@ class _Prover:
         elif name == "unsqueeze":
             at = node.args[1] % len(self.shape(node))
             self.iota[node] = d if d < at else d + 1
+        elif name in ("add", "sub") and len(node.args) > 1 and node.args[1] == 0:  # arange + past length 0
+            self.iota[node] = d
 
     def pointwise(self, node) -> dict[int, _DimState]:
         out = self.shape(node)
@@ -492,9 +802,21 @@ class _Prover:
         for d, size in enumerate(out):  # a broadcast (size-1) operand dim grown to the dynamic size
             if d not in st and self.carries(size):
                 st[d] = _simple(self.s, size)
+        name = _op_name(node)
+        for d, f in st.items():
+            facts = {i: self.operand_fact(a, d, len(out)) for i, a in enumerate(node.args)
+                     if isinstance(a, fx.Node) and isinstance(a.meta.get("val"), torch.Tensor)}
+            st[d] = replace(f, pad=_pointwise_fact(node, name, facts))
         return st
 
     def multi(self, node, name) -> list:
+        finite = self.all_finite(node)
+        results = self.multi_states(node, name)
+        if name in ("split_with_sizes", "split", "unbind", "chunk", "split_with_sizes_copy", "unbind_copy"):
+            return results  # entries moved, not computed: their facts hold
+        return [_values(r, finite) if isinstance(r, dict) else r for r in results]
+
+    def multi_states(self, node, name) -> list:
         x = node.args[0]
         st = self.state(x)
         shapes = [list(v.shape) if isinstance(v, torch.Tensor) else [] for v in node.meta["val"]]
@@ -587,14 +909,19 @@ def _after_reduction(st, red: set[int], keep: bool) -> dict[int, _DimState]:
 
 
 def _reduce(self: _Prover, node) -> dict[int, _DimState]:
+    """A reduction over the dynamic dim is exact when its padded entries are the reduction's
+    identity (sum over zeros, any over False, amax over -inf)."""
     x = node.args[0]
+    name = _op_name(node)
     r = len(self.shape(x))
     red = _reduced_dims(node, r)
     st = self.state(x)
-    if any(d in red for d in st):
-        raise _NotPaddable(f"'{_op_name(node)}' reduces over the dynamic dim")
+    for d in red & set(st):
+        if name not in _REDUCE_IDENTITY or _const(st[d].pad) != _REDUCE_IDENTITY[name]:
+            raise _NotPaddable(f"'{name}' reduces over the dynamic dim")
     keep = len(self.shape(node)) == r
-    return _after_reduction(st, red, keep)
+    kept = {d: replace(f, pad=_reduced_fact(name, f.pad)) for d, f in st.items() if d not in red}
+    return _after_reduction(kept, red, keep)
 
 
 def _along(dim_arg: int):
@@ -603,12 +930,19 @@ def _along(dim_arg: int):
 
     def rule(self: _Prover, node) -> dict[int, _DimState]:
         x = node.args[0]
+        name = _op_name(node)
         r = len(self.shape(x))
         dim = node.args[dim_arg] % max(r, 1)
         st = self.state(x)
-        if dim in st and not (_op_name(node) in _PREFIX_OPS and st[dim].prefix):
-            raise _NotPaddable(f"'{_op_name(node)}' runs along the dynamic dim")
-        return dict(st)
+        softmax = name in ("_softmax", "softmax", "_safe_softmax")
+        out = {d: replace(f, pad="nonneg" if softmax and _fneg(f.pad) else
+                          "fin" if _fin(f.pad) and self.all_finite(node) else "any") for d, f in st.items()}
+        if dim in st:
+            if softmax and _masked(st[dim].pad):  # masked keys: exp underflows to exactly 0
+                out[dim] = replace(st[dim], pad=("c", 0.0))
+            elif not (name in _PREFIX_OPS and st[dim].prefix):
+                raise _NotPaddable(f"'{name}' runs along the dynamic dim")
+        return out
 
     return rule
 
@@ -677,8 +1011,8 @@ def _expand(self: _Prover, node) -> dict[int, _DimState]:
     off = len(self.shape(node)) - len(self.shape(node.args[0]))
     out = {d + off: f for d, f in st.items()}
     for d, size in enumerate(self.shape(node)):
-        if d not in out and self.carries(size):
-            out[d] = _simple(self.s, size)  # a size-1 dim repeated: every entry equal
+        if d not in out and self.carries(size):  # a size-1 dim repeated: every entry equal
+            out[d] = replace(_simple(self.s, size), pad=self.value_fact(node.args[0], d - off))
     return out
 
 
@@ -737,14 +1071,14 @@ def _view(self: _Prover, node) -> dict[int, _DimState]:
                     lead, inner = sympy.cancel(a_state.lead / r), sympy.cancel(a_state.inner / r)
                     if not (_exact(lead) and _exact(inner)):
                         raise _NotPaddable("a view splits the dynamic dim's factor")
-                    take(need, _DimState(sympy.Integer(1), lead, inner))
+                    take(need, _DimState(sympy.Integer(1), lead, inner, a_state.pad))
                 elif self.carries(need):
                     raise _NotPaddable("a view splits a dim of dynamic size the checker cannot follow")
                 else:
                     take(need)
                 rem, need = r, sympy.Integer(1)
         if sym is not None:
-            result[d] = _DimState(before, sym.lead * after, sym.inner * after)
+            result[d] = _DimState(before, sym.lead * after, sym.inner * after, sym.pad)
     return result
 
 
@@ -753,24 +1087,40 @@ def _mm(self: _Prover, node) -> dict[int, _DimState]:
     a, b = (node.args[1], node.args[2]) if name in ("addmm", "baddbmm") else (node.args[0], node.args[1])
     sa, sb = self.state(a), self.state(b)
     ra, rb = len(self.shape(a)), len(self.shape(b))
-    if (ra - 1) in sa or (rb - 2) in sb:
-        raise _NotPaddable(f"'{name}' contracts over the dynamic dim")
+    if (ra - 1) in sa or (rb - 2) in sb:  # exact when one side's padded entries are zeros, the other's finite
+        ka, kb = sa.get(ra - 1), sb.get(rb - 2)
+        if ka is None or kb is None or ka != kb or not (
+                (_const(ka.pad) == 0.0 and _fin(kb.pad)) or (_const(kb.pad) == 0.0 and _fin(ka.pad))):
+            raise _NotPaddable(f"'{name}' contracts over the dynamic dim")
+    fa, fb = self.value_fact(a), self.value_fact(b)
+
+    def product(x, y):  # a padded entry of one side times finite entries of the other, summed
+        return ("c", 0.0) if _const(x) == 0.0 and _fin(y) else "fin" if _fin(x) and _fin(y) else "any"
+
     out: dict[int, _DimState] = {}
     r = len(self.shape(node))
     for d, f in sa.items():  # batch dims and rows of A
-        out[d + r - ra] = f
+        if d != ra - 1:
+            out[d + r - ra] = replace(f, pad=product(f.pad, sb[d].pad if d in sb and d < ra - 2 else fb))
     for d, f in sb.items():
+        if d == rb - 2:
+            continue
         od = r - 1 if d == rb - 1 else d + r - rb
         if od in out and out[od] != f:
             raise _NotPaddable(f"'{name}' batches operands that split a dim differently")
-        out[od] = f
+        if od not in out:
+            out[od] = replace(f, pad=product(f.pad, fa))
     if name in ("addmm", "baddbmm"):
-        shape = self.shape(node.args[0])
-        for d, f in self.state(node.args[0]).items():
+        bias = node.args[0]
+        shape = self.shape(bias)
+        for d, f in self.state(bias).items():
             od = d + r - len(shape)
             if od in out and out[od] != f:
                 raise _NotPaddable(f"'{name}' adds a bias split differently")
-            out[od] = f
+            out[od] = replace(f, pad=_sum_fact(out[od].pad if od in out else "fin", 1, f.pad))
+        for od, f in out.items():
+            if od - (r - len(shape)) not in self.state(bias):
+                out[od] = replace(f, pad=_sum_fact(f.pad, 1, self.value_fact(bias)))
     return out
 
 
@@ -786,7 +1136,7 @@ def _spatial(n: int | None):
             raise _NotPaddable(f"'{_op_name(node)}' windows run across the dynamic dim")
         if _op_name(node) == "convolution" and 1 in st:
             raise _NotPaddable("a convolution mixes the dynamic dim as channels")
-        return dict(st)
+        return _values(st, self.all_finite(node))
 
     return rule
 
@@ -812,7 +1162,7 @@ def _index(self: _Prover, node) -> dict[int, _DimState]:
     for idx in indices:
         off = nb - len(self.shape(idx))
         for d, f in self.state(idx).items():
-            put(d + off, f)
+            put(d + off, replace(f, pad=self.value_fact(x)))
     for k, f in sx.items():
         if k >= m:
             put(nb + k - m, f)
@@ -823,6 +1173,7 @@ def _index(self: _Prover, node) -> dict[int, _DimState]:
         j = self.iota[idx] + nb - len(self.shape(idx))
         if out.get(j) != f:
             raise _NotPaddable("indexing the dynamic dim by a range of another size")
+        out[j] = replace(out[j], pad=f.pad)  # an arange picks the padded entries themselves
     return out
 
 
@@ -847,7 +1198,7 @@ def _as_strided(self: _Prover, node) -> dict[int, _DimState]:
 def _embedding(self: _Prover, node) -> dict[int, _DimState]:
     if self.state(node.args[0]):
         raise _NotPaddable("an embedding table of dynamic size")
-    return dict(self.state(node.args[1]))
+    return _values(self.state(node.args[1]), _fin(self.value_fact(node.args[0])))
 
 
 def _index_select(self: _Prover, node) -> dict[int, _DimState]:
@@ -857,7 +1208,7 @@ def _index_select(self: _Prover, node) -> dict[int, _DimState]:
     if dim in st:
         raise _NotPaddable("index_select picks entries along the dynamic dim")
     if self.state(idx):
-        st[dim] = self.state(idx)[0]
+        st[dim] = replace(self.state(idx)[0], pad=self.value_fact(x))
     return st
 
 
@@ -870,7 +1221,7 @@ def _gather(self: _Prover, node) -> dict[int, _DimState]:
     for d, f in si.items():
         if d in sx and sx[d] != f:
             raise _NotPaddable("gather operands split a dim differently")
-    return dict(si)
+    return {d: replace(f, pad=sx[d].pad if d in sx else self.value_fact(x)) for d, f in si.items()}
 
 
 def _cat(self: _Prover, node) -> dict[int, _DimState]:
@@ -887,11 +1238,11 @@ def _cat(self: _Prover, node) -> dict[int, _DimState]:
             if d == dim:
                 if j != len(parts) - 1 or not f.prefix:
                     raise _NotPaddable("cat puts entries after the dynamic dim's padding")
-                out[d] = _DimState(f.outer, before + f.lead, f.inner)
+                out[d] = _DimState(f.outer, before + f.lead, f.inner, f.pad)
             elif d in out and out[d] != f:
                 raise _NotPaddable("cat operands split a dim differently")
             else:
-                out[d] = f
+                out[d] = replace(f, pad=_join(out[d].pad, f.pad)) if d in out else f
         if dim not in self.state(p):
             if self.carries(shape[dim]):
                 raise _NotPaddable("cat of a dynamic-size part the checker does not follow")
@@ -903,15 +1254,19 @@ def _pad(self: _Prover, node) -> dict[int, _DimState]:
     x, pad = node.args[0], node.args[1]
     st = dict(self.state(x))
     r = len(self.shape(x))
+    padded = set()  # dims that gain entries
     for j in range(len(pad) // 2):
         d = r - 1 - j
         left, right = pad[2 * j], pad[2 * j + 1]
+        if left or right:
+            padded.add(d)
         if d in st:
             f = st[d]
             if right != 0 or not f.prefix or left < 0:
                 raise _NotPaddable("constant_pad_nd pads after (or cuts) the dynamic dim")
-            st[d] = _DimState(f.outer, f.lead + left, f.inner)
-    return st
+            st[d] = _DimState(f.outer, f.lead + left, f.inner, f.pad)
+    value = _as_fact(node.args[2] if len(node.args) > 2 else 0.0) or "any"
+    return {d: replace(f, pad=_join(f.pad, value)) if padded - {d} else f for d, f in st.items()}
 
 
 def _slice(self: _Prover, node) -> dict[int, _DimState]:
@@ -923,7 +1278,7 @@ def _slice(self: _Prover, node) -> dict[int, _DimState]:
     if dim not in st:
         size = self.shape(node)[dim]
         if self.carries(size):  # a static table cut to the dynamic size (position embeddings): s-independent
-            st[dim] = _simple(self.s, size)
+            st[dim] = replace(_simple(self.s, size), pad=self.value_fact(x))
         return st
     start = node.args[2] if len(node.args) > 2 else 0
     end = node.args[3] if len(node.args) > 3 else None
@@ -935,7 +1290,7 @@ def _slice(self: _Prover, node) -> dict[int, _DimState]:
         sympy.simplify(sympy.sympify(end_e) - shape[dim]).is_nonnegative
     if step != 1 or not isinstance(start, int) or start < 0 or not to_end or not f.prefix:
         raise _NotPaddable("a slice of the dynamic dim does not keep its start and run to its end")
-    st[dim] = _DimState(f.outer, f.lead - start, f.inner)
+    st[dim] = _DimState(f.outer, f.lead - start, f.inner, f.pad)
     return st
 
 
@@ -949,20 +1304,44 @@ def _select(self: _Prover, node) -> dict[int, _DimState]:
     return {(d if d < dim else d - 1): f for d, f in st.items()}
 
 
+def _schema_arg(node, name: str, default=None):
+    """An argument of an ATen op by its schema name, positional or keyword."""
+    if name in node.kwargs:
+        return node.kwargs[name]
+    for i, a in enumerate(node.target._schema.arguments):
+        if a.name == name:
+            return node.args[i] if i < len(node.args) and not a.kwarg_only else default
+    return default
+
+
 def _sdpa(self: _Prover, node) -> dict[int, _DimState]:
+    """Attention is exact over padded keys when the mask masks them (bool False, or -inf / at most
+    -1e30 in a float mask) or it is causal with queries and keys padded alike (a valid query
+    never reaches a key past itself)."""
     q, k, v = node.args[0], node.args[1], node.args[2]
     sq, sk, sv = self.state(q), self.state(k), self.state(v)
     r = len(self.shape(q))
-    if (r - 2) in sk or (r - 2) in sv or (r - 1) in sq or (r - 1) in sk:
-        raise _NotPaddable("attention runs over keys along the dynamic dim")
+    if (r - 1) in sq or (r - 1) in sk:
+        raise _NotPaddable("attention runs over the dynamic dim as features")
     for st in (sk, sv):
         for d, f in st.items():
-            if d in sq and sq[d] != f:
+            if d in sq and d < r - 2 and sq[d] != f:
                 raise _NotPaddable("attention operands split a dim differently")
-    mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
-    if isinstance(mask, fx.Node) and (len(self.shape(mask)) - 1) in self.state(mask):
-        raise _NotPaddable("an attention mask along the dynamic dim of the keys")
-    return dict(sq)
+    mask = _schema_arg(node, "attn_mask", _schema_arg(node, "attn_bias"))
+    if (r - 2) in sk or (r - 2) in sv:
+        key_k, key_v = sk.get(r - 2), sv.get(r - 2)
+        if key_k is None or key_v is None or key_k != key_v or not _fin(key_v.pad):
+            raise _NotPaddable("attention runs over keys along the dynamic dim")
+        masked = False
+        if isinstance(mask, fx.Node):
+            f = self.state(mask).get(len(self.shape(mask)) - 1)
+            boolean = mask.meta["val"].dtype == torch.bool
+            masked = f is not None and (_const(f.pad) == 0.0 if boolean else _masked(f.pad))
+        causal = bool(_schema_arg(node, "is_causal", False)) and sq.get(r - 2) == key_k
+        if not (masked or causal):
+            raise _NotPaddable("attention runs over keys along the dynamic dim, and no mask masks the padded ones")
+    finite = all(_fin(f.pad) for st in (sq, sk, sv) for f in st.values())
+    return _values(sq, finite)
 
 
 _RULES = {
@@ -1009,9 +1388,15 @@ def padding_obstacle(ep, sym: Symbol) -> str | None:
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     user = [n for spec, n in zip(ep.graph_signature.input_specs, placeholders) if spec.kind == InputKind.USER_INPUT]
     prover = _Prover(sym.expr)
+    state = {**ep.state_dict, **ep.constants}
+    for spec, n in zip(ep.graph_signature.input_specs, placeholders):
+        t = state.get(spec.target) if spec.kind != InputKind.USER_INPUT else None
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            prover.nonfinite.add(n)  # a weight holding inf (a mask buffer): not assumed finite
     inputs = {}
     for i, dim in sym.uses:
-        inputs.setdefault(user[i], {})[dim] = _DimState(sympy.Integer(1), sympy.Integer(0), sympy.Integer(1))
+        # The runtime pads inputs with zeros.
+        inputs.setdefault(user[i], {})[dim] = _DimState(sympy.Integer(1), sympy.Integer(0), sympy.Integer(1), ("c", 0.0))
     try:
         outs = prover.run(ep.graph_module, inputs)
     except _NotPaddable as e:

@@ -249,6 +249,9 @@ def _placeholder_sig(node: torch.fx.Node, name: str) -> tuple[tuple[int, ...], t
         if not isinstance(d, int):
             raise BuildError(f"input '{name}' has a dynamic dimension ({d}); mlrt bundles have static shapes: "
                              "pass --input-shape to fix it")
+        if d == 0:  # torch-mlir cannot lower some ops on empty tensors (it divides by the size)
+            raise BuildError(f"input '{name}' has a dim of size 0 ({list(val.shape)}); build for a size of at least 1 "
+                             "(a dynamic dim with min 0 runs size 0 padded to its smallest bucket)")
         shape.append(d)
     return tuple(shape), val.dtype
 
