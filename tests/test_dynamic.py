@@ -251,6 +251,28 @@ def test_corpus_models_with_a_dynamic_batch(name, tmp_path):
         assert_matches_eager(m.run_flat(*[x.numpy() for x in xs]), _eager(model, *[x.numpy() for x in xs]))
 
 
+@pytest.mark.parametrize("name", ["hf_bert", "hf_llama"])
+def test_corpus_text_models_with_a_dynamic_sequence(name, tmp_path):
+    """Models nobody here wrote: a sequence of 2..16 from buckets 8 and 16, so lengths between run
+    padded. BERT is given its attention mask (padding tokens in it), Llama is causal."""
+    import corpus
+    from mlpack import dynamic_dims
+
+    model, example = corpus.make(name)
+    result = mlpack.build(model, list(example), tmp_path / "m.bundle",
+                          dynamic=[f"{i}:1=seq:2..16" for i in range(len(example))], buckets=["seq=8,16"])
+    dim = result.manifest["dynamic_dims"][0]
+    assert dim["padding"] is not None, dim.get("not_padded")  # the proof holds through attention
+    m = mlrt.load(tmp_path / "m.bundle")
+    gen = torch.Generator().manual_seed(1)
+    for t in (2, 5, 8, 13, 16):
+        xs = [dynamic_dims.resize(x, 1, t) for x in example]
+        xs[0] = torch.randint(0, 100, xs[0].shape, generator=gen)
+        if len(xs) > 1:
+            xs[1][0, t // 2:] = 0  # padding tokens in the attention mask
+        assert_matches_eager(m.run_flat(*[x.numpy() for x in xs]), _eager(model, *[x.numpy() for x in xs]))
+
+
 def test_size_zero_runs_padded_and_never_compiles(tmp_path):
     """torch-mlir divides by a zero dim lowering some views (SIGFPE, the whole process): a range
     from 0 gets no bucket 0 (size 0 runs padded to the first bucket), and a zero-size input or
