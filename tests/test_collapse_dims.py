@@ -28,7 +28,7 @@ func.func @forward(%x: memref<1x24x7x7xf32>, %g: {g_type}, %y: memref<1x24x7x7xf
 def _collapse(g_type="memref<1x24x7x7xf32>", g_map="#id", extra=""):
     from torch_mlir import ir
 
-    from mlpack.collapse_dims import collapse_loop_dims
+    from mlpack.lower.collapse_dims import collapse_loop_dims
 
     with ir.Context(), ir.Location.unknown():
         module = ir.Module.parse(_GENERIC.format(g_type=g_type, g_map=g_map, extra=extra))

@@ -24,13 +24,13 @@ from zoo import PRECISION_TOLERANCE as TOLERANCE  # noqa: E402
 
 
 def _nvcc():
-    from mlpack.codegen_cuda import find_nvcc
+    from mlpack.targets.cuda.codegen import find_nvcc
 
     return find_nvcc()
 
 
 def _ptxas():
-    from mlpack.codegen_cuda import find_ptxas
+    from mlpack.targets.cuda.codegen import find_ptxas
 
     return find_ptxas()
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent / "cuda_emulation"))
 
 
 def _nvcc():
-    from mlpack.codegen_cuda import find_nvcc
+    from mlpack.targets.cuda.codegen import find_nvcc
 
     return find_nvcc()
 

@@ -234,7 +234,7 @@ def test_build_errors(tmp_path):
 def test_corpus_models_with_a_dynamic_batch(name, tmp_path):
     """Models nobody here wrote: a batch of 1..4 from buckets 1 and 4, so 2 and 3 run padded."""
     import corpus
-    from mlpack import dynamic_dims
+    from mlpack.frontend import dynamic_dims
 
     model, example = corpus.make(name)
     result = mlpack.build(model, list(example), tmp_path / "m.bundle",
@@ -256,7 +256,7 @@ def test_corpus_text_models_with_a_dynamic_sequence(name, tmp_path):
     """Models nobody here wrote: a sequence of 2..16 from buckets 8 and 16, so lengths between run
     padded. BERT is given its attention mask (padding tokens in it), Llama is causal."""
     import corpus
-    from mlpack import dynamic_dims
+    from mlpack.frontend import dynamic_dims
 
     model, example = corpus.make(name)
     result = mlpack.build(model, list(example), tmp_path / "m.bundle",

@@ -1,4 +1,4 @@
-"""The padding proof of dynamic dims (compiler/mlpack/dynamic_dims.py), without compiling anything.
+"""The padding proof of dynamic dims (compiler/mlpack/frontend/dynamic_dims.py), without compiling anything.
 
 A verdict "paddable" is checked against eager PyTorch: the model run on inputs zero-padded from v
 to the bound, cut back, must equal the model run at v, for every v below the bound. A verdict "not
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mlpack import dynamic_dims as dd
+from mlpack.frontend import dynamic_dims as dd
 from mlpack.errors import BuildError
 
 

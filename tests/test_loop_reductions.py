@@ -36,7 +36,7 @@ func.func @forward(%arena: memref<4096xi8>, %x: memref<8x16xf32>) {{
 def _rewrite(**kw):
     from torch_mlir import ir
 
-    from mlpack.loop_reductions import scalar_reductions
+    from mlpack.lower.loop_reductions import scalar_reductions
 
     args = {"acc_at": 0, "in_at": 512, "acc_index": "%i", "combine": "addf", "extra": ""} | kw
     args.setdefault("load_index", args["acc_index"])

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from mlpack.memory_plan import ALIGNMENT, Buffer, plan
+from mlpack.lower.memory_plan import ALIGNMENT, Buffer, plan
 
 
 def _live_max(buffers):

@@ -1,6 +1,6 @@
 """Op families beyond plain linalg, each built with mlpack and compared with eager PyTorch:
-torch-mlir's tm_tensor ops (sort, topk, cumsum, scatter: compiler/mlpack/tm_tensor.py), our own
-decompositions (adaptive max pooling, det / slogdet, fmod: compiler/mlpack/decompositions.py),
+torch-mlir's tm_tensor ops (sort, topk, cumsum, scatter: compiler/mlpack/lower/tm_tensor.py), our own
+decompositions (adaptive max pooling, det / slogdet, fmod: compiler/mlpack/frontend/decompositions.py),
 and small configs of real architectures that needed them (RoBERTa, EdgeNeXt, Swin).
 Several ops share one model where they can: every build costs seconds."""
 
@@ -141,7 +141,7 @@ def test_a_lowering_torch_mlir_marks_wrong_is_refused():
     from torch_mlir import ir
     from torch_mlir.dialects import torch as torch_d
 
-    from mlpack.codegen_cpu import strip_asserts
+    from mlpack.targets.x86_64.codegen import strip_asserts
     from mlpack.errors import BuildError
 
     text = """func.func @forward(%a: tensor<4xf32>, %c: i1) -> tensor<4xf32> {

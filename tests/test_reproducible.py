@@ -47,8 +47,8 @@ def _no_build_paths(bundle: Path, *paths: Path) -> None:
 
 
 def test_cpu_bundle_is_reproducible(tmp_path, monkeypatch):
-    from mlpack import llvm_compile
-    from mlpack.codegen_cpu import KERNELS_DIR
+    from mlpack.targets.x86_64 import llvm_compile
+    from mlpack.targets.x86_64.codegen import KERNELS_DIR
 
     model, inputs = _model()
     monkeypatch.setattr(llvm_compile, "PARTITION_LINES", 200)  # several partitions, so several workers
@@ -86,7 +86,7 @@ def test_dynamic_bundle_is_reproducible(tmp_path, monkeypatch):
 
 
 def _nvcc():
-    from mlpack.codegen_cuda import find_nvcc, find_ptxas
+    from mlpack.targets.cuda.codegen import find_nvcc, find_ptxas
 
     return find_nvcc() and find_ptxas()
 

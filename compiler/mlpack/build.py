@@ -82,8 +82,9 @@ def build(
     import numpy as np
     import torch
 
-    from . import dynamic_dims, frontend
-    from .codegen_cpu import DEFAULT_CPU
+    from .frontend import dynamic_dims
+    from .frontend import export as frontend
+    from .targets.x86_64.codegen import DEFAULT_CPU
 
     targets = [t.strip() for t in target.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
@@ -179,11 +180,11 @@ class _Program:
 
 
 def _compile_program(lifted, opts: _Options) -> _Program:
-    from . import model_io
-    from .codegen_cpu import compile_cpu
-    from .codegen_cuda import DEFAULT_SASS, DEFAULT_SM, compile_cuda
-    from .importer import import_program
-    from .kernel_calls import WEIGHT_LAYOUTS
+    from .frontend import model_io
+    from .lower.importer import import_program
+    from .lower.kernel_calls import WEIGHT_LAYOUTS
+    from .targets.cuda.codegen import DEFAULT_SASS, DEFAULT_SM, compile_cuda
+    from .targets.x86_64.codegen import compile_cpu
 
     targets, stage, dump = opts.targets, opts.stage, opts.dump
     with stage("import"):
@@ -277,7 +278,8 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
     import itertools
 
     from . import bundle as bundle_fmt
-    from . import dynamic_dims, frontend
+    from .frontend import dynamic_dims
+    from .frontend import export as frontend
 
     with opts.stage("export"):
         decomposed = dyn_ep.run_decompositions()
@@ -385,8 +387,8 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
 
 def _check_section_count(syms, opts: _Options) -> None:
     """Each program has a section per target (and per cubin): refuse before compiling what cannot be written."""
-    from . import dynamic_dims
-    from .codegen_cuda import DEFAULT_SASS, DEFAULT_SM
+    from .frontend import dynamic_dims
+    from .targets.cuda.codegen import DEFAULT_SASS, DEFAULT_SM
 
     count = 1
     for s in syms:
@@ -406,7 +408,7 @@ def _examples_from_signature(ep, syms) -> list:
     """Example inputs of a .pt2 without recorded ones: its input dtypes at the smallest buckets."""
     from torch.export.graph_signature import InputKind
 
-    from . import frontend
+    from .frontend import export as frontend
 
     at = {s.expr: s.buckets[0] for s in syms}
     out = []

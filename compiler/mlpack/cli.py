@@ -66,7 +66,7 @@ def build(model, output, input_shapes, example_inputs, dynamic, buckets, target,
     output = output or model.with_suffix(".bundle")
     examples = None
     if example_inputs:
-        from .frontend import load_example_inputs
+        from .frontend.export import load_example_inputs
 
         examples = load_example_inputs(example_inputs)
     say = (lambda *a, **k: None) if quiet else click.echo
@@ -146,7 +146,7 @@ def triton_repo(bundle, repo, name, instances, max_batch, kind, threads, version
 @click.argument("private_key", type=click.Path(dir_okay=False, path_type=Path))
 def keygen(private_key):
     """Create an Ed25519 signing key: PRIVATE_KEY (PEM) and PRIVATE_KEY.pub (public, hex)."""
-    from .signing import keygen as do_keygen
+    from .bundle.signing import keygen as do_keygen
 
     try:
         priv, pub = do_keygen(private_key)
@@ -162,7 +162,7 @@ def keygen(private_key):
               help="Ed25519 private key (PEM), e.g. from `mlpack keygen`.")
 def sign(bundle, key):
     """Sign BUNDLE in place with an Ed25519 key (adds a `signature` section)."""
-    from .signing import sign as do_sign
+    from .bundle.signing import sign as do_sign
 
     try:
         public = do_sign(bundle, key)
@@ -450,7 +450,7 @@ def _eager_runner(path: Path, arrays, threads: int, device: str = "cpu"):
 
     import torch
 
-    from .frontend import load_model
+    from .frontend.export import load_model
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-KERNELS = HERE.parent.parent / "compiler" / "mlpack" / "kernels_cuda"
+KERNELS = HERE.parent.parent / "compiler" / "mlpack" / "targets" / "cuda" / "kernels"
 
 _DRIVER = """
 typedef void (*mlrt_kernel_fn)(void *const *);

@@ -20,7 +20,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from .errors import BuildError
+from ..errors import BuildError
 
 logging.getLogger("torch._export").setLevel(logging.ERROR)  # keep build output readable
 

@@ -38,7 +38,7 @@ import sympy
 import torch
 from torch import fx
 
-from .errors import BuildError, node_location
+from ..errors import BuildError, node_location
 
 # --------------------------------------------------------------------------- declarations
 

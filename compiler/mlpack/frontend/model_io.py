@@ -22,7 +22,7 @@ import torch
 from torch import fx
 from torch.utils import _pytree as pytree
 
-from .errors import BuildError
+from ..errors import BuildError
 
 aten = torch.ops.aten
 

@@ -27,11 +27,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BuildError
-from .kernel_calls import replace_with_kernel_calls
-from .memory_plan import MemoryPlan, assign_arena, defining_op
+from ...errors import BuildError
+from ...lower.kernel_calls import replace_with_kernel_calls
+from ...lower.memory_plan import MemoryPlan, assign_arena, defining_op
 
-KERNELS_DIR = Path(__file__).parent / "kernels_cuda"
+KERNELS_DIR = Path(__file__).parent / "kernels"
 PRECISIONS = {"fp32": 0, "tf32": 1, "fp16": 2, "bf16": 3}
 DEFAULT_SM = 80  # tensor-core WMMA for tf32/bf16 needs sm_80; the PTX JITs forward to sm_90
 THREADS = 256
@@ -454,7 +454,7 @@ class _Emitter:
 
     def dead_after(self, value, position: int) -> bool:
         """True if nothing after top-level op `position` reads `value`'s buffer (an arena buffer)."""
-        from .memory_plan import collect_users
+        from ...lower.memory_plan import collect_users
 
         root = value
         while True:
@@ -882,7 +882,7 @@ def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump
         raise BuildError(f"--precision {precision} uses tensor cores that need sm_80 or newer")
     from torch_mlir import ir
 
-    from .codegen_cpu import _forward, _hooks, _run_pipeline, bufferize
+    from ..x86_64.codegen import _forward, _hooks, _run_pipeline, bufferize
 
     dump, stage = _hooks(dump, stage)
     func_op = _forward(module)

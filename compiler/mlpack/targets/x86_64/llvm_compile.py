@@ -24,7 +24,6 @@ TRIPLE = "x86_64-unknown-linux-gnu"
 # ~0.1 s each, is not worth it for small models).
 PARTITION_LINES = 6000
 MAX_PARTITIONS = 8
-OUTLINED_PREFIX = "forward_loop_"  # the names outline_loops gives the loop nests it moves out
 
 _DEFINE = re.compile(r"^define ([^@]*)@([-\w.$]+)\(")
 
@@ -45,6 +44,9 @@ def split_module(llvm_ir: str) -> list[str]:
     """Partitions of `llvm_ir`, each a complete module: the shared preamble (types, globals,
     declarations, attributes, metadata), its own functions, and declarations of the outlined
     functions other partitions define. Internal helpers outside any group are copied into all."""
+    # Imported here: run as a script, this module is a worker, outside any package.
+    from ...lower.outline_loops import PREFIX as OUTLINED_PREFIX
+
     preamble, groups, helpers = [], {}, []
     lines = llvm_ir.split("\n")
     i = 0

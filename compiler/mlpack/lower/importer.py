@@ -11,8 +11,8 @@ import re
 
 import torch
 
-from .errors import BuildError, UnsupportedOpError, node_location
-from .frontend import LiftedProgram
+from ..errors import BuildError, UnsupportedOpError, node_location
+from ..frontend.export import LiftedProgram
 
 _OP_PATTERNS = (
     re.compile(r'name = "torch\.(aten\.[\w.]+)"'),  # torch.operator left over: no lowering known

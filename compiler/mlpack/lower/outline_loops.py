@@ -16,15 +16,13 @@ the cost back.
 
 from __future__ import annotations
 
-from .llvm_compile import OUTLINED_PREFIX
-
 # Side-effect-free ops that only derive values (views, constants) and can be re-created inside an
 # outlined function instead of being passed in.
 _CLONEABLE = {"arith.constant", "memref.view", "memref.subview", "memref.expand_shape",
               "memref.collapse_shape", "memref.reinterpret_cast", "memref.cast", "memref.get_global",
               "arith.addi", "arith.muli", "arith.index_cast"}
 _LOOPS = {"scf.for", "scf.parallel"}
-PREFIX = OUTLINED_PREFIX  # llvm_compile partitions the module by it
+PREFIX = "forward_loop_"  # the outlined functions' names: the x86_64 target's llvm_compile partitions by it
 
 
 def outline_loop_nests(func_op) -> int:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from . import bundle as bundle_fmt
-from .errors import BuildError
+from .. import bundle as bundle_fmt
+from ..errors import BuildError
 
 SIGNATURE_SECTION = "signature"
 MESSAGE_MAGIC = b"MLRT-SIGNATURE-V1\0"

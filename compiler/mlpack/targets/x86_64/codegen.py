@@ -19,14 +19,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import llvm_compile, tm_tensor
-from .collapse_dims import collapse_loop_dims
-from .elementwise_fusion import fuse_elementwise_chains
-from .errors import BuildError
-from .kernel_calls import replace_with_kernel_calls
-from .loop_reductions import scalar_reductions
-from .memory_plan import MemoryPlan, assign_arena, defining_op
-from .outline_loops import finish_outlined, outline_loop_nests
+from ...errors import BuildError
+from ...lower import tm_tensor
+from ...lower.collapse_dims import collapse_loop_dims
+from ...lower.elementwise_fusion import fuse_elementwise_chains
+from ...lower.kernel_calls import replace_with_kernel_calls
+from ...lower.loop_reductions import scalar_reductions
+from ...lower.memory_plan import MemoryPlan, assign_arena, defining_op
+from ...lower.outline_loops import finish_outlined, outline_loop_nests
+from . import llvm_compile
 
 # Named x86-64 micro-architecture levels -> the CPU features the runtime must find (cpuid names).
 CPU_LEVELS = {
@@ -561,7 +562,7 @@ def support_objects(cc: str, cpu: str) -> list[Path]:
     reproducible. A cache that cannot be written only costs the compile."""
     import hashlib
 
-    sources = [Path(__file__).parent / "codegen_support" / "memref_copy.c", *sorted(KERNELS_DIR.glob("*.c"))]
+    sources = [Path(__file__).parent / "support" / "memref_copy.c", *sorted(KERNELS_DIR.glob("*.c"))]
     headers = b"".join(h.name.encode() + h.read_bytes() for h in sorted(KERNELS_DIR.glob("*.h")))
     flags = ["-c", "-fPIC", "-O3", f"-march={cpu}", "-mtune=generic", "-std=gnu11", "-fvisibility=hidden",
              f"-I{KERNELS_DIR}"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .errors import BuildError
+from ..errors import BuildError
 
 ALIGNMENT = 64
 

@@ -26,7 +26,7 @@ k-sized buffer, O(n k).
 
 from __future__ import annotations
 
-from .errors import BuildError
+from ..errors import BuildError
 
 _TM_PREFIX = "tm_tensor."
 

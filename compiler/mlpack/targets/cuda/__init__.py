@@ -1,0 +1,2 @@
+"""The CUDA target (`--target cuda`): generated CUDA C++ over the templates in kernels/ -> PTX
+(+ cubins)."""
