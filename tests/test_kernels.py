@@ -336,7 +336,7 @@ def test_conv_kernels_under_sanitizers(check, march, tmp_path):
     epilogue kind, 1 and 3 threads; Winograd F(2x2)/F(4x4) on maps 1-37 wide, ragged edges)."""
     if march == "x86-64-v3" and "avx2" not in Path("/proc/cpuinfo").read_text():
         pytest.skip("this CPU has no AVX2")
-    from mlpack.targets.x86_64.codegen import KERNELS_DIR
+    from mlpack.targets.x86_64.link import KERNELS_DIR
 
     exe = tmp_path / check
     sources = [Path(__file__).parent / "kernels_c" / f"{check}.c", *(KERNELS_DIR / f for f in ("conv.c", "gemm.c", "host.c", "winograd.c", "pool.c"))]

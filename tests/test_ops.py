@@ -141,7 +141,7 @@ def test_a_lowering_torch_mlir_marks_wrong_is_refused():
     from torch_mlir import ir
     from torch_mlir.dialects import torch as torch_d
 
-    from mlpack.targets.x86_64.codegen import strip_asserts
+    from mlpack.lower.bufferize import strip_asserts
     from mlpack.errors import BuildError
 
     text = """func.func @forward(%a: tensor<4xf32>, %c: i1) -> tensor<4xf32> {
@@ -246,7 +246,7 @@ class ExpErf(nn.Module):
 
 
 def test_exp_erf_tanh_log_over_the_float_range(tmp_path):
-    """The inlined exp / erf / tanh / log (codegen_cpu._VECTOR_MATH) against eager at every edge:
+    """The inlined exp / erf / tanh / log (targets/x86_64/codegen._VECTOR_MATH) against eager at every edge:
     -inf and a softmax mask's dtype minimum (0, computed without denormal intermediates), denormal
     results and (log) inputs, log near 1, the overflow threshold, inf, NaN. Relative error within a few ulp; denormals to 1 ulp of the
     smallest denormal; 0, inf and NaN exact."""

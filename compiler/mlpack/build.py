@@ -1,4 +1,5 @@
-"""The build driver: model -> frontend -> import -> codegen (+ memory plan) -> bundle.
+"""The build driver: model -> frontend/ (export, lift) -> lower/ (import, plan: a planned program
+per target) -> targets/ (code) -> bundle/ (one file).
 
 Each stage is timed and reported through `progress(stage, seconds)` so the CLI can show it.
 """
@@ -14,7 +15,6 @@ from typing import Any, Callable, Sequence
 
 from .errors import BuildError, MissingCompilerDependencies
 
-TARGETS = ("cpu", "cuda")
 _ALWAYS_REPORTED = ("batchnorm_folded", "constants_folded", "var_mean_in_float32")  # other passes: when they did something
 
 
@@ -84,12 +84,10 @@ def build(
 
     from .frontend import dynamic_dims
     from .frontend import export as frontend
-    from .targets.x86_64.codegen import DEFAULT_CPU
+    from .targets import TargetOptions
+    from .targets import create as create_targets
 
-    targets = [t.strip() for t in target.split(",") if t.strip()]
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown or not targets:
-        raise BuildError(f"unknown target {target!r}: this build supports {', '.join(TARGETS)}")
+    targets = create_targets(target, TargetOptions(cpu, winograd, precision, cuda_arch, cuda_sass))
     decls = dynamic_dims.declarations(dynamic)
     timings: dict[str, float] = {}
     report = progress or (lambda stage, secs: None)
@@ -121,7 +119,7 @@ def build(
     elif input_shapes:
         examples = [frontend.example_from_shape(*frontend.parse_input_shape(s)) for s in input_shapes]
 
-    opts = _Options(targets, cpu or DEFAULT_CPU, precision, cuda_arch, cuda_sass, winograd, dump, stage)
+    opts = _Options(targets, dump, stage)
     with stage("export"):
         if isinstance(model, (str, Path)):
             source = frontend.load_source(model, examples)
@@ -159,12 +157,7 @@ def build(
 
 @dataclass
 class _Options:
-    targets: list[str]
-    cpu: str
-    precision: str
-    cuda_arch: int | None
-    cuda_sass: Sequence[int] | None
-    winograd: bool
+    targets: list  # targets.Target, in the bundle's order
     dump: Callable
     stage: Callable
 
@@ -173,62 +166,27 @@ class _Options:
 class _Program:
     """One compiled static program: its code per target, weights as stored and entry arguments."""
 
-    art: Any  # CpuArtifact or None
-    cuda: Any  # CudaArtifact or None
+    codes: dict  # target name -> its targets.TargetCode
     weights: list  # (name, array) in the stored layout
     call: list[str]
 
 
 def _compile_program(lifted, opts: _Options) -> _Program:
-    from .frontend import model_io
-    from .lower.importer import import_program
-    from .lower.kernel_calls import WEIGHT_LAYOUTS
-    from .targets.cuda.codegen import DEFAULT_SASS, DEFAULT_SM, compile_cuda
-    from .targets.x86_64.codegen import compile_cpu
+    from .lower import program as lower
+    from .targets import weight_layouts
 
-    targets, stage, dump = opts.targets, opts.stage, opts.dump
-    with stage("import"):
-        module = import_program(lifted)
-        # A value returned twice (equal computations merged by CSE) becomes one output.
-        merged = model_io.merge_duplicate_results(module)
-        if merged is not None:
-            model_io.remap_outputs(lifted, merged)
-        dump("linalg", str(module))
-        # Each codegen rewrites its module in place: the CUDA path gets its own copy.
-        cuda_module = module
-        if "cuda" in targets and "cpu" in targets:
-            cuda_module = import_program(lifted)
-            if model_io.merge_duplicate_results(cuda_module) != merged:
-                raise BuildError("internal: the CPU and CUDA imports return different results")
-    # Winograd, small-map and 3-D conv weights are CPU-only layouts: a bundle whose weights the
-    # CUDA target shares keeps those convs on the plain layout.
-    cpu_only = "cuda" not in targets
-    art = compile_cpu(module, opts.cpu, dump, stage, winograd=opts.winograd, cpu_only=cpu_only) \
-        if "cpu" in targets else None
-    cuda = None
-    if "cuda" in targets:
-        cuda = compile_cuda(cuda_module, opts.precision, opts.cuda_arch or DEFAULT_SM, dump, stage,
-                            prepack=art is not None,
-                            sass=DEFAULT_SASS if opts.cuda_sass is None else tuple(opts.cuda_sass))
-        if art is not None and art.prepack != cuda.prepack:
-            raise BuildError("internal: the CPU and CUDA targets disagree on which weights are pre-packed")
-    main = art if art is not None else cuda
-    weights = list(lifted.weights)
-    for arg, pre in main.prepack.items():  # stored in a kernel's layout, transformed once here
-        kind, i = lifted.call_args[arg]
-        if kind != "weight" or weights[i][1].shape != pre.shape:
-            raise BuildError(f"internal: argument {arg} marked for packing is not a {pre.shape} weight")
-        what, transform = WEIGHT_LAYOUTS[pre.layout]
-        if pre.groups == 1:
-            weights[i] = (f"{weights[i][0]} ({what})", transform(weights[i][1]))
-        else:
-            weights[i] = (f"{weights[i][0]} ({what} per group)", transform(weights[i][1], pre.groups))
-    call = [f"{kind}:{i}" for kind, i in lifted.call_args]
-    call += [f"output:{i}" for i in range(len(lifted.outputs))] + ["arena"]
-    for a in (art, cuda):
-        if a is not None and len(call) != a.num_args:
-            raise BuildError(f"internal: entry takes {a.num_args} args, the call list has {len(call)}")
-    return _Program(art, cuda, weights, call)
+    with opts.stage("import"):
+        modules = lower.import_modules(lifted, len(opts.targets), opts.dump)
+    layouts = weight_layouts(opts.targets)
+    codes, first = {}, None
+    for target, module in zip(opts.targets, modules):
+        planned = lower.plan_program(module, lifted, target.lowering(layouts), opts.dump, opts.stage)
+        if first is None:
+            first = planned  # the bundle stores the weights as the first target's lowering laid them out
+        elif planned.prepack != first.prepack:
+            raise BuildError("internal: the targets disagree on which weights are pre-packed")
+        codes[target.name] = target.compile(planned, opts.dump, opts.stage)
+    return _Program(codes, lower.stored_weights(lifted, first.prepack), first.call)
 
 
 def _manifest_head(lifted, version: int) -> dict:
@@ -246,29 +204,23 @@ def _manifest_head(lifted, version: int) -> dict:
     }
 
 
-def _cpu_target(art) -> dict:
-    return {"arch": "x86_64", "cpu": art.cpu, "features": art.features, "host_abi": 1}
-
-
 def _write_static(lifted, program: _Program, opts: _Options, output_path, timings) -> BuildResult:
     from . import bundle as bundle_fmt
 
-    art, cuda = program.art, program.cuda
+    main = next(iter(program.codes.values()))  # the memory plan: the first target's
     with opts.stage("write"):
         weights_blob, weight_entries = bundle_fmt.pack_weights(program.weights)
         manifest = {**_manifest_head(lifted, bundle_fmt.STATIC_FORMAT_VERSION), "weights": weight_entries,
                     "weights_sha256": bundle_fmt.weight_chunk_digests(weights_blob),
-                    "weights_xxh3": bundle_fmt.weight_chunk_checksums(weights_blob), "call": program.call, "memory_plan": (art or cuda).memory_plan.to_json(), "targets": {}}
+                    "weights_xxh3": bundle_fmt.weight_chunk_checksums(weights_blob), "call": program.call,
+                    "memory_plan": main.memory_plan.to_json(), "targets": {}}
         sections = []
-        if art is not None:
-            manifest["targets"]["cpu"] = {**_cpu_target(art), "section": "cpu.so", "entry": "mlrt_entry",
-                                          "kernels": art.kernels}
-            sections.append(("cpu.so", art.shared_object, bundle_fmt.PAGE))
-        if cuda is not None:
-            manifest["targets"]["cuda"] = cuda.manifest()
-            sections += cuda.sections()
+        for name, code in program.codes.items():
+            manifest["targets"][name] = code.manifest()
+            sections += code.sections()
         sections.append(("weights", weights_blob, bundle_fmt.PAGE))
         size = bundle_fmt.write_bundle(output_path, manifest, sections)
+    cuda = program.codes.get("cuda")
     return BuildResult(Path(output_path), size, manifest, timings, cuda.source if cuda else None)
 
 
@@ -291,8 +243,7 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
         if examples is None:
             examples = _examples_from_signature(decomposed, syms)
 
-    programs, weight_index, blobs, entries, cuda_sections, cuda_sources = [], {}, [], [], [], []
-    cuda_shared = None
+    programs, codes, weight_index, blobs = [], [], {}, []  # codes: per program, target name -> code
     shapes_at: dict[tuple, list[list[int]]] = {}
     first = None
     for combo in itertools.product(*[s.buckets for s in syms]):
@@ -324,24 +275,15 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
             call.append(f"weight:{weight_index[key]}")
         out_shapes = [list(o.shape) for o in lifted.outputs]
         shapes_at[combo] = out_shapes
-        art, cuda, n = program.art, program.cuda, len(programs)
-        main = art or cuda  # arena_bytes and memory_plan: the CPU's, or the CUDA target's in a cuda-only bundle
+        n = len(programs)
+        main = next(iter(program.codes.values()))  # arena_bytes, kernels and memory_plan: the first target's
         entry = {"sizes": sizes}
-        if art is not None:
-            entry.update({"section": f"cpu.p{n}", "entry": "mlrt_entry"})
+        for code in program.codes.values():  # each target's code of this program: its own sections
+            entry.update(code.program_manifest(n))
         entry.update({"call": call, "output_shapes": out_shapes, "arena_bytes": main.memory_plan.arena_bytes,
-                      "kernels": main.kernels, "memory_plan": main.memory_plan.to_json(),
-                      "_so": art.shared_object if art is not None else None})
-        if cuda is not None:  # one CUDA program per bucket combination too: its own PTX, launches and arena
-            if cuda_shared is None:
-                cuda_shared = cuda.shared_manifest()
-            elif cuda.shared_manifest() != cuda_shared:
-                raise BuildError(f"internal: the CUDA program at sizes {sizes} needs {cuda.shared_manifest()}, "
-                                 f"the first one {cuda_shared}")
-            entry["cuda"] = cuda.program_manifest(n)
-            cuda_sections += cuda.program_sections(n)
-            cuda_sources.append(cuda.source)
+                      "kernels": main.kernels, "memory_plan": main.memory_plan.to_json()})
         programs.append(entry)
+        codes.append(program.codes)
 
     with opts.stage("write"):
         dims = []
@@ -371,16 +313,16 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
         manifest.update({"weights": weight_entries, "weights_sha256": bundle_fmt.weight_chunk_digests(weights_blob),
                          "weights_xxh3": bundle_fmt.weight_chunk_checksums(weights_blob),
                          "dynamic_dims": dims,
-                         "programs": [{k: v for k, v in p.items() if k != "_so"} for p in programs],
-                         "call": last["call"], "memory_plan": last["memory_plan"], "targets": {}})
-        if program.art is not None:
-            manifest["targets"]["cpu"] = {**_cpu_target(program.art), "kernels": dict(last["kernels"])}
-        if cuda_shared is not None:
-            manifest["targets"]["cuda"] = cuda_shared
-        sections = [(p["section"], p["_so"], bundle_fmt.PAGE) for p in programs if p["_so"] is not None]
-        sections += cuda_sections
+                         "programs": programs, "call": last["call"], "memory_plan": last["memory_plan"],
+                         "targets": {}})
+        sections = []
+        for target in opts.targets:
+            manifest["targets"][target.name] = target.dynamic_manifest([c[target.name] for c in codes],
+                                                                       [p["sizes"] for p in programs])
+            sections += [s for n, c in enumerate(codes) for s in c[target.name].program_sections(n)]
         sections.append(("weights", weights_blob, bundle_fmt.PAGE))
         size = bundle_fmt.write_bundle(output_path, manifest, sections)
+    cuda_sources = [c["cuda"].source for c in codes if "cuda" in c]
     return BuildResult(Path(output_path), size, manifest, timings, cuda_sources[-1] if cuda_sources else None,
                        cuda_sources or None)
 
@@ -388,20 +330,17 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
 def _check_section_count(syms, opts: _Options) -> None:
     """Each program has a section per target (and per cubin): refuse before compiling what cannot be written."""
     from .frontend import dynamic_dims
-    from .targets.cuda.codegen import DEFAULT_SASS, DEFAULT_SM
 
     count = 1
     for s in syms:
         count *= len(s.buckets)
-    per_program = int("cpu" in opts.targets)
-    if "cuda" in opts.targets:
-        sass = DEFAULT_SASS if opts.cuda_sass is None else tuple(opts.cuda_sass)
-        per_program += 1 + len([cc for cc in sass if cc >= (opts.cuda_arch or DEFAULT_SM)])
+    per_program = sum(t.sections_per_program() for t in opts.targets)
     limit = dynamic_dims.MAX_PROGRAMS  # the 64 sections a bundle holds, less manifest and weights
     if count * per_program > limit:
-        raise BuildError(f"{count} bucket combination(s) x {per_program} section(s) each (targets "
-                         f"{','.join(opts.targets)}, cubins included) is more than the {limit} code sections a "
-                         "bundle holds: choose fewer sizes with --buckets, or ship fewer cubins (--cuda-sass)")
+        names = ",".join(t.name for t in opts.targets)
+        raise BuildError(f"{count} bucket combination(s) x {per_program} section(s) each (targets {names}, cubins "
+                         f"included) is more than the {limit} code sections a bundle holds: choose fewer sizes with "
+                         "--buckets, or ship fewer cubins (--cuda-sass)")
 
 
 def _examples_from_signature(ep, syms) -> list:

@@ -19,7 +19,7 @@ The fused op reads P's inputs and Q's other inputs and computes P's body in fron
 
 MLIR's linalg-fuse-elementwise-ops does this on tensors but also folds producers into named
 matmuls and propagates reshapes through them, turning them into generics the microkernels cannot
-take (codegen_cpu.py); this runs after the kernel calls are in place, on what is left.
+take (lower/bufferize.py); this runs after the kernel calls are in place, on what is left.
 """
 
 from __future__ import annotations

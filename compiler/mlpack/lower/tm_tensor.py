@@ -99,6 +99,6 @@ def prepare_for_one_shot(module) -> tuple[int, int]:
     return len(to_tensors), len(to_buffers)
 
 
-# Pipelines (run through codegen_cpu._run_pipeline, which names the failing stage).
+# Pipelines (run through bufferize.run_pipeline, which names the failing stage).
 BUFFERIZE = "builtin.module(func.func(tm-tensor-bufferize))"
 TO_LOOPS = "builtin.module(func.func(tm-tensor-to-loops),canonicalize,cse)"

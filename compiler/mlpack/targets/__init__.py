@@ -1,3 +1,94 @@
-"""Targets: each folder turns a planned program into the code sections of a bundle.
-No target imports another.
+"""Targets: each folder turns a planned program (lower/program.py) into the code sections of a
+bundle, behind the one interface below. No target imports another; a new target is a new folder
+with a class implementing `Target`, named in `_REGISTRY` (docs/compiler-internals.md).
 """
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from ..errors import BuildError
+from ..lower.memory_plan import MemoryPlan
+from ..lower.program import LoweringOptions, PlannedProgram
+
+# --target name -> "folder:class". The order is the bundle's: the first target of a bundle gives
+# the manifest its memory plan, and the sections follow this order.
+_REGISTRY = {"cpu": "x86_64:X86_64", "cuda": "cuda:Cuda"}
+NAMES = tuple(_REGISTRY)
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """The build's options for its targets; each target reads its own."""
+
+    cpu: str | None = None  # x86_64: micro-architecture level (default x86-64-v3)
+    winograd: bool = True  # x86_64: 3x3 stride-1 convs as Winograd
+    precision: str = "fp32"  # cuda: operand precision of matmul / conv
+    cuda_arch: int | None = None  # cuda: minimum compute capability (default 80)
+    cuda_sass: Sequence[int] | None = None  # cuda: cubins to ship besides the PTX (default 80, 90)
+
+
+class TargetCode(Protocol):
+    """One program compiled for one target: what the bundle stores of it."""
+
+    memory_plan: MemoryPlan  # the arena this code was compiled against
+    kernels: dict  # kernel name -> count, as the manifest reports it
+
+    def manifest(self) -> dict:
+        """A static bundle's manifest["targets"][name]."""
+
+    def sections(self) -> list[tuple[str, bytes, int]]:
+        """A static bundle's sections of this target: (name, bytes, alignment)."""
+
+    def program_manifest(self, n: int) -> dict:
+        """A dynamic bundle: the keys this target adds to manifest["programs"][n]."""
+
+    def program_sections(self, n: int) -> list[tuple[str, bytes, int]]:
+        """A dynamic bundle: program n's sections of this target."""
+
+
+class Target(Protocol):
+    """A code generator. Built once per build with the build's TargetOptions."""
+
+    name: str  # the --target name, and the key under the manifest's "targets"
+    weight_layouts: frozenset  # stored weight layouts (lower/kernel_calls.WEIGHT_LAYOUTS) its code reads
+    packs_weights: bool  # whether it asks for them (else the plain layout, unless another target asks)
+
+    def lowering(self, weight_layouts: frozenset) -> LoweringOptions:
+        """What this target needs of lowering, given the weight layouts the bundle allows; checks
+        this target's options first."""
+
+    def compile(self, planned: PlannedProgram, dump: Callable, stage: Callable) -> TargetCode:
+        """A planned program (lowered with this target's options) -> its code."""
+
+    def sections_per_program(self) -> int:
+        """How many sections each program of a dynamic bundle takes."""
+
+    def dynamic_manifest(self, codes: list[TargetCode], sizes: list[dict]) -> dict:
+        """A dynamic bundle's manifest["targets"][name], from every program's code (sizes: each
+        program's bucket sizes, for errors)."""
+
+
+def create(spec: str, options: TargetOptions) -> list[Target]:
+    """The targets a --target value names ("cpu", "cuda", "cpu,cuda"), in registry order."""
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in names if t not in _REGISTRY]
+    if unknown or not names:
+        raise BuildError(f"unknown target {spec!r}: this build supports {', '.join(NAMES)}")
+    out = []
+    for name in NAMES:
+        if name in names:
+            folder, cls = _REGISTRY[name].split(":")
+            out.append(getattr(importlib.import_module(f"{__name__}.{folder}"), cls)(options))
+    return out
+
+
+def weight_layouts(targets: Sequence[Target]) -> frozenset:
+    """The stored weight layouts a bundle of these targets uses: those every target reads, if any
+    target asks for them. (CPU alone: all of its layouts; with CUDA: packed B panels only; CUDA
+    alone: none, so bundles of one model at different batch sizes carry the same weights.)"""
+    if not any(t.packs_weights for t in targets):
+        return frozenset()
+    return frozenset.intersection(*(t.weight_layouts for t in targets))

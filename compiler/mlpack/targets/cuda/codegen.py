@@ -1,11 +1,12 @@
-"""CUDA codegen: the same bufferized, memory-planned linalg IR as the CPU path -> CUDA C++ -> PTX.
+"""CUDA codegen: a planned program (the same bufferized, memory-planned IR as the x86-64 target's)
+-> CUDA C++ -> PTX.
 
 Why CUDA C++ and not MLIR's gpu/NVVM lowering: after the arena plan every buffer is an argument
 pointer plus a constant offset, so each op becomes one kernel whose addresses are all constants
 off a single argument table (docs/bundle-format.md, "The CUDA target"), which is what makes a CUDA
-graph captured once stay valid. The heavy ops reuse the CPU path's kernel substitution and fusion
-(kernel_calls.py: conv / depthwise / matmul with bias, residual and clamp folded in) and map onto
-the tiled shared-memory / tensor-core templates in kernels_cuda/ (64x64 tiles with split-K for
+graph captured once stay valid. The heavy ops reuse lowering's kernel substitution and fusion
+(lower/kernel_calls.py: conv / depthwise / matmul with bias, residual and clamp folded in) and map
+onto the tiled shared-memory / tensor-core templates in kernels/ (64x64 tiles with split-K for
 small GEMMs, 128x128 for large ones). Every remaining linalg op is generalized and emitted as a
 kernel with one thread per output point; consecutive ops over the same thread space share one
 kernel, and row reductions are split over a warp's lanes. nvcc turns the source into PTX for
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import BuildError
-from ...lower.kernel_calls import replace_with_kernel_calls
-from ...lower.memory_plan import MemoryPlan, assign_arena, defining_op
+from ...lower.memory_plan import MemoryPlan, defining_op
+from ...lower.program import PlannedProgram, hooks
 
 KERNELS_DIR = Path(__file__).parent / "kernels"
 PRECISIONS = {"fp32": 0, "tf32": 1, "fp16": 2, "bf16": 3}
@@ -70,7 +71,6 @@ _PTX_ISA_DRIVER = {
     "7.7": 11070, "7.8": 11080, "8.0": 12000, "8.1": 12010, "8.2": 12020, "8.3": 12030, "8.4": 12040,
     "8.5": 12050, "8.6": 12070, "8.7": 12080, "8.8": 12090, "9.0": 13000, "9.1": 13010, "9.2": 13020,
 }
-_GENERALIZE = "builtin.module(linalg-generalize-named-ops)"
 _ALIAS_OPS = {"memref.subview", "memref.expand_shape", "memref.collapse_shape", "memref.cast",
               "memref.reinterpret_cast", "memref.transpose"}
 _SKIP_OPS = {"arith.constant", "memref.view", "memref.extract_aligned_pointer_as_index", "arith.index_cast",
@@ -79,17 +79,17 @@ _SKIP_OPS = {"arith.constant", "memref.view", "memref.extract_aligned_pointer_as
 
 @dataclass
 class CudaArtifact:
+    """The CUDA code of one program: PTX, cubins and the launch table (targets.TargetCode)."""
+
     ptx: str
     source: str  # the generated CUDA C++ (kept for --dump-ir and tests)
     memory_plan: MemoryPlan
     launches: list
     kernels: dict
-    prepack: dict
     precision: str
     min_sm: int
     ptx_isa: str
     min_driver: int
-    num_args: int
     sass: dict  # compute capability -> cubin bytes (machine code: no JIT at load on those GPUs)
 
     def manifest(self) -> dict:
@@ -109,9 +109,9 @@ class CudaArtifact:
                 "precision": self.precision}
 
     def program_manifest(self, n: int) -> dict:
-        return {"section": f"cuda.p{n}", "arena_bytes": self.memory_plan.arena_bytes,
-                "memory_plan": self.memory_plan.to_json(), "kernels": self.kernels, "launches": self.launches,
-                "sass": {str(cc): f"cuda.p{n}.sm_{cc}" for cc in sorted(self.sass)}}
+        return {"cuda": {"section": f"cuda.p{n}", "arena_bytes": self.memory_plan.arena_bytes,
+                         "memory_plan": self.memory_plan.to_json(), "kernels": self.kernels, "launches": self.launches,
+                         "sass": {str(cc): f"cuda.p{n}.sm_{cc}" for cc in sorted(self.sass)}}}
 
     def program_sections(self, n: int) -> list[tuple[str, bytes, int]]:
         return [(f"cuda.p{n}", self.ptx.encode("ascii") + b"\0", 8)] + \
@@ -870,35 +870,14 @@ def ptx_isa(ptx: str) -> str:
 DEFAULT_SASS = (80, 90)  # A100-class and H100/H200: machine code shipped for both by default
 
 
-def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump=None, stage=None,
-                 prepack: bool = False, sass=DEFAULT_SASS) -> CudaArtifact:
-    """Lower an imported linalg-on-tensors module to PTX plus a launch table (see module doc).
-    prepack: read single-use Linear weights as packed B panels, as the CPU target stores them (set
-    when both targets share one weights section); otherwise weights keep their plain layout, so
-    bundles of one model at different batch sizes carry byte-identical weights."""
-    if precision not in PRECISIONS:
-        raise BuildError(f"unknown --precision {precision!r}: one of {', '.join(PRECISIONS)}")
-    if min_sm < 80 and precision != "fp32":
-        raise BuildError(f"--precision {precision} uses tensor cores that need sm_80 or newer")
-    from torch_mlir import ir
-
-    from ..x86_64.codegen import _forward, _hooks, _run_pipeline, bufferize
-
-    dump, stage = _hooks(dump, stage)
-    func_op = _forward(module)
-    with stage("optimize (cuda)"):
-        bufferize(module, func_op)
-        with module.context, ir.Location.unknown():
-            _, packed = replace_with_kernel_calls(module, func_op, scratch=split_k_scratch, prepack=prepack)
-    with stage("plan (cuda)"):
-        with module.context, ir.Location.unknown():
-            memory_plan = assign_arena(func_op)
-        num_args = len(func_op.regions[0].blocks[0].arguments)
-        _run_pipeline(module, _GENERALIZE, "generalizing linalg ops")
-        dump("cuda-planned", str(module))
+def compile_cuda(planned: PlannedProgram, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump=None, stage=None,
+                 sass=DEFAULT_SASS) -> CudaArtifact:
+    """A planned program (lowered with generalized linalg ops and split-K scratch: see the
+    target's lowering()) -> PTX plus a launch table (see module doc), and cubins for `sass`."""
+    dump, stage = hooks(dump, stage)
     with stage("codegen (cuda)"):
-        with module.context:
-            emitter = _Emitter(module, func_op, precision)
+        with planned.module.context:
+            emitter = _Emitter(planned.module, planned.func, precision)
             emitter.run()
         source = emitter.source(precision)
         dump("cuda-source", source)
@@ -907,5 +886,5 @@ def compile_cuda(module, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump
     with stage("sass (cuda)"):
         cubins = compile_sass(ptx, [cc for cc in sass if cc >= min_sm])
     isa = ptx_isa(ptx)
-    return CudaArtifact(ptx, source, memory_plan, emitter.launches, dict(emitter.counts), packed, precision, min_sm,
-                        isa, _PTX_ISA_DRIVER.get(isa, 13000), num_args, cubins)
+    return CudaArtifact(ptx, source, planned.memory_plan, emitter.launches, dict(emitter.counts), precision, min_sm,
+                        isa, _PTX_ISA_DRIVER.get(isa, 13000), cubins)

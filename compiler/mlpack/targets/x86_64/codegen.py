@@ -1,11 +1,9 @@
-"""CPU codegen: linalg-on-tensors -> bufferized memrefs -> arena plan -> LLVM IR -> PIC shared object.
+"""x86-64 codegen: a planned program -> parallel loops -> OpenMP regions -> LLVM IR -> objects
+(llvm_compile.py) -> a PIC shared object (link.py).
 
 The LLVM IR comes from MLIR's own translation (`mlirTranslateModuleToLLVMIRToString`, reached with
 ctypes because the wheel has no Python binding for it); llvmlite compiles it. The ExecutionEngine's
 object would be non-PIC, large-code-model and host-tuned (TOOLCHAIN-NOTES §1), hence llvmlite.
-
-Entry ABI of the produced shared object (see docs/bundle-format.md):
-    void mlrt_entry(void **args, const mlrt_host_api *host)  // args[i]: pointer for manifest "call"[i]
 """
 
 from __future__ import annotations
@@ -14,20 +12,17 @@ import ctypes
 import os
 import re
 import struct
-import subprocess
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
+from ... import bundle as bundle_fmt
 from ...errors import BuildError
-from ...lower import tm_tensor
-from ...lower.collapse_dims import collapse_loop_dims
-from ...lower.elementwise_fusion import fuse_elementwise_chains
-from ...lower.kernel_calls import replace_with_kernel_calls
+from ...lower.bufferize import run_pipeline
 from ...lower.loop_reductions import scalar_reductions
-from ...lower.memory_plan import MemoryPlan, assign_arena, defining_op
+from ...lower.memory_plan import MemoryPlan, defining_op
 from ...lower.outline_loops import finish_outlined, outline_loop_nests
+from ...lower.program import PlannedProgram, hooks
 from . import llvm_compile
+from .link import link_shared_object
 
 # Named x86-64 micro-architecture levels -> the CPU features the runtime must find (cpuid names).
 CPU_LEVELS = {
@@ -38,13 +33,6 @@ CPU_LEVELS = {
 }
 DEFAULT_CPU = "x86-64-v3"
 
-# No linalg-fuse-elementwise-ops: it folds producers (LayerNorm, bias) into matmuls, turning them
-# into generics the microkernels cannot take, and recomputing the producer per output element.
-_BUFFERIZE = (
-    "builtin.module(canonicalize,"
-    "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},"
-    "buffer-results-to-out-params{modify-public-functions=true hoist-static-allocs=true},canonicalize,cse)"
-)
 # Linalg ops left after kernel substitution become parallel loops (reshaped by
 # split_parallel_loops), then OpenMP regions, which kernels/openmp_shim.c runs on the mlrt thread
 # pool. (`canonicalize` must follow scf-to-openmp: TOOLCHAIN-NOTES §3.)
@@ -68,7 +56,6 @@ _ALLOWED_EXTERNALS = {"memrefCopy", "memcpy", "memset", "memmove", "mlrt_matmul_
                       "__kmpc_for_static_init_8u", "__kmpc_for_static_init_8", "__kmpc_for_static_init_4u",
                       "__kmpc_for_static_init_4", "__kmpc_for_static_fini", "__kmpc_barrier"}
 _FORK_ARGS = re.compile(r"@__kmpc_fork_call\(ptr @[\w.]+, i32 (\d+),")
-KERNELS_DIR = Path(__file__).parent / "kernels"
 _LIBM = re.compile(r"^(exp|expm1|log|log1p|log2|log10|sqrt|cbrt|pow|fmod|erf|erfc|tanh|sinh|cosh|asinh|acosh|atanh|"
                    r"sin|cos|tan|asin|acos|atan|atan2|round|roundeven|trunc|floor|ceil|rint|nearbyint|fabs|copysign|"
                    r"fma|fmin|fmax)f?$")
@@ -76,79 +63,33 @@ _LIBM = re.compile(r"^(exp|expm1|log|log1p|log2|log10|sqrt|cbrt|pow|fmod|erf|erf
 
 @dataclass
 class CpuArtifact:
+    """The x86-64 code of one program: a shared object exporting mlrt_entry (link.py)."""
+
     shared_object: bytes
     memory_plan: MemoryPlan
     cpu: str
     features: list[str]
-    num_args: int
     llvm_ir: str  # kept for --dump-ir and tests
     kernels: dict  # microkernel name -> number of call sites
-    prepack: dict  # argument index -> (K, N): weights the bundle must store as packed B panels
 
+    def cpu_manifest(self) -> dict:
+        """What every program of this CPU level needs of the host."""
+        return {"arch": "x86_64", "cpu": self.cpu, "features": self.features, "host_abi": 1}
 
-def _run_pipeline(module, pipeline: str, stage: str) -> None:
-    from torch_mlir import passmanager
+    # A static bundle: targets.cpu and the section cpu.so.
+    def manifest(self) -> dict:
+        return {**self.cpu_manifest(), "section": "cpu.so", "entry": "mlrt_entry", "kernels": self.kernels}
 
-    try:
-        with module.context:
-            passmanager.PassManager.parse(pipeline).run(module.operation)
-    except Exception as e:  # noqa: BLE001
-        raise BuildError(f"{stage} failed: {str(e).strip().splitlines()[0]}") from e
+    def sections(self) -> list[tuple[str, bytes, int]]:
+        return [("cpu.so", self.shared_object, bundle_fmt.PAGE)]
 
+    # A dynamic bundle (format version 2): program n's section cpu.pN, named at the top level of
+    # programs[n]; targets.cpu says what every program needs (see X86_64.dynamic_manifest).
+    def program_manifest(self, n: int) -> dict:
+        return {"section": f"cpu.p{n}", "entry": "mlrt_entry"}
 
-def _hooks(dump, stage):
-    """A code generator's `dump(name, text)` and `stage(name)` callbacks, or no-ops for None."""
-    from contextlib import nullcontext
-
-    return dump or (lambda name, text: None), stage or (lambda name: nullcontext())
-
-
-def _forward(module):
-    from torch_mlir import ir
-
-    for op in module.body.operations:
-        if op.operation.name == "func.func" and ir.StringAttr(op.attributes["sym_name"]).value == "forward":
-            return op
-    raise BuildError("internal: imported module has no @forward")
-
-
-def _set_all_arg_attrs(func_op, attrs: dict) -> None:
-    from torch_mlir import ir
-
-    n = len(func_op.regions[0].blocks[0].arguments)
-    func_op.attributes["arg_attrs"] = ir.ArrayAttr.get([ir.DictAttr.get(attrs) for _ in range(n)])
-
-
-def strip_asserts(module) -> int:
-    """Erase `cf.assert` ops. torch-mlir emits data-dependent ones (e.g. reciprocal of zero); lowered,
-    they call abort() and would take down the host process. Without them the math follows IEEE
-    semantics (1/0 = inf), as eager PyTorch does. Shapes are static and were checked at export.
-    An assert on a constant false is no run-time check but a lowering torch-mlir knows is wrong
-    (e.g. adaptive pooling with uneven windows): that is a build error, never dropped."""
-    from torch_mlir import ir
-
-    found = []
-
-    def visit(op):
-        for region in op.regions:
-            for block in region.blocks:
-                for inner in block.operations:
-                    if inner.operation.name == "cf.assert":
-                        found.append(inner)
-                    else:
-                        visit(inner.operation)
-
-    visit(module.operation)
-    for op in found:
-        cond = defining_op(op.operands[0])
-        if cond is not None and cond.name == "arith.constant" and not ir.BoolAttr(cond.attributes["value"]).value:
-            # Not data-dependent: torch-mlir's way of saying it lowered an op it does not support.
-            msg = ir.StringAttr(op.attributes["msg"]).value
-            raise BuildError(f"an op lowered to a check that always fails: {msg!r} (at {op.location}); "
-                             "the result would be wrong, refusing to build")
-    for op in found:
-        op.operation.erase()
-    return len(found)
+    def program_sections(self, n: int) -> list[tuple[str, bytes, int]]:
+        return [(f"cpu.p{n}", self.shared_object, bundle_fmt.PAGE)]
 
 
 # Loops doing fewer innermost iterations than this stay serial: a fork-join costs more than it
@@ -527,153 +468,29 @@ def _entry_call(llvm_ir: str, arg_shapes: list[tuple[int, ...]]) -> tuple[list[s
     return types, args
 
 
-def _entry_wrapper(num_args: int, call: tuple[list[str], list[str]] | None = None) -> str:
-    types, call_args = call or (["void *"] * num_args, [f"a[{i}]" for i in range(num_args)])
-    params = ", ".join(types)
-    args = ", ".join(call_args)
-    return ('#include "mlrt_kernels.h"\n'
-            "void mlrt_set_host(const mlrt_host_api *host);\n"
-            f"extern void forward({params});\n"
-            "__attribute__((visibility(\"default\"))) void mlrt_entry(void **a, const mlrt_host_api *host) {\n"
-            f"  mlrt_set_host(host);\n  forward({args});\n  mlrt_set_host(0);\n}}\n")
-
-
-def _cache_dir() -> Path:
-    """Where compiled kernel objects are kept: $MLPACK_CACHE_DIR, else $XDG_CACHE_HOME/mlpack."""
-    env = os.environ.get("MLPACK_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlpack"
-
-
-def _compiler_identity(cc: str) -> str:
-    try:
-        return subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    except FileNotFoundError as e:
-        raise BuildError(f"linking needs a C compiler ({cc!r}; set CC to another): none found on PATH") from e
-    except subprocess.CalledProcessError as e:
-        raise BuildError(f"the C compiler {cc!r} does not run: {e.stderr.strip()}") from e
-
-
-def support_objects(cc: str, cpu: str) -> list[Path]:
-    """The microkernels and runtime support compiled for `cpu`, each object cached under a hash of
-    its sources (the .c file and every kernel header), the compiler's identity and the flags: the
-    same inputs always give the same object, so builds skip ~5 s of C compilation and stay
-    reproducible. A cache that cannot be written only costs the compile."""
-    import hashlib
-
-    sources = [Path(__file__).parent / "support" / "memref_copy.c", *sorted(KERNELS_DIR.glob("*.c"))]
-    headers = b"".join(h.name.encode() + h.read_bytes() for h in sorted(KERNELS_DIR.glob("*.h")))
-    flags = ["-c", "-fPIC", "-O3", f"-march={cpu}", "-mtune=generic", "-std=gnu11", "-fvisibility=hidden",
-             f"-I{KERNELS_DIR}"]
-    ident = _compiler_identity(cc)
-    objects = []
-    for src in sources:
-        key = hashlib.sha256(b"\0".join([src.read_bytes(), headers, ident.encode(), " ".join(flags[:-1]).encode()]))
-        obj = _cache_dir() / "kernels" / f"{src.stem}-{key.hexdigest()[:24]}.o"
-        if not obj.exists():
-            try:
-                obj.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=obj.parent, suffix=".o.tmp")
-                os.close(fd)
-            except OSError:  # read-only cache: compile into a private folder instead
-                tmp_dir = Path(tempfile.mkdtemp(prefix="mlpack-kernels-"))
-                obj = tmp_dir / obj.name
-                tmp = str(tmp_dir / (obj.name + ".tmp"))
-            try:  # the bare file name from its own folder: no path of this machine in the object
-                subprocess.run([cc, *flags, src.name, "-o", tmp], check=True, capture_output=True, text=True,
-                               cwd=src.parent)
-            except subprocess.CalledProcessError as e:
-                Path(tmp).unlink(missing_ok=True)
-                raise BuildError(f"compiling the microkernel {src.name} failed:\n{e.stderr}") from e
-            os.replace(tmp, obj)  # atomic: concurrent builds see a whole object or none
-        objects.append(obj)
-    return objects
-
-
-def link_shared_object(objs: list[bytes], num_args: int, cpu: str, call: tuple[list[str], list[str]] | None = None) -> bytes:
-    cc = os.environ.get("CC", "cc")
-    support = support_objects(cc, cpu)
-    with tempfile.TemporaryDirectory(prefix="mlpack-link-") as tmp:
-        tmp_path = Path(tmp)
-        names = [f"model{i}.o" for i in range(len(objs))]
-        for name, obj in zip(names, objs):
-            (tmp_path / name).write_bytes(obj)
-        (tmp_path / "entry.c").write_text(_entry_wrapper(num_args, call))
-        # Reproducible: files named relative to the temp folder (cwd), so its name is in no symbol;
-        # the build ID is a hash of the content, whatever the linker's default.
-        cmd = [cc, "-shared", "-fPIC", "-O3", f"-march={cpu}", "-mtune=generic",
-               "-std=gnu11", "-fvisibility=hidden", f"-I{KERNELS_DIR}", "-o", "model.so",
-               *names, "entry.c", *map(str, support),
-               "-lm", "-Wl,-z,noexecstack", "-Wl,-z,now", "-Wl,--no-undefined", "-Wl,--build-id=sha1"]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp)
-        except subprocess.CalledProcessError as e:
-            raise BuildError(f"linking the model's shared object failed:\n{e.stderr}") from e
-        return (tmp_path / "model.so").read_bytes()
-
-
-def bufferize(module, func_op) -> None:
-    """Tensors -> memrefs, results as out-parameters (both targets start here). Inputs and weights
-    are read-only: on the CPU the weights are mapped read-only from the bundle."""
+def compile_cpu(planned: PlannedProgram, cpu: str = DEFAULT_CPU, dump=None, stage=None) -> CpuArtifact:
+    """A planned program -> a shared object. `dump(name, text)` sees the IR after each step;
+    `stage(name)` is a context manager timing each step (codegen, link)."""
     from torch_mlir import ir
 
-    strip_asserts(module)
-    with module.context, ir.Location.unknown():
-        _set_all_arg_attrs(func_op, {"bufferization.writable": ir.BoolAttr.get(False)})
-    tm_ops = tm_tensor.has_tm_tensor_ops(module)  # sort / topk / scan / scatter: see tm_tensor.py
-    if tm_ops:
-        _run_pipeline(module, tm_tensor.BUFFERIZE, "bufferizing tm_tensor ops (sort, topk, cumsum, scatter)")
-        tm_tensor.prepare_for_one_shot(module)
-    _run_pipeline(module, _BUFFERIZE, "bufferization")
-    if tm_ops:
-        _run_pipeline(module, tm_tensor.TO_LOOPS, "lowering tm_tensor ops (sort, topk, cumsum, scatter) to loops")
-
-
-def compile_cpu(module, cpu: str = DEFAULT_CPU, dump=None, stage=None, winograd: bool = True,
-                cpu_only: bool = True) -> CpuArtifact:
-    """Lower an imported linalg-on-tensors module to a shared object. `dump(name, text)` sees the
-    IR after each step; `stage(name)` is a context manager timing each step (optimize, plan,
-    codegen, link). cpu_only: no other target shares the weights (they may take CPU-only layouts)."""
-    if cpu not in CPU_LEVELS:
-        raise BuildError(f"unknown --cpu {cpu!r}: one of {', '.join(CPU_LEVELS)}")
-    from torch_mlir import ir
-
-    dump, stage = _hooks(dump, stage)
-    func_op = _forward(module)
-    with stage("optimize"):
-        bufferize(module, func_op)
-        dump("bufferized", str(module))
-        with module.context, ir.Location.unknown():
-            kernels, prepack = replace_with_kernel_calls(module, func_op, winograd=winograd, cpu_only=cpu_only)
-            fuse_elementwise_chains(func_op)
-        dump("kernels", str(module))
-    with stage("plan"):
-        with module.context, ir.Location.unknown():
-            memory_plan = assign_arena(func_op)
-            num_args = len(func_op.regions[0].blocks[0].arguments)
-            arg_shapes = [tuple(ir.MemRefType(a.type).shape) for a in func_op.regions[0].blocks[0].arguments]
-            # Every argument is a distinct buffer (inputs, weights, outputs, arena): say so to LLVM.
-            _set_all_arg_attrs(func_op, {"llvm.noalias": ir.UnitAttr.get()})
-        dump("planned", str(module))
+    dump, stage = hooks(dump, stage)
+    module, func_op = planned.module, planned.func
     with stage("codegen"):
-        with module.context, ir.Location.unknown():
-            collapse_loop_dims(func_op)
-        _run_pipeline(module, _TO_PARALLEL_LOOPS, "lowering linalg to loops")
+        run_pipeline(module, _TO_PARALLEL_LOOPS, "lowering linalg to loops")
         with module.context, ir.Location.unknown():
             split_parallel_loops(func_op)
             scalar_reductions(func_op)
             outline_loop_nests(func_op)
         dump("loops", str(module))
         if "bf16" in str(module.operation):
-            _run_pipeline(module, _EXPAND_BF16, "expanding bfloat16 casts")
-        _run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
+            run_pipeline(module, _EXPAND_BF16, "expanding bfloat16 casts")
+        run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
         finish_outlined(module)
         llvm_ir = vectorizable_math(translate_to_llvm_ir(module))
         dump("llvm", llvm_ir)
         _check_externals(llvm_ir)
-        call = _entry_call(llvm_ir, arg_shapes)
+        call = _entry_call(llvm_ir, planned.arg_shapes)
         objs = compile_objects(llvm_ir, cpu)
     with stage("link"):
-        so = link_shared_object(objs, num_args, cpu, call)
-    return CpuArtifact(so, memory_plan, cpu, CPU_LEVELS[cpu], num_args, llvm_ir, dict(kernels), prepack)
+        so = link_shared_object(objs, planned.num_args, cpu, call)
+    return CpuArtifact(so, planned.memory_plan, cpu, CPU_LEVELS[cpu], llvm_ir, planned.kernels)
