@@ -66,3 +66,24 @@ def test_llvm_failure_is_a_build_error_not_a_crash():
 
     with pytest.raises(llvm_compile.CompileError, match="LLVM failed"):
         llvm_compile.compile_objects("define void @forward() {\n  ret i32 0\n}\n", "x86-64-v3")
+
+
+def test_identical_loop_nests_compile_once(tmp_path):
+    """Nests the two blocks run on the same arena offsets come out identical: each is compiled
+    once and both blocks call it (the bundle must still match eager). Nests read their buffers at
+    constant arena offsets, so only nests whose buffers coincide merge (most of a deep
+    transformer's, whose plan repeats block after block)."""
+    import re
+
+    from mlpack.targets.x86_64 import llvm_compile
+
+    bundle, x, ref = _build(tmp_path, "m")
+    llvm_ir = (tmp_path / "m" / "05-llvm.mlir").read_text()
+    merged = llvm_compile.merge_identical(llvm_ir)
+    nests = set(re.findall(r"^define internal void @(forward_loop_\d+)\(", llvm_ir, re.M))
+    kept = set(re.findall(r"^define internal void @(forward_loop_\d+)\(", merged, re.M))
+    assert len(kept) < len(nests)
+    called = set(re.findall(r"@(forward_loop_\d+)\b(?!\.\.)", merged))
+    assert called == kept  # every call goes to a nest that is still defined
+    assert llvm_compile.merge_identical(merged) == merged
+    assert_matches_eager([mlrt.load(bundle).run(x.numpy())], ref)

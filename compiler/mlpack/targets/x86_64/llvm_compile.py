@@ -6,12 +6,17 @@ compiled at -O3 by a worker process. Processes, not threads: llvmlite serializes
 behind one lock. They also keep the build's own process safe: an LLVM crash on some input ends
 a worker, and the build reports it as an error.
 
+Loop nests that come out identical (a transformer's blocks run the same elementwise loops on
+different buffers, which the nests take as arguments) are compiled once: every copy but the first
+is dropped and its calls go to the first (`merge_identical`). That is most of a deep model's IR.
+
 The split depends on the IR alone (never on the core count), so the same model always gives the
 same objects. Run as a script, this module is the worker: LLVM IR on stdin, the object on stdout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -34,7 +39,7 @@ class CompileError(Exception):
 
 def compile_objects(llvm_ir: str, cpu: str) -> list[bytes]:
     """Objects for `llvm_ir` (a module whose functions can be linked from separate objects)."""
-    parts = split_module(llvm_ir)
+    parts = split_module(merge_identical(llvm_ir))
     workers = max(1, min(len(parts), len(os.sched_getaffinity(0))))
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda text: _run_worker(text, cpu), parts))
@@ -94,6 +99,48 @@ def split_module(llvm_ir: str) -> list[str]:
                 out.append(_declaration(next(b[0] for b in groups[key] if _DEFINE.match(b[0]).group(2) == key)))
         parts.append("\n".join(out) + "\n")
     return parts
+
+
+def merge_identical(llvm_ir: str) -> str:
+    """Drops every outlined loop nest (with its OpenMP regions, `name..*`) whose text equals an
+    earlier one's up to its own name, and points the calls at the earlier one."""
+    from ...lower.outline_loops import PREFIX as OUTLINED_PREFIX
+
+    lines = llvm_ir.split("\n")
+    pieces: list[str | tuple[str]] = []  # text, or (key,) where an outlined group goes
+    groups: dict[str, list[str]] = {}
+    i = 0
+    while i < len(lines):
+        m = _DEFINE.match(lines[i])
+        if not m:
+            pieces.append(lines[i])
+            i += 1
+            continue
+        end = lines.index("}", i)
+        body = "\n".join(lines[i:end + 1])
+        i = end + 1
+        key = m.group(2).split("..")[0]
+        if not key.startswith(OUTLINED_PREFIX):
+            pieces.append(body)
+            continue
+        if key not in groups:
+            groups[key] = []
+            pieces.append((key,))
+        groups[key].append(body)
+    first: dict[bytes, str] = {}
+    same: dict[str, str] = {}
+    for key, bodies in groups.items():
+        own = re.compile("@" + re.escape(key) + r"\b")
+        digest = hashlib.sha256("\n".join(own.sub("@SELF", b) for b in bodies).encode()).digest()
+        kept = first.setdefault(digest, key)
+        if kept != key:
+            same[key] = kept
+    if not same:
+        return llvm_ir
+    text = "\n".join(p if isinstance(p, str) else "\n".join(groups[p[0]]) for p in pieces
+                     if isinstance(p, str) or p[0] not in same)
+    return re.sub("@(" + re.escape(OUTLINED_PREFIX) + r"\d+)\b(?!\.\.)", lambda m: "@" + same.get(m.group(1), m.group(1)),
+                  text)
 
 
 def _declaration(header: str) -> str:
