@@ -147,9 +147,8 @@ class Symbol:
 
 
 def default_buckets(lo: int, hi: int) -> list[int]:
-    """Powers of two within [lo, hi], and both bounds (size 0 aside: it runs padded to the first
-    bucket, see choose_buckets)."""
-    out = {max(lo, 1), hi}
+    """Powers of two within [lo, hi], and both bounds."""
+    out = {lo, hi}
     p = 1
     while p < hi:
         if p > lo:
@@ -296,13 +295,8 @@ def choose_buckets(syms: list[Symbol], requested: dict[str, list[int]], input_na
         bad = [v for v in sizes if not s.lo <= v <= s.hi]
         if bad:
             raise BuildError(f"--buckets {key}: {bad} outside the dim's range {s.lo}..{s.hi}")
-        if 0 in sizes:  # torch-mlir cannot lower some ops on empty tensors (it divides by the size)
-            raise BuildError(f"--buckets {key}: a bucket of size 0 cannot be compiled; size 0 runs padded to "
-                             "the smallest bucket instead")
         s.buckets = sorted(set(sizes) | {s.hi})
     for s in syms:
-        if s.hi < 1:
-            raise BuildError(f"dynamic dim {s.name}: its range {s.lo}..{s.hi} holds no size above 0 to compile for")
         if not s.buckets:
             s.buckets = default_buckets(s.lo, s.hi)
     count = 1

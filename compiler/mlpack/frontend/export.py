@@ -249,9 +249,6 @@ def _placeholder_sig(node: torch.fx.Node, name: str) -> tuple[tuple[int, ...], t
         if not isinstance(d, int):
             raise BuildError(f"input '{name}' has a dynamic dimension ({d}); mlrt bundles have static shapes: "
                              "pass --input-shape to fix it")
-        if d == 0:  # torch-mlir cannot lower some ops on empty tensors (it divides by the size)
-            raise BuildError(f"input '{name}' has a dim of size 0 ({list(val.shape)}); build for a size of at least 1 "
-                             "(a dynamic dim with min 0 runs size 0 padded to its smallest bucket)")
         shape.append(d)
     return tuple(shape), val.dtype
 
@@ -282,16 +279,31 @@ def _export_flat(gm: torch.fx.GraphModule, example_args: list[torch.Tensor]) -> 
         raise BuildError(f"re-export with weights as arguments failed: {e}") from e
 
 
-def lift(ep: ExportedProgram) -> LiftedProgram:
-    """Core ATen -> fold BatchNorm into convs -> torch-mlir's decompositions -> fold constants,
-    and export the result with every weight as a plain argument (in `call_args` order)."""
-    import copy
-
+def _decomposition_table() -> dict:
+    """Core ATen, torch-mlir's and our own decompositions as one table, BatchNorm left whole (it
+    folds into its conv, or becomes a scale and a shift: graph_passes)."""
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
+
+    from .decompositions import table as mlpack_decompositions  # ops torch-mlir cannot lower itself
+
+    table = torch.export.default_decompositions()
+    for op, fn in {**get_decomposition_table(), **mlpack_decompositions()}.items():
+        table[op] = fn
+    for op in (torch.ops.aten._native_batch_norm_legit_no_training.default,):
+        if op in table:
+            del table[op]
+    return table
+
+
+def lift(ep: ExportedProgram) -> LiftedProgram:
+    """Core ATen with torch-mlir's decompositions (one pass: each is a full trace of the model) ->
+    fold BatchNorm into convs, the rest into scale-and-shift -> fold constants, and export the
+    result with every weight as a plain argument (in `call_args` order)."""
+    import copy
 
     from . import graph_passes, model_io
 
-    ep = ep.run_decompositions()  # core ATen: BatchNorm is still one op here
+    ep = ep.run_decompositions(_decomposition_table())
     sig = ep.graph_signature
     state = {**ep.state_dict, **ep.constants}
     gm = copy.deepcopy(ep.graph_module)  # `ep` stays intact for diagnostics
@@ -312,6 +324,7 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
         else:
             raise BuildError(f"model input kind {spec.kind.name} ('{spec.arg.name}') is not supported")
 
+    empty = model_io.empty_results_as_constants(gm.graph)
     # One graph output per distinct tensor (user outputs, then mutated inputs' new values);
     # constants the model returns live in the output structure only.
     plan = model_io.plan_outputs(gm, sig.output_specs, {s.name for s in inputs})
@@ -322,28 +335,12 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
     input_index = {s.name: i for i, s in enumerate(inputs)}
     mutations = [{"input": input_index[name], "output": k} for name, k in plan.mutations]
 
-    stats = {"empty_permuted_decomposed": model_io.decompose_empty_permuted(gm.graph),
+    stats = {"empty_results_as_constants": empty,
+             "empty_permuted_decomposed": model_io.decompose_empty_permuted(gm.graph),
              "int_operands_promoted": model_io.promote_int_operands(gm.graph),
              "half_to_float32": model_io.float32_body(gm, values, input_nodes)}
     stats["batchnorm_folded"] = graph_passes.run_pass(gm.graph, values, graph_passes.fold_batchnorm)
-    gm.recompile()
-    call_args, weights, example_args = _flatten(gm, inputs, input_nodes, values)
-
-    # torch-mlir's decompositions, then constant folding over what they produced.
-    from .decompositions import table as mlpack_decompositions  # ops torch-mlir cannot lower itself
-
-    decomposed = _export_flat(gm, example_args).run_decompositions(
-        {**get_decomposition_table(), **mlpack_decompositions()})
-    gm = decomposed.graph_module
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    input_nodes = {placeholders[k]: i for k, (kind, i) in enumerate(call_args) if kind == "input"}
-    values = {}
-    for k, (kind, i) in enumerate(call_args):
-        if kind == "weight":
-            values[placeholders[k]] = torch.from_numpy(weights[i][1])
-            placeholders[k].meta["mlpack_weight_name"] = weights[i][0]
-    stats["empty_permuted_decomposed"] += model_io.decompose_empty_permuted(gm.graph)
-    stats["int_operands_promoted"] += model_io.promote_int_operands(gm.graph)
+    stats["batchnorm_scale_shift"] = graph_passes.run_pass(gm.graph, values, graph_passes.batchnorm_scale_shift)
     stats["var_mean_in_float32"] = graph_passes.run_pass(gm.graph, values, graph_passes.var_mean_in_input_dtype)
     stats["weight_matmuls_unbatched"] = graph_passes.run_pass(gm.graph, values, graph_passes.unbatch_weight_matmuls)
     stats["constants_folded"] = graph_passes.run_pass(gm.graph, values, graph_passes.fold_constants)

@@ -1,7 +1,9 @@
 """Graph-level optimizations on the ATen graph, done once at build time:
 
-- fold eval-mode BatchNorm into the convolution that feeds it (scaled weights, shifted bias); runs
-  on core ATen, before torch-mlir's decompositions split BatchNorm into elementwise ops;
+- fold eval-mode BatchNorm into the convolution that feeds it (scaled weights, shifted bias), and
+  turn any other into one multiply and one add by per-channel vectors computed here (the
+  decompositions would leave four elementwise ops); BatchNorm is kept whole by the decompositions
+  for this;
 - compute variance (`var_mean`, as LayerNorm decomposes) in the input's dtype: torch-mlir lowers
   it through float64, which doubles the memory traffic of every LayerNorm and halves its vector
   width; a two-pass mean / mean of squared deviations in float32 is what eager PyTorch's own
@@ -89,6 +91,54 @@ def fold_batchnorm(wg: WeightGraph) -> int:
         folded += 1
     wg.drop_unused()
     return folded
+
+
+def batchnorm_scale_shift(wg: WeightGraph) -> int:
+    """_native_batch_norm_legit_no_training (no conv absorbed it) -> getitem 0  ==>  x * scale + shift,
+    per channel; computed here in float64 when the statistics are weights, else as graph ops."""
+    done = 0
+    for bn in list(wg.graph.nodes):
+        if bn.op != "call_function" or bn.target != aten._native_batch_norm_legit_no_training.default:
+            continue
+        x, gamma, beta, mean, var, _momentum, eps = bn.args
+        uses = list(bn.users)
+        if not uses or not all(u.target == operator.getitem and u.args[1] == 0 for u in uses):
+            continue
+        val = uses[0].meta.get("val")
+        if not isinstance(val, torch.Tensor) or val.dim() < 2:
+            continue
+        channels = [-1] + [1] * (val.dim() - 2)  # [C, 1, ...] against [N, C, ...]
+        g = wg.graph
+        with g.inserting_before(bn):
+            if all(p is None or p in wg.values for p in (gamma, beta, mean, var)):
+                scale = 1.0 / torch.sqrt(wg.values[var].double() + eps)
+                if gamma is not None:
+                    scale = scale * wg.values[gamma].double()
+                shift = -wg.values[mean].double() * scale
+                if beta is not None:
+                    shift = shift + wg.values[beta].double()
+                s = wg.add_weight(scale.to(val.dtype).reshape(channels), "bn_scale")
+                b = wg.add_weight(shift.to(val.dtype).reshape(channels), "bn_shift")
+            else:  # statistics computed by the model: the same arithmetic as graph ops
+                s = g.call_function(aten.rsqrt.default, (g.call_function(aten.add.Tensor, (var, eps)),))
+                if gamma is not None:
+                    s = g.call_function(aten.mul.Tensor, (s, gamma))
+                b = g.call_function(aten.neg.default, (g.call_function(aten.mul.Tensor, (mean, s)),))
+                if beta is not None:
+                    b = g.call_function(aten.add.Tensor, (b, beta))
+                s = g.call_function(aten.view.default, (s, channels))
+                b = g.call_function(aten.view.default, (b, channels))
+            mul = g.call_function(aten.mul.Tensor, (x, s))
+            add = g.call_function(aten.add.Tensor, (mul, b))
+        mul.meta = dict(uses[0].meta)
+        add.meta = dict(uses[0].meta)
+        for u in uses:
+            u.replace_all_uses_with(add)
+            g.erase_node(u)
+        g.erase_node(bn)
+        done += 1
+    wg.drop_unused()
+    return done
 
 
 def _weight_only(node, values, seen=None) -> bool:

@@ -258,6 +258,29 @@ def decompose_empty_permuted(graph: fx.Graph) -> int:
     return n
 
 
+def empty_results_as_constants(graph: fx.Graph) -> int:
+    """An op whose result has no elements (a batch of 0, a split of nothing) and which is not itself
+    an output -> aten.zeros of its shape: there is nothing to compute, and torch-mlir divides by
+    the zero dim lowering some views of such tensors (SIGFPE: the whole build process would die)."""
+    n = 0
+    for node in list(graph.nodes):
+        val = node.meta.get("val")
+        if node.op != "call_function" or not isinstance(val, torch.Tensor) or val.numel() != 0 \
+                or not isinstance(node.target, torch._ops.OpOverload) or node.target == aten.zeros.default:
+            continue
+        if any(u.op == "output" for u in node.users):  # an output stays computed (not a constant of the bundle)
+            continue
+        if not all(isinstance(d, int) for d in val.shape):
+            continue
+        with graph.inserting_before(node):
+            new = graph.call_function(aten.zeros.default, (list(val.shape),), {"dtype": val.dtype})
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        n += 1
+    graph.eliminate_dead_code()
+    return n
+
+
 # Operands that take part in a pointwise op's type promotion (not `condition` or `mask`).
 _PROMOTED_ARGS = {"self", "other", "input", "exponent", "tensor1", "tensor2", "end", "weight", "min", "max"}
 
