@@ -97,10 +97,22 @@ class _Fuser(TopLevelOps):
                 mapping.update(zip(q_block.arguments[len(q_ins):], args[len(p_ins) + len(kept):]))
                 clone_body(q_block, mapping, keep_yield=True)
         alloc = defining_op(t)
+        alloc = alloc.operation if alloc is not None and hasattr(alloc, "operation") else alloc
+        # The fused op takes Q's place; P's (and the alloc's, if it goes) become holes (None):
+        # positions keep their order without re-listing the whole body after every fusion.
+        j = self.index.pop(q)
+        self.ops[j] = fused.operation
+        self.index[self.ops[j]] = j
+        self.ops[self.index.pop(p)] = None
+        k = self.index.pop(alloc, None) if alloc is not None else None  # keys of erased ops must go first
         p.erase()
         q.erase()
         if alloc is not None and alloc.name == "memref.alloc" and not list(alloc.results[0].uses):
             alloc.erase()
+            if k is not None:
+                self.ops[k] = None
+        elif k is not None:
+            self.index[alloc] = k
 
     def dead(self, buf, i: int) -> bool:
         """Whether what buffer `buf` (not a view) holds after top-level op i is never read."""
@@ -165,14 +177,17 @@ class _Fuser(TopLevelOps):
         fused, i = 0, 0
         while i < len(self.ops):
             p = self.ops[i]
-            q = self.consumer(p)
+            q = self.consumer(p) if p is not None else None
             if q is None:
                 i += 1
                 continue
             self.fuse(p, q)
-            self.reindex()
             fused += 1
-            i = max(0, i - 1)  # the fused op may now feed its own consumer, or take a producer
+            i -= 1  # the op before P: the fused op may now feed its own consumer, or take a producer
+            while i > 0 and self.ops[i] is None:
+                i -= 1
+            i = max(i, 0)
+        self.reindex()
         return fused
 
 
