@@ -73,7 +73,7 @@ def _port_sig(name: str, dt: torch.dtype, shape: tuple[int, ...], what: str) -> 
 class LiftedProgram:
     """An exported model with weights lifted to arguments; everything the importer needs."""
 
-    program: ExportedProgram  # takes only user inputs: weights first-class, in `call_args` order
+    program: torch.fx.GraphModule  # placeholders: weights and inputs in `call_args` order; meta["val"] fresh
     call_args: list[tuple[str, int]]  # ("weight", i) | ("input", i), one per graph argument
     weights: list[tuple[str, np.ndarray]]  # (fully qualified name, contiguous data)
     inputs: list[TensorSig]
@@ -271,14 +271,6 @@ def _flatten(gm: torch.fx.GraphModule, inputs: list[TensorSig], input_nodes: dic
     return call_args, weights, example_args
 
 
-def _export_flat(gm: torch.fx.GraphModule, example_args: list[torch.Tensor]) -> ExportedProgram:
-    """Export a graph whose placeholders are all plain arguments (weights included)."""
-    try:
-        return torch.export.export(gm, tuple(example_args), strict=False)
-    except Exception as e:  # noqa: BLE001
-        raise BuildError(f"re-export with weights as arguments failed: {e}") from e
-
-
 def _decomposition_table() -> dict:
     """Core ATen, torch-mlir's and our own decompositions as one table, BatchNorm left whole (it
     folds into its conv, or becomes a scale and a shift: graph_passes)."""
@@ -295,6 +287,40 @@ def _decomposition_table() -> dict:
     return table
 
 
+def _canonical(gm: torch.fx.GraphModule) -> None:
+    """Drops the dtype asserts the tracer leaves behind and turns prims conversions (from
+    decompositions in the table) into aten._to_copy, which the later passes and torch-mlir know."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target == torch.ops.aten._assert_tensor_metadata.default and not node.users:
+            gm.graph.erase_node(node)
+        elif node.target == torch.ops.prims.convert_element_type.default:
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_function(torch.ops.aten._to_copy.default, (node.args[0],), {"dtype": node.args[1]})
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+
+
+def _fresh_meta(gm: torch.fx.GraphModule, example_args: list[torch.Tensor]) -> torch.fx.GraphModule:
+    """Every node's meta["val"] recomputed with fake tensors (the graph passes added nodes and
+    placeholders without): what the importer reads types from. A re-export did this by tracing
+    the whole model again, at about 4x the cost."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    gm.recompile()
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            FakeTensorProp(gm, mode).propagate(*[mode.from_tensor(t) for t in example_args])
+    except Exception as e:  # noqa: BLE001
+        raise BuildError(f"propagating shapes through the lifted graph failed: {e}") from e
+    for node in gm.graph.nodes:
+        node.meta.pop("tensor_meta", None)  # the importer prefers it to "val": stale after the passes
+    return gm
+
+
 def lift(ep: ExportedProgram) -> LiftedProgram:
     """Core ATen with torch-mlir's decompositions (one pass: each is a full trace of the model) ->
     fold BatchNorm into convs, the rest into scale-and-shift -> fold constants, and export the
@@ -307,6 +333,7 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
     sig = ep.graph_signature
     state = {**ep.state_dict, **ep.constants}
     gm = copy.deepcopy(ep.graph_module)  # `ep` stays intact for diagnostics
+    _canonical(gm)
     values: dict[torch.fx.Node, torch.Tensor] = {}
     inputs: list[TensorSig] = []
     input_nodes: dict[torch.fx.Node, int] = {}
@@ -348,7 +375,7 @@ def lift(ep: ExportedProgram) -> LiftedProgram:
     call_args, weights, example_args = _flatten(gm, inputs, input_nodes, values)
 
     return LiftedProgram(
-        program=_export_flat(gm, example_args),
+        program=_fresh_meta(gm, example_args),
         call_args=call_args,
         weights=weights,
         inputs=inputs,

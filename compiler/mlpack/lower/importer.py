@@ -1,4 +1,4 @@
-"""Import: ExportedProgram -> MLIR linalg-on-tensors through torch-mlir's FX importer.
+"""Import: the lifted FX graph -> MLIR linalg-on-tensors through torch-mlir's FX importer.
 
 When lowering fails, torch-mlir prints diagnostics to stderr and raises a generic error. We collect
 the diagnostics instead, find the ATen op they name, and point at the module path and source line
@@ -25,7 +25,7 @@ def import_program(lifted: LiftedProgram):
     from torch_mlir import ir
     from torch_mlir.dialects import torch as torch_d
     from torch_mlir.extras.fx_importer import FxImporter
-    from torch_mlir.fx import OutputType, export_and_import
+    from torch_mlir.fx import OutputType, stateless_fx_import
 
     context = ir.Context()
     torch_d.register_dialect(context)
@@ -37,12 +37,11 @@ def import_program(lifted: LiftedProgram):
 
     context.attach_diagnostic_handler(on_diagnostic)
     try:
-        module = export_and_import(
+        module = stateless_fx_import(  # the lifted graph: weights are plain arguments, decomposed already
             lifted.program,
             output_type=OutputType.LINALG_ON_TENSORS,
             fx_importer=FxImporter(context=context),
-            func_name="forward",
-            decomposition_table={},  # frontend.lift already ran torch-mlir's table: not twice
+            model_name="forward",
         )
     except NotImplementedError as e:
         raise BuildError(f"torch-mlir cannot import this model: {e}") from e
