@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import xxhash
 
 MAGIC = b"MLRTBNDL"
 FORMAT_VERSION = 2  # the newest this reader knows
@@ -69,6 +68,8 @@ def weight_chunk_digests(blob: bytes, chunk: int = WEIGHT_CHUNK) -> dict:
 def weight_chunk_checksums(blob: bytes, chunk: int = WEIGHT_CHUNK) -> dict:
     """The manifest's `weights_xxh3`: an XXH3-64 per `chunk` bytes, which mlrt checks by default
     (verify="fast"): ~10x cheaper than SHA-256, and what a load of a large model spends its time on."""
+    import xxhash  # the compiler extra's: `mlpack inspect` on a runtime-only install reads bundles without it
+
     view = memoryview(blob)
     return {"chunk_bytes": chunk,
             "chunks": [xxhash.xxh3_64_hexdigest(view[i:i + chunk]) for i in range(0, len(blob), chunk)]}
