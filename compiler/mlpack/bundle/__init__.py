@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
 MAGIC = b"MLRTBNDL"
 FORMAT_VERSION = 2  # the newest this reader knows
 STATIC_FORMAT_VERSION = 1  # bundles without dynamic dims stay readable by version-1 runtimes
