@@ -444,21 +444,21 @@ def _as_fact(x):
 def _evaluate(node, facts: dict[int, Any]):
     """The op on 0-d tensors holding the constant facts (argument position -> fact), or None."""
     args = list(node.args)
-    for pos, a in enumerate(args):
-        if isinstance(a, fx.Node):
-            val = a.meta.get("val")
-            c = _const(facts.get(pos))
-            if not isinstance(val, torch.Tensor) or c is None:
-                return None
-            args[pos] = torch.tensor(c, dtype=val.dtype)
-        elif isinstance(a, (list, tuple)) or isinstance(a, (torch.SymInt, torch.SymFloat)):
-            return None
     kwargs = {k: v for k, v in node.kwargs.items() if k not in ("device", "layout", "pin_memory", "memory_format")}
     if any(isinstance(v, fx.Node) for v in kwargs.values()):
         return None
     try:
+        for pos, a in enumerate(args):
+            if isinstance(a, fx.Node):
+                val = a.meta.get("val")
+                c = _const(facts.get(pos))
+                if not isinstance(val, torch.Tensor) or c is None:
+                    return None
+                args[pos] = torch.tensor(c, dtype=val.dtype)  # -inf as an integer raises: no constant then
+            elif isinstance(a, (list, tuple)) or isinstance(a, (torch.SymInt, torch.SymFloat)):
+                return None
         r = node.target(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - an op that wants shapes: no constant then
+    except Exception:  # noqa: BLE001 - an op that wants shapes, a value the dtype cannot hold: no constant
         return None
     if not isinstance(r, torch.Tensor) or r.numel() != 1:
         return None
