@@ -53,21 +53,10 @@ def split_module(llvm_ir: str) -> list[str]:
     from ...lower.outline_loops import PREFIX as OUTLINED_PREFIX
 
     preamble, groups, helpers = [], {}, []
-    lines = llvm_ir.split("\n")
-    i = 0
-    while i < len(lines):
-        m = _DEFINE.match(lines[i])
-        if not m:
-            preamble.append(lines[i])
-            i += 1
-            continue
-        if not lines[i].endswith("{"):
-            raise CompileError(f"unexpected function header in LLVM IR: {lines[i][:200]}")
-        end = lines.index("}", i)
-        body = lines[i:end + 1]
-        i = end + 1
-        key = m.group(2).split("..")[0]
-        if key == "forward" or key.startswith(OUTLINED_PREFIX):
+    for key, body in _pieces(llvm_ir):
+        if key is None:
+            preamble.extend(body)
+        elif key == "forward" or key.startswith(OUTLINED_PREFIX):
             groups.setdefault(key, []).append(body)
         else:
             helpers.append(body)
@@ -101,26 +90,34 @@ def split_module(llvm_ir: str) -> list[str]:
     return parts
 
 
+def _pieces(llvm_ir: str):
+    """(group key, lines) per function definition, in order; (None, [line]) for every other line.
+    The key is the function's name up to `..` (an outlined nest and its OpenMP regions share one)."""
+    lines = llvm_ir.split("\n")
+    i = 0
+    while i < len(lines):
+        m = _DEFINE.match(lines[i])
+        if not m:
+            yield None, [lines[i]]
+            i += 1
+            continue
+        if not lines[i].endswith("{"):
+            raise CompileError(f"unexpected function header in LLVM IR: {lines[i][:200]}")
+        end = lines.index("}", i)
+        yield m.group(2).split("..")[0], lines[i:end + 1]
+        i = end + 1
+
+
 def merge_identical(llvm_ir: str) -> str:
     """Drops every outlined loop nest (with its OpenMP regions, `name..*`) whose text equals an
     earlier one's up to its own name, and points the calls at the earlier one."""
     from ...lower.outline_loops import PREFIX as OUTLINED_PREFIX
 
-    lines = llvm_ir.split("\n")
     pieces: list[str | tuple[str]] = []  # text, or (key,) where an outlined group goes
     groups: dict[str, list[str]] = {}
-    i = 0
-    while i < len(lines):
-        m = _DEFINE.match(lines[i])
-        if not m:
-            pieces.append(lines[i])
-            i += 1
-            continue
-        end = lines.index("}", i)
-        body = "\n".join(lines[i:end + 1])
-        i = end + 1
-        key = m.group(2).split("..")[0]
-        if not key.startswith(OUTLINED_PREFIX):
+    for key, lines in _pieces(llvm_ir):
+        body = "\n".join(lines)
+        if key is None or not key.startswith(OUTLINED_PREFIX):
             pieces.append(body)
             continue
         if key not in groups:
