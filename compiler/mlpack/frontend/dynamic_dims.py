@@ -15,7 +15,7 @@ where the symbol is back to one prefix-shaped dim.
 Ops that mix entries along the dim (softmax, sums, matmuls over it) are exact too when what the
 padding puts there cannot change the valid entries: each tracked dim also carries a fact about its
 padded entries (those where this dim is past the valid prefix and every other tracked dim within
-it), from a small lattice (`_Fact`): zero-padded inputs give exact zeros, a mask built from them
+it), from a small lattice (`_DimState.pad`): zero-padded inputs give exact zeros, a mask built from them
 (`mask == 0`, `(1 - mask) * finfo.min`, arange comparisons of a causal mask) gives -inf or a value
 at most -1e30 after the scores, softmax turns those into exact zeros, and a sum or a matmul over
 zeros adds nothing. This is how attention over a padded sequence is proved exact: keys past the
@@ -389,7 +389,7 @@ _FINITE_OPS = {"add", "sub", "rsub", "mul", "neg", "relu", "gelu", "silu", "sigm
                "hardtanh", "leaky_relu", "elu", "exp", "floor", "ceil", "round", "trunc", "sign", "square",
                "_to_copy", "clone", "alias", "detach", "contiguous", "lift_fresh_copy", "masked_fill", "bitwise_and",
                "bitwise_or", "bitwise_not", "bitwise_xor", "logical_and", "logical_or", "logical_not", "logical_xor",
-               "eq", "ne", "lt", "le", "gt", "ge", "relu6", "mish", "softplus", "silu_", "gelu_", "pow"}
+               "eq", "ne", "lt", "le", "gt", "ge", "relu6", "mish", "softplus", "pow"}
 _COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
 
 
