@@ -48,12 +48,12 @@ def test_loop_nests_are_outlined_and_the_model_still_matches(tmp_path):
 
 
 def test_partitioned_compile_matches_and_is_reproducible(tmp_path, monkeypatch):
-    from mlpack.targets.x86_64 import llvm_compile
+    from mlpack.lower import llvm_compile
 
     monkeypatch.setattr(llvm_compile, "PARTITION_LINES", 200)  # force several partitions
     first, x, ref = _build(tmp_path, "a")
     parts = llvm_compile.split_module(
-        mlpack.targets.x86_64.codegen._legacy_fp_literals((tmp_path / "a" / "05-llvm.mlir").read_text()))
+        mlpack.lower.llvm_codegen.legacy_fp_literals((tmp_path / "a" / "05-llvm.mlir").read_text()))
     assert len(parts) > 2
     assert all("declare hidden void @forward_loop_" in p for p in parts)
     assert_matches_eager([mlrt.load(first).run(x.numpy())], ref)
@@ -62,10 +62,10 @@ def test_partitioned_compile_matches_and_is_reproducible(tmp_path, monkeypatch):
 
 
 def test_llvm_failure_is_a_build_error_not_a_crash():
-    from mlpack.targets.x86_64 import llvm_compile
+    from mlpack.lower import llvm_compile
 
     with pytest.raises(llvm_compile.CompileError, match="LLVM failed"):
-        llvm_compile.compile_objects("define void @forward() {\n  ret i32 0\n}\n", "x86-64-v3")
+        llvm_compile.compile_objects("define void @forward() {\n  ret i32 0\n}\n", "x86_64-unknown-linux-gnu", "x86-64-v3")
 
 
 def test_identical_loop_nests_compile_once(tmp_path):
@@ -75,7 +75,7 @@ def test_identical_loop_nests_compile_once(tmp_path):
     transformer's, whose plan repeats block after block)."""
     import re
 
-    from mlpack.targets.x86_64 import llvm_compile
+    from mlpack.lower import llvm_compile
 
     bundle, x, ref = _build(tmp_path, "m")
     llvm_ir = (tmp_path / "m" / "05-llvm.mlir").read_text()

@@ -47,7 +47,7 @@ def _no_build_paths(bundle: Path, *paths: Path) -> None:
 
 
 def test_cpu_bundle_is_reproducible(tmp_path, monkeypatch):
-    from mlpack.targets.x86_64 import llvm_compile
+    from mlpack.lower import llvm_compile
     from mlpack.targets.x86_64.link import KERNELS_DIR
 
     model, inputs = _model()

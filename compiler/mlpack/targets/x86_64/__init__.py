@@ -1,12 +1,14 @@
-"""The x86-64 target (`--target cpu`): LLVM IR compiled by llvmlite (codegen.py, llvm_compile.py),
-linked with the C microkernels in kernels/ into one shared object (link.py)."""
+"""The x86-64 target (`--target cpu`, `--cpu x86-64*`): LLVM IR from the CPU path shared with
+aarch64 (lower/llvm_codegen.py) compiled by llvmlite for x86_64 (codegen.py), linked with the C
+microkernels in kernels/ into one shared object (lower/native_link.py)."""
 
 from __future__ import annotations
 
 from ...errors import BuildError
 from ...lower.kernel_calls import WEIGHT_LAYOUTS
 from ...lower.program import LoweringOptions
-from .codegen import CPU_LEVELS, DEFAULT_CPU, CpuArtifact, compile_cpu
+from ...lower.llvm_codegen import CpuCode
+from .codegen import CPU_LEVELS, DEFAULT_CPU, compile_cpu
 
 
 class X86_64:
@@ -27,12 +29,12 @@ class X86_64:
         return LoweringOptions(weight_layouts=weight_layouts, winograd=self.winograd, fuse_elementwise=True,
                                noalias_arguments=True, collapse_loop_dims=True)
 
-    def compile(self, planned, dump=None, stage=None) -> CpuArtifact:
+    def compile(self, planned, dump=None, stage=None) -> CpuCode:
         return compile_cpu(planned, self.cpu, dump, stage)
 
     def sections_per_program(self) -> int:
         return 1
 
-    def dynamic_manifest(self, codes: list[CpuArtifact], sizes: list[dict]) -> dict:
+    def dynamic_manifest(self, codes: list[CpuCode], sizes: list[dict]) -> dict:
         last = codes[-1]  # every program has the same CPU level; the kernel counts are the last one's
         return {**last.cpu_manifest(), "kernels": dict(last.kernels)}

@@ -1,104 +1,22 @@
-"""The shared object: the model's objects linked with the C microkernels (kernels/*.c) and
-memrefCopy (support/memref_copy.c) by the system C compiler. Each kernel object is compiled once
-per (sources, compiler, flags) and cached in $MLPACK_CACHE_DIR.
-
-Entry ABI of the produced shared object (see docs/bundle-format.md):
-    void mlrt_entry(void **args, const mlrt_host_api *host)  // args[i]: pointer for manifest "call"[i]
-"""
+"""The x86-64 shared object: the model's objects linked with the C microkernels (kernels/*.c) and
+memrefCopy by the system C compiler ($CC, default cc), with -march at the bundle's level
+(lower/native_link.py does the work and caches the kernel objects)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 from pathlib import Path
 
-from ...errors import BuildError
+from ...lower.native_link import link_shared_object
 
 KERNELS_DIR = Path(__file__).parent / "kernels"
+# The microkernels kernels/*.c define (mlrt_kernels.h): the generated code may call these.
+KERNELS = frozenset({"mlrt_matmul_f32", "mlrt_conv2d_f32", "mlrt_conv2d_packed_f32", "mlrt_depthwise_conv2d_f32",
+                     "mlrt_depthwise_mult_conv2d_f32", "mlrt_conv2d_winograd_f32", "mlrt_conv2d_small_f32",
+                     "mlrt_conv2d_grouped_f32", "mlrt_conv3d_f32", "mlrt_pool2d_f32"})
 
 
-def _entry_wrapper(num_args: int, call: tuple[list[str], list[str]] | None = None) -> str:
-    types, call_args = call or (["void *"] * num_args, [f"a[{i}]" for i in range(num_args)])
-    params = ", ".join(types)
-    args = ", ".join(call_args)
-    return ('#include "mlrt_kernels.h"\n'
-            "void mlrt_set_host(const mlrt_host_api *host);\n"
-            f"extern void forward({params});\n"
-            "__attribute__((visibility(\"default\"))) void mlrt_entry(void **a, const mlrt_host_api *host) {\n"
-            f"  mlrt_set_host(host);\n  forward({args});\n  mlrt_set_host(0);\n}}\n")
-
-
-def _cache_dir() -> Path:
-    """Where compiled kernel objects are kept: $MLPACK_CACHE_DIR, else $XDG_CACHE_HOME/mlpack."""
-    env = os.environ.get("MLPACK_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlpack"
-
-
-def _compiler_identity(cc: str) -> str:
-    try:
-        return subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    except FileNotFoundError as e:
-        raise BuildError(f"linking needs a C compiler ({cc!r}; set CC to another): none found on PATH") from e
-    except subprocess.CalledProcessError as e:
-        raise BuildError(f"the C compiler {cc!r} does not run: {e.stderr.strip()}") from e
-
-
-def support_objects(cc: str, cpu: str) -> list[Path]:
-    """The microkernels and runtime support compiled for `cpu`, each object cached under a hash of
-    its sources (the .c file and every kernel header), the compiler's identity and the flags: the
-    same inputs always give the same object, so builds skip ~5 s of C compilation and stay
-    reproducible. A cache that cannot be written only costs the compile."""
-    import hashlib
-
-    sources = [Path(__file__).parent / "support" / "memref_copy.c", *sorted(KERNELS_DIR.glob("*.c"))]
-    headers = b"".join(h.name.encode() + h.read_bytes() for h in sorted(KERNELS_DIR.glob("*.h")))
-    flags = ["-c", "-fPIC", "-O3", f"-march={cpu}", "-mtune=generic", "-std=gnu11", "-fvisibility=hidden",
-             f"-I{KERNELS_DIR}"]
-    ident = _compiler_identity(cc)
-    objects = []
-    for src in sources:
-        key = hashlib.sha256(b"\0".join([src.read_bytes(), headers, ident.encode(), " ".join(flags[:-1]).encode()]))
-        obj = _cache_dir() / "kernels" / f"{src.stem}-{key.hexdigest()[:24]}.o"
-        if not obj.exists():
-            try:
-                obj.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=obj.parent, suffix=".o.tmp")
-                os.close(fd)
-            except OSError:  # read-only cache: compile into a private folder instead
-                tmp_dir = Path(tempfile.mkdtemp(prefix="mlpack-kernels-"))
-                obj = tmp_dir / obj.name
-                tmp = str(tmp_dir / (obj.name + ".tmp"))
-            try:  # the bare file name from its own folder: no path of this machine in the object
-                subprocess.run([cc, *flags, src.name, "-o", tmp], check=True, capture_output=True, text=True,
-                               cwd=src.parent)
-            except subprocess.CalledProcessError as e:
-                Path(tmp).unlink(missing_ok=True)
-                raise BuildError(f"compiling the microkernel {src.name} failed:\n{e.stderr}") from e
-            os.replace(tmp, obj)  # atomic: concurrent builds see a whole object or none
-        objects.append(obj)
-    return objects
-
-
-def link_shared_object(objs: list[bytes], num_args: int, cpu: str, call: tuple[list[str], list[str]] | None = None) -> bytes:
+def link(objs: list[bytes], num_args: int, cpu: str, call) -> bytes:
     cc = os.environ.get("CC", "cc")
-    support = support_objects(cc, cpu)
-    with tempfile.TemporaryDirectory(prefix="mlpack-link-") as tmp:
-        tmp_path = Path(tmp)
-        names = [f"model{i}.o" for i in range(len(objs))]
-        for name, obj in zip(names, objs):
-            (tmp_path / name).write_bytes(obj)
-        (tmp_path / "entry.c").write_text(_entry_wrapper(num_args, call))
-        # Reproducible: files named relative to the temp folder (cwd), so its name is in no symbol;
-        # the build ID is a hash of the content, whatever the linker's default.
-        cmd = [cc, "-shared", "-fPIC", "-O3", f"-march={cpu}", "-mtune=generic",
-               "-std=gnu11", "-fvisibility=hidden", f"-I{KERNELS_DIR}", "-o", "model.so",
-               *names, "entry.c", *map(str, support),
-               "-lm", "-Wl,-z,noexecstack", "-Wl,-z,now", "-Wl,--no-undefined", "-Wl,--build-id=sha1"]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp)
-        except subprocess.CalledProcessError as e:
-            raise BuildError(f"linking the model's shared object failed:\n{e.stderr}") from e
-        return (tmp_path / "model.so").read_bytes()
+    return link_shared_object(objs, num_args, cc, [f"-march={cpu}", "-mtune=generic"], KERNELS_DIR,
+                              f"linking needs a C compiler ({cc!r}; set CC to another): none found on PATH", call)

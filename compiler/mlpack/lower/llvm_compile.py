@@ -24,7 +24,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-TRIPLE = "x86_64-unknown-linux-gnu"
 # IR lines per partition: below ~2x this a model compiles in one piece (the workers' start-up,
 # ~0.1 s each, is not worth it for small models).
 PARTITION_LINES = 6000
@@ -37,12 +36,13 @@ class CompileError(Exception):
     pass
 
 
-def compile_objects(llvm_ir: str, cpu: str) -> list[bytes]:
-    """Objects for `llvm_ir` (a module whose functions can be linked from separate objects)."""
+def compile_objects(llvm_ir: str, triple: str, cpu: str, features: str = "") -> list[bytes]:
+    """Objects for `llvm_ir` (a module whose functions can be linked from separate objects), for
+    `triple` (e.g. x86_64-unknown-linux-gnu) at LLVM CPU `cpu` with `features` ("+neon,..." or "")."""
     parts = split_module(merge_identical(llvm_ir))
     workers = max(1, min(len(parts), len(os.sched_getaffinity(0))))
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda text: _run_worker(text, cpu), parts))
+        return list(pool.map(lambda text: _run_worker(text, triple, cpu, features), parts))
 
 
 def split_module(llvm_ir: str) -> list[str]:
@@ -50,7 +50,7 @@ def split_module(llvm_ir: str) -> list[str]:
     declarations, attributes, metadata), its own functions, and declarations of the outlined
     functions other partitions define. Internal helpers outside any group are copied into all."""
     # Imported here: run as a script, this module is a worker, outside any package.
-    from ...lower.outline_loops import PREFIX as OUTLINED_PREFIX
+    from .outline_loops import PREFIX as OUTLINED_PREFIX
 
     preamble, groups, helpers = [], {}, []
     for key, body in _pieces(llvm_ir):
@@ -111,7 +111,7 @@ def _pieces(llvm_ir: str):
 def merge_identical(llvm_ir: str) -> str:
     """Drops every outlined loop nest (with its OpenMP regions, `name..*`) whose text equals an
     earlier one's up to its own name, and points the calls at the earlier one."""
-    from ...lower.outline_loops import PREFIX as OUTLINED_PREFIX
+    from .outline_loops import PREFIX as OUTLINED_PREFIX
 
     pieces: list[str | tuple[str]] = []  # text, or (key,) where an outlined group goes
     groups: dict[str, list[str]] = {}
@@ -154,8 +154,8 @@ def _declaration(header: str) -> str:
     return f"declare hidden {ret} @{m.group(2)}({', '.join(params)})"
 
 
-def _run_worker(llvm_ir: str, cpu: str) -> bytes:
-    proc = subprocess.run([sys.executable, str(Path(__file__)), cpu], input=llvm_ir.encode(),
+def _run_worker(llvm_ir: str, triple: str, cpu: str, features: str) -> bytes:
+    proc = subprocess.run([sys.executable, str(Path(__file__)), triple, cpu, features], input=llvm_ir.encode(),
                           capture_output=True, check=False)
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()
@@ -163,16 +163,16 @@ def _run_worker(llvm_ir: str, cpu: str) -> bytes:
     return proc.stdout
 
 
-def compile_object(llvm_ir: str, cpu: str) -> bytes:
+def compile_object(llvm_ir: str, triple: str, cpu: str, features: str = "") -> bytes:
     """One module -> one object, in this process (the worker's job)."""
     import llvmlite.binding as llvm
 
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
-    tm = llvm.Target.from_triple(TRIPLE).create_target_machine(
-        cpu=cpu, features="", opt=3, reloc="pic", codemodel="small")
+    tm = llvm.Target.from_triple(triple).create_target_machine(
+        cpu=cpu, features=features, opt=3, reloc="pic", codemodel="small")
     mod = llvm.parse_assembly(llvm_ir)
-    mod.triple = TRIPLE
+    mod.triple = triple
     mod.data_layout = str(tm.target_data)
     mod.verify()
     pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
@@ -181,4 +181,4 @@ def compile_object(llvm_ir: str, cpu: str) -> bytes:
 
 
 if __name__ == "__main__":
-    sys.stdout.buffer.write(compile_object(sys.stdin.buffer.read().decode(), sys.argv[1]))
+    sys.stdout.buffer.write(compile_object(sys.stdin.buffer.read().decode(), *sys.argv[1:4]))
