@@ -38,7 +38,11 @@ def main() -> None:
               help="Sizes of a dynamic dim that get their own static program, e.g. x:0=1,8,32 or batch=1,8,32 "
                    "(default: powers of two and both bounds).")
 @click.option("--target", default="cpu", show_default=True, help="Code to generate: cpu, cuda or cpu,cuda.")
-@click.option("--cpu", default=None, help="x86-64 level: x86-64, x86-64-v2, x86-64-v3 (default, AVX2+FMA).")
+@click.option("--cpu", default=None,
+              help="cpu: level(s) to compile for, comma-separated: x86-64, x86-64-v2, x86-64-v3 (default, AVX2+FMA); "
+                   "aarch64 (any 64-bit ARM), armv8.2-a, armv8.2-a+dotprod, cortex-a72, cortex-a76, cortex-a78, "
+                   "neoverse-n1, neoverse-v1 (needs an aarch64 C cross compiler). Several levels give one bundle "
+                   "with a code variant each, e.g. x86-64-v3,aarch64: mlrt runs the first one its CPU can.")
 @click.option("--winograd/--no-winograd", default=True, show_default=True,
               help="cpu: run 3x3 stride-1 convs as Winograd F(4x4,3x3) or F(2x2,3x3): faster, but those weights take 4x or 16/9 the bytes.")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16"]), default="fp32", show_default=True,
@@ -203,8 +207,14 @@ def inspect(bundle, as_json, plot):
     for name, t in m["targets"].items():
         if name == "cuda":
             click.echo(f"target cuda: {_describe_cuda(t)}")
+        elif "variants" in t:
+            click.echo(f"target {name}: {len(t['variants'])} code variants, the first this CPU can run is used:")
+            for v in t["variants"]:
+                section = f" in {v['section']}" if "section" in v else ""
+                click.echo(f"  {v['cpu']} ({v['arch']}){section} needs [{', '.join(v.get('features', []))}]")
         else:
-            click.echo(f"target {name}: {t.get('cpu', '')} needs [{', '.join(t.get('features', []))}]")
+            arch = f" ({t['arch']})" if t.get("arch") else ""
+            click.echo(f"target {name}: {t.get('cpu', '')}{arch} needs [{', '.join(t.get('features', []))}]")
     click.echo("sections:")
     for s in info.sections:
         click.echo(f"  {s.name:<10} {s.size:>12,d} bytes at {s.offset:#x}  sha256 {s.sha256.hex()[:16]}…")

@@ -5,6 +5,7 @@ with a class implementing `Target`, named in `_REGISTRY` (docs/compiler-internal
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
@@ -17,13 +18,16 @@ from ..lower.program import LoweringOptions, PlannedProgram
 # the manifest its memory plan, and the sections follow this order.
 _REGISTRY = {"cpu": "x86_64:X86_64", "cuda": "cuda:Cuda"}
 NAMES = tuple(_REGISTRY)
+# The CPU code generators: each `--cpu` level goes to the folder whose class lists it (LEVELS);
+# no level given: the registry's "cpu" folder at its default level.
+_CPU_FOLDERS = ("x86_64:X86_64", "aarch64:Aarch64")
 
 
 @dataclass(frozen=True)
 class TargetOptions:
     """The build's options for its targets; each target reads its own."""
 
-    cpu: str | None = None  # x86_64: micro-architecture level (default x86-64-v3)
+    cpu: str | None = None  # cpu: level(s), comma-separated ("x86-64-v3", "neoverse-n1", "x86-64-v3,aarch64")
     winograd: bool = True  # x86_64: 3x3 stride-1 convs as Winograd
     precision: str = "fp32"  # cuda: operand precision of matmul / conv
     cuda_arch: int | None = None  # cuda: minimum compute capability (default 80)
@@ -71,18 +75,47 @@ class Target(Protocol):
         program's bucket sizes, for errors)."""
 
 
+def _load(entry: str):
+    folder, cls = entry.split(":")
+    return getattr(importlib.import_module(f"{__name__}.{folder}"), cls)
+
+
+def cpu_levels() -> dict[str, tuple[str, ...]]:
+    """Every --cpu level, by architecture ({"x86_64": ("x86-64", ...), "aarch64": (...)})."""
+    return {cls.arch: cls.LEVELS for cls in map(_load, _CPU_FOLDERS)}
+
+
+def _cpu_target(options: TargetOptions):
+    """The CPU target for --cpu: one level's target, or CpuVariants over several (each level's
+    code in one bundle; the runtime runs the first its CPU can)."""
+    levels = [c.strip() for c in (options.cpu or "").split(",") if c.strip()]
+    if not levels:
+        return _load(_REGISTRY["cpu"])(options)
+    if len(set(levels)) != len(levels):
+        raise BuildError(f"--cpu {options.cpu!r} names a level twice")
+    classes = list(map(_load, _CPU_FOLDERS))
+    variants = []
+    for level in levels:
+        cls = next((c for c in classes if level in c.LEVELS), None)
+        if cls is None:
+            known = "; ".join(f"{c.arch}: {', '.join(c.LEVELS)}" for c in classes)
+            raise BuildError(f"unknown --cpu level {level!r} ({known})")
+        variants.append(cls(dataclasses.replace(options, cpu=level)))
+    if len(variants) == 1:
+        return variants[0]
+    from .cpu_variants import CpuVariants
+
+    return CpuVariants(variants)
+
+
 def create(spec: str, options: TargetOptions) -> list[Target]:
     """The targets a --target value names ("cpu", "cuda", "cpu,cuda"), in registry order."""
     names = [t.strip() for t in spec.split(",") if t.strip()]
     unknown = [t for t in names if t not in _REGISTRY]
     if unknown or not names:
         raise BuildError(f"unknown target {spec!r}: this build supports {', '.join(NAMES)}")
-    out = []
-    for name in NAMES:
-        if name in names:
-            folder, cls = _REGISTRY[name].split(":")
-            out.append(getattr(importlib.import_module(f"{__name__}.{folder}"), cls)(options))
-    return out
+    return [_cpu_target(options) if name == "cpu" else _load(_REGISTRY[name])(options)
+            for name in NAMES if name in names]
 
 
 def weight_layouts(targets: Sequence[Target]) -> frozenset:

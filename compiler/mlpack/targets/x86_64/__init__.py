@@ -15,6 +15,8 @@ class X86_64:
     """targets.Target for x86-64 CPUs at a named micro-architecture level."""
 
     name = "cpu"
+    arch = "x86_64"
+    LEVELS = tuple(CPU_LEVELS)
     weight_layouts = frozenset(WEIGHT_LAYOUTS)  # the C kernels read every stored layout
     packs_weights = True
 

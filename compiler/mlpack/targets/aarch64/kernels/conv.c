@@ -1,0 +1,662 @@
+/* Convolutions, NCHW fp32. Zero padding is applied here (pad_top/pad_left; the bottom/right
+ * padding follows from OH/OW), so the compiler can drop torch-mlir's padded copy of the input.
+ * conv2d: im2col written straight into the packed-panel layout of the GEMM's B operand, then
+ *   Y[CO x OH*OW] = epilogue(W[CO x C*KH*KW] * cols), the weights read in place as A.
+ * conv2d on small maps: the output channels in the lanes, the weights pre-packed as B panels.
+ * grouped conv2d: the same per (image, group), the pairs shared out between the threads.
+ * conv3d: per output depth, the sum of 2-D convs over the kernel's depth taps.
+ * depthwise: per channel, input rows staged in a zero-padded ring; AVX2 taps along the output row. */
+#include <string.h>
+
+#include "mlrt_kernels.h"
+
+enum { NR = MLRT_NR };
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+typedef struct {
+  const float *x;
+  float *bp;
+  int64_t C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pt, pl;
+  int64_t cstride; /* floats from one input channel's plane to the next (H*W, or D*H*W in 3-D) */
+} im2col_job;
+
+/* Packs panel p: for each tap, the 16 output positions' input offsets. A panel inside one output
+ * row (every panel of a map at least 16 wide) reads each tap at a fixed stride, found without a
+ * per-lane division or test; the C=3 stem conv spent half its time on those. */
+static void im2col_panel(void *ctx, int64_t p) {
+  const im2col_job *j = (const im2col_job *)ctx;
+  const int64_t taps = j->KH * j->KW, K = j->C * taps, plane = j->cstride;
+  const int64_t pos0 = p * NR, oy0 = pos0 / j->OW, ox0 = pos0 % j->OW;
+  const int one_row = pos0 + NR <= j->N && ox0 + NR <= j->OW;
+  float *dst = j->bp + p * K * NR;
+  int64_t oy[NR], ox[NR];
+  for (int l = 0; l < NR; ++l) {
+    const int64_t pos = pos0 + l;
+    oy[l] = one_row ? oy0 : pos < j->N ? pos / j->OW : -1;
+    ox[l] = one_row ? ox0 + l : pos < j->N ? pos % j->OW : 0;
+  }
+  for (int64_t ky = 0; ky < j->KH; ++ky)
+    for (int64_t kx = 0; kx < j->KW; ++kx) {
+      /* lane l reads base + l * step when base >= 0 (lanes outside [l0, l1) are padding); else
+       * off[l] (-1: padding) */
+      int64_t off[NR], base = -1, step = 0, l0 = 0, l1 = NR;
+      const int64_t iy0 = oy0 * j->sh + ky * j->dh - j->pt, ix0 = ox0 * j->sw + kx * j->dw - j->pl;
+      if (one_row && iy0 >= 0 && iy0 < j->H && ix0 >= 0 && ix0 + (NR - 1) * j->sw < j->W) {
+        base = iy0 * j->W + ix0, step = j->sw;
+      } else if (one_row) { /* a border tap of one output row: its lanes in bounds are a range */
+        if (iy0 >= 0 && iy0 < j->H) {
+          l0 = ix0 >= 0 ? 0 : (-ix0 + j->sw - 1) / j->sw;
+          l1 = ix0 + (NR - 1) * j->sw < j->W ? NR : (j->W - 1 - ix0 >= 0 ? (j->W - 1 - ix0) / j->sw + 1 : 0);
+        } else {
+          l0 = l1 = 0;
+        }
+        base = iy0 * j->W + ix0, step = j->sw;
+      } else {
+        int contiguous = 1, stride2 = 1;
+        for (int l = 0; l < NR; ++l) {
+          const int64_t iy = oy[l] * j->sh + ky * j->dh - j->pt, ix = ox[l] * j->sw + kx * j->dw - j->pl;
+          off[l] = (oy[l] >= 0 && iy >= 0 && iy < j->H && ix >= 0 && ix < j->W) ? iy * j->W + ix : -1;
+          if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 1)) contiguous = 0;
+          if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 2)) stride2 = 0;
+        }
+        if (contiguous || stride2) base = off[0], step = contiguous ? 1 : 2;
+      }
+      float *d = dst + (ky * j->KW + kx) * NR;
+      const float *src = j->x;
+      for (int64_t c = 0; c < j->C; ++c, d += taps * NR, src += plane) {
+        if (l0 != 0 || l1 != NR) {
+          for (int64_t l = 0; l < NR; ++l) d[l] = l >= l0 && l < l1 ? src[base + l * step] : 0.0f;
+        } else if (base >= 0 && step == 1) {
+          memcpy(d, src + base, NR * sizeof(float));
+        } else if (base >= 0) {
+          for (int l = 0; l < NR; ++l) d[l] = src[base + l * step];
+        } else {
+          for (int l = 0; l < NR; ++l) d[l] = off[l] >= 0 ? src[off[l]] : 0.0f;
+        }
+      }
+    }
+}
+
+/* im2col and GEMM fused per task: each task packs its own panels and multiplies them while they
+ * are still in its cache, and a conv costs one fork-join instead of two. */
+typedef struct {
+  im2col_job im2col;
+  const float *w;
+  float *y;
+  const mlrt_epilogue *ep;
+  int64_t CO, K, N, ldc, tasks, panels, lda;
+} conv_job;
+
+static void conv_task(void *ctx, int64_t t) {
+  const conv_job *j = (const conv_job *)ctx;
+  const int64_t p0 = mlrt_part(j->panels, j->tasks, t), p1 = mlrt_part(j->panels, j->tasks, t + 1);
+  for (int64_t p = p0; p < p1; ++p) im2col_panel((void *)&j->im2col, p);
+  mlrt_gemm_panels(j->CO, j->N, j->K, j->w, j->lda, j->im2col.bp, j->y, j->ldc, j->ep, p0, p1);
+}
+
+/* One image's conv: X [C][H][W] (channel planes cstride apart) -> Y [CO][OH*OW] (rows ldc apart),
+ * with `ep` set for this image. Weights [CO][K] row-major (lda = K), or packed in A panels
+ * (lda = MLRT_A_PANELS). */
+static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t lda, float *Y, int64_t ldc, float *Bp,
+                       const mlrt_epilogue *ep, int64_t C, int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW,
+                       int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top,
+                       int64_t pad_left) {
+  const int64_t K = C * KH * KW, N = OH * OW;
+  if (KH == 1 && KW == 1 && sh == 1 && sw == 1 && pad_top == 0 && pad_left == 0 && OH == H && OW == W) {
+    /* 1x1: B is X itself, [C][H*W] with rows cstride apart. Its whole panels are read in place
+     * (packing them cost a fifth of a small pointwise conv); the partial last one is packed. */
+    const int64_t n0 = N / NR * NR;
+    if (n0 < N)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t l = 0; l < NR; ++l) Bp[c * NR + l] = n0 + l < N ? X[c * cstride + n0 + l] : 0.0f;
+    mlrt_gemm_rows(CO, N, K, Wt, lda, X, cstride, Bp, Y, ldc, ep);
+    return;
+  }
+  im2col_job j = {X, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left, cstride};
+  const int64_t threads = mlrt_threads_for(CO * N * K), panels = (N + NR - 1) / NR;
+  /* im2col fused into the GEMM per task: tasks take even shares of the panels, small enough
+   * that a task's packed columns stay in L2 (~256 KiB), as long as the threads stay within 3%
+   * of the best balance a rows x columns split would give. Else im2col first, then the GEMM. */
+  int64_t tm, tn, tasks = 0;
+  if (threads > 1) {
+    const int64_t best = mlrt_gemm_split(CO, N, threads, 1, &tm, &tn);
+    const int64_t blocks = (CO + MLRT_MR - 1) / MLRT_MR, fit = (panels * K * NR * 4 + (256 << 10) - 1) / (256 << 10);
+    for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads && !tasks; ++n)
+      if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103) tasks = n;
+  }
+  if (tasks > 1) {
+    conv_job cj = {j, Wt, Y, ep, CO, K, N, ldc, tasks, panels, lda};
+    mlrt_parallel_for(tasks, conv_task, &cj);
+    return;
+  }
+  if (threads == 1)
+    for (int64_t p = 0; p < panels; ++p) im2col_panel(&j, p);
+  else
+    mlrt_parallel_for(panels, im2col_panel, &j);
+  mlrt_gemm_packed(CO, N, K, Wt, lda, Bp, Y, ldc, ep);
+}
+
+static void conv2d(int64_t lda, int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C,
+                   int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+                   int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
+                   int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  const float *X = (const float *)(intptr_t)x, *Wt = (const float *)(intptr_t)w;
+  float *Y = (float *)(intptr_t)y, *Bp = (float *)(intptr_t)scratch;
+  const int64_t N = OH * OW;
+  for (int64_t n = 0; n < batch; ++n) {
+    const int64_t y_off = n * CO * N;
+    mlrt_epilogue ep = {(int)overwrite, (const float *)(intptr_t)bias, 0,
+                        residual ? (const float *)(intptr_t)residual + y_off : NULL, act_lo, act_hi,
+                        (float *)(intptr_t)dst + y_off};
+    conv_image(X + n * C * H * W, H * W, Wt, lda, Y + y_off, N, Bp, &ep, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh,
+               dw, pad_top, pad_left);
+  }
+}
+
+void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
+                     int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
+                     int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                     int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  conv2d(C * KH * KW, x, w, y, scratch, batch, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left,
+         overwrite, bias, residual, act_lo, act_hi, dst);
+}
+
+void mlrt_conv2d_packed_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
+                            int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+                            int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
+                            int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  conv2d(MLRT_A_PANELS, x, w, y, scratch, batch, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left,
+         overwrite, bias, residual, act_lo, act_hi, dst);
+}
+
+/* ------------------------------------------------------------------------- grouped
+ * Each (image, group) pair is a conv of C/groups channels into CO/groups. With at least as many
+ * pairs as threads, each thread takes a share of the pairs and runs them serially (nested
+ * parallel loops run serially on the pool), using its own slice of the scratch; else the pairs
+ * run one after another, each on all threads. */
+typedef struct {
+  const float *x, *w, *bias, *residual;
+  float *y, *dst, *scratch;
+  int64_t batch, groups, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, overwrite, slice, tasks;
+  float lo, hi;
+} grouped_job;
+
+static void grouped_pairs(const grouped_job *j, int64_t u0, int64_t u1, float *bp) {
+  const int64_t cg = j->C / j->groups, fg = j->CO / j->groups, N = j->OH * j->OW;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t n = u / j->groups, g = u % j->groups, y_off = n * j->CO * N + g * fg * N;
+    mlrt_epilogue ep = {(int)j->overwrite, j->bias ? j->bias + g * fg : NULL, 0,
+                        j->residual ? j->residual + y_off : NULL, j->lo, j->hi, j->dst + y_off};
+    conv_image(j->x + (n * j->C + g * cg) * j->H * j->W, j->H * j->W, j->w + g * fg * cg * j->KH * j->KW,
+               cg * j->KH * j->KW, j->y + y_off, N, bp, &ep, cg, j->H, j->W, fg, j->KH, j->KW, j->OH, j->OW, j->sh, j->sw, j->dh, j->dw,
+               j->pt, j->pl);
+  }
+}
+
+static void grouped_task(void *ctx, int64_t t) {
+  const grouped_job *j = (const grouped_job *)ctx;
+  const int64_t units = j->batch * j->groups;
+  grouped_pairs(j, mlrt_part(units, j->tasks, t), mlrt_part(units, j->tasks, t + 1), j->scratch + t * j->slice);
+}
+
+void mlrt_conv2d_grouped_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t groups,
+                             int64_t slices, int64_t C, int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW,
+                             int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top,
+                             int64_t pad_left, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
+                             float act_hi, int64_t dst) {
+  const int64_t units = batch * groups, threads = mlrt_threads_for(CO * OH * OW * (C / groups) * KH * KW);
+  grouped_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (const float *)(intptr_t)bias,
+                   (const float *)(intptr_t)residual, (float *)(intptr_t)y, (float *)(intptr_t)dst,
+                   (float *)(intptr_t)scratch, batch, groups, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw,
+                   pad_top, pad_left, overwrite, mlrt_packed_b_floats((C / groups) * KH * KW, OH * OW), 1,
+                   act_lo, act_hi};
+  j.tasks = min64(min64(threads, slices), units);
+  if (j.tasks > 1 && units >= threads)
+    mlrt_parallel_for(j.tasks, grouped_task, &j);
+  else
+    grouped_pairs(&j, 0, units, j.scratch);
+}
+
+/* ------------------------------------------------------------------------- 3-D
+ * Output depth od of a 3-D conv is the sum over the kernel's depth taps kd of 2-D convs: input
+ * depth plane id = od*sd + kd*dd - pd (channel planes D*H*W apart) with the weights' kd slice,
+ * stored [KD][CO][C*KH*KW] at build time (kernel_calls.conv3d_weights) so each slice is a plain
+ * GEMM operand. The first tap initializes (bias), the last applies the epilogue; taps that fall
+ * in the depth padding are skipped. */
+void mlrt_conv3d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t D,
+                     int64_t H, int64_t W, int64_t CO, int64_t KD, int64_t KH, int64_t KW, int64_t OD, int64_t OH,
+                     int64_t OW, int64_t sd, int64_t sh, int64_t sw, int64_t dd, int64_t dh, int64_t dw, int64_t pad_front,
+                     int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
+                     float act_hi, int64_t dst) {
+  const float *X = (const float *)(intptr_t)x, *Wt = (const float *)(intptr_t)w, *B = (const float *)(intptr_t)bias;
+  const float *R = (const float *)(intptr_t)residual;
+  float *Y = (float *)(intptr_t)y, *Dst = (float *)(intptr_t)dst, *Bp = (float *)(intptr_t)scratch;
+  const int64_t P = OH * OW, ldc = OD * P, K = C * KH * KW;
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t od = 0; od < OD; ++od) {
+      const int64_t y_off = n * CO * ldc + od * P;
+      int64_t first = -1, last = -1;
+      for (int64_t kd = 0; kd < KD; ++kd) {
+        const int64_t id = od * sd + kd * dd - pad_front;
+        if (id >= 0 && id < D) last = kd, first = first < 0 ? kd : first;
+      }
+      if (first < 0) { /* every tap in the padding: the epilogue of an empty sum */
+        for (int64_t co = 0; co < CO; ++co)
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t o = y_off + co * ldc + p;
+            const float v = (overwrite ? (B ? B[co] : 0.0f) : Y[o]) + (R ? R[o] : 0.0f);
+            Dst[o] = mlrt_clamp(v, act_lo, act_hi);
+          }
+        continue;
+      }
+      for (int64_t kd = first; kd <= last; ++kd) {
+        const int64_t id = od * sd + kd * dd - pad_front;
+        if (id < 0 || id >= D) continue;
+        const int is_last = kd == last;
+        mlrt_epilogue ep = {kd == first ? (int)overwrite : 0, kd == first ? B : NULL, 0,
+                            is_last && R ? R + y_off : NULL, is_last ? act_lo : -__builtin_inff(),
+                            is_last ? act_hi : __builtin_inff(), (is_last ? Dst : Y) + y_off};
+        conv_image(X + (n * C * D + id) * H * W, D * H * W, Wt + kd * CO * K, K, Y + y_off, ldc, Bp, &ep, C, H, W, CO,
+                   KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left);
+      }
+    }
+}
+
+/* ------------------------------------------------------------------------- small maps
+ * Few output positions (late stages of a CNN on a small image: 2x2, 4x4 maps) leave most lanes
+ * of im2col's 16-position panels empty, and the weights, the large operand, stream in one
+ * broadcast at a time. Here the output channels take the lanes instead:
+ *   Yt[batch*OH*OW x CO] = rows[batch*OH*OW x K] * Wp,
+ * with Wp the weights packed at build time as B panels of W^T [K x CO], the rows gathered from
+ * every image at once, and the epilogue applied while Yt is transposed into NCHW. Grouped convs
+ * store each group's W_g^T [K/G x CO/G] in its own panels, one after the other. */
+typedef struct {
+  const float *x;
+  float *rows;
+  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, N;
+} rows_job;
+
+static void im2col_rows(void *ctx, int64_t r) {
+  const rows_job *j = (const rows_job *)ctx;
+  const int64_t n = r / j->N, pos = r % j->N, oy = pos / j->OW, ox = pos % j->OW, taps = j->KH * j->KW;
+  const float *src = j->x + n * j->C * j->H * j->W;
+  float *dst = j->rows + r * j->C * taps;
+  for (int64_t ky = 0; ky < j->KH; ++ky)
+    for (int64_t kx = 0; kx < j->KW; ++kx) {
+      const int64_t iy = oy * j->sh + ky * j->dh - j->pt, ix = ox * j->sw + kx * j->dw - j->pl;
+      float *d = dst + ky * j->KW + kx;
+      if (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W) {
+        for (int64_t c = 0; c < j->C; ++c) d[c * taps] = 0.0f;
+      } else {
+        const float *s = src + iy * j->W + ix;
+        for (int64_t c = 0; c < j->C; ++c) d[c * taps] = s[c * j->H * j->W];
+      }
+    }
+}
+
+/* Groups: group g's GEMM reads its channels' columns of the rows (lda = K) and its panels of Wp,
+ * and writes its fg columns of Yt. */
+typedef struct {
+  const float *rows, *Wp, *bias;
+  float *yt;
+  int64_t M, K, CO, groups, kg, fg, per_task;
+} small_groups_job;
+
+static void small_groups_task(void *ctx, int64_t t) {
+  const small_groups_job *j = (const small_groups_job *)ctx;
+  const int64_t panels = (j->fg + NR - 1) / NR;
+  for (int64_t g = t * j->per_task; g < min64(j->groups, (t + 1) * j->per_task); ++g) {
+    mlrt_epilogue ep = {1, j->bias ? j->bias + g * j->fg : NULL, 1, NULL, -__builtin_inff(), __builtin_inff(),
+                        j->yt + g * j->fg};
+    mlrt_gemm_panels(j->M, j->fg, j->kg, j->rows + g * j->kg, j->K, j->Wp + g * panels * j->kg * NR, j->yt + g * j->fg,
+                     j->CO, &ep, 0, panels);
+  }
+}
+
+/* Yt [batch*N x CO] into NCHW with the rest of the epilogue, a run of channels per task (run
+ * serially it cost a fifth of a 7x7 conv on 2 threads). */
+enum { SMALL_OUT_CHANNELS = 32 };
+typedef struct {
+  const float *yt, *Y, *R;
+  float *D;
+  int64_t CO, N, overwrite;
+  float lo, hi;
+} small_out_job;
+
+static void small_out_task(void *ctx, int64_t t) {
+  const small_out_job *j = (const small_out_job *)ctx;
+  const int64_t chunks = (j->CO + SMALL_OUT_CHANNELS - 1) / SMALL_OUT_CHANNELS, n = t / chunks;
+  const int64_t c0 = t % chunks * SMALL_OUT_CHANNELS, c1 = min64(j->CO, c0 + SMALL_OUT_CHANNELS);
+  for (int64_t co = c0; co < c1; ++co) {
+    const int64_t o = (n * j->CO + co) * j->N;
+    for (int64_t pos = 0; pos < j->N; ++pos) {
+      float v = j->yt[(n * j->N + pos) * j->CO + co] + (j->overwrite ? 0.0f : j->Y[o + pos]);
+      if (j->R) v += j->R[o + pos];
+      j->D[o + pos] = mlrt_clamp(v, j->lo, j->hi);
+    }
+  }
+}
+
+void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t groups, int64_t C,
+                           int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+                           int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
+                           int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  const float *X = (const float *)(intptr_t)x, *Wp = (const float *)(intptr_t)w;
+  const float *B = (const float *)(intptr_t)bias, *R = (const float *)(intptr_t)residual;
+  float *Y = (float *)(intptr_t)y, *D = (float *)(intptr_t)dst, *rows = (float *)(intptr_t)scratch;
+  const int64_t K = C * KH * KW, N = OH * OW, M = batch * N;
+  if (M <= 0 || CO <= 0) return;
+  float *yt = rows + M * K;
+  rows_job j = {X, rows, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, N};
+  if (mlrt_threads_for(M * K * 16) > 1)
+    mlrt_parallel_for(M, im2col_rows, &j);
+  else
+    for (int64_t r = 0; r < M; ++r) im2col_rows(&j, r);
+  /* bias per output channel = per column of Yt; the rest of the epilogue follows the transpose */
+  if (groups <= 1) {
+    mlrt_epilogue ep = {1, overwrite ? B : NULL, 1, NULL, -__builtin_inff(), __builtin_inff(), yt};
+    mlrt_gemm_packed(M, CO, K, rows, K, Wp, yt, CO, &ep);
+  } else {  /* one small GEMM per group: the groups are shared out between the threads */
+    const int64_t threads = mlrt_threads_for(M * K * (CO / groups)), tasks = min64(groups, 4 * threads);
+    small_groups_job g = {rows, Wp, overwrite ? B : NULL, yt, M, K, CO, groups, K / groups, CO / groups,
+                          (groups + tasks - 1) / tasks};
+    mlrt_parallel_for((groups + g.per_task - 1) / g.per_task, small_groups_task, &g);
+  }
+  small_out_job o = {yt, Y, R, D, CO, N, overwrite, act_lo, act_hi};
+  const int64_t chunks = (CO + SMALL_OUT_CHANNELS - 1) / SMALL_OUT_CHANNELS;
+  if (mlrt_threads_for(M * K * CO) > 1)
+    mlrt_parallel_for(batch * chunks, small_out_task, &o);
+  else
+    for (int64_t t = 0; t < batch * chunks; ++t) small_out_task(&o, t);
+}
+
+/* ------------------------------------------------------------------------- depthwise
+ * Each task takes a run of channels. A channel's input rows pass through a ring of zero-padded
+ * rows on the stack (each input row staged once), so padding costs no branches and every tap is
+ * a unit-stride vector load: stride-2 rows are staged as their even columns, then their odd
+ * columns. MLRT_DW_ROWS output rows are computed per step (independent FMA chains even on 7x7
+ * maps). The output may overwrite the input in place: with a pad smaller than the kernel, output
+ * row oy is written only after input row oy (and every row a later output reads) is staged. The
+ * compiler relies on that when it drops the padded copy of an input whose buffer is reused as the
+ * output (kernel_calls.py). */
+
+/* Whole-channel staging: both buffers in half of L1 (28x28 maps and smaller). At 56x56 the buffers
+ * and the output rows no longer fit in L1 together and it is slower than the ring. */
+enum { DW_ROWS = MLRT_DW_ROWS, DW_IMAGE_FLOATS = 4096, DW_LANES_MAX_TAPS = 81 };
+
+/* Floats of one ring row: every column a vector tap can read, in whole vectors. Padded column j
+ * is input column j - pad_left; stride 2 stores column j at j / 2 (even j) or rw / 2 + j / 2. */
+static inline int64_t dw_row_floats(int64_t OW, int64_t KW, int64_t sw, int64_t dw) {
+  return (sw * ((OW + 7) / 8 * 8) + (KW - 1) * dw + 7) / 8 * 8;
+}
+
+/* A channel multiplier m (groups = input channels, m outputs each: FastViT's patch embedding):
+ * output plane t (= n * C + c, C = m * input channels) reads input plane n * C/m + c/m = t / m. */
+static inline int64_t dw_in_plane(int64_t t, int64_t mult) { return t / mult; }
+
+typedef struct {
+  const float *x, *w;
+  float *y;
+  int64_t batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, tasks, mult;
+  int64_t ring_rows, rw; /* the ring: ring_rows rows of rw floats, then a zero row */
+  int64_t image_rows;    /* > 0: each buffer holds a whole padded channel of this many rows instead */
+  mlrt_epilogue ep;
+} depthwise_job;
+
+/* Stages input row `src` (W floats) into ring row `dst`: padded column j = pl + ix. A row's last
+ * columns go in one more vector, not one by one (a quarter of a 14x14 map's time went there):
+ * rewriting the last 8 columns, or a masked load whose zero lanes land in the right padding. */
+static inline void dw_stage_row(const depthwise_job *j, float *dst, const float *src) {
+  const int64_t n = min64(j->W, max64(0, j->rw - j->pl)); /* input columns a tap can reach */
+  int64_t i = 0;
+  if (j->sw != 2) {
+    for (; i < n; ++i) dst[j->pl + i] = src[i];
+    return;
+  }
+  float *even = dst, *odd = dst + j->rw / 2;
+  for (; i < n; ++i) {
+    const int64_t c = j->pl + i;
+    (c % 2 ? odd : even)[c / 2] = src[i];
+  }
+}
+
+/* A ring of staged input rows: row iy lives in ring row iy mod ring_rows, and a zero row follows
+ * the last. `next`: the first input row not yet staged. */
+typedef struct {
+  float *rows;
+  int64_t next;
+} dw_ring;
+
+static inline int64_t dw_slot(const depthwise_job *j, int64_t iy) { return iy % j->ring_rows; }
+
+/* Stages the input rows the step of output rows [oy, oy + DW_ROWS) reads, each input row once per
+ * channel. The ring holds two steps: the caller stages one step ahead (and the next channel's first
+ * step into the other ring), so the vector loads never wait on these stores. */
+static inline void dw_stage(const depthwise_job *j, dw_ring *ring, const float *in, int64_t oy) {
+  const int64_t end = min64(j->H, (oy + DW_ROWS - 1) * j->sh - j->pt + (j->KH - 1) * j->dh + 1);
+  for (int64_t iy = max64(ring->next, max64(oy * j->sh - j->pt, 0)); iy < end; ++iy)
+    dw_stage_row(j, ring->rows + dw_slot(j, iy) * j->rw, in + iy * j->W);
+  ring->next = max64(ring->next, end);
+}
+
+/* Points rows[r * KH + ky] at the ring rows of the step at oy: the zero row for input rows outside
+ * the input and for the rows r >= n a short last step computes but does not store. */
+static inline __attribute__((always_inline)) void dw_row_ptrs(const depthwise_job *j, const float *ring, int64_t oy,
+                                                              int64_t n, const float **rows, const int64_t KH) {
+  const int64_t ring_rows = j->ring_rows, rw = j->rw, iy0 = oy * j->sh - j->pt;
+  int64_t slot0 = iy0 % ring_rows; /* one division per step; the rows after it wrap at most once */
+  slot0 += slot0 < 0 ? ring_rows : 0;
+  for (int64_t r = 0; r < DW_ROWS; ++r)
+    for (int64_t ky = 0; ky < KH; ++ky) {
+      const int64_t k = r * j->sh + ky * j->dh, iy = iy0 + k, slot = slot0 + k < ring_rows ? slot0 + k : slot0 + k - ring_rows;
+      rows[r * KH + ky] = iy >= 0 && iy < j->H && r < n ? ring + slot * rw : ring + ring_rows * rw;
+    }
+}
+
+/* Small maps: the whole channel, padding rows included, sits in one buffer (padded row pr = input
+ * row pr - pt), so row pointers need no wrap or bounds test. The next channel is staged into the
+ * other buffer before this one is computed: in place is still safe (a channel's output overwrites
+ * only its own, already staged, input plane). Rows outside the input stay zero from the memset. */
+static inline void dw_stage_image(const depthwise_job *j, float *img, const float *in) {
+  const int64_t end = min64(j->H, j->image_rows - j->pt);
+  for (int64_t iy = 0; iy < end; ++iy) dw_stage_row(j, img + (iy + j->pt) * j->rw, in + iy * j->W);
+}
+
+/* The epilogue, copied to locals: stores through float pointers could alias the job's fields. */
+typedef struct {
+  int overwrite;
+  float base, lo, hi; /* base: the channel's bias (or 0) when overwriting */
+} dw_epilogue;
+
+static inline float dw_finish(const dw_epilogue *e, float acc, const float *yrow, const float *res, int64_t i) {
+  return mlrt_clamp((e->overwrite ? e->base : yrow[i]) + acc + (res ? res[i] : 0.0f), e->lo, e->hi);
+}
+
+
+/* Up to 9x9 (ConvNeXt 7x7, MixNet 9x9): the scalar loop ran 7x7 taps at ~1.5 GFLOP/s. */
+enum { DW_VECTOR_TAPS = 81 };
+
+/* Channel t (= n * C + c) of the output, with its epilogue, DW_ROWS output rows per step (the rows
+ * give the out-of-order core independent FMA chains even on 7x7 maps). Without AVX2, or for
+ * strides above 2, more than DW_VECTOR_TAPS taps or rows of fewer than 4 outputs (most lanes
+ * idle), a scalar loop. */
+static inline __attribute__((always_inline)) void dw_channel(const depthwise_job *j, int64_t t, int64_t t_end,
+                                                             dw_ring *rings, const int64_t KH, const int64_t KW,
+                                                             const int64_t SW) {
+  const int64_t c = t % j->C, dw = j->dw, OW = j->OW, half = j->rw / 2;
+  const float *in = j->x + dw_in_plane(t, j->mult) * j->H * j->W, *f = j->w + c * KH * KW;
+  const float *next_in = j->x + dw_in_plane(t + 1, j->mult) * j->H * j->W, *res_all = j->ep.residual;
+  const dw_epilogue e = {j->ep.overwrite, j->ep.bias ? j->ep.bias[c] : 0.0f, j->ep.lo, j->ep.hi};
+  const float *rows[DW_ROWS * MLRT_DW_MAX_KH];
+  dw_ring *ring = &rings[t % 2], *following = &rings[(t + 1) % 2];
+  if (j->image_rows && t + 1 < t_end) dw_stage_image(j, following->rows, next_in);
+  for (int64_t oy = 0; oy < j->OH; oy += DW_ROWS) {
+    const int64_t n = min64(DW_ROWS, j->OH - oy), off = t * j->OH * OW + oy * OW;
+    if (j->image_rows) {
+      for (int64_t r = 0; r < DW_ROWS; ++r)
+        for (int64_t ky = 0; ky < KH; ++ky) rows[r * KH + ky] = ring->rows + ((oy + r) * j->sh + ky * j->dh) * j->rw;
+    } else {
+      if (oy + DW_ROWS < j->OH) {
+        dw_stage(j, ring, in, oy + DW_ROWS);
+      } else if (t + 1 < t_end) {
+        following->next = 0;
+        dw_stage(j, following, next_in, 0);
+      }
+      dw_row_ptrs(j, ring->rows, oy, n, rows, KH);
+    }
+    const float *yrow = j->y + off, *res = res_all ? res_all + off : NULL;
+    float *d = j->ep.dst + off;
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t ox = 0; ox < OW; ++ox) {
+        float acc = 0.0f;
+        for (int64_t ky = 0; ky < KH; ++ky)
+          for (int64_t kx = 0; kx < KW; ++kx) {
+            const int64_t col = ox * SW + kx * dw;
+            acc += f[ky * KW + kx] * rows[r * KH + ky][SW == 2 ? (col % 2 ? half : 0) + col / 2 : col];
+          }
+        d[r * OW + ox] = dw_finish(&e, acc, yrow, res, r * OW + ox);
+      }
+  }
+}
+
+static void depthwise_task(void *ctx, int64_t task) {
+  const depthwise_job *j = (const depthwise_job *)ctx;
+  const int64_t total = j->batch * j->C, t0 = mlrt_part(total, j->tasks, task), t1 = mlrt_part(total, j->tasks, task + 1);
+  const int64_t ring_floats = (j->image_rows ? j->image_rows : j->ring_rows + 1) * j->rw;
+  float buf[MLRT_DW_RING_FLOATS];
+  memset(buf, 0, (size_t)(2 * ring_floats) * sizeof(float)); /* padding stays zero: staging skips it */
+  dw_ring rings[2] = {{buf, 0}, {buf + ring_floats, 0}};
+  const float *first = j->x + dw_in_plane(t0, j->mult) * j->H * j->W;
+  if (t0 < t1 && j->image_rows)
+    dw_stage_image(j, rings[t0 % 2].rows, first);
+  else if (t0 < t1)
+    dw_stage(j, &rings[t0 % 2], first, 0);
+  for (int64_t t = t0; t < t1; ++t) {
+    /* the common shapes with constant taps, so the tap loops unroll */
+    if (j->KH == 3 && j->KW == 3 && j->sw == 1)
+      dw_channel(j, t, t1, rings, 3, 3, 1);
+    else if (j->KH == 3 && j->KW == 3 && j->sw == 2)
+      dw_channel(j, t, t1, rings, 3, 3, 2);
+    else if (j->KH == 5 && j->KW == 5 && j->sw == 1)
+      dw_channel(j, t, t1, rings, 5, 5, 1);
+    else if (j->KH == 5 && j->KW == 5 && j->sw == 2)
+      dw_channel(j, t, t1, rings, 5, 5, 2);
+    else if (j->KH == 7 && j->KW == 7 && j->sw == 1)
+      dw_channel(j, t, t1, rings, 7, 7, 1);
+    else if (j->KH == 9 && j->KW == 9 && j->sw == 1)
+      dw_channel(j, t, t1, rings, 9, 9, 1);
+    else
+      dw_channel(j, t, t1, rings, j->KH, j->KW, j->sw);
+  }
+}
+
+typedef struct {
+  const float *x, *w;
+  float *y;
+  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, mult;
+  mlrt_epilogue ep;
+} direct_dw_job;
+
+static void direct_dw_channel(void *ctx, int64_t t) {
+  const direct_dw_job *j = (const direct_dw_job *)ctx;
+  const mlrt_epilogue *ep = &j->ep;
+  const int64_t c = t % j->C, plane_out = j->OH * j->OW;
+  const float *in = j->x + dw_in_plane(t, j->mult) * j->H * j->W; /* t = n * C + c */
+  const float *f = j->w + c * j->KH * j->KW;
+  float *out = j->y + t * plane_out;
+  const float init = !ep->overwrite ? 0.0f : ep->bias ? ep->bias[c] : 0.0f;
+  for (int64_t oy = 0; oy < j->OH; ++oy) {
+    float *restrict o = out + oy * j->OW;
+    if (ep->overwrite)
+      for (int64_t ox = 0; ox < j->OW; ++ox) o[ox] = init;
+    for (int64_t ky = 0; ky < j->KH; ++ky) {
+      const int64_t iy = oy * j->sh + ky * j->dh - j->pt;
+      if (iy < 0 || iy >= j->H) continue;
+      for (int64_t kx = 0; kx < j->KW; ++kx) {
+        const float wv = f[ky * j->KW + kx];
+        /* ox range whose input column ix = ox*sw + kx*dw - pl lies inside [0, W) */
+        const int64_t shift = kx * j->dw - j->pl;
+        const int64_t ox0 = shift >= 0 ? 0 : (-shift + j->sw - 1) / j->sw;
+        const int64_t ox1 = min64(j->OW, max64(0, (j->W - shift + j->sw - 1) / j->sw));
+        if (ox0 >= ox1) continue;
+        const float *restrict row = in + iy * j->W + ox0 * j->sw + shift; /* input for ox0 */
+        float *restrict oo = o + ox0;
+        if (j->sw == 1) {
+          for (int64_t i = 0; i < ox1 - ox0; ++i) oo[i] += wv * row[i];
+        } else {
+          for (int64_t i = 0; i < ox1 - ox0; ++i) oo[i] += wv * row[i * j->sw];
+        }
+      }
+    }
+    const int64_t off = t * plane_out + oy * j->OW;
+    float *restrict d = ep->dst + off;
+    const float *restrict r = ep->residual ? ep->residual + off : NULL;
+    for (int64_t ox = 0; ox < j->OW; ++ox) {
+      float v = o[ox] + (r ? r[ox] : 0.0f);
+      d[ox] = mlrt_clamp(v, ep->lo, ep->hi);
+    }
+  }
+}
+
+/* Rows too wide for the ring: a direct loop per channel, partial sums kept in y (never in place). */
+static void depthwise_direct(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                             int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
+                             int64_t dw, int64_t pad_top, int64_t pad_left, int64_t mult, int64_t overwrite,
+                             int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  direct_dw_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, C, H, W, KH, KW,
+                     OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult,
+                     {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual, act_lo,
+                      act_hi, (float *)(intptr_t)dst}};
+  if (mlrt_threads_for(batch * C * OH * OW * KH * KW) == 1)
+    for (int64_t t = 0; t < batch * C; ++t) direct_dw_channel(&j, t);
+  else
+    mlrt_parallel_for(batch * C, direct_dw_channel, &j);
+}
+
+
+static void depthwise(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W, int64_t KH,
+                      int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                      int64_t pad_top, int64_t pad_left, int64_t mult, int64_t overwrite, int64_t bias,
+                      int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  const int64_t ring_rows = (KH - 1) * dh + 1 + (2 * DW_ROWS - 1) * sh, rw = dw_row_floats(OW, KW, sw, dw);
+  if (batch * C <= 0 || OH <= 0 || OW <= 0) return;
+  if (KH > MLRT_DW_MAX_KH || 2 * (ring_rows + 1) * rw > MLRT_DW_RING_FLOATS) {
+    depthwise_direct(x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult, overwrite,
+                     bias, residual, act_lo, act_hi, dst);
+    return;
+  }
+  depthwise_job j = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, batch, C, H, W,
+                     KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 1, mult, ring_rows, rw, 0,
+                     {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual, act_lo,
+                      act_hi, (float *)(intptr_t)dst}};
+  /* every row a step reads, the short last step's included */
+  const int64_t image_rows = ((OH + DW_ROWS - 1) / DW_ROWS * DW_ROWS - 1) * sh + (KH - 1) * dh + 1;
+  if (2 * image_rows * rw <= DW_IMAGE_FLOATS) j.image_rows = image_rows;
+  /* Channels cost the same: a few even runs per thread balance them with little dispatch. A tap
+   * costs several times a GEMM multiply-add (a load per FMA, short rows), hence the weight 8. */
+  const int64_t threads = mlrt_threads_for(8 * batch * C * OH * OW * KH * KW);
+  j.tasks = threads == 1 ? 1 : min64(batch * C, 4 * threads);
+  if (j.tasks == 1)
+    depthwise_task(&j, 0);
+  else
+    mlrt_parallel_for(j.tasks, depthwise_task, &j);
+}
+
+void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                               int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
+                               int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                               int64_t residual, float act_lo, float act_hi, int64_t dst) {
+  depthwise(x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, 1, overwrite, bias, residual,
+            act_lo, act_hi, dst);
+}
+
+void mlrt_depthwise_mult_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                                    int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
+                                    int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t mult,
+                                    int64_t overwrite, int64_t bias, int64_t residual, float act_lo, float act_hi,
+                                    int64_t dst) {
+  depthwise(x, w, y, batch, C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult, overwrite, bias,
+            residual, act_lo, act_hi, dst);
+}

@@ -1,0 +1,167 @@
+/* aarch64: the same ABI as targets/x86_64/kernels/mlrt_kernels.h, entry point for entry point
+ * (tests/test_aarch64.py compares the declarations); the kernels are that target's portable C with
+ * a NEON GEMM register tile (gemm.c).
+ *
+ * Microkernels linked into every bundle's code (the "ukernels" of IREE, in spirit): the compiler
+ * replaces matmul / conv / depthwise-conv linalg ops with calls to these, and they split their
+ * work over the runtime's thread pool through the host API the runtime passes to mlrt_entry.
+ * All are C += op(A, B): the caller initializes C (zero or bias). Pointers are passed as int64
+ * (the generated code has no pointer type at the call site); ABI: docs/bundle-format.md. */
+#ifndef MLRT_KERNELS_H_
+#define MLRT_KERNELS_H_
+
+#include <stdint.h>
+
+#include <arm_neon.h>
+
+typedef void (*mlrt_task_fn)(void *ctx, int64_t index);
+
+/* Passed by the runtime to mlrt_entry; must match runtime/src/host_api.h (abi_version 1). */
+typedef struct mlrt_host_api {
+  uint32_t abi_version;
+  uint32_t num_threads;
+  void *pool;
+  /* Runs task(ctx, i) for i in [0, n) on the pool and the calling thread; returns when all are done. */
+  void (*parallel_for)(void *pool, int64_t n, mlrt_task_fn task, void *ctx);
+} mlrt_host_api;
+
+/* Thread count and dispatch for the current run (set by mlrt_entry). */
+int64_t mlrt_threads(void);
+void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx);
+
+/* Below this many multiply-adds a kernel runs on the calling thread: waking a worker costs more
+ * than it saves, and other runtimes' spinning threads make that cost erratic. 1 << 20 left the
+ * second core idle through most of a small CNN at 64x64 (the worker spinning 42% of the run);
+ * 1 << 16 ran mobilenet_v3_small 0.68x and lcnet 0.72x as long (Zen 4, 2 threads). */
+#define MLRT_MIN_PARALLEL_MACS (1 << 16)
+static inline int64_t mlrt_threads_for(int64_t macs) { return macs < MLRT_MIN_PARALLEL_MACS ? 1 : mlrt_threads(); }
+
+#define MLRT_NR 16 /* columns per packed B panel */
+#define MLRT_MR 6  /* rows per GEMM register tile: work splits go in multiples of it */
+
+/* The activation clamp of every epilogue. A NaN fails both comparisons and passes through, as in
+ * PyTorch (relu(nan) = nan). */
+static inline float mlrt_clamp(float v, float lo, float hi) {
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
+}
+
+
+/* mlrt_clamp on 4 lanes: fmin/fmax would drop a NaN, so compare and select (a NaN fails both
+ * comparisons and passes through). */
+static inline float32x4_t mlrt_clamp4(float32x4_t v, float32x4_t lo, float32x4_t hi) {
+  v = vbslq_f32(vcltq_f32(v, lo), lo, v);
+  return vbslq_f32(vcgtq_f32(v, hi), hi, v);
+}
+
+/* Bytes of scratch mlrt_conv2d_f32 / mlrt_matmul_f32 need for their packed B operand. */
+static inline int64_t mlrt_packed_b_floats(int64_t K, int64_t N) { return ((N + MLRT_NR - 1) / MLRT_NR) * K * MLRT_NR; }
+
+/* What happens around the product, fused so the output is written once:
+ *   acc   = (overwrite ? bias : C) + A * B        (bias: per row, per column, or none -> 0)
+ *   D     = clamp(acc + residual, lo, hi)         (residual optional; D may be C)
+ * C holds partial sums while K is split into blocks; D receives the final values. */
+typedef struct {
+  int overwrite;      /* 1: ignore C's contents (the caller's zero/bias fill was fused here) */
+  const float *bias;  /* NULL, or one value per row (bias_per_col = 0) or per column (= 1) */
+  int bias_per_col;
+  const float *residual; /* NULL, or a tensor shaped like C */
+  float lo, hi;          /* clamp bounds: -inf/+inf when there is no activation */
+  float *dst;            /* final output (== C when not fused into another buffer) */
+} mlrt_epilogue;
+
+/* Entry points called by generated code. Pointers travel as int64; `act_lo/act_hi` clamp. */
+/* b_packed: B is already in packed panels (a weight packed at build time); scratch is unused.
+ * A and B may be views: A[bi][m][k] at A + bi * a_batch + m * lda + k (unit column stride),
+ * B[bi][k][n] at B + bi * b_batch + k * ldb_k + n * ldb_n (any strides: a transposed B is
+ * gathered into the packed panels). Without scratch (few rows: B read in place) ldb_n is 1.
+ * C is dense, [batch][M][N]. */
+void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t batch, int64_t M, int64_t N,
+                     int64_t K, int64_t overwrite, int64_t bias, int64_t bias_per_col, int64_t b_packed,
+                     int64_t residual, float act_lo, float act_hi, int64_t dst, int64_t a_batch, int64_t lda,
+                     int64_t b_batch, int64_t ldb_k, int64_t ldb_n);
+void mlrt_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
+                     int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
+                     int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                     int64_t residual, float act_lo, float act_hi, int64_t dst);
+/* The same with w packed at build time in A panels of MLRT_MR output channels,
+ * [ceil(CO/MR)][C*KH*KW][MR] (kernel_calls.pack_a_panels). */
+void mlrt_conv2d_packed_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
+                            int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+                            int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
+                            int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst);
+/* Grouped conv (1 < groups < C): X [batch][C][H][W], W [CO][C/groups][KH][KW]; scratch: `slices`
+ * packed B operands of (C/groups)*KH*KW x OH*OW, one per thread working on its own (image, group). */
+void mlrt_conv2d_grouped_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t groups,
+                             int64_t slices, int64_t C, int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW,
+                             int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top,
+                             int64_t pad_left, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
+                             float act_hi, int64_t dst);
+/* 3-D conv, NCDHW: w stored [KD][CO][C][KH][KW] (kernel_calls.conv3d_weights); scratch: the packed
+ * B operand of one depth plane, mlrt_packed_b_floats(C*KH*KW, OH*OW) floats. */
+void mlrt_conv3d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t D,
+                     int64_t H, int64_t W, int64_t CO, int64_t KD, int64_t KH, int64_t KW, int64_t OD, int64_t OH,
+                     int64_t OW, int64_t sd, int64_t sh, int64_t sw, int64_t dd, int64_t dh, int64_t dw, int64_t pad_front,
+                     int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
+                     float act_hi, int64_t dst);
+/* The same conv for maps of few positions: w is W^T [C*KH*KW x CO] packed in B panels at build
+ * time (kernel_calls.pack_conv_panels; grouped: each group's W_g^T [C/G*KH*KW x CO/G] in its own
+ * panels, group after group); scratch: batch*OH*OW * (C*KH*KW + CO) floats. */
+void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t groups, int64_t C,
+                           int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+                           int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
+                           int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst);
+/* Depthwise: each task stages input rows in a ring of (KH-1)*dh + 1 + (MLRT_DW_ROWS-1)*sh padded
+ * rows plus a zero row, on its stack; rows wider than MLRT_DW_RING_FLOATS allows, or more than
+ * MLRT_DW_MAX_KH kernel rows, take a direct loop that cannot run in place. Mirrored by
+ * kernel_calls.depthwise_ring_fits. */
+#define MLRT_DW_RING_FLOATS 16384
+#define MLRT_DW_ROWS 4 /* output rows per step */
+#define MLRT_DW_MAX_KH 16
+void mlrt_depthwise_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                               int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh,
+                               int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias,
+                               int64_t residual, float act_lo, float act_hi, int64_t dst);
+/* The same with a channel multiplier (groups = input channels, `mult` outputs each; C = output
+ * channels = mult * input channels, w [C][KH][KW]); never in place. */
+void mlrt_depthwise_mult_conv2d_f32(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C, int64_t H, int64_t W,
+                                    int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh, int64_t sw,
+                                    int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t mult,
+                                    int64_t overwrite, int64_t bias, int64_t residual, float act_lo, float act_hi,
+                                    int64_t dst);
+/* 3x3, stride 1, dilation 1 conv by Winograd F(TxT,3x3), tile T = 2 or 4; u: weights transformed
+ * at build time, [(T+2)^2][CO][C]; scratch: kernel_calls.winograd_scratch_floats floats. */
+void mlrt_conv2d_winograd_f32(int64_t x, int64_t u, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t H,
+                              int64_t W, int64_t CO, int64_t OH, int64_t OW, int64_t pad_top, int64_t pad_left,
+                              int64_t tile, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
+                              float act_hi, int64_t dst);
+/* 2-D max (is_max) or sum pooling over `planes` = N*C channel planes, NCHW; taps in the padding
+ * (pad_top / pad_left, and past the bottom / right edge) are skipped. No scratch, no epilogue. */
+void mlrt_pool2d_f32(int64_t x, int64_t y, int64_t planes, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t KH,
+                     int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left,
+                     int64_t is_max, int64_t overwrite);
+
+/* Internal: A's row stride (`lda`) saying A is not row-major but packed at build time in panels of
+ * MLRT_MR rows, [ceil(M/MR)][K][MR] with zero rows at the end: one stream in the order the GEMM
+ * reads it (a conv's weights that stream from memory: 1.3x faster than MR rows read side by side). */
+#define MLRT_A_PANELS 0
+/* Internal: C[M x N] (op)= A[M x K] (row stride lda, or MLRT_A_PANELS) * Bp (packed panels of
+ * B[K x N]), with `ep` applied (bias/residual/dst offsets already set for this C). */
+void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
+                      int64_t ldc, const mlrt_epilogue *ep);
+/* Internal: the same with B [K x N] read in place (rows ldb apart) for its whole 16-column
+ * panels; the last, partial one (N % 16 columns) packed by the caller in Btail. */
+void mlrt_gemm_rows(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                    const float *Btail, float *C, int64_t ldc, const mlrt_epilogue *ep);
+/* Internal: the same, all rows but only panels [p0, p1), on the calling thread. */
+void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
+                      int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1);
+/* Internal: start of part i of n when `total` units are split as evenly as possible. */
+static inline int64_t mlrt_part(int64_t total, int64_t n, int64_t i) { return total * i / n; }
+/* Internal: a tm x tn grid of row chunks x panel chunks (tm = 1 unless split_rows) over M x N
+ * that keeps `threads` evenly busy; returns its finish time in units of 6 rows x half a panel. */
+int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn);
+/* Internal: when `threads` workers finish a tm x tn grid over rows (6-row blocks) x N columns. */
+int64_t mlrt_gemm_makespan(int64_t rows, int64_t N, int64_t tm, int64_t tn, int64_t threads);
+
+#endif
