@@ -325,10 +325,13 @@ def test_depthwise_runs_in_place_the_same_on_any_thread_count(shape, tmp_path):
 
 
 @pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])
-@pytest.mark.parametrize("check", ["depthwise_check", "conv_check"])
+@pytest.mark.parametrize("check", ["depthwise_check", "conv_check", "gemm_check"])
 def test_conv_kernels_under_sanitizers(check, march, tmp_path):
     """Kernels against reference loops, every buffer allocated to its exact size, under ASan +
-    UBSan, tasks run in reverse order. x86-64-v3 is the AVX2 path, x86-64 the portable one.
+    UBSan, tasks run in reverse order. x86-64-v3 is the AVX2 path, run again with the AVX-512F
+    GEMM where this CPU has it (the kernels pick it at run time); x86-64 the portable one.
+    kernels_c/gemm_check.c: the matmul and the packed-A GEMM for M 1-30, ragged N, K past a
+    block, every epilogue kind.
     kernels_c/depthwise_check.c: the depthwise kernel on ~1200 shapes (in place, every short row
     width, strides 1-3, dilation, padding, 1x1 to 9x9 taps, the wide-row fallback).
     kernels_c/conv_check.c: the grouped, small-map (also grouped), 3-D and Winograd convs and pooling on ~3000 (1-4 groups, 1x1 to 5x3
@@ -343,8 +346,15 @@ def test_conv_kernels_under_sanitizers(check, march, tmp_path):
     subprocess.run([os.environ.get("CC", "cc"), "-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined",
                     "-fno-sanitize-recover=all", f"-march={march}", "-Wall", "-Wextra", "-Werror", f"-I{KERNELS_DIR}",
                     *map(str, sources), "-o", str(exe), "-lm"], check=True)
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stdout + run.stderr
+    isas = ["c"]
+    if march == "x86-64-v3":
+        isas = ["avx2", "avx512f"] if "avx512f" in Path("/proc/cpuinfo").read_text().split() else ["avx2"]
+    for isa in isas:
+        env = {**os.environ, "MLRT_KERNEL_ISA": isa}
+        run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0 and run.stdout.startswith("ok"), run.stdout + run.stderr
+        if check == "gemm_check":
+            assert run.stdout.split()[-1] == isa, run.stdout  # the kernels ran the ISA asked for
 
 
 class NormGelu(nn.Module):

@@ -174,6 +174,118 @@ DEFINE_UKERNEL(4)
 DEFINE_UKERNEL(5)
 DEFINE_UKERNEL(6)
 
+#ifdef MLRT_HAVE_AVX2
+/* AVX-512F, picked at run time (mlrt_avx512()): one zmm per row of a 16-column panel, up to ZR
+ * rows per pass. On Zen 4 a zmm FMA costs two ymm ones, so the peak is the same as the 6x16 AVX2
+ * tile's; what the 32 registers buy is fewer passes over B: M = 7..12 (tokens of a short
+ * sequence, a batch of 8, a conv on a 3x3 map) ran as 4 + 4 or 6 + 3 rows, each pass reading
+ * the whole panel again (M = 8 x 768 x 768 on packed B, one core: 59 -> 117 GFLOPS). */
+enum { ZR = 2 * MR };
+
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void store_zrow(const tile *t,
+                                                                                                 int64_t r, __m512 x) {
+  const mlrt_epilogue *ep = t->ep;
+  const __mmask16 m = (__mmask16)((1u << t->n) - 1u);
+  float *c = t->C + r * t->ldc;
+  __m512 b;
+  if (t->first && ep->overwrite) {
+    b = !ep->bias ? _mm512_setzero_ps()
+        : ep->bias_per_col ? _mm512_maskz_loadu_ps(m, ep->bias + t->col)
+                           : _mm512_set1_ps(ep->bias[t->row + r]);
+  } else {
+    b = _mm512_maskz_loadu_ps(m, c);
+  }
+  x = _mm512_add_ps(b, x);
+  if (!t->last) {
+    _mm512_mask_storeu_ps(c, m, x);
+    return;
+  }
+  const int64_t off = (t->row + r) * t->ldc + t->col;
+  if (ep->residual) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, ep->residual + off));
+  x = _mm512_min_ps(_mm512_set1_ps(ep->hi), _mm512_max_ps(_mm512_set1_ps(ep->lo), x));
+  _mm512_mask_storeu_ps(ep->dst + off, m, x);
+}
+
+/* C[rows x n] += A[rows x K] * B[K x 16]. Row r of A: A + r * lda + k; or, `packed`, element
+ * r % MR of A (rows < MR) or A2 (the rest) at k * lda: two MR-row panels packed at build time
+ * (lda = MR), or one panel of all the rows packed here (A2 = A + MR, lda = rows). */
+#define ZROW_FMA(r)                                                                                       \
+  if (rows > r) {                                                                                         \
+    const float *ar = packed ? ((r) < MR ? A : A2) + (r) % MR + k * lda : A + (r) * lda + k;             \
+    z##r = _mm512_fmadd_ps(_mm512_set1_ps(*ar), b, z##r);                                                 \
+  }
+#define ZROW_STORE(r) \
+  if (rows > r) store_zrow(t, r, z##r);
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+zkernel_body(const int rows, const int packed, int64_t K, const float *A, const float *A2, int64_t lda,
+             const float *Bp, int64_t ldb, const tile *t) {
+  __m512 z0 = _mm512_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, z4 = z0, z5 = z0, z6 = z0, z7 = z0, z8 = z0,
+         z9 = z0, z10 = z0, z11 = z0;
+  const int stream = t->stream;
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 b = _mm512_loadu_ps(Bp + k * ldb);
+    if (stream) __builtin_prefetch(Bp + (k + PREFETCH_ROWS) * ldb, 0, 0);
+    if (packed) {
+      __builtin_prefetch(A + (k + PREFETCH_ROWS) * lda, 0, 0);
+      if (rows > MR) __builtin_prefetch(A2 + (k + PREFETCH_ROWS) * lda, 0, 0);
+    }
+    ZROW_FMA(0) ZROW_FMA(1) ZROW_FMA(2) ZROW_FMA(3) ZROW_FMA(4) ZROW_FMA(5)
+    ZROW_FMA(6) ZROW_FMA(7) ZROW_FMA(8) ZROW_FMA(9) ZROW_FMA(10) ZROW_FMA(11)
+  }
+  ZROW_STORE(0) ZROW_STORE(1) ZROW_STORE(2) ZROW_STORE(3) ZROW_STORE(4) ZROW_STORE(5)
+  ZROW_STORE(6) ZROW_STORE(7) ZROW_STORE(8) ZROW_STORE(9) ZROW_STORE(10) ZROW_STORE(11)
+}
+
+typedef void (*zkernel_fn)(int64_t K, const float *A, const float *A2, int64_t lda, const float *Bp, int64_t ldb,
+                           const tile *t);
+#define DEFINE_ZKERNEL(ROWS)                                                                                      \
+  __attribute__((target("avx512f"))) static void zkernel_##ROWS(int64_t K, const float *A, const float *A2,        \
+                                                                 int64_t lda, const float *Bp, int64_t ldb,       \
+                                                                 const tile *t) {                                 \
+    zkernel_body(ROWS, 0, K, A, A2, lda, Bp, ldb, t);                                                             \
+  }                                                                                                               \
+  __attribute__((target("avx512f"))) static void zkernel_p##ROWS(int64_t K, const float *A, const float *A2,       \
+                                                                  int64_t lda, const float *Bp, int64_t ldb,      \
+                                                                  const tile *t) {                                \
+    zkernel_body(ROWS, 1, K, A, A2, lda, Bp, ldb, t);                                                             \
+  }
+DEFINE_ZKERNEL(1)
+DEFINE_ZKERNEL(2)
+DEFINE_ZKERNEL(3)
+DEFINE_ZKERNEL(4)
+DEFINE_ZKERNEL(5)
+DEFINE_ZKERNEL(6)
+DEFINE_ZKERNEL(7)
+DEFINE_ZKERNEL(8)
+DEFINE_ZKERNEL(9)
+DEFINE_ZKERNEL(10)
+DEFINE_ZKERNEL(11)
+DEFINE_ZKERNEL(12)
+static const zkernel_fn zkernels[2][ZR + 1] = {
+    {NULL, zkernel_1, zkernel_2, zkernel_3, zkernel_4, zkernel_5, zkernel_6, zkernel_7, zkernel_8, zkernel_9,
+     zkernel_10, zkernel_11, zkernel_12},
+    {NULL, zkernel_p1, zkernel_p2, zkernel_p3, zkernel_p4, zkernel_p5, zkernel_p6, zkernel_p7, zkernel_p8,
+     zkernel_p9, zkernel_p10, zkernel_p11, zkernel_p12}};
+
+/* Rows of the next pass with `left` rows to go: all of them up to ZR; 13..23: half first (A packed
+ * at build time: one panel), so no pass has too few rows to hide the FMA latency. */
+static inline int64_t zrows(int64_t left, int built_panels) {
+  return left <= ZR ? left : left >= 2 * ZR ? ZR : built_panels ? MR : (left + 1) / 2;
+}
+
+/* A row-major A block [m rows x kc] in the order zkernel_p reads it: each pass's rows
+ * interleaved, [k][rows]. Twelve rows lda apart are twelve streams; with lda a multiple of 4 KiB
+ * (K = 3072) they fall in one L1 set and evict each other (M = 12 ran at 79 instead of 106 GFLOPS). */
+static void pack_a_block(const float *A, int64_t lda, int64_t m, int64_t kc, float *dst) {
+  for (int64_t i = 0, rows; i < m; i += rows) {
+    rows = zrows(m - i, 0);
+    float *d = dst + i * kc;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t k = 0; k < kc; ++k) d[k * rows + r] = A[(i + r) * lda + k];
+  }
+}
+#endif
+
 typedef void (*ukernel_fn)(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t);
 /* [A packed][<= 8 valid columns][rows]: the plain C kernel has no 8-wide variant */
 #ifdef MLRT_HAVE_AVX2
@@ -224,6 +336,13 @@ static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, in
   /* K blocks of equal size (<= KC): a short last block would cost a full extra pass over C. With
    * one row tile, B is read once whatever the blocking, and streams best as one pass. */
   const int packed = g->lda == MLRT_A_PANELS;
+#ifdef MLRT_HAVE_AVX2
+  /* zmm: convs (A packed at build time), and row-major A of up to ZR rows (one pass over B). With
+   * more rows the 6x16 AVX2 tile, reading A in place, was as fast or up to 9% faster (M = 64-128,
+   * Zen 4): packing A costs what the fewer passes save. */
+  const int zmm = mlrt_avx512() && (packed || m1 - m0 <= ZR);
+  static _Thread_local float zbuf[MC * KC] __attribute__((aligned(64))); /* 96 KiB: not on the stack */
+#endif
   const int64_t blocks = m1 - m0 <= MR || packed ? 1 : (g->K + KC - 1) / KC, step = (g->K + blocks - 1) / blocks, np = p1 - p0;
   for (int64_t pc = 0; pc < g->K; pc += step) {
     const int64_t kc = min64(step, g->K - pc);
@@ -234,14 +353,26 @@ static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, in
        * block) is prefetched into L2 while this one runs, a share of its lines per panel. */
       const int64_t next_ic = mc_end < m1 ? mc_end : m0, next_pc = mc_end < m1 ? pc : pc + step;
       const int64_t next_lines = next_pc < g->K && !packed ? (min64(step, g->K - next_pc) + 15) / 16 : 0;
+#ifdef MLRT_HAVE_AVX2
+      /* more than MR rows of a row-major A: packed once here for every panel of this task */
+      const int zpack = zmm && !packed && mc_end - ic > MR;
+      if (zpack) pack_a_block(g->A + ic * g->lda + pc, g->lda, mc_end - ic, kc, zbuf);
+#endif
       for (int64_t p = p0; p < p1; ++p) {
         int64_t ldb;
         const float *bp = panel_rows(g, p, pc, &ldb);
         const int64_t l0 = next_lines * (p - p0) / np, l1 = next_lines * (p - p0 + 1) / np;
         for (int64_t i = ic, rows; i < mc_end; i += rows) {
+          const int64_t left = mc_end - i;
+#ifdef MLRT_HAVE_AVX2
+          if (zmm && min64(NR, g->N - p * NR) > 8) {
+            /* up to 12 rows a pass; 13..23 left: the first pass takes half (packed A: one panel) */
+            rows = zrows(left, packed);
+          } else
+#endif
           /* 7 or 8 rows left: 4 + 3 or 4 + 4, not 6 + 1 or 6 + 2. A 1- or 2-row tile has too few
            * accumulators to hide the FMA latency and runs at a quarter to half speed. */
-          rows = !packed && (mc_end - i == 7 || mc_end - i == 8) ? 4 : min64(MR, mc_end - i);
+          rows = !packed && (left == 7 || left == 8) ? 4 : min64(MR, left);
           for (int64_t r = next_ic + (i - ic); r < min64(next_ic + (i - ic) + rows, m1); ++r)
             for (int64_t l = l0; l < l1; ++l) __builtin_prefetch(g->A + r * g->lda + next_pc + 16 * l, 0, 2);
           /* the first row tile of a block brings B's rows in; the later ones find them in L1 */
@@ -249,6 +380,17 @@ static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, in
                     pc == 0, pc + kc >= g->K, i == ic};
           /* packed A: tiles start at panel boundaries (m0, ic and MC are multiples of MR) */
           const float *a = packed ? g->A + i / MR * g->K * MR + pc * MR : g->A + i * g->lda + pc;
+#ifdef MLRT_HAVE_AVX2
+          if (zmm && t.n > 8) {
+            if (zpack) {
+              const float *za = zbuf + (i - ic) * kc;
+              zkernels[1][rows](kc, za, za + MR, rows, bp, ldb, &t);
+            } else {
+              zkernels[packed][rows](kc, a, a + g->K * MR, packed ? MR : g->lda, bp, ldb, &t);
+            }
+            continue;
+          }
+#endif
           ukernel_rows(rows, kc, a, g->lda, bp, ldb, &t);
         }
       }

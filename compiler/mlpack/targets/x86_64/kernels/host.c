@@ -1,6 +1,12 @@
 /* The bundle side of the host API: mlrt_entry records the runtime's thread pool for the kernels. */
 #include "mlrt_kernels.h"
 
+#include <stdlib.h>
+#include <string.h>
+#ifdef MLRT_HAVE_AVX2
+#include <cpuid.h>
+#endif
+
 static _Thread_local const mlrt_host_api *current_host;
 
 void mlrt_set_host(const mlrt_host_api *host) { current_host = host; }
@@ -18,4 +24,41 @@ void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx) {
     return;
   }
   h->parallel_for(h->pool, n, task, ctx);
+}
+
+#ifdef MLRT_HAVE_AVX2
+/* AVX-512F in CPUID leaf 7, and XCR0 saying the OS saves the opmask and zmm state (bits 5-7)
+ * besides xmm/ymm (bits 1-2). */
+static int detect_avx512(void) {
+  const char *isa = getenv("MLRT_KERNEL_ISA");
+  if (isa && strcmp(isa, "avx2") == 0) return 0;
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 16))) return 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0; /* OSXSAVE */
+  unsigned lo, hi;
+  __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & 0xe6u) == 0xe6u;
+}
+#endif
+
+int mlrt_avx512(void) {
+#ifdef MLRT_HAVE_AVX2
+  static int known = -1; /* -1: not yet asked; a race only repeats the same answer */
+  int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+  if (v < 0) {
+    v = detect_avx512();
+    __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+  }
+  return v;
+#else
+  return 0;
+#endif
+}
+
+const char *mlrt_kernel_isa(void) {
+#ifdef MLRT_HAVE_AVX2
+  return mlrt_avx512() ? "avx512f" : "avx2";
+#else
+  return "c";
+#endif
 }

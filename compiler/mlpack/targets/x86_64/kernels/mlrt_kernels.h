@@ -19,6 +19,12 @@ typedef struct mlrt_host_api {
   void (*parallel_for)(void *pool, int64_t n, mlrt_task_fn task, void *ctx);
 } mlrt_host_api;
 
+/* Whether the AVX-512F kernels run (host.c): the CPU and OS support zmm state and
+ * MLRT_KERNEL_ISA is not "avx2". Decided once per process. */
+int mlrt_avx512(void);
+/* The kernel instruction set in use, for the runtime to report: "avx512f", "avx2" or "c". */
+const char *mlrt_kernel_isa(void);
+
 /* Thread count and dispatch for the current run (set by mlrt_entry). */
 int64_t mlrt_threads(void);
 void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx);
