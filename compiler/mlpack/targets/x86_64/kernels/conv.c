@@ -531,32 +531,48 @@ static inline __attribute__((always_inline)) void dw_rows_avx2(const float *cons
                                                                int64_t last, int64_t dw, int64_t half,
                                                                const int64_t KH, const int64_t KW, const int64_t SW) {
   const __m256 lo = _mm256_set1_ps(e->lo), hi = _mm256_set1_ps(e->hi), base = _mm256_set1_ps(e->base);
-  for (int64_t ox = 0; ox < OW; ox += 8) {
-    __m256 acc[DW_ROWS];
-    for (int64_t r = 0; r < DW_ROWS; ++r) {
-      acc[r] = _mm256_setzero_ps();
+  for (int64_t ox = 0, two; ox < OW; ox += 8 + 8 * two) {
+    /* Above 3x3, two vectors of each of the DW_ROWS rows, taps outermost: eight independent FMA
+     * chains in flight (5x5 on 28x28 and 14x14 maps: 1.2x). 3x3 keeps one vector a row: its nine
+     * weights and eight accumulators would not fit the 16 registers. A partial last vector is
+     * taken alone. */
+    __m256 acc[DW_ROWS][2];
+    two = KH * KW > 9 && ox + 8 < OW;
+    for (int64_t r = 0; r < DW_ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    if (two) {
       for (int64_t ky = 0; ky < KH; ++ky)
         for (int64_t kx = 0; kx < KW; ++kx)
-          acc[r] = _mm256_fmadd_ps(wv[ky * KW + kx], _mm256_loadu_ps(dw_tap(rows[r * KH + ky], ox, kx, dw, half, SW)),
-                                   acc[r]);
+          for (int64_t r = 0; r < DW_ROWS; ++r) {
+            const float *row = rows[r * KH + ky];
+            acc[r][0] = _mm256_fmadd_ps(wv[ky * KW + kx], _mm256_loadu_ps(dw_tap(row, ox, kx, dw, half, SW)), acc[r][0]);
+            acc[r][1] =
+                _mm256_fmadd_ps(wv[ky * KW + kx], _mm256_loadu_ps(dw_tap(row, ox + 8, kx, dw, half, SW)), acc[r][1]);
+          }
+    } else {
+      for (int64_t r = 0; r < DW_ROWS; ++r) /* (3x3: 3-7% faster row by row than taps outermost) */
+        for (int64_t ky = 0; ky < KH; ++ky)
+          for (int64_t kx = 0; kx < KW; ++kx)
+            acc[r][0] = _mm256_fmadd_ps(wv[ky * KW + kx], _mm256_loadu_ps(dw_tap(rows[r * KH + ky], ox, kx, dw, half, SW)),
+                                        acc[r][0]);
     }
-    for (int64_t r = 0; r < n; ++r) {
-      const int64_t o = r * OW + ox;
-      if (ox + 8 <= OW) {
-        __m256 v = _mm256_add_ps(acc[r], e->overwrite ? base : _mm256_loadu_ps(yrow + o));
-        if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + o));
-        _mm256_storeu_ps(d + o, mlrt_clamp8(v, lo, hi));
-      } else if (r != last && OW >= 4) {
-        __m256 v = _mm256_add_ps(acc[r], e->overwrite ? base : _mm256_maskload_ps(yrow + o, tail));
-        if (res) v = _mm256_add_ps(v, _mm256_maskload_ps(res + o, tail));
-        v = mlrt_clamp8(v, lo, hi);
-        _mm256_storeu_ps(d + o, _mm256_blendv_ps(_mm256_loadu_ps(d + o), v, _mm256_castsi256_ps(tail)));
-      } else {
-        float v[8];
-        _mm256_storeu_ps(v, acc[r]);
-        for (int64_t i = 0; ox + i < OW; ++i) d[o + i] = dw_finish(e, v[i], yrow, res, o + i);
+    for (int64_t v = 0; v <= two; ++v)
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t x0 = ox + 8 * v, o = r * OW + x0;
+        if (x0 + 8 <= OW) {
+          __m256 y = _mm256_add_ps(acc[r][v], e->overwrite ? base : _mm256_loadu_ps(yrow + o));
+          if (res) y = _mm256_add_ps(y, _mm256_loadu_ps(res + o));
+          _mm256_storeu_ps(d + o, mlrt_clamp8(y, lo, hi));
+        } else if (r != last && OW >= 4) {
+          __m256 y = _mm256_add_ps(acc[r][v], e->overwrite ? base : _mm256_maskload_ps(yrow + o, tail));
+          if (res) y = _mm256_add_ps(y, _mm256_maskload_ps(res + o, tail));
+          y = mlrt_clamp8(y, lo, hi);
+          _mm256_storeu_ps(d + o, _mm256_blendv_ps(_mm256_loadu_ps(d + o), y, _mm256_castsi256_ps(tail)));
+        } else {
+          float t[8];
+          _mm256_storeu_ps(t, acc[r][v]);
+          for (int64_t i = 0; x0 + i < OW; ++i) d[o + i] = dw_finish(e, t[i], yrow, res, o + i);
+        }
       }
-    }
   }
 }
 #endif
