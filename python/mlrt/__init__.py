@@ -83,6 +83,13 @@ class Model:
         """GPU memory the model holds (weights + execution contexts so far); 0 on cpu."""
         return self._native.device_bytes
 
+    @property
+    def cpu_variant(self) -> str:
+        """On cpu, the bundle's CPU code this model runs, chosen at load (the first variant in the
+        bundle's order whose architecture and features this CPU has): '<level> (<arch>)', e.g.
+        'x86-64-v3 (x86_64)'. Empty on cuda."""
+        return self._native.cpu_variant
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run on numpy arrays, positionally or by input name. Returns the model's output structure
         (one output -> one array; tuples, lists, dicts, named tuples and constants such as None as

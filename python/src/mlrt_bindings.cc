@@ -431,6 +431,7 @@ PYBIND11_MODULE(_mlrt, m) {
       .def_property_readonly("num_threads", &mlrt::Model::num_threads)
       .def_property_readonly("device", &mlrt::Model::device)
       .def_property_readonly("device_bytes", &mlrt::Model::device_bytes)
+      .def_property_readonly("cpu_variant", &mlrt::Model::cpu_variant)
       .def("run_flat", &RunFlat, py::arg("inputs"))
       .def("output_shapes", &OutputShapes, py::arg("inputs"))
       .def("run_dlpack", &RunDLPack, py::arg("inputs"), py::arg("stream") = 1);

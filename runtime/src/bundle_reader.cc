@@ -967,6 +967,75 @@ Status VerifyWeights(const BundleView& bundle, const Manifest& manifest, int thr
   return Status::Ok();
 }
 
+// programs[i].variants: each CPU code variant's section and entry for this program, in the order
+// of targets.cpu.variants; absent (one variant) means the program's own section and entry.
+static Status ParseProgramVariants(const json::Value& v, const std::string& where, const BundleView& bundle,
+                            size_t num_variants, Program* prog) {
+  const json::Value* variants = v.find("variants");
+  if (!variants) {
+    if (num_variants != 1) return BadManifest(where + ": needs 'variants' (targets.cpu has " +
+                                              std::to_string(num_variants) + ")");
+    prog->cpu_code = {CodeRef{prog->section, prog->entry}};
+    return Status::Ok();
+  }
+  if (!variants->is_array() || variants->items().size() != num_variants) {
+    return BadManifest(where + ".variants must have one entry per targets.cpu.variants");
+  }
+  for (size_t k = 0; k < num_variants; ++k) {
+    const json::Value& c = variants->items()[k];
+    const json::Value* section = c.find("section");
+    const json::Value* entry = c.find("entry");
+    if (!section || !section->is_string() || section->as_string().empty() || !entry || !entry->is_string() ||
+        entry->as_string().empty()) {
+      return BadManifest(where + ".variants[" + std::to_string(k) + "]: needs strings 'section' and 'entry'");
+    }
+    const std::string& name = section->as_string();
+    if (name == "manifest" || name == "weights" || name == "signature" || !bundle.Find(name)) {
+      return BadManifest(where + ".variants[" + std::to_string(k) + "]: code section '" + name + "' is missing");
+    }
+    prog->cpu_code.push_back(CodeRef{name, entry->as_string()});
+  }
+  if (prog->cpu_code[0].section != prog->section) {
+    return BadManifest(where + ": 'section' disagrees with variants[0]");
+  }
+  return Status::Ok();
+}
+
+// One CPU code variant (targets.cpu, or an entry of targets.cpu.variants).
+static Status ParseCpuVariant(const json::Value& v, const std::string& where, const BundleView& bundle, bool dynamic,
+                       CpuTarget* out) {
+  const json::Value* arch = v.find("arch");
+  const json::Value* level = v.find("cpu");
+  const json::Value* features = v.find("features");
+  const json::Value* sec = v.find("section");
+  const json::Value* entry = v.find("entry");
+  if (!v.is_object() || !arch || !arch->is_string() || !level || !level->is_string() || !features ||
+      !features->is_array() || (!dynamic && (!sec || !sec->is_string() || !entry || !entry->is_string()))) {
+    return BadManifest(dynamic ? where + " needs arch, cpu and features"
+                               : where + " needs arch, cpu, features, section and entry");
+  }
+  out->arch = arch->as_string();
+  out->cpu = level->as_string();
+  for (const auto& f : features->items()) {
+    if (!f.is_string()) return BadManifest(where + ".features must be strings");
+    out->features.push_back(f.as_string());
+  }
+  const json::Value* host_abi = v.find("host_abi");
+  if (!host_abi || !host_abi->is_int() || host_abi->as_int() < 1 || host_abi->as_int() > UINT32_MAX) {
+    return BadManifest(where + ".host_abi missing");
+  }
+  out->host_abi = static_cast<uint32_t>(host_abi->as_int());
+  if (!dynamic) {  // dynamic bundles: per program
+    out->section = sec->as_string();
+    out->entry = entry->as_string();
+    if (out->section == "manifest" || out->section == "weights" || out->section == "signature") {
+      return BadManifest(where + ": code section may not be '" + out->section + "'");
+    }
+    if (!bundle.Find(out->section)) return BadManifest("code section '" + out->section + "' is missing");
+  }
+  return Status::Ok();
+}
+
 Result<Manifest> ParseManifest(const BundleView& bundle) {
   const SectionRef* section = bundle.Find("manifest");
   if (!section) return BadManifest("no 'manifest' section");
@@ -1059,39 +1128,35 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
   const json::Value* targets = root.find("targets");
   const json::Value* cpu = targets ? targets->find("cpu") : nullptr;
   if (cpu) {
-    const json::Value* arch = cpu->find("arch");
-    const json::Value* level = cpu->find("cpu");
-    const json::Value* features = cpu->find("features");
-    const json::Value* sec = cpu->find("section");
-    const json::Value* entry = cpu->find("entry");
-    if (!arch || !arch->is_string() || !level || !level->is_string() || !features || !features->is_array() ||
-        (!dynamic && (!sec || !sec->is_string() || !entry || !entry->is_string()))) {
-      return BadManifest(dynamic ? "targets.cpu needs arch, cpu and features"
-                                 : "targets.cpu needs arch, cpu, features, section and entry");
+    if (!cpu->is_object()) return BadManifest("targets.cpu is not an object");
+    // targets.cpu is variant 0 as an older runtime reads it; `variants` (optional) lists them all.
+    const json::Value* variants = cpu->find("variants");
+    std::vector<const json::Value*> entries;
+    if (variants) {
+      if (!variants->is_array() || variants->items().empty() || variants->items().size() > kMaxCpuVariants) {
+        return BadManifest("targets.cpu.variants must be an array of 1.." + std::to_string(kMaxCpuVariants) +
+                           " objects");
+      }
+      for (const auto& v : variants->items()) entries.push_back(&v);
+    } else {
+      entries.push_back(cpu);
     }
-    if (arch->as_string() != "x86_64") {
-      return Status(StatusCode::kFailedPrecondition,
-                    "bundle targets CPU architecture '" + arch->as_string() + "'; this runtime runs x86_64 code");
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const json::Value& v = *entries[i];
+      const std::string where = variants ? "targets.cpu.variants[" + std::to_string(i) + "]" : "targets.cpu";
+      if (Status vs = ParseCpuVariant(v, where, bundle, dynamic, &m.cpu_variants.emplace_back()); !vs.ok()) return vs;
+    }
+    if (variants) {  // targets.cpu must be variant 0, or an older runtime would run other code
+      const CpuTarget& first = m.cpu_variants.front();
+      const json::Value* sec = cpu->find("section");
+      const json::Value* level = cpu->find("cpu");
+      const json::Value* arch = cpu->find("arch");
+      if (!level || !level->is_string() || level->as_string() != first.cpu || !arch || !arch->is_string() ||
+          arch->as_string() != first.arch || (!dynamic && (!sec || !sec->is_string() || sec->as_string() != first.section))) {
+        return BadManifest("targets.cpu disagrees with targets.cpu.variants[0]");
+      }
     }
     m.has_cpu = true;
-    m.cpu.cpu = level->as_string();
-    for (const auto& f : features->items()) {
-      if (!f.is_string()) return BadManifest("targets.cpu.features must be strings");
-      m.cpu.features.push_back(f.as_string());
-    }
-    if (!dynamic) {  // dynamic bundles: per program
-      m.cpu.section = sec->as_string();
-      m.cpu.entry = entry->as_string();
-    }
-    const json::Value* host_abi = cpu->find("host_abi");
-    if (!host_abi || !host_abi->is_int() || host_abi->as_int() < 1) return BadManifest("targets.cpu.host_abi missing");
-    if (host_abi->as_int() > kHostAbiVersion) {
-      return Status(StatusCode::kUnimplemented, "bundle code expects host ABI " + std::to_string(host_abi->as_int()) +
-                                                    ", newer than this runtime's " + std::to_string(kHostAbiVersion) +
-                                                    "; upgrade mlrt");
-    }
-    m.cpu.host_abi = static_cast<uint32_t>(host_abi->as_int());
-    if (!dynamic && !bundle.Find(m.cpu.section)) return BadManifest("code section '" + m.cpu.section + "' is missing");
   }
   const json::Value* cuda = targets ? targets->find("cuda") : nullptr;
   if (cuda) {
@@ -1107,6 +1172,13 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
     for (size_t p = 0; p < m.programs.size(); ++p) {
       const std::string where = "programs[" + std::to_string(p) + "]";
       if (m.has_cpu && m.programs[p].section.empty()) return BadManifest(where + ": needs strings 'section' and 'entry'");
+      if (m.has_cpu) {
+        if (Status vs = ParseProgramVariants(programs_json->items()[p], where, bundle, m.cpu_variants.size(),
+                                             &m.programs[p]);
+            !vs.ok()) {
+          return vs;
+        }
+      }
       if (!m.has_cuda) continue;
       const json::Value* code = programs_json->items()[p].find("cuda");
       if (!code) return BadManifest(where + ": needs an object 'cuda' (the bundle has a CUDA target)");

@@ -14,6 +14,8 @@
 namespace mlrt {
 
 inline constexpr uint32_t kBundleFormatVersion = 2;
+// CPU code variants one bundle may carry (targets.cpu.variants).
+inline constexpr size_t kMaxCpuVariants = 16;
 
 // A read-only, private mapping of a whole file. Move-only; unmaps on destruction.
 class MappedFile final {
@@ -66,12 +68,19 @@ struct WeightRef {
   uint64_t nbytes = 0;
 };
 
+// One CPU code variant: targets.cpu itself, or one entry of targets.cpu.variants.
 struct CpuTarget {
-  std::string cpu;  // e.g. "x86-64-v3"
-  std::vector<std::string> features;
-  std::string section;
+  std::string arch;  // "x86_64" | "aarch64"
+  std::string cpu;   // e.g. "x86-64-v3", "neoverse-n1"
+  std::vector<std::string> features;  // cpuid (x86_64) or HWCAP (aarch64) names
+  std::string section;  // static bundles; a dynamic bundle's are per program (Program::cpu_code)
   std::string entry;
   uint32_t host_abi = 0;  // version of the HostApi the code expects
+};
+
+struct CodeRef {
+  std::string section;
+  std::string entry;
 };
 
 // One kernel launch of the CUDA target (targets.cuda.launches[i]); dimensions already validated
@@ -115,8 +124,9 @@ struct PadCut {
 // per symbol.
 struct Program {
   std::vector<int64_t> sizes;  // per symbol (dynamic_dims order): the bucket this program runs
-  std::string section;         // CPU code (empty in a cuda-only bundle)
+  std::string section;         // CPU code of variant 0 (empty in a cuda-only bundle)
   std::string entry;
+  std::vector<CodeRef> cpu_code;  // per CPU code variant (cpu_variants' order); [0] is section/entry
   CudaCode cuda;               // when the bundle has a CUDA target
   std::vector<CallArg> call;
   std::vector<std::vector<int64_t>> output_shapes;  // concrete, per output
@@ -139,7 +149,9 @@ struct Manifest {
   std::vector<uint32_t> program_by_buckets;
   bool is_dynamic() const { return !programs.empty(); }
   bool has_cpu = false;
-  CpuTarget cpu;
+  // targets.cpu.variants, in order (the runtime runs the first this CPU can); without `variants`,
+  // targets.cpu as the only one. Static bundles: each with its section and entry.
+  std::vector<CpuTarget> cpu_variants;
   bool has_cuda = false;
   CudaTarget cuda;
   // `weights_sha256` (optional): SHA-256 of each weight_chunk_bytes-long piece of the weights section.

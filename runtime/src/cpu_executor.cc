@@ -44,13 +44,18 @@ Result<std::unique_ptr<Executor>> CpuExecutor::Create(const Manifest& manifest, 
     }
     return Status(StatusCode::kFailedPrecondition, "the bundle has no CPU code (built for another target)");
   }
-  if (Status s = CheckCpuFeatures(manifest.cpu.features, manifest.cpu.cpu); !s.ok()) return s;
+  // The first code variant this CPU runs (its arch, its features, a host ABI we provide).
+  auto chosen = SelectCpuVariant(manifest.cpu_variants, kHostAbiVersion);
+  if (!chosen.ok()) return chosen.status();
+  const size_t k = chosen.value();
   std::unique_ptr<CpuExecutor> e(new CpuExecutor());
+  const CpuTarget& variant = manifest.cpu_variants[k];
+  e->variant_ = variant.cpu + " (" + variant.arch + ")";
   std::vector<ProgramLayout> layouts = ProgramLayouts(manifest);
   for (size_t p = 0; p < layouts.size(); ++p) {
-    // A static bundle's code is targets.cpu; a dynamic bundle's, one section per program.
-    const std::string& section = manifest.is_dynamic() ? manifest.programs[p].section : manifest.cpu.section;
-    const std::string& entry = manifest.is_dynamic() ? manifest.programs[p].entry : manifest.cpu.entry;
+    // A static bundle's code is the variant's section; a dynamic bundle's, one section per program.
+    const std::string& section = manifest.is_dynamic() ? manifest.programs[p].cpu_code[k].section : variant.section;
+    const std::string& entry = manifest.is_dynamic() ? manifest.programs[p].cpu_code[k].entry : variant.entry;
     const SectionRef* code = bundle.Find(section);
     auto loaded = LoadedCode::Load(code->data, code->size, entry);
     if (!loaded.ok()) {

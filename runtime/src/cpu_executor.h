@@ -31,6 +31,7 @@ class CpuExecutor final : public Executor {
              const std::vector<TensorView>& outputs) const override;
   int num_threads() const override { return pool_->num_threads(); }
   size_t device_bytes() const override { return 0; }
+  std::string cpu_variant() const override { return variant_; }
 
  private:
   struct FreeDeleter {
@@ -51,6 +52,7 @@ class CpuExecutor final : public Executor {
   Status Call(const ProgramCode& program, const std::vector<const void*>& inputs,
               const std::vector<void*>& outputs) const;
 
+  std::string variant_;                // "<cpu level> (<arch>)" of the code variant loaded
   std::vector<ProgramCode> programs_;  // ProgramLayouts' order
   std::vector<const void*> weights_;   // resolved pointers into the mapped weights section
   size_t arena_size_ = 64;             // bytes allocated per arena (>= 64, a multiple of 64)

@@ -55,6 +55,8 @@ class Executor {
                      const std::vector<TensorView>& outputs) const = 0;
   virtual int num_threads() const = 0;      // threads one Run uses
   virtual size_t device_bytes() const = 0;  // device memory held; 0 for an executor on the host
+  // The CPU code variant this executor loaded, "<cpu level> (<arch>)"; empty for a device executor.
+  virtual std::string cpu_variant() const { return {}; }
   // The executor's device-pointer side (Model::RunDevice), or null for one that runs on host
   // memory only.
   virtual const DeviceExecutor* device_executor() const { return nullptr; }

@@ -282,6 +282,7 @@ size_t Model::arena_bytes() const { return impl_->manifest.arena_bytes; }
 int Model::num_threads() const { return impl_->executor->num_threads(); }
 const std::string& Model::device() const { return impl_->device; }
 size_t Model::device_bytes() const { return impl_->executor->device_bytes(); }
+std::string Model::cpu_variant() const { return impl_->executor->cpu_variant(); }
 
 namespace {
 Status NotOnCuda(const std::string& device) {

@@ -1,7 +1,9 @@
 #include "sha256.h"
 
+#if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
+#endif
 
 #include <cstdlib>
 #include <cstring>
@@ -50,6 +52,7 @@ void Compress(uint32_t state[8], const uint8_t block[64]) {
   state[4] += e; state[5] += f; state[6] += g; state[7] += h;
 }
 
+#if defined(__x86_64__)
 // The same compression with the x86 SHA extensions (SHA-NI: AMD Zen, Intel since Ice Lake),
 // ~5x faster: hashing the weights dominates load time otherwise. State layout as in Compress.
 __attribute__((target("sha,sse4.1,ssse3"))) void CompressBlocksShaNi(uint32_t state[8], const uint8_t* data,
@@ -91,9 +94,14 @@ bool HasShaNi() {
   return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 19)) && (c & (1u << 9));   // SSE4.1, SSSE3
 }
 
+#endif
+
 void CompressBlocks(uint32_t state[8], const uint8_t* data, size_t blocks) {
+#if defined(__x86_64__)
   static const bool sha_ni = HasShaNi() && std::getenv("MLRT_DISABLE_SHA_NI") == nullptr;
   if (sha_ni) return CompressBlocksShaNi(state, data, blocks);
+#endif
+  // Elsewhere (aarch64: the ARMv8 SHA-2 instructions are not used yet) the portable compression.
   for (size_t i = 0; i < blocks; ++i) Compress(state, data + 64 * i);
 }
 

@@ -94,6 +94,9 @@ int main(int argc, char** argv) {
   if (!loaded.ok()) return Fail(loaded.status());
   const mlrt::Model& model = **loaded;
   const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
+  // A bundle may carry CPU code for several targets (mlpack build --cpu x86-64-v3,aarch64): the
+  // load picked the first this CPU can run.
+  if (!model.cpu_variant().empty()) std::cout << "cpu code: " << model.cpu_variant() << "\n";
 
   // 2. The signature: names, dtypes and shapes of the inputs. A dynamic dim (bundle format
   //    version 2) has shape -1, a symbol and a range: printed as batch=1..32. The .npy files give

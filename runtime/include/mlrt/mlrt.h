@@ -248,6 +248,10 @@ class Model final {
   int num_threads() const;                   // threads one Run uses
   const std::string& device() const;         // "cpu" or "cuda:N", as loaded
   size_t device_bytes() const;               // GPU memory held (weights + execution contexts); 0 on cpu
+  // On cpu, the bundle's CPU code variant this model runs, chosen at load (the first, in the
+  // bundle's order, whose architecture and features this CPU has): "<level> (<arch>)", e.g.
+  // "x86-64-v3 (x86_64)" or "neoverse-n1 (aarch64)". Empty on cuda.
+  std::string cpu_variant() const;
 
   // Validates the inputs (count, dtype, shape: every dynamic dim within its range, the dims of one
   // symbol equal, a size between buckets only where the symbol is padded) and returns the shape
