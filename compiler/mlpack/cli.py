@@ -211,10 +211,12 @@ def inspect(bundle, as_json, plot):
             click.echo(f"target {name}: {len(t['variants'])} code variants, the first this CPU can run is used:")
             for v in t["variants"]:
                 section = f" in {v['section']}" if "section" in v else ""
-                click.echo(f"  {v['cpu']} ({v['arch']}){section} needs [{', '.join(v.get('features', []))}]")
+                click.echo(f"  {v['cpu']} ({v['arch']}){section} needs [{', '.join(v.get('features', []))}]"
+                           + _describe_kernel_isas(v))
         else:
             arch = f" ({t['arch']})" if t.get("arch") else ""
-            click.echo(f"target {name}: {t.get('cpu', '')}{arch} needs [{', '.join(t.get('features', []))}]")
+            click.echo(f"target {name}: {t.get('cpu', '')}{arch} needs [{', '.join(t.get('features', []))}]"
+                       + _describe_kernel_isas(t))
     click.echo("sections:")
     for s in info.sections:
         click.echo(f"  {s.name:<10} {s.size:>12,d} bytes at {s.offset:#x}  sha256 {s.sha256.hex()[:16]}…")
@@ -282,6 +284,13 @@ def _describe_structure(node, outputs: list[dict]) -> str:
         name = node.get("class", "").rsplit(".", 1)[-1]
         return f"{name}(" + ", ".join(f"{f}={v}" for f, v in zip(node["fields"], items)) + ")"
     return f"<{kind}>"
+
+
+def _describe_kernel_isas(t: dict) -> str:
+    isas = t.get("kernel_isas") or []
+    if len(isas) > 1:
+        return f"; kernels: {' or '.join(isas)}, the best this CPU runs picked at run time"
+    return f"; kernels: {isas[0]}" if isas else ""
 
 
 def _describe_cuda(t: dict) -> str:

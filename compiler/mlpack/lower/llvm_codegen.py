@@ -15,7 +15,7 @@ import ctypes
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import BuildError
 from . import llvm_compile
@@ -67,10 +67,16 @@ class CpuCode:
     features: list[str]  # what the runtime must find on the CPU (cpuid / HWCAP names)
     llvm_ir: str  # kept for --dump-ir and tests
     kernels: dict  # microkernel name -> number of call sites
+    # The instruction sets the microkernels carry, the one used picked at run time from the CPU
+    # (informational: the manifest's targets.cpu.kernel_isas)
+    kernel_isas: list[str] = field(default_factory=list)
 
     def cpu_manifest(self) -> dict:
         """What every program of this CPU level needs of the host."""
-        return {"arch": self.arch, "cpu": self.cpu, "features": self.features, "host_abi": 1}
+        m = {"arch": self.arch, "cpu": self.cpu, "features": self.features, "host_abi": 1}
+        if self.kernel_isas:
+            m["kernel_isas"] = list(self.kernel_isas)
+        return m
 
     # A static bundle: targets.cpu and the section cpu.so.
     def manifest(self) -> dict:

@@ -29,4 +29,6 @@ def compile_cpu(planned: PlannedProgram, cpu: str = DEFAULT_CPU, dump=None, stag
         objs = compile_objects(llvm_ir, TRIPLE, cpu)
     with stage("link"):
         so = link(objs, planned.num_args, cpu, call)
-    return CpuCode("x86_64", so, planned.memory_plan, cpu, CPU_LEVELS[cpu], llvm_ir, planned.kernels)
+    # With AVX2 the GEMM also carries AVX-512F register tiles, used where the CPU has them.
+    isas = ["avx2", "avx512f"] if "avx2" in CPU_LEVELS[cpu] else ["c"]
+    return CpuCode("x86_64", so, planned.memory_plan, cpu, CPU_LEVELS[cpu], llvm_ir, planned.kernels, isas)
