@@ -125,12 +125,23 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
   /* im2col fused into the GEMM per task: tasks take even shares of the panels, small enough
    * that a task's packed columns stay in L2 (~256 KiB), as long as the threads stay within 3%
    * of the best balance a rows x columns split would give. Else im2col first, then the GEMM. */
-  int64_t tm, tn, tasks = 0;
+  int64_t tasks = 0;
   if (threads > 1) {
-    const int64_t best = mlrt_gemm_split(CO, N, threads, 1, &tm, &tn);
-    const int64_t blocks = (CO + MLRT_MR - 1) / MLRT_MR, fit = (panels * K * NR * 4 + (256 << 10) - 1) / (256 << 10);
-    for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads && !tasks; ++n)
-      if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103) tasks = n;
+    /* the same convs every run: the answer is kept per thread (see mlrt_gemm_split) */
+    static _Thread_local struct { int64_t CO, N, K, threads, tasks; } memo[64];
+    const uint64_t h = ((uint64_t)CO * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)N * 0xc2b2ae3d27d4eb4full) ^
+                       ((uint64_t)K * 0x165667b19e3779f9ull) ^ (uint64_t)threads;
+    const int slot = (int)((h ^ (h >> 29)) & 63);
+    if (memo[slot].threads == threads && memo[slot].CO == CO && memo[slot].N == N && memo[slot].K == K) {
+      tasks = memo[slot].tasks;
+    } else {
+      int64_t tm, tn;
+      const int64_t best = mlrt_gemm_split(CO, N, threads, 1, &tm, &tn);
+      const int64_t blocks = (CO + MLRT_MR - 1) / MLRT_MR, fit = (panels * K * NR * 4 + (256 << 10) - 1) / (256 << 10);
+      for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads && !tasks; ++n)
+        if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103) tasks = n;
+      memo[slot].CO = CO, memo[slot].N = N, memo[slot].K = K, memo[slot].threads = threads, memo[slot].tasks = tasks;
+    }
   }
   if (tasks > 1) {
     conv_job cj = {j, Wt, Y, ep, CO, K, N, ldc, tasks, panels, lda};

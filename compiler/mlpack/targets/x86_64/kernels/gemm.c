@@ -434,7 +434,30 @@ int64_t mlrt_gemm_makespan(int64_t rows, int64_t N, int64_t tm, int64_t tn, int6
   return end;
 }
 
+static int64_t gemm_split_search(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn);
+
+/* The search below costs microseconds, and a model asks it the same questions every run (lcnet:
+ * 2% of a run): answers are kept per thread, 64 slots indexed by a hash of the question. */
+typedef struct {
+  int64_t M, N, threads, split_rows, tm, tn, best;
+} split_memo;
+
 int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn) {
+  static _Thread_local split_memo memo[64];
+  const uint64_t h = ((uint64_t)M * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)N * 0xc2b2ae3d27d4eb4full) ^
+                     ((uint64_t)threads << 1) ^ (uint64_t)split_rows;
+  split_memo *e = &memo[(h ^ (h >> 29)) & 63];
+  if (e->threads == threads && e->M == M && e->N == N && e->split_rows == split_rows) {
+    *tm = e->tm;
+    *tn = e->tn;
+    return e->best;
+  }
+  const int64_t best = gemm_split_search(M, N, threads, split_rows, tm, tn);
+  *e = (split_memo){M, N, threads, split_rows, *tm, *tn, best};
+  return best;
+}
+
+static int64_t gemm_split_search(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn) {
   /* The grid with the earliest finish over 6-row blocks x panels, for up to 4 tasks per thread.
    * Ties go to fewer row chunks (each re-reads B), then fewer tasks. Splitting 13 panels into
    * column chunks of 4 alone left 2 threads 20% off balance. */
