@@ -13,6 +13,20 @@ if ! command -v clang++-14 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1
     >/dev/null 2>&1 || echo "setup: could not install clang-14 (the fuzz test will skip)" >&2
 fi
 
+# The aarch64 cross toolchain and user-mode qemu for tests/test_aarch64.py (aarch64 bundles built
+# here, run emulated). Same rule: only as root with apt, only what is missing; else those tests skip.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  missing=""
+  command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing="$missing gcc-aarch64-linux-gnu"
+  command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || missing="$missing g++-aarch64-linux-gnu"
+  [ -e /usr/aarch64-linux-gnu/lib/libc.so.6 ] || missing="$missing libc6-dev-arm64-cross"
+  command -v qemu-aarch64 >/dev/null 2>&1 || missing="$missing qemu-user"
+  if [ -n "$missing" ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >/dev/null 2>&1 \
+      || echo "setup: could not install$missing (tests/test_aarch64.py will skip)" >&2
+  fi
+fi
+
 "$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 "$PY" -m pip install --quiet --disable-pip-version-check ".[compiler,test]"
 # The real-model corpus (tests/corpus.py) builds models from torchvision, timm and transformers.
