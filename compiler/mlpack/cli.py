@@ -49,7 +49,8 @@ def main() -> None:
               help="cuda: operand precision of matmul/conv (tf32/fp16/bf16 use tensor cores, fp32 accumulation).")
 @click.option("--cuda-arch", type=int, default=None, help="cuda: minimum compute capability, e.g. 80 (default) or 90.")
 @click.option("--cuda-sass", default="80,90", show_default=True,
-              help="cuda: architectures to ship machine code for besides the PTX (no JIT at load), or 'none'.")
+              help="cuda: architectures to ship machine code for besides the PTX (no JIT at load), or 'none'; "
+                   "e.g. 80,87,90 adds Jetson Orin (sm_87).")
 @click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), help="Write the IR after each stage here.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the full traceback of errors.")
