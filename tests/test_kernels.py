@@ -447,7 +447,45 @@ def test_portable_x86_64_bundle(tmp_path):
     result = mlpack.build(model, inputs, tmp_path / "m.bundle", cpu="x86-64")
     assert result.manifest["targets"]["cpu"]["cpu"] == "x86-64"
     assert result.manifest["targets"]["cpu"]["features"] == []
-    assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs]), ref)
+    assert result.manifest["targets"]["cpu"]["kernel_isas"] == ["c"]
+    loaded = mlrt.load(tmp_path / "m.bundle")
+    assert loaded.kernel_isa == "c"
+    assert_matches_eager(loaded.run_flat(*[x.numpy() for x in inputs]), ref)
+
+
+class TokensMlp(nn.Module):
+    """Linear layers on 9 and 12 rows (the AVX-512 tile's one-pass row counts) and a conv on a 3x3 map."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(96, 200), nn.Linear(200, 40)
+        self.conv = nn.Conv2d(40, 72, 3, padding=1)
+
+    def forward(self, x, y):
+        h = self.fc2(torch.relu(self.fc1(x)))
+        return h, torch.relu(self.conv(y))
+
+
+def test_kernel_isa_is_picked_at_load_and_both_match_eager(tmp_path, monkeypatch):
+    """An x86-64-v3 bundle carries AVX2 and AVX-512F GEMM tiles: the code picks AVX-512F where the
+    CPU has it, MLRT_KERNEL_ISA=avx2 keeps it off (read by each loaded copy of the code), and both
+    match eager."""
+    torch.manual_seed(0)
+    model = TokensMlp().eval()
+    inputs = (torch.randn(12, 96), torch.randn(1, 40, 3, 3))
+    with torch.no_grad():
+        ref = flat_outputs(model(*inputs))
+    result = mlpack.build(model, inputs, tmp_path / "m.bundle")
+    assert result.manifest["targets"]["cpu"]["kernel_isas"] == ["avx2", "avx512f"]
+    has_avx512 = "avx512f" in Path("/proc/cpuinfo").read_text().split()
+    default = mlrt.load(tmp_path / "m.bundle")
+    assert default.kernel_isa == ("avx512f" if has_avx512 else "avx2")
+    monkeypatch.setenv("MLRT_KERNEL_ISA", "avx2")
+    forced = mlrt.load(tmp_path / "m.bundle")
+    assert forced.kernel_isa == "avx2"
+    args = [x.numpy() for x in inputs]
+    for m in (default, forced):
+        assert_matches_eager(m.run_flat(*args), ref)
 
 
 @pytest.mark.parametrize("name", ["winograd4x4_unpadded_bn_relu6", "winograd_bias_relu_odd", "linear_gemv",

@@ -90,6 +90,13 @@ class Model:
         'x86-64-v3 (x86_64)'. Empty on cuda."""
         return self._native.cpu_variant
 
+    @property
+    def kernel_isa(self) -> str:
+        """On cpu, the instruction set the microkernels picked at load from this CPU: 'avx512f'
+        where an AVX2-level bundle finds AVX-512F (MLRT_KERNEL_ISA=avx2 keeps it off), 'avx2',
+        'c' for the portable code. Empty on cuda and for bundles built before it was recorded."""
+        return self._native.kernel_isa
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run on numpy arrays, positionally or by input name. Returns the model's output structure
         (one output -> one array; tuples, lists, dicts, named tuples and constants such as None as

@@ -432,6 +432,7 @@ PYBIND11_MODULE(_mlrt, m) {
       .def_property_readonly("device", &mlrt::Model::device)
       .def_property_readonly("device_bytes", &mlrt::Model::device_bytes)
       .def_property_readonly("cpu_variant", &mlrt::Model::cpu_variant)
+      .def_property_readonly("kernel_isa", &mlrt::Model::kernel_isa)
       .def("run_flat", &RunFlat, py::arg("inputs"))
       .def("output_shapes", &OutputShapes, py::arg("inputs"))
       .def("run_dlpack", &RunDLPack, py::arg("inputs"), py::arg("stream") = 1);

@@ -57,6 +57,8 @@ Result<LoadedCode> LoadedCode::Load(const uint8_t* bytes, uint64_t size, const s
   return code;
 }
 
+void* LoadedCode::Symbol(const char* name) const { return handle_ ? ::dlsym(handle_, name) : nullptr; }
+
 LoadedCode::LoadedCode(LoadedCode&& other) noexcept : handle_(other.handle_), fd_(other.fd_), entry_(other.entry_) {
   other.handle_ = nullptr;
   other.fd_ = -1;

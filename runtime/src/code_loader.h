@@ -20,6 +20,8 @@ class LoadedCode final {
   LoadedCode& operator=(const LoadedCode&) = delete;
   ~LoadedCode();
   EntryFn entry() const { return entry_; }
+  // An optional symbol of the code (dlsym), or null.
+  void* Symbol(const char* name) const;
 
  private:
   LoadedCode() = default;

@@ -63,6 +63,12 @@ Result<std::unique_ptr<Executor>> CpuExecutor::Create(const Manifest& manifest, 
       return Status(loaded.status().code(),
                     "program for section '" + section + "': " + loaded.status().message());
     }
+    // The kernels pick their instruction set from the CPU (AVX-512F tiles where it has them);
+    // bundles built before 2026-12-06 do not say.
+    using IsaFn = const char* (*)();
+    if (auto isa = reinterpret_cast<IsaFn>(loaded.value().Symbol("mlrt_kernel_isa")); isa && p == 0) {
+      e->kernel_isa_ = isa();
+    }
     e->programs_.push_back(ProgramCode{std::move(loaded).value(), std::move(layouts[p])});
   }
   const SectionRef* weight_section = bundle.Find("weights");

@@ -32,6 +32,7 @@ class CpuExecutor final : public Executor {
   int num_threads() const override { return pool_->num_threads(); }
   size_t device_bytes() const override { return 0; }
   std::string cpu_variant() const override { return variant_; }
+  std::string kernel_isa() const override { return kernel_isa_; }
 
  private:
   struct FreeDeleter {
@@ -53,6 +54,7 @@ class CpuExecutor final : public Executor {
               const std::vector<void*>& outputs) const;
 
   std::string variant_;                // "<cpu level> (<arch>)" of the code variant loaded
+  std::string kernel_isa_;  // what the code's mlrt_kernel_isa() said at load, if it has one
   std::vector<ProgramCode> programs_;  // ProgramLayouts' order
   std::vector<const void*> weights_;   // resolved pointers into the mapped weights section
   size_t arena_size_ = 64;             // bytes allocated per arena (>= 64, a multiple of 64)

@@ -57,6 +57,8 @@ class Executor {
   virtual size_t device_bytes() const = 0;  // device memory held; 0 for an executor on the host
   // The CPU code variant this executor loaded, "<cpu level> (<arch>)"; empty for a device executor.
   virtual std::string cpu_variant() const { return {}; }
+  // The instruction set its microkernels run ("avx512f", "avx2", "c", ...); empty where unknown.
+  virtual std::string kernel_isa() const { return {}; }
   // The executor's device-pointer side (Model::RunDevice), or null for one that runs on host
   // memory only.
   virtual const DeviceExecutor* device_executor() const { return nullptr; }

@@ -283,6 +283,7 @@ int Model::num_threads() const { return impl_->executor->num_threads(); }
 const std::string& Model::device() const { return impl_->device; }
 size_t Model::device_bytes() const { return impl_->executor->device_bytes(); }
 std::string Model::cpu_variant() const { return impl_->executor->cpu_variant(); }
+std::string Model::kernel_isa() const { return impl_->executor->kernel_isa(); }
 
 namespace {
 Status NotOnCuda(const std::string& device) {

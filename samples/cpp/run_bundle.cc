@@ -96,7 +96,11 @@ int main(int argc, char** argv) {
   const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
   // A bundle may carry CPU code for several targets (mlpack build --cpu x86-64-v3,aarch64): the
   // load picked the first this CPU can run.
-  if (!model.cpu_variant().empty()) std::cout << "cpu code: " << model.cpu_variant() << "\n";
+  if (!model.cpu_variant().empty()) {
+    std::cout << "cpu code: " << model.cpu_variant();
+    if (!model.kernel_isa().empty()) std::cout << ", kernels " << model.kernel_isa();
+    std::cout << "\n";
+  }
 
   // 2. The signature: names, dtypes and shapes of the inputs. A dynamic dim (bundle format
   //    version 2) has shape -1, a symbol and a range: printed as batch=1..32. The .npy files give

@@ -252,6 +252,10 @@ class Model final {
   // bundle's order, whose architecture and features this CPU has): "<level> (<arch>)", e.g.
   // "x86-64-v3 (x86_64)" or "neoverse-n1 (aarch64)". Empty on cuda.
   std::string cpu_variant() const;
+  // On cpu, the instruction set the variant's microkernels picked at load from this CPU: with an
+  // AVX2 level "avx512f" where the CPU and OS support AVX-512F (MLRT_KERNEL_ISA=avx2 keeps it
+  // off), else "avx2"; "c" for the portable code. Empty on cuda and for bundles older than this.
+  std::string kernel_isa() const;
 
   // Validates the inputs (count, dtype, shape: every dynamic dim within its range, the dims of one
   // symbol equal, a size between buckets only where the symbol is padded) and returns the shape

@@ -55,7 +55,8 @@ int mlrt_avx512(void) {
 #endif
 }
 
-const char *mlrt_kernel_isa(void) {
+/* Exported next to mlrt_entry: the runtime reads it once at load (Model::kernel_isa). */
+__attribute__((visibility("default"))) const char *mlrt_kernel_isa(void) {
 #ifdef MLRT_HAVE_AVX2
   return mlrt_avx512() ? "avx512f" : "avx2";
 #else
