@@ -528,6 +528,52 @@ static inline __attribute__((always_inline)) const float *dw_tap(const float *ro
   return c % 2 ? row + half + ox + c / 2 : row + ox + c / 2;
 }
 
+/* 3x3 with unit strides and dilation, 16 outputs of each of the DW_ROWS rows a step, whole
+ * vectors only (returns the first column left to dw_rows_avx2). The rows' windows overlap: each of
+ * the DW_ROWS + 2 input rows is loaded once per shift and feeds every output row that reads it
+ * (18 loads of each vector for 36 FMAs, not 36), and the eight accumulators are eight independent
+ * FMA chains; the weights are memory operands, as nine of them and eight accumulators would not
+ * fit in 16 registers. */
+static inline __attribute__((always_inline)) int64_t dw3_unit_rows(const float *const *rows, const __m256 *wv,
+                                                                   const dw_epilogue *e, const float *yrow,
+                                                                   const float *res, float *d, int64_t OW, int64_t n) {
+  _Static_assert(DW_ROWS == 4, "the straight-line code below computes four rows");
+  const __m256 lo = _mm256_set1_ps(e->lo), hi = _mm256_set1_ps(e->hi), base = _mm256_set1_ps(e->base);
+  const float *w = (const float *)wv;
+  int64_t ox = 0;
+  for (; ox + 16 <= OW; ox += 16) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+#define DW3_TAP(R, KY)                                                                        \
+  a##R##0 = _mm256_fmadd_ps(_mm256_load_ps(w + ((KY) * 3 + kx) * 8), v0, a##R##0);            \
+  a##R##1 = _mm256_fmadd_ps(_mm256_load_ps(w + ((KY) * 3 + kx) * 8), v1, a##R##1);
+#define DW3_ROW(ROW, ...)                                                                     \
+  for (int64_t kx = 0; kx < 3; ++kx) {                                                         \
+    const __m256 v0 = _mm256_loadu_ps((ROW) + ox + kx), v1 = _mm256_loadu_ps((ROW) + ox + 8 + kx); \
+    __VA_ARGS__                                                                                \
+  }
+    DW3_ROW(rows[0], DW3_TAP(0, 0))
+    DW3_ROW(rows[1], DW3_TAP(0, 1) DW3_TAP(1, 0))
+    DW3_ROW(rows[2], DW3_TAP(0, 2) DW3_TAP(1, 1) DW3_TAP(2, 0))
+    DW3_ROW(rows[5], DW3_TAP(1, 2) DW3_TAP(2, 1) DW3_TAP(3, 0))
+    DW3_ROW(rows[8], DW3_TAP(2, 2) DW3_TAP(3, 1))
+    DW3_ROW(rows[11], DW3_TAP(3, 2))
+#undef DW3_ROW
+#undef DW3_TAP
+#define DW3_STORE(R)                                                                              \
+  if (R < n) {                                                                                    \
+    const int64_t o = R * OW + ox;                                                                \
+    __m256 y0 = _mm256_add_ps(a##R##0, e->overwrite ? base : _mm256_loadu_ps(yrow + o));          \
+    __m256 y1 = _mm256_add_ps(a##R##1, e->overwrite ? base : _mm256_loadu_ps(yrow + o + 8));      \
+    if (res) y0 = _mm256_add_ps(y0, _mm256_loadu_ps(res + o)), y1 = _mm256_add_ps(y1, _mm256_loadu_ps(res + o + 8)); \
+    _mm256_storeu_ps(d + o, mlrt_clamp8(y0, lo, hi));                                             \
+    _mm256_storeu_ps(d + o + 8, mlrt_clamp8(y1, lo, hi));                                         \
+  }
+    DW3_STORE(0) DW3_STORE(1) DW3_STORE(2) DW3_STORE(3)
+#undef DW3_STORE
+  }
+  return ox;
+}
+
 /* DW_ROWS output rows, of which the first n are stored (rows[r * KH + ky] their input rows; yrow,
  * res, d their first output row, the others OW apart): 8 outputs per row per step, one
  * accumulator per row. KH, KW and SW are constants at the call sites, so the taps unroll and the
@@ -536,54 +582,68 @@ static inline __attribute__((always_inline)) const float *dw_tap(const float *ro
  * lanes are the next row's first values, rewritten unchanged by this thread. Not past the
  * channel's last row (`last`: its index here, or -1), nor for rows shorter than 4 (the extra
  * lanes would reach past the next row): there, lane by lane. */
+/* One vector of output row r from column x0: the epilogue, then a whole store, a merge into the
+ * 8 floats in place, or lane by lane (see dw_rows_avx2). */
+static inline __attribute__((always_inline)) void dw_store(const dw_epilogue *e, __m256 acc, __m256i tail,
+                                                           const float *yrow, const float *res, float *d, int64_t OW,
+                                                           int64_t r, int64_t x0, int64_t last, __m256 lo, __m256 hi,
+                                                           __m256 base) {
+  const int64_t o = r * OW + x0;
+  if (x0 + 8 <= OW) {
+    __m256 v = _mm256_add_ps(acc, e->overwrite ? base : _mm256_loadu_ps(yrow + o));
+    if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + o));
+    _mm256_storeu_ps(d + o, mlrt_clamp8(v, lo, hi));
+  } else if (r != last && OW >= 4) {
+    __m256 v = _mm256_add_ps(acc, e->overwrite ? base : _mm256_maskload_ps(yrow + o, tail));
+    if (res) v = _mm256_add_ps(v, _mm256_maskload_ps(res + o, tail));
+    v = mlrt_clamp8(v, lo, hi);
+    _mm256_storeu_ps(d + o, _mm256_blendv_ps(_mm256_loadu_ps(d + o), v, _mm256_castsi256_ps(tail)));
+  } else {
+    float t[8];
+    _mm256_storeu_ps(t, acc);
+    for (int64_t i = 0; x0 + i < OW; ++i) d[o + i] = dw_finish(e, t[i], yrow, res, o + i);
+  }
+}
+
 static inline __attribute__((always_inline)) void dw_rows_avx2(const float *const *rows, const __m256 *wv,
                                                                const dw_epilogue *e, __m256i tail, const float *yrow,
                                                                const float *res, float *d, int64_t OW, int64_t n,
-                                                               int64_t last, int64_t dw, int64_t half,
+                                                               int64_t last, int64_t dw, int64_t half, int64_t ox0,
                                                                const int64_t KH, const int64_t KW, const int64_t SW) {
   const __m256 lo = _mm256_set1_ps(e->lo), hi = _mm256_set1_ps(e->hi), base = _mm256_set1_ps(e->base);
-  for (int64_t ox = 0, two; ox < OW; ox += 8 + 8 * two) {
+  if (KH * KW > 9) {
     /* Above 3x3, two vectors of each of the DW_ROWS rows, taps outermost: eight independent FMA
-     * chains in flight (5x5 on 28x28 and 14x14 maps: 1.2x). 3x3 keeps one vector a row: its nine
-     * weights and eight accumulators would not fit the 16 registers. A partial last vector is
-     * taken alone. */
-    __m256 acc[DW_ROWS][2];
-    two = KH * KW > 9 && ox + 8 < OW;
-    for (int64_t r = 0; r < DW_ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    if (two) {
+     * chains in flight (5x5 on 28x28 and 14x14 maps: 1.2x). A partial last vector goes alone. */
+    for (int64_t ox = ox0, two; ox < OW; ox += 8 + 8 * two) {
+      __m256 acc[DW_ROWS][2];
+      two = ox + 8 < OW;
+      for (int64_t r = 0; r < DW_ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
       for (int64_t ky = 0; ky < KH; ++ky)
         for (int64_t kx = 0; kx < KW; ++kx)
           for (int64_t r = 0; r < DW_ROWS; ++r) {
             const float *row = rows[r * KH + ky];
             acc[r][0] = _mm256_fmadd_ps(wv[ky * KW + kx], _mm256_loadu_ps(dw_tap(row, ox, kx, dw, half, SW)), acc[r][0]);
-            acc[r][1] =
-                _mm256_fmadd_ps(wv[ky * KW + kx], _mm256_loadu_ps(dw_tap(row, ox + 8, kx, dw, half, SW)), acc[r][1]);
+            if (two)
+              acc[r][1] =
+                  _mm256_fmadd_ps(wv[ky * KW + kx], _mm256_loadu_ps(dw_tap(row, ox + 8, kx, dw, half, SW)), acc[r][1]);
           }
-    } else {
-      for (int64_t r = 0; r < DW_ROWS; ++r) /* (3x3: 3-7% faster row by row than taps outermost) */
-        for (int64_t ky = 0; ky < KH; ++ky)
-          for (int64_t kx = 0; kx < KW; ++kx)
-            acc[r][0] = _mm256_fmadd_ps(wv[ky * KW + kx], _mm256_loadu_ps(dw_tap(rows[r * KH + ky], ox, kx, dw, half, SW)),
-                                        acc[r][0]);
+      for (int64_t v = 0; v <= two; ++v)
+        for (int64_t r = 0; r < n; ++r) dw_store(e, acc[r][v], tail, yrow, res, d, OW, r, ox + 8 * v, last, lo, hi, base);
     }
-    for (int64_t v = 0; v <= two; ++v)
-      for (int64_t r = 0; r < n; ++r) {
-        const int64_t x0 = ox + 8 * v, o = r * OW + x0;
-        if (x0 + 8 <= OW) {
-          __m256 y = _mm256_add_ps(acc[r][v], e->overwrite ? base : _mm256_loadu_ps(yrow + o));
-          if (res) y = _mm256_add_ps(y, _mm256_loadu_ps(res + o));
-          _mm256_storeu_ps(d + o, mlrt_clamp8(y, lo, hi));
-        } else if (r != last && OW >= 4) {
-          __m256 y = _mm256_add_ps(acc[r][v], e->overwrite ? base : _mm256_maskload_ps(yrow + o, tail));
-          if (res) y = _mm256_add_ps(y, _mm256_maskload_ps(res + o, tail));
-          y = mlrt_clamp8(y, lo, hi);
-          _mm256_storeu_ps(d + o, _mm256_blendv_ps(_mm256_loadu_ps(d + o), y, _mm256_castsi256_ps(tail)));
-        } else {
-          float t[8];
-          _mm256_storeu_ps(t, acc[r][v]);
-          for (int64_t i = 0; x0 + i < OW; ++i) d[o + i] = dw_finish(e, t[i], yrow, res, o + i);
-        }
-      }
+    return;
+  }
+  /* 3x3 (the unit-stride case's whole vectors went to dw3_unit_rows): one vector of each row,
+   * row by row; nine weights and more accumulators would not fit in 16 registers */
+  for (int64_t ox = ox0; ox < OW; ox += 8) {
+    __m256 acc[DW_ROWS];
+    for (int64_t r = 0; r < DW_ROWS; ++r) {
+      acc[r] = _mm256_setzero_ps();
+      for (int64_t ky = 0; ky < KH; ++ky)
+        for (int64_t kx = 0; kx < KW; ++kx)
+          acc[r] = _mm256_fmadd_ps(wv[ky * KW + kx], _mm256_loadu_ps(dw_tap(rows[r * KH + ky], ox, kx, dw, half, SW)),
+                                   acc[r]);
+    }
+    for (int64_t r = 0; r < n; ++r) dw_store(e, acc[r], tail, yrow, res, d, OW, r, ox, last, lo, hi, base);
   }
 }
 #endif
@@ -605,6 +665,7 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
   const float *rows[DW_ROWS * MLRT_DW_MAX_KH];
 #ifdef MLRT_HAVE_AVX2
   const int vector = SW <= 2 && KH * KW <= DW_VECTOR_TAPS && OW >= 4;
+  const int unit = j->sh == 1 && j->dh == 1 && dw == 1; /* row r + 1's windows are row r's, one row down */
   __m256 wv[DW_VECTOR_TAPS];
   for (int64_t k = 0; k < (vector ? KH * KW : 0); ++k) wv[k] = _mm256_broadcast_ss(f + k);
   const __m256i tail = mlrt_lanes_below(OW % 8);
@@ -629,7 +690,8 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
     float *d = j->ep.dst + off;
 #ifdef MLRT_HAVE_AVX2
     if (vector) {
-      dw_rows_avx2(rows, wv, &e, tail, yrow, res, d, OW, n, oy + n == j->OH ? n - 1 : -1, dw, half, KH, KW, SW);
+      const int64_t ox0 = KH == 3 && KW == 3 && SW == 1 && unit ? dw3_unit_rows(rows, wv, &e, yrow, res, d, OW, n) : 0;
+      dw_rows_avx2(rows, wv, &e, tail, yrow, res, d, OW, n, oy + n == j->OH ? n - 1 : -1, dw, half, ox0, KH, KW, SW);
       continue;
     }
 #endif
