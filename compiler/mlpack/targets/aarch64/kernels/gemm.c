@@ -337,11 +337,34 @@ static void packed_row_task(void *ctx, int64_t task) {
     float acc[4][NR];
     const float *b = d->Bp + p * d->K * NR;
     const int64_t stride = d->K * NR; /* floats between panels */
-    {
+    /* NEON: four panels at once (16 accumulators, one broadcast of a[k] for 64 multiply-adds),
+     * else one at a time. The plain loop took 2.9x the instructions of x86's AVX2 here. */
+    if (np == 4) {
+      float32x4_t s[4][4];
+      for (int q = 0; q < 4; ++q)
+        for (int v = 0; v < 4; ++v) s[q][v] = vdupq_n_f32(0.0f);
+      for (int64_t k = 0; k < d->K; ++k) {
+        const float a = d->a[k];
+        for (int q = 0; q < 4; ++q) {
+          const float *bk = b + q * stride + k * NR;
+          for (int v = 0; v < 4; ++v) s[q][v] = vfmaq_n_f32(s[q][v], vld1q_f32(bk + 4 * v), a);
+        }
+      }
+      for (int q = 0; q < 4; ++q)
+        for (int v = 0; v < 4; ++v) vst1q_f32(acc[q] + 4 * v, s[q][v]);
+    } else {
       for (int64_t q = 0; q < np; ++q) {
-        for (int c = 0; c < NR; ++c) acc[q][c] = 0.0f;
-        for (int64_t k = 0; k < d->K; ++k)
-          for (int c = 0; c < NR; ++c) acc[q][c] += d->a[k] * b[q * stride + k * NR + c];
+        const float *bq = b + q * stride;
+        float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0, s2 = s0, s3 = s0;
+        for (int64_t k = 0; k < d->K; ++k) {
+          const float a = d->a[k];
+          const float *bk = bq + k * NR;
+          s0 = vfmaq_n_f32(s0, vld1q_f32(bk), a);
+          s1 = vfmaq_n_f32(s1, vld1q_f32(bk + 4), a);
+          s2 = vfmaq_n_f32(s2, vld1q_f32(bk + 8), a);
+          s3 = vfmaq_n_f32(s3, vld1q_f32(bk + 12), a);
+        }
+        vst1q_f32(acc[q], s0), vst1q_f32(acc[q] + 4, s1), vst1q_f32(acc[q] + 8, s2), vst1q_f32(acc[q] + 12, s3);
       }
     }
     const mlrt_epilogue *ep = d->ep;
