@@ -98,7 +98,7 @@ int main(void) {
             if (r < 0) return 1;
             cases += r;
           }
-  /* Outputs of 1 to 9 columns: channels in the lanes below 6, in blocks of 8 (a partial last block),
+  /* Outputs of 1 to 9 columns: channels in the lanes below 8, in blocks of 8 (a partial last block),
    * two images; strides, dilation, 3x3 to 7x7, in place where the shape allows it. */
   const int64_t chans[] = {8, 13, 24};
   for (int ci = 0; ci < 3; ++ci)
