@@ -528,51 +528,82 @@ static inline __attribute__((always_inline)) const float *dw_tap(const float *ro
   return c % 2 ? row + half + ox + c / 2 : row + ox + c / 2;
 }
 
-/* 3x3 with unit strides and dilation, 16 outputs of each of the DW_ROWS rows a step, whole
- * vectors only (returns the first column left to dw_rows_avx2). The rows' windows overlap: each of
- * the DW_ROWS + 2 input rows is loaded once per shift and feeds every output row that reads it
- * (18 loads of each vector for 36 FMAs, not 36), and the eight accumulators are eight independent
- * FMA chains; the weights are memory operands, as nine of them and eight accumulators would not
- * fit in 16 registers. */
-static inline __attribute__((always_inline)) int64_t dw3_unit_rows(const float *const *rows, const __m256 *wv,
-                                                                   const dw_epilogue *e, const float *yrow,
-                                                                   const float *res, float *d, int64_t OW, int64_t n) {
-  _Static_assert(DW_ROWS == 4, "the straight-line code below computes four rows");
-  const __m256 lo = _mm256_set1_ps(e->lo), hi = _mm256_set1_ps(e->hi), base = _mm256_set1_ps(e->base);
-  const float *w = (const float *)wv;
-  int64_t ox = 0;
-  for (; ox + 16 <= OW; ox += 16) {
+/* 3x3 with unit dilation and the same stride (1 or 2) down as across: 16 outputs of each of the
+ * DW_ROWS rows a step, whole vectors only (each returns the first column left to dw_rows_avx2).
+ * The rows' windows overlap: each input row of the step is loaded once per shift and feeds every
+ * output row that reads it (stride 1: 18 vector loads per 36 FMAs instead of 36; stride 2: 27
+ * per 36), and the eight accumulators are eight independent FMA chains. The weights are memory
+ * operands: nine of them and eight accumulators would not fit in 16 registers. One function per
+ * stride: sharing one body between the two strides cost the stride-1 code 10-20%. */
+#define DW3_BEGIN                                                                                     \
+  _Static_assert(DW_ROWS == 4, "the straight-line code computes four rows");                          \
+  const __m256 lo = _mm256_set1_ps(e->lo), hi = _mm256_set1_ps(e->hi), base = _mm256_set1_ps(e->base); \
+  const float *w = (const float *)wv;                                                                 \
+  int64_t ox = 0;                                                                                     \
+  for (; ox + 16 <= OW; ox += 16) {                                                                   \
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-#define DW3_TAP(R, KY)                                                                        \
-  a##R##0 = _mm256_fmadd_ps(_mm256_load_ps(w + ((KY) * 3 + kx) * 8), v0, a##R##0);            \
+#define DW3_TAP(R, KY)                                                             \
+  a##R##0 = _mm256_fmadd_ps(_mm256_load_ps(w + ((KY) * 3 + kx) * 8), v0, a##R##0); \
   a##R##1 = _mm256_fmadd_ps(_mm256_load_ps(w + ((KY) * 3 + kx) * 8), v1, a##R##1);
-#define DW3_ROW(ROW, ...)                                                                     \
-  for (int64_t kx = 0; kx < 3; ++kx) {                                                         \
-    const __m256 v0 = _mm256_loadu_ps((ROW) + ox + kx), v1 = _mm256_loadu_ps((ROW) + ox + 8 + kx); \
-    __VA_ARGS__                                                                                \
+#define DW3_ROW(ROW, ...)                                                              \
+  for (int64_t kx = 0; kx < 3; ++kx) {                                                  \
+    const __m256 v0 = _mm256_loadu_ps(DW3_AT((ROW), ox, kx)), v1 = _mm256_loadu_ps(DW3_AT((ROW), ox + 8, kx)); \
+    __VA_ARGS__                                                                         \
   }
+#define DW3_STORE(R)                                                                                           \
+  if (R < n) {                                                                                                 \
+    const int64_t o = R * OW + ox;                                                                             \
+    __m256 y0 = _mm256_add_ps(a##R##0, e->overwrite ? base : _mm256_loadu_ps(yrow + o));                       \
+    __m256 y1 = _mm256_add_ps(a##R##1, e->overwrite ? base : _mm256_loadu_ps(yrow + o + 8));                   \
+    if (res) y0 = _mm256_add_ps(y0, _mm256_loadu_ps(res + o)), y1 = _mm256_add_ps(y1, _mm256_loadu_ps(res + o + 8)); \
+    _mm256_storeu_ps(d + o, mlrt_clamp8(y0, lo, hi));                                                          \
+    _mm256_storeu_ps(d + o + 8, mlrt_clamp8(y1, lo, hi));                                                      \
+  }
+#define DW3_END                                        \
+  DW3_STORE(0) DW3_STORE(1) DW3_STORE(2) DW3_STORE(3) \
+  }                                                    \
+  return ox;
+
+/* stride 1: input row i of the step is output row r's row i - r */
+static inline __attribute__((always_inline)) int64_t dw3_s1_rows(const float *const *rows, const __m256 *wv,
+                                                                 const dw_epilogue *e, const float *yrow,
+                                                                 const float *res, float *d, int64_t OW, int64_t n) {
+#define DW3_AT(ROW, X, KX) ((ROW) + (X) + (KX))
+  DW3_BEGIN
     DW3_ROW(rows[0], DW3_TAP(0, 0))
     DW3_ROW(rows[1], DW3_TAP(0, 1) DW3_TAP(1, 0))
     DW3_ROW(rows[2], DW3_TAP(0, 2) DW3_TAP(1, 1) DW3_TAP(2, 0))
     DW3_ROW(rows[5], DW3_TAP(1, 2) DW3_TAP(2, 1) DW3_TAP(3, 0))
     DW3_ROW(rows[8], DW3_TAP(2, 2) DW3_TAP(3, 1))
     DW3_ROW(rows[11], DW3_TAP(3, 2))
-#undef DW3_ROW
-#undef DW3_TAP
-#define DW3_STORE(R)                                                                              \
-  if (R < n) {                                                                                    \
-    const int64_t o = R * OW + ox;                                                                \
-    __m256 y0 = _mm256_add_ps(a##R##0, e->overwrite ? base : _mm256_loadu_ps(yrow + o));          \
-    __m256 y1 = _mm256_add_ps(a##R##1, e->overwrite ? base : _mm256_loadu_ps(yrow + o + 8));      \
-    if (res) y0 = _mm256_add_ps(y0, _mm256_loadu_ps(res + o)), y1 = _mm256_add_ps(y1, _mm256_loadu_ps(res + o + 8)); \
-    _mm256_storeu_ps(d + o, mlrt_clamp8(y0, lo, hi));                                             \
-    _mm256_storeu_ps(d + o + 8, mlrt_clamp8(y1, lo, hi));                                         \
-  }
-    DW3_STORE(0) DW3_STORE(1) DW3_STORE(2) DW3_STORE(3)
-#undef DW3_STORE
-  }
-  return ox;
+  DW3_END
+#undef DW3_AT
 }
+
+/* stride 2: output row r reads rows 2r .. 2r + 2, even and odd columns apart (dw_tap) */
+static inline __attribute__((always_inline)) int64_t dw3_s2_rows(const float *const *rows, const __m256 *wv,
+                                                                 const dw_epilogue *e, const float *yrow,
+                                                                 const float *res, float *d, int64_t OW, int64_t n,
+                                                                 int64_t half) {
+#define DW3_AT(ROW, X, KX) dw_tap((ROW), (X), (KX), 1, half, 2)
+  DW3_BEGIN
+    DW3_ROW(rows[0], DW3_TAP(0, 0))
+    DW3_ROW(rows[1], DW3_TAP(0, 1))
+    DW3_ROW(rows[2], DW3_TAP(0, 2) DW3_TAP(1, 0))
+    DW3_ROW(rows[4], DW3_TAP(1, 1))
+    DW3_ROW(rows[5], DW3_TAP(1, 2) DW3_TAP(2, 0))
+    DW3_ROW(rows[7], DW3_TAP(2, 1))
+    DW3_ROW(rows[8], DW3_TAP(2, 2) DW3_TAP(3, 0))
+    DW3_ROW(rows[10], DW3_TAP(3, 1))
+    DW3_ROW(rows[11], DW3_TAP(3, 2))
+  DW3_END
+#undef DW3_AT
+}
+#undef DW3_BEGIN
+#undef DW3_TAP
+#undef DW3_ROW
+#undef DW3_STORE
+#undef DW3_END
 
 /* DW_ROWS output rows, of which the first n are stored (rows[r * KH + ky] their input rows; yrow,
  * res, d their first output row, the others OW apart): 8 outputs per row per step, one
@@ -632,7 +663,7 @@ static inline __attribute__((always_inline)) void dw_rows_avx2(const float *cons
     }
     return;
   }
-  /* 3x3 (the unit-stride case's whole vectors went to dw3_unit_rows): one vector of each row,
+  /* 3x3 (whole vectors with equal strides went to dw3_s1_rows / dw3_s2_rows): one vector of each row,
    * row by row; nine weights and more accumulators would not fit in 16 registers */
   for (int64_t ox = ox0; ox < OW; ox += 8) {
     __m256 acc[DW_ROWS];
@@ -665,7 +696,8 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
   const float *rows[DW_ROWS * MLRT_DW_MAX_KH];
 #ifdef MLRT_HAVE_AVX2
   const int vector = SW <= 2 && KH * KW <= DW_VECTOR_TAPS && OW >= 4;
-  const int unit = j->sh == 1 && j->dh == 1 && dw == 1; /* row r + 1's windows are row r's, one row down */
+  /* output row r + 1's window rows are row r's, sh rows down (dw3_shared_rows) */
+  const int shared = j->sh == SW && j->dh == 1 && dw == 1;
   __m256 wv[DW_VECTOR_TAPS];
   for (int64_t k = 0; k < (vector ? KH * KW : 0); ++k) wv[k] = _mm256_broadcast_ss(f + k);
   const __m256i tail = mlrt_lanes_below(OW % 8);
@@ -690,7 +722,9 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
     float *d = j->ep.dst + off;
 #ifdef MLRT_HAVE_AVX2
     if (vector) {
-      const int64_t ox0 = KH == 3 && KW == 3 && SW == 1 && unit ? dw3_unit_rows(rows, wv, &e, yrow, res, d, OW, n) : 0;
+      const int64_t ox0 = KH != 3 || KW != 3 || !shared ? 0
+                          : SW == 1                      ? dw3_s1_rows(rows, wv, &e, yrow, res, d, OW, n)
+                                                         : dw3_s2_rows(rows, wv, &e, yrow, res, d, OW, n, half);
       dw_rows_avx2(rows, wv, &e, tail, yrow, res, d, OW, n, oy + n == j->OH ? n - 1 : -1, dw, half, ox0, KH, KW, SW);
       continue;
     }
