@@ -104,8 +104,8 @@ def main() -> None:
                 many = count(prefix, exe, bundle, args, opts.repeat, pattern)
                 one = count(prefix, exe, bundle, args, 1, pattern)
                 per[key] = (many - one) / (opts.repeat - 1)
-            grind_col = f"{per['grind'] / 1e6:,.1f} M" if "grind" in per else "-"
-            print(f"| {name} | {per['a64'] / 1e6:,.1f} M | {per['x86'] / 1e6:,.1f} M | {grind_col} | "
+            grind_col = f"{per['grind'] / 1e6:.4g} M" if "grind" in per else "-"
+            print(f"| {name} | {per['a64'] / 1e6:.4g} M | {per['x86'] / 1e6:.4g} M | {grind_col} | "
                   f"{per['a64'] / per['x86']:.2f} |", flush=True)
 
 

@@ -342,3 +342,14 @@ def test_jetson_bundle_aarch64_cpu_with_cuda_sm_87(mlrt_run_a64, tmp_path):
     assert proc.returncode == 0, proc.stderr
     with torch.no_grad():
         assert_matches_eager(outs, [model(x).numpy()])
+
+
+def test_mixed_bundle_is_reproducible(tmp_path, tmp_path_factory):
+    """The same model and --cpu list give the same bytes (both variants' code, cross-linked)."""
+    import mlpack
+    import zoo
+
+    first, _, _ = build("mlp", MIXED, tmp_path_factory)
+    model, inputs = zoo.make("mlp")
+    again = mlpack.build(model, inputs, tmp_path / "elsewhere" / "mlp.bundle", cpu=MIXED).path
+    assert Path(again).read_bytes() == first.read_bytes()

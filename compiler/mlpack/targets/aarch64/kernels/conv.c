@@ -475,13 +475,9 @@ static inline float dw_finish(const dw_epilogue *e, float acc, const float *yrow
 }
 
 
-/* Up to 9x9 (ConvNeXt 7x7, MixNet 9x9): the scalar loop ran 7x7 taps at ~1.5 GFLOP/s. */
-enum { DW_VECTOR_TAPS = 81 };
-
-/* Channel t (= n * C + c) of the output, with its epilogue, DW_ROWS output rows per step (the rows
- * give the out-of-order core independent FMA chains even on 7x7 maps). Without AVX2, or for
- * strides above 2, more than DW_VECTOR_TAPS taps or rows of fewer than 4 outputs (most lanes
- * idle), a scalar loop. */
+/* Channel t (= n * C + c) of the output, with its epilogue, DW_ROWS output rows per step. aarch64:
+ * strides 1 and 2 take 4 outputs per NEON FMA; other strides and each row's last OW % 4 outputs,
+ * a scalar loop. */
 static inline __attribute__((always_inline)) void dw_channel(const depthwise_job *j, int64_t t, int64_t t_end,
                                                              dw_ring *rings, const int64_t KH, const int64_t KW,
                                                              const int64_t SW) {
@@ -508,8 +504,28 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
     }
     const float *yrow = j->y + off, *res = res_all ? res_all + off : NULL;
     float *d = j->ep.dst + off;
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t ox = 0; ox < OW; ++ox) {
+    for (int64_t r = 0; r < n; ++r) {
+      int64_t ox = 0;
+      if (SW == 1 || SW == 2) {
+        /* NEON: 4 outputs of the row at a time. A tap's inputs for 4 consecutive outputs are
+         * consecutive in the staged row (stride 2 rows are staged as even half, odd half), so
+         * each tap is one load and one FMA; every lane adds its taps in the scalar loop's order. */
+        for (; ox + 4 <= OW; ox += 4) {
+          float32x4_t acc = vdupq_n_f32(0.0f);
+          for (int64_t ky = 0; ky < KH; ++ky) {
+            const float *row = rows[r * KH + ky];
+            for (int64_t kx = 0; kx < KW; ++kx) {
+              const int64_t m = kx * dw;
+              const float *p = SW == 2 ? row + (m % 2 ? half : 0) + m / 2 + ox : row + ox + m;
+              acc = vfmaq_n_f32(acc, vld1q_f32(p), f[ky * KW + kx]);
+            }
+          }
+          float lanes[4];
+          vst1q_f32(lanes, acc);
+          for (int64_t l = 0; l < 4; ++l) d[r * OW + ox + l] = dw_finish(&e, lanes[l], yrow, res, r * OW + ox + l);
+        }
+      }
+      for (; ox < OW; ++ox) {
         float acc = 0.0f;
         for (int64_t ky = 0; ky < KH; ++ky)
           for (int64_t kx = 0; kx < KW; ++kx) {
@@ -518,6 +534,7 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
           }
         d[r * OW + ox] = dw_finish(&e, acc, yrow, res, r * OW + ox);
       }
+    }
   }
 }
 

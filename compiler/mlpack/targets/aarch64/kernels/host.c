@@ -19,3 +19,7 @@ void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx) {
   }
   h->parallel_for(h->pool, n, task, ctx);
 }
+
+/* Exported next to mlrt_entry: the runtime reads it once at load (Model::kernel_isa). The aarch64
+ * kernels have one path: NEON (Advanced SIMD, in every ARMv8-A Linux CPU). */
+__attribute__((visibility("default"))) const char *mlrt_kernel_isa(void) { return "neon"; }
