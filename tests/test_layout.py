@@ -37,7 +37,7 @@ def _imports(path: Path) -> list[tuple[str, ...]]:
 
 def test_folders_import_one_way():
     targets = {p.name for p in (PACKAGE / "targets").iterdir() if (p / "__init__.py").exists()}
-    assert {"x86_64", "cuda"} <= targets
+    assert {"x86_64", "aarch64", "cuda"} <= targets
     wrong = []
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).parts
@@ -52,5 +52,5 @@ def test_folders_import_one_way():
 
 
 def test_every_target_folder_has_its_kernels_beside_it():
-    for target in ("x86_64", "cuda"):
+    for target in ("x86_64", "aarch64", "cuda"):
         assert any((PACKAGE / "targets" / target / "kernels").iterdir()), target
