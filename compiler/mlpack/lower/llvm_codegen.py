@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from ..errors import BuildError
 from . import llvm_compile
 from .bufferize import run_pipeline
+from .kernel_calls import WEIGHT_LAYOUTS
 from .loop_reductions import scalar_reductions
 from .memory_plan import MemoryPlan, defining_op
 from .outline_loops import finish_outlined, outline_loop_nests
-from .program import PlannedProgram
+from .program import LoweringOptions, PlannedProgram
 
 # Linalg ops left after kernel substitution become parallel loops (reshaped by
 # split_parallel_loops), then OpenMP regions, which kernels/openmp_shim.c runs on the mlrt thread
@@ -92,6 +93,46 @@ class CpuCode:
 
     def program_sections(self, n: int) -> list[tuple[str, bytes, int]]:
         return [(f"cpu.p{n}", self.shared_object, CODE_ALIGNMENT)]
+
+
+class LlvmCpuTarget:
+    """What the CPU targets (targets/x86_64, targets/aarch64) share of targets.Target: a named
+    level (LEVELS, DEFAULT_CPU), every stored weight layout (their C kernels read them all), one
+    lowering, one section per program. A subclass sets `arch`, `LEVELS`, `DEFAULT_CPU` and
+    `compile_level(planned, cpu, dump, stage) -> CpuCode`."""
+
+    name = "cpu"
+    arch = ""
+    LEVELS: tuple = ()
+    DEFAULT_CPU = ""
+    weight_layouts = frozenset(WEIGHT_LAYOUTS)
+    packs_weights = True
+
+    def __init__(self, options):
+        self.cpu = options.cpu or self.DEFAULT_CPU
+        self.winograd = options.winograd
+
+    def lowering(self, weight_layouts: frozenset) -> LoweringOptions:
+        if self.cpu not in self.LEVELS:
+            raise BuildError(f"unknown {self.arch} --cpu {self.cpu!r}: one of {', '.join(self.LEVELS)}")
+        # Elementwise fusion and collapsed loop dims pay on the CPU's loops (vectorized by LLVM).
+        # The same for every CPU target, so variants of one bundle share the planned program.
+        return LoweringOptions(weight_layouts=weight_layouts, winograd=self.winograd, fuse_elementwise=True,
+                               noalias_arguments=True, collapse_loop_dims=True)
+
+    def compile(self, planned, dump=None, stage=None) -> CpuCode:
+        return self.compile_level(planned, self.cpu, dump, stage)
+
+    @staticmethod
+    def compile_level(planned, cpu: str, dump, stage) -> CpuCode:
+        raise NotImplementedError
+
+    def sections_per_program(self) -> int:
+        return 1
+
+    def dynamic_manifest(self, codes: list[CpuCode], sizes: list[dict]) -> dict:
+        last = codes[-1]  # every program has the same CPU level; the kernel counts are the last one's
+        return {**last.cpu_manifest(), "kernels": dict(last.kernels)}
 
 
 # Loops doing fewer innermost iterations than this stay serial: a fork-join costs more than it
