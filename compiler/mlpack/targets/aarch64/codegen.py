@@ -83,4 +83,5 @@ def compile_cpu(planned: PlannedProgram, cpu: str = DEFAULT_CPU, dump=None, stag
     with stage("link"):
         so = link_shared_object(objs, planned.num_args, cc, level.cc_flags, KERNELS_DIR,
                                 f"the aarch64 C compiler {cc!r} is not installed", call)
-    return CpuCode("aarch64", so, planned.memory_plan, cpu, list(level.features), llvm_ir, planned.kernels)
+    return CpuCode("aarch64", so, planned.memory_plan, cpu, list(level.features), llvm_ir, planned.kernels,
+                   kernel_isas=["neon"])
