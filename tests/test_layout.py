@@ -52,5 +52,15 @@ def test_folders_import_one_way():
 
 
 def test_every_target_folder_has_its_kernels_beside_it():
-    for target in ("x86_64", "aarch64", "cuda"):
-        assert any((PACKAGE / "targets" / target / "kernels").iterdir()), target
+    """The CPU targets share one folder of C kernels (targets/cpu_kernels: sources only, no
+    __init__.py, so not a target and imported by none); CUDA keeps its own beside it."""
+    from mlpack.targets.aarch64.codegen import KERNELS_DIR as A64
+    from mlpack.targets.x86_64.link import KERNELS_DIR as X86
+
+    shared = PACKAGE / "targets" / "cpu_kernels"
+    assert not (shared / "__init__.py").exists()
+    assert {p.suffix for p in shared.iterdir()} <= {".c", ".h"} and (shared / "mlrt_kernels.h").exists()
+    assert A64.name == X86.name == "cpu_kernels" and A64.parent.name == X86.parent.name == "targets"
+    for target in ("x86_64", "aarch64"):
+        assert not (PACKAGE / "targets" / target / "kernels").exists(), f"{target} has its own kernels again"
+    assert any((PACKAGE / "targets" / "cuda" / "kernels").iterdir())

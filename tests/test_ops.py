@@ -246,7 +246,7 @@ class ExpErf(nn.Module):
 
 
 def test_exp_erf_tanh_log_over_the_float_range(tmp_path):
-    """The inlined exp / erf / tanh / log (targets/x86_64/codegen._VECTOR_MATH) against eager at every edge:
+    """The inlined exp / erf / tanh / log (lower/llvm_codegen._VECTOR_MATH) against eager at every edge:
     -inf and a softmax mask's dtype minimum (0, computed without denormal intermediates), denormal
     results and (log) inputs, log near 1, the overflow threshold, inf, NaN. Relative error within a few ulp; denormals to 1 ulp of the
     smallest denormal; 0, inf and NaN exact."""

@@ -1,5 +1,5 @@
 // The host API the runtime passes to a bundle's code (mlrt_entry's second argument). It must stay
-// layout-compatible with `mlrt_host_api` in compiler/mlpack/targets/x86_64/kernels/mlrt_kernels.h; bump
+// layout-compatible with `mlrt_host_api` in compiler/mlpack/targets/cpu_kernels/mlrt_kernels.h; bump
 // kHostAbiVersion (and the manifest's host_abi) on any change. See docs/bundle-format.md.
 #pragma once
 

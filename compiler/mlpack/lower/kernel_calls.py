@@ -1,5 +1,5 @@
 """Replace the heavy linalg ops (1-D, 2-D, grouped and 3-D conv, depthwise conv, matmul, batch
-matmul, 2-D max / sum pooling) with calls to the microkernels in targets/x86_64/kernels/ (tiled, vectorized,
+matmul, 2-D max / sum pooling) with calls to the microkernels in targets/cpu_kernels/ (tiled, vectorized,
 multi-threaded C compiled into the bundle), fusing what surrounds them so each output is written
 once:
 
@@ -38,10 +38,10 @@ WINOGRAD_MIN_CHANNELS = 32
 # 64->64 and 32->128 1.3x slower.
 WINOGRAD_ONE_PANEL_MIN_CHANNELS2 = 128 * 256
 # Grouped convs: the most threads that run (image, group) pairs side by side, each with its own
-# packed-B scratch (x86_64/kernels/conv.c mlrt_conv2d_grouped_f32).
+# packed-B scratch (cpu_kernels/conv.c mlrt_conv2d_grouped_f32).
 GROUPED_SLICES = 8
 # Convs with fewer output positions per image than this put the output channels in the vector
-# lanes (mlrt_conv2d_small_f32, weights pre-packed) instead of the positions (x86_64/kernels/conv.c),
+# lanes (mlrt_conv2d_small_f32, weights pre-packed) instead of the positions (cpu_kernels/conv.c),
 # except 1x1 convs whose positions fill whole panels. Measured (Zen 4, 2 threads, 256-512
 # channels): 3x3 on 2x2 / 4x4 / 6x6 maps 12x / 1.6x / 1.3x faster than im2col or Winograd; a
 # 1x1 on 2x2 2.6x; a 1x1 on 4x4 (16 positions, one full panel) 2x slower; 8x8 even; 7x7 with
@@ -50,12 +50,12 @@ SMALL_MAP_POSITIONS = 32
 # Wider taps (3x3) keep the small-map conv up to this many positions where Winograd does not pay:
 # 6x6 and 7x7 maps with 32-128 channels 1.1-1.2x faster than im2col; 8x8 (four full panels) slower.
 SMALL_MAP_POSITIONS_TAPS = 64
-NR = 16  # packed panel width, x86_64/kernels/mlrt_kernels.h MLRT_NR
-MR = 6  # rows of a packed A panel, x86_64/kernels/mlrt_kernels.h MLRT_MR
-GEMM_KC = 256  # the GEMM's K block (x86_64/kernels/gemm.c KC): deeper products keep partial sums in C
-DW_RING_FLOATS, DW_MAX_KH, DW_ROWS = 16384, 16, 4  # the depthwise kernel's row ring, x86_64/kernels/mlrt_kernels.h
+NR = 16  # packed panel width, cpu_kernels/mlrt_kernels.h MLRT_NR
+MR = 6  # rows of a packed A panel, cpu_kernels/mlrt_kernels.h MLRT_MR
+GEMM_KC = 256  # the GEMM's K block (cpu_kernels/gemm.c KC): deeper products keep partial sums in C
+DW_RING_FLOATS, DW_MAX_KH, DW_ROWS = 16384, 16, 4  # the depthwise kernel's row ring, cpu_kernels/mlrt_kernels.h
 
-_POOLING = ("linalg.pooling_nchw_max", "linalg.pooling_nchw_sum")  # x86_64/kernels/pool.c (CPU)
+_POOLING = ("linalg.pooling_nchw_max", "linalg.pooling_nchw_sum")  # cpu_kernels/pool.c (CPU)
 # The indexing maps of plain (non-transposed, non-broadcast) matmuls; other variants keep loops.
 _DEFAULT_MAPS = {
     "linalg.matmul": "[affine_map<(d0, d1, d2) -> (d0, d2)>, affine_map<(d0, d1, d2) -> (d2, d1)>, "
@@ -601,7 +601,7 @@ class _Rewriter(TopLevelOps):
                 co, oh, ow = y.type.shape[1:]
                 self.prologue(kernel_op, y, ([0, 2, 3], False), fusion)
                 # The CPU depthwise kernel stages rows in a ring, so it may overwrite its input:
-                # when the padding is smaller than the kernel (see x86_64/kernels/conv.c).
+                # when the padding is smaller than the kernel (see cpu_kernels/conv.c).
                 in_place_ok = depthwise and self.scratch is None and depthwise_ring_fits(kh, kw, ow, sh, sw, dh, dw)
                 pt = pl = 0
                 unpadded = self.unpadded_input(x, kernel_op, y, in_place_ok, fusion.erase, slice_ok=self.scratch is None)
@@ -876,7 +876,7 @@ def conv3d_weights(w):
 
 def depthwise_ring_fits(kh: int, kw: int, ow: int, sh: int, sw: int, dh: int, dw: int) -> bool:
     """Whether mlrt_depthwise_conv2d_f32 stages these rows in its ring (and so may run in place);
-    x86_64/kernels/conv.c dw_row_floats and mlrt_kernels.h."""
+    cpu_kernels/conv.c dw_row_floats and mlrt_kernels.h."""
     row = (sw * ((ow + 7) // 8 * 8) + (kw - 1) * dw + 7) // 8 * 8
     ring_rows = (kh - 1) * dh + 1 + (2 * DW_ROWS - 1) * sh  # two steps of rows: staged one ahead
     return kh <= DW_MAX_KH and 2 * (ring_rows + 1) * row <= DW_RING_FLOATS  # two rings, each + a zero row
@@ -884,7 +884,7 @@ def depthwise_ring_fits(kh: int, kw: int, ow: int, sh: int, sw: int, dh: int, dw
 
 def _winograd_tiles(oh: int, ow: int, tile: int) -> tuple[int, int, int]:
     """(tile rows, tiles per row as laid out, panels): rows rounded up to 8 tiles, always for
-    F(4x4), for F(2x2) where that adds no panel (x86_64/kernels/winograd.c: 8 lanes, one tile row)."""
+    F(4x4), for F(2x2) where that adds no panel (cpu_kernels/winograd.c: 8 lanes, one tile row)."""
     th, tw = -(-oh // tile), -(-ow // tile)
     tw8 = -(-tw // 8) * 8
     twp = tw8 if tile == 4 or -(-(th * tw8) // NR) == -(-(th * tw) // NR) else tw
@@ -902,7 +902,7 @@ def winograd_tile(oh: int, ow: int) -> int:
 def winograd_scratch_floats(c: int, co: int, oh: int, ow: int, tile: int = 2) -> int:
     """Scratch of mlrt_conv2d_winograd_f32: the zero-padded input, then per panel of 16 TxT-output
     tiles the transformed input [E][C][16] and the transformed output [E][CO][16], E = (T+2)^2
-    (x86_64/kernels/winograd.c)."""
+    (cpu_kernels/winograd.c)."""
     th, twp, panels = _winograd_tiles(oh, ow, tile)
     wp = tile * twp + (4 if tile == 4 else 2)  # F(4x4): 2 more zero columns for its row loads
     padded = (c * (tile * th + 2) * wp + NR - 1) // NR * NR  # the zero-padded input

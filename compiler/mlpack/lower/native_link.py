@@ -1,5 +1,5 @@
 """The shared object of a CPU target: the model's objects linked with the target's C microkernels
-(its kernels/*.c) and memrefCopy (cpu_support/memref_copy.c) by a C compiler for that target (the
+(targets/cpu_kernels/*.c: one set of sources, ISA blocks inside) and memrefCopy (cpu_support/memref_copy.c) by a C compiler for that target (the
 system's for x86-64, a cross compiler for aarch64). Each kernel object is compiled once per
 (sources, compiler, flags) and cached in $MLPACK_CACHE_DIR.
 

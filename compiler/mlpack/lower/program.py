@@ -67,8 +67,9 @@ class PlannedProgram:
         it, so each target gets its own). @forward works on memrefs: its arguments are the entries
         of `call` in order, results are out-parameters, every intermediate is a `memref.view` at a
         fixed offset of the last argument, the arena. Heavy ops are `func.call`s to kernels
-        (`mlrt_matmul_f32`, `mlrt_conv2d_f32`, ...: the ABI of targets/x86_64/kernels/mlrt_kernels.h,
-        which the CUDA templates implement too); the rest is linalg on memrefs.
+        (`mlrt_matmul_f32`, `mlrt_conv2d_f32`, ...: the ABI of targets/cpu_kernels/mlrt_kernels.h,
+        the C microkernels both CPU targets (x86_64, aarch64) link, which the CUDA templates
+        implement too); the rest is linalg on memrefs.
     func: that @forward.
     memory_plan: the arena: each buffer's size, live range and offset (the manifest's memory_plan).
     kernels: kernel name -> call sites.

@@ -1,7 +1,7 @@
 """The aarch64 target (`--target cpu` with an aarch64 `--cpu` level: aarch64, armv8.2-a+dotprod,
 neoverse-n1, ...): the CPU path shared with x86_64 (lower/llvm_codegen.py) compiled by llvmlite for
-aarch64-linux-gnu (codegen.py), linked with the portable C + NEON microkernels in kernels/ by an
-aarch64 C compiler (lower/native_link.py). It lowers exactly as x86_64 does (same kernels, same
+aarch64-linux-gnu (codegen.py), linked with the microkernels of targets/cpu_kernels/ (x86_64's
+sources: their NEON blocks, else the portable C) by an aarch64 C compiler (lower/native_link.py). It lowers exactly as x86_64 does (same kernels, same
 stored weight layouts, same arena plan), so one bundle can carry both (docs/bundle-format.md,
 "CPU code variants")."""
 

@@ -1,7 +1,8 @@
 """aarch64 codegen: a planned program -> LLVM IR (lower/llvm_codegen.py, shared with x86_64) ->
 objects for aarch64-linux-gnu at a named level (llvmlite's LLVM has the AArch64 backend) -> a PIC
-shared object linked with kernels/*.c by a C compiler for aarch64 Linux: a cross compiler on any
-other machine (aarch64-linux-gnu-gcc, or $MLPACK_AARCH64_CC), the system's on an aarch64 one.
+shared object linked with targets/cpu_kernels/*.c (shared with x86_64: their NEON blocks here) by a
+C compiler for aarch64 Linux: a cross compiler on any other machine (aarch64-linux-gnu-gcc, or
+$MLPACK_AARCH64_CC), the system's on an aarch64 one.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from ...lower.native_link import link_shared_object
 from ...lower.program import PlannedProgram, hooks
 
 TRIPLE = "aarch64-unknown-linux-gnu"
-KERNELS_DIR = Path(__file__).parent / "kernels"
-# The microkernels kernels/*.c define: the same entry points as x86_64's (mlrt_kernels.h).
+# The CPU targets' one set of kernel sources (x86_64 links the same folder).
+KERNELS_DIR = Path(__file__).parent.parent / "cpu_kernels"
+# The microkernels cpu_kernels/*.c define (mlrt_kernels.h): the same entry points as x86_64's.
 KERNELS = frozenset({"mlrt_matmul_f32", "mlrt_conv2d_f32", "mlrt_conv2d_packed_f32", "mlrt_depthwise_conv2d_f32",
                      "mlrt_depthwise_mult_conv2d_f32", "mlrt_conv2d_winograd_f32", "mlrt_conv2d_small_f32",
                      "mlrt_conv2d_grouped_f32", "mlrt_conv3d_f32", "mlrt_pool2d_f32"})

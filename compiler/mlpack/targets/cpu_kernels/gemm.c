@@ -2,8 +2,10 @@
  * fp32, row-major. B is packed into panels of MLRT_NR (16) columns (panel j holds
  * B[0..K)[16j..16j+16) contiguously, zero-padded), A is read in place.
  * Register kernel: 6 rows x 16 columns = 12 AVX2 accumulators (BLIS "haswell" shape), blocked
- * over K (KC) and M (MC) for the caches. Without AVX2 (x86-64 baseline bundles) a plain C kernel
- * with the same blocking is compiled instead. */
+ * over K (KC) and M (MC) for the caches. aarch64: the same 6x16 tile in 24 NEON accumulators (4
+ * per row) + 4 B vectors + 1 A value, 29 of the 32 vector registers, with x86's blocking (not
+ * tuned on ARM hardware). Without either (x86-64 baseline bundles) a plain C kernel with the same
+ * blocking is compiled instead. */
 #include <string.h>
 
 #include "mlrt_kernels.h"
@@ -152,6 +154,104 @@ static inline __attribute__((always_inline)) void ukernel8_body(const int rows, 
   ROW_STORE8(0) ROW_STORE8(1) ROW_STORE8(2) ROW_STORE8(3) ROW_STORE8(4) ROW_STORE8(5)
 }
 #define DEFINE_UKERNEL(ROWS) UKERNEL_PAIR(ukernel_, ukernel_body, ROWS) UKERNEL_PAIR(ukernel8_, ukernel8_body, ROWS)
+#elif defined(MLRT_HAVE_NEON)
+/* Stores one accumulated row (four q registers): values, not addresses, so the accumulators stay
+ * in registers inside the k loop. */
+static inline __attribute__((always_inline)) void store_row(const tile *t, int64_t r, float32x4_t x0, float32x4_t x1,
+                                                            float32x4_t x2, float32x4_t x3) {
+  const mlrt_epilogue *ep = t->ep;
+  if (t->n != NR) {
+    float tmp[NR];
+    vst1q_f32(tmp, x0);
+    vst1q_f32(tmp + 4, x1);
+    vst1q_f32(tmp + 8, x2);
+    vst1q_f32(tmp + 12, x3);
+    store_row_scalar(t, r, tmp);
+    return;
+  }
+  float *c = t->C + r * t->ldc;
+  float32x4_t b0, b1, b2, b3;
+  if (t->first && ep->overwrite) {
+    if (!ep->bias) {
+      b0 = b1 = b2 = b3 = vdupq_n_f32(0.0f);
+    } else if (ep->bias_per_col) {
+      const float *b = ep->bias + t->col;
+      b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4), b2 = vld1q_f32(b + 8), b3 = vld1q_f32(b + 12);
+    } else {
+      b0 = b1 = b2 = b3 = vdupq_n_f32(ep->bias[t->row + r]);
+    }
+  } else {
+    b0 = vld1q_f32(c), b1 = vld1q_f32(c + 4), b2 = vld1q_f32(c + 8), b3 = vld1q_f32(c + 12);
+  }
+  x0 = vaddq_f32(b0, x0), x1 = vaddq_f32(b1, x1), x2 = vaddq_f32(b2, x2), x3 = vaddq_f32(b3, x3);
+  if (!t->last) {
+    vst1q_f32(c, x0), vst1q_f32(c + 4, x1), vst1q_f32(c + 8, x2), vst1q_f32(c + 12, x3);
+    return;
+  }
+  const int64_t off = (t->row + r) * t->ldc + t->col;
+  if (ep->residual) {
+    const float *res = ep->residual + off;
+    x0 = vaddq_f32(x0, vld1q_f32(res)), x1 = vaddq_f32(x1, vld1q_f32(res + 4));
+    x2 = vaddq_f32(x2, vld1q_f32(res + 8)), x3 = vaddq_f32(x3, vld1q_f32(res + 12));
+  }
+  const float32x4_t lo = vdupq_n_f32(ep->lo), hi = vdupq_n_f32(ep->hi);
+  float *d = ep->dst + off;
+  vst1q_f32(d, mlrt_clamp4(x0, lo, hi)), vst1q_f32(d + 4, mlrt_clamp4(x1, lo, hi));
+  vst1q_f32(d + 8, mlrt_clamp4(x2, lo, hi)), vst1q_f32(d + 12, mlrt_clamp4(x3, lo, hi));
+}
+
+/* C[ROWS x n] += A[ROWS x K] * B[K x 16] as the AVX2 kernel above, with 4*ROWS named accumulators. */
+#define ROW_FMA(r)                                   \
+  if (rows > r) {                                    \
+    const float a = A[r * rs + k * ks];              \
+    c##r##0 = vfmaq_n_f32(c##r##0, b0, a);           \
+    c##r##1 = vfmaq_n_f32(c##r##1, b1, a);           \
+    c##r##2 = vfmaq_n_f32(c##r##2, b2, a);           \
+    c##r##3 = vfmaq_n_f32(c##r##3, b3, a);           \
+  }
+#define ROW_ZERO(r) float32x4_t c##r##0 = vdupq_n_f32(0.0f), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0;
+#define ROW_STORE(r) \
+  if (rows > r) store_row(t, r, c##r##0, c##r##1, c##r##2, c##r##3);
+static inline __attribute__((always_inline)) void ukernel_body(const int rows, const int64_t rs, const int64_t ks,
+                                                               int64_t K, const float *A, const float *Bp, int64_t ldb,
+                                                               const tile *t) {
+  ROW_ZERO(0) ROW_ZERO(1) ROW_ZERO(2) ROW_ZERO(3) ROW_ZERO(4) ROW_ZERO(5)
+  const int stream = t->stream;
+  for (int64_t k = 0; k < K; ++k) {
+    const float *b = Bp + k * ldb;
+    const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4), b2 = vld1q_f32(b + 8), b3 = vld1q_f32(b + 12);
+    if (stream) __builtin_prefetch(Bp + (k + PREFETCH_ROWS) * ldb, 0, 0);
+    if (ks != 1) __builtin_prefetch(A + (k + PREFETCH_ROWS) * ks, 0, 0);
+    ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)
+  }
+  ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)
+}
+/* The same for a last panel with <= 8 valid columns: half the FMAs. */
+#define ROW_FMA8(r)                                  \
+  if (rows > r) {                                    \
+    const float a = A[r * rs + k * ks];              \
+    c##r##0 = vfmaq_n_f32(c##r##0, b0, a);           \
+    c##r##1 = vfmaq_n_f32(c##r##1, b1, a);           \
+  }
+#define ROW_STORE8(r) \
+  if (rows > r) store_row(t, r, c##r##0, c##r##1, zero, zero);
+static inline __attribute__((always_inline)) void ukernel8_body(const int rows, const int64_t rs, const int64_t ks,
+                                                                int64_t K, const float *A, const float *Bp,
+                                                                int64_t ldb, const tile *t) {
+  const float32x4_t zero = vdupq_n_f32(0.0f);
+  float32x4_t c00 = zero, c01 = zero, c10 = zero, c11 = zero, c20 = zero, c21 = zero;
+  float32x4_t c30 = zero, c31 = zero, c40 = zero, c41 = zero, c50 = zero, c51 = zero;
+  const int stream = t->stream;
+  for (int64_t k = 0; k < K; ++k) {
+    const float *b = Bp + k * ldb;
+    const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4);
+    if (stream) __builtin_prefetch(Bp + (k + PREFETCH_ROWS) * ldb, 0, 0);
+    if (ks != 1) __builtin_prefetch(A + (k + PREFETCH_ROWS) * ks, 0, 0);
+    ROW_FMA8(0) ROW_FMA8(1) ROW_FMA8(2) ROW_FMA8(3) ROW_FMA8(4) ROW_FMA8(5)
+  }
+  ROW_STORE8(0) ROW_STORE8(1) ROW_STORE8(2) ROW_STORE8(3) ROW_STORE8(4) ROW_STORE8(5)
+}
+#define DEFINE_UKERNEL(ROWS) UKERNEL_PAIR(ukernel_, ukernel_body, ROWS) UKERNEL_PAIR(ukernel8_, ukernel8_body, ROWS)
 #else
 static void ukernel_body(const int rows, const int64_t rs, const int64_t ks, int64_t K, const float *A,
                          const float *Bp, int64_t ldb, const tile *t) {
@@ -288,7 +388,7 @@ static void pack_a_block(const float *A, int64_t lda, int64_t m, int64_t kc, flo
 
 typedef void (*ukernel_fn)(int64_t K, const float *A, int64_t lda, const float *Bp, int64_t ldb, const tile *t);
 /* [A packed][<= 8 valid columns][rows]: the plain C kernel has no 8-wide variant */
-#ifdef MLRT_HAVE_AVX2
+#if defined(MLRT_HAVE_AVX2) || defined(MLRT_HAVE_NEON)
 static const ukernel_fn ukernels[2][2][MR + 1] = {
     {{NULL, ukernel_1, ukernel_2, ukernel_3, ukernel_4, ukernel_5, ukernel_6},
      {NULL, ukernel8_1, ukernel8_2, ukernel8_3, ukernel8_4, ukernel8_5, ukernel8_6}},
@@ -552,6 +652,37 @@ static void packed_row_task(void *ctx, int64_t task) {
         }
         _mm256_storeu_ps(acc[q], _mm256_add_ps(s0, s2));
         _mm256_storeu_ps(acc[q] + 8, _mm256_add_ps(s1, s3));
+      }
+    }
+#elif defined(MLRT_HAVE_NEON)
+    /* four panels at once (16 accumulators, one load of a[k] for 64 multiply-adds), else one at a
+     * time. The plain loop took 2.9x the instructions of x86's AVX2 here. */
+    if (np == 4) {
+      float32x4_t s[4][4];
+      for (int q = 0; q < 4; ++q)
+        for (int v = 0; v < 4; ++v) s[q][v] = vdupq_n_f32(0.0f);
+      for (int64_t k = 0; k < d->K; ++k) {
+        const float a = d->a[k];
+        for (int q = 0; q < 4; ++q) {
+          const float *bk = b + q * stride + k * NR;
+          for (int v = 0; v < 4; ++v) s[q][v] = vfmaq_n_f32(s[q][v], vld1q_f32(bk + 4 * v), a);
+        }
+      }
+      for (int q = 0; q < 4; ++q)
+        for (int v = 0; v < 4; ++v) vst1q_f32(acc[q] + 4 * v, s[q][v]);
+    } else {
+      for (int64_t q = 0; q < np; ++q) {
+        const float *bq = b + q * stride;
+        float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0, s2 = s0, s3 = s0;
+        for (int64_t k = 0; k < d->K; ++k) {
+          const float a = d->a[k];
+          const float *bk = bq + k * NR;
+          s0 = vfmaq_n_f32(s0, vld1q_f32(bk), a);
+          s1 = vfmaq_n_f32(s1, vld1q_f32(bk + 4), a);
+          s2 = vfmaq_n_f32(s2, vld1q_f32(bk + 8), a);
+          s3 = vfmaq_n_f32(s3, vld1q_f32(bk + 12), a);
+        }
+        vst1q_f32(acc[q], s0), vst1q_f32(acc[q] + 4, s1), vst1q_f32(acc[q] + 8, s2), vst1q_f32(acc[q] + 12, s3);
       }
     }
 #else

@@ -55,10 +55,13 @@ int mlrt_avx512(void) {
 #endif
 }
 
-/* Exported next to mlrt_entry: the runtime reads it once at load (Model::kernel_isa). */
+/* Exported next to mlrt_entry: the runtime reads it once at load (Model::kernel_isa). aarch64
+ * has one vector path: NEON (Advanced SIMD, in every ARMv8-A Linux CPU). */
 __attribute__((visibility("default"))) const char *mlrt_kernel_isa(void) {
 #ifdef MLRT_HAVE_AVX2
   return mlrt_avx512() ? "avx512f" : "avx2";
+#elif defined(MLRT_HAVE_NEON)
+  return "neon";
 #else
   return "c";
 #endif

@@ -1,18 +1,17 @@
-/* aarch64: the same ABI as targets/x86_64/kernels/mlrt_kernels.h, entry point for entry point
- * (tests/test_aarch64.py compares the declarations); the kernels are that target's portable C with
- * a NEON GEMM register tile (gemm.c).
- *
- * Microkernels linked into every bundle's code (the "ukernels" of IREE, in spirit): the compiler
+/* Microkernels linked into every bundle's code (the "ukernels" of IREE, in spirit): the compiler
  * replaces matmul / conv / depthwise-conv linalg ops with calls to these, and they split their
  * work over the runtime's thread pool through the host API the runtime passes to mlrt_entry.
  * All are C += op(A, B): the caller initializes C (zero or bias). Pointers are passed as int64
- * (the generated code has no pointer type at the call site); ABI: docs/bundle-format.md. */
+ * (the generated code has no pointer type at the call site); ABI: docs/bundle-format.md.
+ *
+ * One set of sources for both CPU targets (targets/x86_64 and targets/aarch64 link them): the
+ * vector code sits in preprocessor blocks, MLRT_HAVE_AVX2 (x86-64-v3 and up; the AVX-512F tiles
+ * within it, picked at run time) or MLRT_HAVE_NEON (aarch64), and the portable C is the last
+ * fallback (x86-64 baseline bundles, and whatever a block does not cover). */
 #ifndef MLRT_KERNELS_H_
 #define MLRT_KERNELS_H_
 
 #include <stdint.h>
-
-#include <arm_neon.h>
 
 typedef void (*mlrt_task_fn)(void *ctx, int64_t index);
 
@@ -24,6 +23,13 @@ typedef struct mlrt_host_api {
   /* Runs task(ctx, i) for i in [0, n) on the pool and the calling thread; returns when all are done. */
   void (*parallel_for)(void *pool, int64_t n, mlrt_task_fn task, void *ctx);
 } mlrt_host_api;
+
+/* Whether the AVX-512F kernels run (host.c): the CPU and OS support zmm state and
+ * MLRT_KERNEL_ISA is not "avx2". Decided once per process; 0 off x86. */
+int mlrt_avx512(void);
+/* The kernel instruction set in use, for the runtime to report: "avx512f", "avx2" (x86-64),
+ * "neon" (aarch64) or "c" (the portable loops). */
+const char *mlrt_kernel_isa(void);
 
 /* Thread count and dispatch for the current run (set by mlrt_entry). */
 int64_t mlrt_threads(void);
@@ -46,13 +52,34 @@ static inline float mlrt_clamp(float v, float lo, float hi) {
   return v > hi ? hi : v;
 }
 
-
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define MLRT_HAVE_AVX2 1
+/* Elements 0, 2, .., 14 (even) / 1, 3, .., 15 (odd) of the 16 floats in a, b: stride-2 reads. */
+static inline __m256 mlrt_even_lanes(__m256 a, __m256 b) {
+  const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)); /* a0 a2 b0 b2 | a4 a6 b4 b6 */
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+static inline __m256 mlrt_odd_lanes(__m256 a, __m256 b) {
+  const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+/* mlrt_clamp on 8 lanes: max/min return their second operand when one is NaN, so v goes second. */
+static inline __m256 mlrt_clamp8(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
+/* Mask of the first n of 8 lanes (n <= 0: none, n >= 8: all), for maskload / maskstore. */
+static inline __m256i mlrt_lanes_below(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 0 ? 0 : n > 8 ? 8 : n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define MLRT_HAVE_NEON 1
 /* mlrt_clamp on 4 lanes: fmin/fmax would drop a NaN, so compare and select (a NaN fails both
  * comparisons and passes through). */
 static inline float32x4_t mlrt_clamp4(float32x4_t v, float32x4_t lo, float32x4_t hi) {
   v = vbslq_f32(vcltq_f32(v, lo), lo, v);
   return vbslq_f32(vcgtq_f32(v, hi), hi, v);
 }
+#endif
 
 /* Bytes of scratch mlrt_conv2d_f32 / mlrt_matmul_f32 need for their packed B operand. */
 static inline int64_t mlrt_packed_b_floats(int64_t K, int64_t N) { return ((N + MLRT_NR - 1) / MLRT_NR) * K * MLRT_NR; }
