@@ -504,7 +504,7 @@ def test_portable_kernels(name, tmp_path):
 
 def test_generated_loops_run_in_parallel_regions(tmp_path):
     """Elementwise / reduction loops outside the microkernels become OpenMP regions on the mlrt
-    pool (kernels/openmp_shim.c): same results with 1 and 3 threads, and as eager."""
+    pool (targets/cpu_kernels/openmp_shim.c): same results with 1 and 3 threads, and as eager."""
     model = nn.Sequential(nn.LayerNorm(300), nn.GELU(), nn.Softmax(dim=-1)).eval()
     x = torch.randn(4, 50, 300)
     result = mlpack.build(model, (x,), tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
