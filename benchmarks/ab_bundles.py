@@ -1,15 +1,19 @@
 """A/B of two bundles of the same model (before / after a compiler change), in one process.
 
     python benchmarks/ab_bundles.py old.bundle new.bundle [--repeats 40]
+    python benchmarks/ab_bundles.py m.bundle m.bundle --old-isa avx2   # the kernels' AVX2 vs AVX-512 tiles
 
 Both are loaded side by side and run on the same random inputs (shapes from the manifest) in
 alternating blocks of 4 timed calls, so both see the same machine load. Prints the largest
 difference between their outputs, min and median ms of each, and new/old of the minima.
+`--old-isa` / `--new-isa` load that side with MLRT_KERNEL_ISA set (each load has its own copy of
+the code, which picks its kernel instruction set at load), to compare kernel ISAs on one bundle.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -17,13 +21,29 @@ import numpy as np
 import mlrt
 
 
+def _load(path: str, isa: str | None) -> mlrt.Model:
+    saved = os.environ.get("MLRT_KERNEL_ISA")
+    if isa:
+        os.environ["MLRT_KERNEL_ISA"] = isa
+    try:
+        return mlrt.load(path)
+    finally:
+        if saved is None:
+            os.environ.pop("MLRT_KERNEL_ISA", None)
+        else:
+            os.environ["MLRT_KERNEL_ISA"] = saved
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("old")
     ap.add_argument("new")
     ap.add_argument("--repeats", type=int, default=40, help="blocks of 4 calls per bundle")
+    ap.add_argument("--old-isa", help="MLRT_KERNEL_ISA while loading old (e.g. avx2)")
+    ap.add_argument("--new-isa", help="MLRT_KERNEL_ISA while loading new")
     args = ap.parse_args()
-    a, b = mlrt.load(args.old), mlrt.load(args.new)
+    a, b = _load(args.old, args.old_isa), _load(args.new, args.new_isa)
+    print(f"kernels: old {a.kernel_isa or '?'}, new {b.kernel_isa or '?'}")
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal(p["shape"]).astype(p["dtype"]) for p in a.manifest["inputs"]]
     ya, yb = a.run_flat(*xs), b.run_flat(*xs)
