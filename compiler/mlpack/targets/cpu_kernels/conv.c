@@ -129,9 +129,7 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
   if (threads > 1) {
     /* the same convs every run: the answer is kept per thread (see mlrt_gemm_split) */
     static _Thread_local struct { int64_t CO, N, K, threads, tasks; } memo[64];
-    const uint64_t h = ((uint64_t)CO * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)N * 0xc2b2ae3d27d4eb4full) ^
-                       ((uint64_t)K * 0x165667b19e3779f9ull) ^ (uint64_t)threads;
-    const int slot = (int)((h ^ (h >> 29)) & 63);
+    const int slot = mlrt_memo_slot(CO, N, K, threads);
     if (memo[slot].threads == threads && memo[slot].CO == CO && memo[slot].N == N && memo[slot].K == K) {
       tasks = memo[slot].tasks;
     } else {

@@ -544,9 +544,7 @@ typedef struct {
 
 int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn) {
   static _Thread_local split_memo memo[64];
-  const uint64_t h = ((uint64_t)M * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)N * 0xc2b2ae3d27d4eb4full) ^
-                     ((uint64_t)threads << 1) ^ (uint64_t)split_rows;
-  split_memo *e = &memo[(h ^ (h >> 29)) & 63];
+  split_memo *e = &memo[mlrt_memo_slot(M, N, threads, split_rows)];
   if (e->threads == threads && e->M == M && e->N == N && e->split_rows == split_rows) {
     *tm = e->tm;
     *tn = e->tn;

@@ -183,6 +183,13 @@ void mlrt_gemm_rows(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
 /* Internal: the same, all rows but only panels [p0, p1), on the calling thread. */
 void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1);
+/* Internal: the slot (of 64) a per-thread memo of a shape question keeps its answer in: the GEMM
+ * split searches cost microseconds and a model asks the same ones every run. */
+static inline int mlrt_memo_slot(int64_t a, int64_t b, int64_t c, int64_t d) {
+  const uint64_t h = ((uint64_t)a * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)b * 0xc2b2ae3d27d4eb4full) ^
+                     ((uint64_t)c * 0x165667b19e3779f9ull) ^ (uint64_t)d;
+  return (int)((h ^ (h >> 29)) & 63);
+}
 /* Internal: start of part i of n when `total` units are split as evenly as possible. */
 static inline int64_t mlrt_part(int64_t total, int64_t n, int64_t i) { return total * i / n; }
 /* Internal: a tm x tn grid of row chunks x panel chunks (tm = 1 unless split_rows) over M x N
