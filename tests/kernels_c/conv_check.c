@@ -267,9 +267,10 @@ int main(void) {
         if (r < 0) return 1;
         cases += r;
       }
-  /* padded planes too large to stage: vector interior, checked borders */
-  for (int e = 0; e < 4; ++e) {
-    const int r = run_pool(2, 97 + e, 101, 3, 3, 1 + (e & 1), 1, 1, 1, e >> 1, e & 1, 1, 1 + 2 * (e & 1));
+  /* larger planes, and rows longer than the row buffer (output columns in blocks; strides 1 and 2) */
+  for (int e = 0; e < 6; ++e) {
+    const int64_t W = e < 4 ? 101 : 4093 * (e - 3) + 7;
+    const int r = run_pool(2, e < 4 ? 97 + e : 4, W, 3, 3, 1 + (e & 1), 1, 1, 1, e >> 1 & 1, e & 1, e != 5, 1 + 2 * (e & 1));
     if (r < 0) return 1;
     cases += r;
   }
@@ -314,12 +315,15 @@ int main(void) {
                 cases += r;
               }
             }
-  /* output rows of 16+ positions (im2col panels inside one row): interior taps, border taps whose
-   * lanes in bounds are a range (stem-like 7x7 / stride 2 / padding 3), dilation, stride 3 */
+  /* im2col panels: inside one output row (rows of 16+ positions) with interior taps and border
+   * taps whose lanes in bounds are a range (stem-like 7x7 / stride 2 / padding 3), and spanning
+   * several rows (5 and 11 wide: a run per row, masked loads); dilation, stride 3 */
+  const int64_t widths[] = {5, 11, 17, 47, 77};
   for (int64_t kk = 3; kk <= 7; kk += 4)
     for (int64_t s = 1; s <= 3; ++s)
-      for (int64_t W = 17; W <= 77; W += 30)
+      for (int64_t wi = 0; wi < 5; ++wi)
         for (int e = 0; e < 4; ++e) {
+          const int64_t W = widths[wi];
           const int64_t d = 1 + (e & 1), pad = (e & 2) ? (kk - 1) * d / 2 : 1;
           const conv_case k = {1, 1, 3 + e, 8, 5 + 2 * e, W * s, kk, kk, s, s, d, d, pad, pad, pad, pad, 1, 1, e == 3, 0};
           for (int threads = 1; threads <= 3; threads += 2) {

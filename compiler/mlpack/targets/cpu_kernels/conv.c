@@ -22,65 +22,133 @@ typedef struct {
   int64_t cstride; /* floats from one input channel's plane to the next (H*W, or D*H*W in 3-D) */
 } im2col_job;
 
-/* Packs panel p: for each tap, the 16 output positions' input offsets. A panel inside one output
- * row (every panel of a map at least 16 wide) reads each tap at a fixed stride, found without a
- * per-lane division or test; the C=3 stem conv spent half its time on those. */
+/* A tap's lanes in one panel, as runs: lanes [l0, l1) read src[org + l * step] (org may lie before
+ * the plane: only the run's lanes are read); lanes in no run are padding (zero). */
+typedef struct {
+  int64_t org;
+  int l0, l1, step;
+} lane_run;
+
+/* Every channel's 16 floats of one tap from its runs, one channel plane apart (d: taps*NR apart). */
+static void copy_runs(float *d, const float *src, int64_t C, int64_t dstride, int64_t plane, const lane_run *r, int n) {
+  for (int64_t c = 0; c < C; ++c, d += dstride, src += plane) {
+    memset(d, 0, NR * sizeof(float));
+    for (int i = 0; i < n; ++i)
+      for (int l = r[i].l0; l < r[i].l1; ++l) d[l] = src[r[i].org + l * r[i].step];
+  }
+}
+
+#ifdef MLRT_HAVE_AVX2
+/* copy_runs with masked vector loads, runs of step 1 or 2 (maps narrower than a panel, whose
+ * panels span output rows, and border taps): scalar copies there were a quarter of a 3x3 conv on
+ * 15x15. Masked-off lanes are never read, so a run's origin may lie outside the plane. */
+__attribute__((target("avx512f"))) static void copy_runs_avx512(float *d, const float *src, int64_t C, int64_t dstride,
+                                                                int64_t plane, const lane_run *r, int n) {
+  __mmask16 m[NR], lo[NR], hi[NR];
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int i = 0; i < n; ++i) {
+    const uint32_t lanes = ((1u << r[i].l1) - 1) & ~((1u << r[i].l0) - 1);
+    /* step 2: the run's elements are the even ones of the 32 read from its origin */
+    const uint32_t evens = (uint32_t)(0x55555555ull & ((1ull << 2 * r[i].l1) - 1) & ~((1ull << 2 * r[i].l0) - 1));
+    m[i] = (__mmask16)lanes, lo[i] = (__mmask16)evens, hi[i] = (__mmask16)(evens >> 16);
+  }
+  for (int64_t c = 0; c < C; ++c, d += dstride, src += plane) {
+    __m512 v = _mm512_setzero_ps();
+    for (int i = 0; i < n; ++i) {
+      const float *s = src + r[i].org;
+      if (r[i].step == 1) {
+        v = _mm512_mask_loadu_ps(v, m[i], s);
+      } else {
+        const __m512 e = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo[i], s), even, _mm512_maskz_loadu_ps(hi[i], s + 16));
+        v = _mm512_mask_mov_ps(v, m[i], e);
+      }
+    }
+    _mm512_storeu_ps(d, v);
+  }
+}
+
+static void copy_runs_avx2(float *d, const float *src, int64_t C, int64_t dstride, int64_t plane, const lane_run *r,
+                           int n) {
+  __m256i m[NR][2], e[NR][4]; /* per run: its lanes in each half; step 2: the 32 elements' masks */
+  for (int i = 0; i < n; ++i) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256i lane = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * h));
+      m[i][h] = _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(r[i].l0 - 1)),
+                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(r[i].l1), lane));
+    }
+    for (int q = 0; q < 4; ++q) { /* element k = 8q + lane is read when k = 2l, l in [l0, l1) */
+      const __m256i k = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * q));
+      const __m256i is_even = _mm256_cmpeq_epi32(_mm256_and_si256(k, _mm256_set1_epi32(1)), _mm256_setzero_si256());
+      e[i][q] = _mm256_and_si256(is_even, _mm256_and_si256(_mm256_cmpgt_epi32(k, _mm256_set1_epi32(2 * r[i].l0 - 1)),
+                                                           _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * r[i].l1), k)));
+    }
+  }
+  for (int64_t c = 0; c < C; ++c, d += dstride, src += plane) {
+    __m256 v0 = _mm256_setzero_ps(), v1 = _mm256_setzero_ps();
+    for (int i = 0; i < n; ++i) {
+      const float *s = src + r[i].org;
+      __m256 a, b;
+      if (r[i].step == 1) {
+        a = _mm256_maskload_ps(s, m[i][0]), b = _mm256_maskload_ps(s + 8, m[i][1]);
+      } else {
+        a = mlrt_even_lanes(_mm256_maskload_ps(s, e[i][0]), _mm256_maskload_ps(s + 8, e[i][1]));
+        b = mlrt_even_lanes(_mm256_maskload_ps(s + 16, e[i][2]), _mm256_maskload_ps(s + 24, e[i][3]));
+      }
+      v0 = _mm256_blendv_ps(v0, a, _mm256_castsi256_ps(m[i][0]));
+      v1 = _mm256_blendv_ps(v1, b, _mm256_castsi256_ps(m[i][1]));
+    }
+    _mm256_storeu_ps(d, v0);
+    _mm256_storeu_ps(d + 8, v1);
+  }
+}
+#endif
+
+/* Packs panel p: for each tap, the 16 output positions' inputs as runs of lanes, one per output
+ * row the panel holds (maps narrower than a panel span several), each clipped to the image
+ * without a per-lane division or test: the C=3 stem conv spent half its time on those. */
 static void im2col_panel(void *ctx, int64_t p) {
   const im2col_job *j = (const im2col_job *)ctx;
   const int64_t taps = j->KH * j->KW, K = j->C * taps, plane = j->cstride;
-  const int64_t pos0 = p * NR, oy0 = pos0 / j->OW, ox0 = pos0 % j->OW;
-  const int one_row = pos0 + NR <= j->N && ox0 + NR <= j->OW;
   float *dst = j->bp + p * K * NR;
-  int64_t oy[NR], ox[NR];
-  for (int l = 0; l < NR; ++l) {
-    const int64_t pos = pos0 + l;
-    oy[l] = one_row ? oy0 : pos < j->N ? pos / j->OW : -1;
-    ox[l] = one_row ? ox0 + l : pos < j->N ? pos % j->OW : 0;
+  struct { int64_t oy, ox; int la, lb; } piece[NR]; /* lanes [la, lb): output row oy from column ox */
+  int pieces = 0;
+  for (int64_t pos = p * NR; pos < min64(j->N, (p + 1) * NR); ++pieces) {
+    const int64_t oy = pos / j->OW, ox = pos % j->OW, n = min64(j->OW - ox, min64(j->N, (p + 1) * NR) - pos);
+    piece[pieces].oy = oy, piece[pieces].ox = ox, piece[pieces].la = (int)(pos - p * NR);
+    piece[pieces].lb = (int)(pos - p * NR + n);
+    pos += n;
   }
   for (int64_t ky = 0; ky < j->KH; ++ky)
     for (int64_t kx = 0; kx < j->KW; ++kx) {
-      /* lane l reads base + l * step when base >= 0 (lanes outside [l0, l1) are padding); else
-       * off[l] (-1: padding) */
-      int64_t off[NR], base = -1, step = 0, l0 = 0, l1 = NR;
-      const int64_t iy0 = oy0 * j->sh + ky * j->dh - j->pt, ix0 = ox0 * j->sw + kx * j->dw - j->pl;
-      if (one_row && iy0 >= 0 && iy0 < j->H && ix0 >= 0 && ix0 + (NR - 1) * j->sw < j->W) {
-        base = iy0 * j->W + ix0, step = j->sw;
-      } else if (one_row) { /* a border tap of one output row: its lanes in bounds are a range */
-        if (iy0 >= 0 && iy0 < j->H) {
-          l0 = ix0 >= 0 ? 0 : (-ix0 + j->sw - 1) / j->sw;
-          l1 = ix0 + (NR - 1) * j->sw < j->W ? NR : (j->W - 1 - ix0 >= 0 ? (j->W - 1 - ix0) / j->sw + 1 : 0);
-        } else {
-          l0 = l1 = 0;
-        }
-        base = iy0 * j->W + ix0, step = j->sw;
-      } else {
-        int contiguous = 1, stride2 = 1;
-        for (int l = 0; l < NR; ++l) {
-          const int64_t iy = oy[l] * j->sh + ky * j->dh - j->pt, ix = ox[l] * j->sw + kx * j->dw - j->pl;
-          off[l] = (oy[l] >= 0 && iy >= 0 && iy < j->H && ix >= 0 && ix < j->W) ? iy * j->W + ix : -1;
-          if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 1)) contiguous = 0;
-          if (off[l] < 0 || (l > 0 && off[l] != off[l - 1] + 2)) stride2 = 0;
-        }
-        if (contiguous || stride2) base = off[0], step = contiguous ? 1 : 2;
+      lane_run r[NR];
+      int n = 0;
+      for (int i = 0; i < pieces; ++i) {
+        const int64_t iy = piece[i].oy * j->sh + ky * j->dh - j->pt, ix0 = piece[i].ox * j->sw + kx * j->dw - j->pl;
+        if (iy < 0 || iy >= j->H) continue;
+        const int64_t la = piece[i].la, last = ix0 + (piece[i].lb - 1 - la) * j->sw;
+        const int64_t l0 = ix0 >= 0 ? la : la + (-ix0 + j->sw - 1) / j->sw;
+        const int64_t l1 = last < j->W ? piece[i].lb : (j->W - 1 - ix0 >= 0 ? la + (j->W - 1 - ix0) / j->sw + 1 : la);
+        if (l0 < l1) r[n++] = (lane_run){iy * j->W + ix0 - la * j->sw, (int)l0, (int)l1, (int)j->sw};
       }
       float *d = dst + (ky * j->KW + kx) * NR;
       const float *src = j->x;
-      for (int64_t c = 0; c < j->C; ++c, d += taps * NR, src += plane) {
-        if (l0 != 0 || l1 != NR) {
-          for (int64_t l = 0; l < NR; ++l) d[l] = l >= l0 && l < l1 ? src[base + l * step] : 0.0f;
-        } else if (base >= 0 && step == 1) {
-          memcpy(d, src + base, NR * sizeof(float));
+      const int full = n == 1 && r[0].l0 == 0 && r[0].l1 == NR;
+      if (full && r[0].step == 1) {
+        for (int64_t c = 0; c < j->C; ++c, d += taps * NR, src += plane) memcpy(d, src + r[0].org, NR * sizeof(float));
 #ifdef MLRT_HAVE_AVX2
-        } else if (base >= 0 && step == 2) { /* stride-2 convs: deinterleave; reads end at the last element used */
-          const float *s = src + base;
+      } else if (full && r[0].step == 2) { /* stride-2 convs: deinterleave; reads end at the last element used */
+        for (int64_t c = 0; c < j->C; ++c, d += taps * NR, src += plane) {
+          const float *s = src + r[0].org;
           _mm256_storeu_ps(d, mlrt_even_lanes(_mm256_loadu_ps(s), _mm256_loadu_ps(s + 8)));
           _mm256_storeu_ps(d + 8, mlrt_odd_lanes(_mm256_loadu_ps(s + 15), _mm256_loadu_ps(s + 23)));
-#endif
-        } else if (base >= 0) {
-          for (int l = 0; l < NR; ++l) d[l] = src[base + l * step];
-        } else {
-          for (int l = 0; l < NR; ++l) d[l] = off[l] >= 0 ? src[off[l]] : 0.0f;
         }
+      } else if (j->sw <= 2 && mlrt_avx512()) {
+        copy_runs_avx512(d, src, j->C, taps * NR, plane, r, n);
+      } else if (j->sw <= 2) {
+        copy_runs_avx2(d, src, j->C, taps * NR, plane, r, n);
+#endif
+      } else {
+        copy_runs(d, src, j->C, taps * NR, plane, r, n);
       }
     }
 }

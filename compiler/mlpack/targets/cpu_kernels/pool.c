@@ -4,11 +4,10 @@
  * (overwrite) from -inf / 0. Taps in the padding are skipped: the value torch-mlir pads with is
  * the op's identity (-inf for max, 0 for sum), so the padded copy it makes is never needed.
  *
- * The generic lowering put the taps innermost (scalar loops of 2-9 iterations); here 8 outputs of
- * a row are one vector carried across all taps. A padded plane is first staged, padding filled
- * with the identity, in a buffer on the task's stack, so every output takes the vector path;
- * planes too large for it take vectors in the interior and a checked scalar loop at the borders.
- * Tasks take whole channel planes. */
+ * Both ops are separable: per output row, the window's rows are first combined column by column
+ * into a row buffer (unit stride, whole vectors), padding filled with the identity, then each
+ * output combines its KW taps of that buffer. A 3x3 window costs 3 + 3 vector ops per output
+ * vector instead of 9 strided ones. Tasks take whole channel planes. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -18,7 +17,9 @@
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-enum { STAGE_FLOATS = 8192, SLACK = 16 }; /* the staged plane; vector reads past its end stay inside */
+/* The row buffer: output columns go in blocks whose taps fit in it (SLACK: what vector reads of a
+ * block's last outputs may run past its taps, identity filled). */
+enum { ROW_FLOATS = 4096, SLACK = 32 };
 
 /* Maps whose output rows are shorter than a vector (a CNN's late stages: 2x2, 4x4, 7x7 -> 3x3)
  * take a table instead: per output, the plane offsets of its taps in bounds, built once per call,
@@ -36,17 +37,12 @@ typedef struct {
 
 /* Where one plane's input lies: an H x W image read at (iy - pt, ix - pl), and how far vector
  * loads may run (`end`: past it they are masked). */
-typedef struct {
-  const float *x, *end;
-  int64_t H, W, pt, pl;
-} plane_src;
-
 static inline float combine(int is_max, float acc, float v) {
   return is_max ? (v > acc || v != v ? v : acc) : acc + v;
 }
 
 #ifdef MLRT_HAVE_AVX2
-/* One tap into the accumulator: max_ps drops a NaN operand, so max tracks NaN lanes apart (in
+/* One value into the accumulator: max_ps drops a NaN operand, so max tracks NaN lanes apart (in
  * `nan`, off the chain through acc) for pool_finish to restore. */
 static inline void pool_tap(int is_max, __m256 *acc, __m256 *nan, __m256 v) {
   if (is_max) {
@@ -60,86 +56,102 @@ static inline void pool_tap(int is_max, __m256 *acc, __m256 *nan, __m256 v) {
 static inline __m256 pool_finish(int is_max, __m256 acc, __m256 nan) {
   return is_max ? _mm256_blendv_ps(acc, _mm256_set1_ps(NAN), nan) : acc;
 }
+#endif
 
-/* Outputs [o0, o0 + n) of row oy, n <= 8, in one register across all taps (every tap's column
- * in bounds). Stride 1 and 2 read rows with vector loads (lanes past n see the next values and
- * are dropped), masked only near src->end; other strides gather the n lanes. */
-static inline void row_chunk(const pool_job *j, const plane_src *src, int64_t y0, int64_t ky0, int64_t ky1, float *yr,
-                             int64_t o0, int64_t n) {
-  const __m256i m = mlrt_lanes_below(n), m0 = mlrt_lanes_below(2 * n - 1), m1 = mlrt_lanes_below(2 * n - 9);
+/* r[i] = op over rows [ky0, ky1) of x at column c0 + i, for the columns in [0, W); the identity
+ * where no row is in bounds, and (fill) at i in [0, n) (AVX2: up to 7 more) outside [0, W). The
+ * identity stays where it was put: with one block of columns a plane fills it once. */
+static inline __attribute__((always_inline)) void combine_rows(const pool_job *j, const float *x, int64_t y0,
+                                                               int64_t ky0, int64_t ky1, int64_t c0, int64_t n,
+                                                               int fill, float *r) {
+  const float init = j->is_max ? -INFINITY : 0.0f;
+  const int64_t i0 = min64(n, max64(0, -c0)), i1 = max64(i0, min64(n, j->W - c0));
+  const float *first = x + (y0 + ky0 * j->dh) * j->W + c0;
+  int64_t i = 0;
+#ifdef MLRT_HAVE_AVX2
+  const __m256 vinit = _mm256_set1_ps(init);
+  if (fill) {
+    for (; i + 8 <= i0; i += 8) _mm256_storeu_ps(r + i, vinit);
+    for (; i < i0; ++i) r[i] = init;
+    for (int64_t k = i1; k < n; k += 8) _mm256_storeu_ps(r + k, vinit); /* ROW_FLOATS leaves room */
+  }
+  const int64_t rstride = j->dh * j->W;
+  for (i = i0; i + 8 <= i1; i += 8) {
+    __m256 acc = vinit, nan = _mm256_setzero_ps();
+    for (int64_t ky = ky0; ky < ky1; ++ky) pool_tap(j->is_max, &acc, &nan, _mm256_loadu_ps(first + (ky - ky0) * rstride + i));
+    _mm256_storeu_ps(r + i, pool_finish(j->is_max, acc, nan));
+  }
+  if (i < i1) { /* masked: lanes past i1 read nothing and take the identity */
+    const __m256i m = mlrt_lanes_below(i1 - i);
+    __m256 acc = vinit, nan = _mm256_setzero_ps();
+    for (int64_t ky = ky0; ky < ky1; ++ky) pool_tap(j->is_max, &acc, &nan, _mm256_maskload_ps(first + (ky - ky0) * rstride + i, m));
+    _mm256_storeu_ps(r + i, _mm256_blendv_ps(vinit, pool_finish(j->is_max, acc, nan), _mm256_castsi256_ps(m)));
+  }
+#else
+  if (fill) {
+    for (; i < i0; ++i) r[i] = init;
+    for (int64_t k = i1; k < n; ++k) r[k] = init;
+  }
+  for (i = i0; i < i1; ++i) {
+    float a = init;
+    for (int64_t ky = ky0; ky < ky1; ++ky) a = combine(j->is_max, a, first[(ky - ky0) * j->dh * j->W + i]);
+    r[i] = a;
+  }
+#endif
+}
+
+/* Outputs [0, n) of a block from its combined row r: y[o] (op)= op over kx of r[o*sw + kx*dw]. */
+static inline __attribute__((always_inline)) void combine_cols(const pool_job *j, const float *r, int64_t n, float *y) {
+  int64_t o = 0;
+#ifdef MLRT_HAVE_AVX2
   const __m256i step = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)j->sw));
-  const __m256 init = _mm256_set1_ps(j->is_max ? -INFINITY : 0.0f);
-  float tail[8] = {0};
-  if (!j->overwrite) memcpy(tail, yr + o0, (size_t)n * sizeof(float));
-  __m256 acc = j->overwrite ? init : _mm256_loadu_ps(tail), nan = _mm256_cmp_ps(acc, acc, _CMP_UNORD_Q);
-  for (int64_t ky = ky0; ky < ky1; ++ky) {
-    const float *xr = src->x + (y0 + ky * j->dh) * src->W + o0 * j->sw - src->pl;
+  for (; o < n; o += 8) {
+    const int64_t m = min64(8, n - o);
+    float tail[8];
+    __m256 acc, nan;
+    if (j->overwrite) {
+      acc = _mm256_set1_ps(j->is_max ? -INFINITY : 0.0f);
+    } else {
+      for (int64_t l = 0; l < m; ++l) tail[l] = y[o + l];
+      acc = _mm256_loadu_ps(tail);
+    }
+    nan = _mm256_cmp_ps(acc, acc, _CMP_UNORD_Q);
     for (int64_t kx = 0; kx < j->KW; ++kx) {
-      const float *t = xr + kx * j->dw;
-      __m256 v;
-      if (j->sw == 1)
-        v = t + 8 <= src->end ? _mm256_loadu_ps(t) : _mm256_maskload_ps(t, m);
-      else if (j->sw == 2)
-        v = t + 16 <= src->end ? mlrt_even_lanes(_mm256_loadu_ps(t), _mm256_loadu_ps(t + 8))
-                               : mlrt_even_lanes(_mm256_maskload_ps(t, m0), _mm256_maskload_ps(t + 8, m1));
-      else
-        v = _mm256_mask_i32gather_ps(init, t, step, _mm256_castsi256_ps(m), 4);
+      const float *t = r + o * j->sw + kx * j->dw;
+      const __m256 v = j->sw == 1   ? _mm256_loadu_ps(t)
+                       : j->sw == 2 ? mlrt_even_lanes(_mm256_loadu_ps(t), _mm256_loadu_ps(t + 8))
+                                    : _mm256_i32gather_ps(t, step, 4);
       pool_tap(j->is_max, &acc, &nan, v);
     }
-  }
-  acc = pool_finish(j->is_max, acc, nan);
-  if (n == 8) {
-    _mm256_storeu_ps(yr + o0, acc);
-  } else { /* masked stores are slow on AMD cores */
-    _mm256_storeu_ps(tail, acc);
-    memcpy(yr + o0, tail, (size_t)n * sizeof(float));
-  }
-}
-#endif
-
-/* Output columns [lo, hi) of one output row, every tap's column in bounds. */
-static void interior(const pool_job *j, const plane_src *src, int64_t y0, int64_t ky0, int64_t ky1, float *yr,
-                     int64_t lo, int64_t hi) {
-#ifdef MLRT_HAVE_AVX2
-  for (int64_t o0 = lo; o0 < hi; o0 += 8) row_chunk(j, src, y0, ky0, ky1, yr, o0, min64(8, hi - o0));
-#else
-  for (int64_t ox = lo; ox < hi; ++ox) {
-    float a = j->overwrite ? (j->is_max ? -INFINITY : 0.0f) : yr[ox];
-    for (int64_t ky = ky0; ky < ky1; ++ky) {
-      const float *xr = src->x + (y0 + ky * j->dh) * src->W + ox * j->sw - src->pl;
-      for (int64_t kx = 0; kx < j->KW; ++kx) a = combine(j->is_max, a, xr[kx * j->dw]);
+    acc = pool_finish(j->is_max, acc, nan);
+    if (m == 8) {
+      _mm256_storeu_ps(y + o, acc);
+    } else { /* masked stores are slow on AMD cores */
+      _mm256_storeu_ps(tail, acc);
+      for (int64_t l = 0; l < m; ++l) y[o + l] = tail[l];
     }
-    yr[ox] = a;
   }
 #endif
+  for (; o < n; ++o) {
+    float a = j->overwrite ? (j->is_max ? -INFINITY : 0.0f) : y[o];
+    for (int64_t kx = 0; kx < j->KW; ++kx) a = combine(j->is_max, a, r[o * j->sw + kx * j->dw]);
+    y[o] = a;
+  }
 }
 
-/* One plane: rows' taps clipped to the image, border columns one output at a time. */
-static void plane(const pool_job *j, const plane_src *src, float *y) {
-  /* columns whose taps all lie inside: ox*sw - pl >= 0 and ox*sw + (KW-1)*dw - pl <= W-1 */
-  const int64_t lo = min64(j->OW, (src->pl + j->sw - 1) / j->sw), last = src->W - 1 + src->pl - (j->KW - 1) * j->dw;
-  const int64_t hi = max64(lo, last < 0 ? 0 : min64(j->OW, last / j->sw + 1));
-  const float init = j->is_max ? -INFINITY : 0.0f;
+/* One plane, a row and a block of output columns at a time through the row buffer. */
+static void plane(const pool_job *j, const float *x, float *y, float *row) {
+  const int64_t reach = (j->KW - 1) * j->dw + 1, block = (ROW_FLOATS - SLACK - 8 - reach) / j->sw + 1;
   for (int64_t oy = 0; oy < j->OH; ++oy) {
-    float *yr = y + oy * j->OW;
-    const int64_t y0 = oy * j->sh - src->pt; /* rows in bounds: 0 <= y0 + ky*dh < H */
+    const int64_t y0 = oy * j->sh - j->pt; /* rows in bounds: 0 <= y0 + ky*dh < H */
     int64_t ky0 = 0, ky1 = j->KH;
     while (ky0 < ky1 && y0 + ky0 * j->dh < 0) ++ky0;
-    while (ky1 > ky0 && y0 + (ky1 - 1) * j->dh >= src->H) --ky1;
-    for (int64_t ox = 0; ox < j->OW; ++ox) {
-      if (ox == lo) ox = hi;
-      if (ox >= j->OW) break;
-      float a = j->overwrite ? init : yr[ox];
-      for (int64_t ky = ky0; ky < ky1; ++ky) {
-        const float *xr = src->x + (y0 + ky * j->dh) * src->W;
-        for (int64_t kx = 0; kx < j->KW; ++kx) {
-          const int64_t ix = ox * j->sw + kx * j->dw - src->pl;
-          if (ix >= 0 && ix < src->W) a = combine(j->is_max, a, xr[ix]);
-        }
-      }
-      yr[ox] = a;
+    while (ky1 > ky0 && y0 + (ky1 - 1) * j->dh >= j->H) --ky1;
+    for (int64_t ox0 = 0; ox0 < j->OW; ox0 += block) {
+      const int64_t n = min64(block, j->OW - ox0), taps = (n - 1) * j->sw + reach;
+      combine_rows(j, x, y0, ky0, ky1, ox0 * j->sw - j->pl, taps + SLACK, oy == 0 || block < j->OW, row);
+      combine_cols(j, row, n, y + oy * j->OW + ox0);
     }
-    interior(j, src, y0, ky0, ky1, yr, lo, hi);
   }
 }
 
@@ -179,32 +191,13 @@ static void table_planes(const pool_job *j, int64_t p0, int64_t p1) {
 
 static void pool_planes(void *ctx, int64_t task) {
   const pool_job *j = (const pool_job *)ctx;
+  const int64_t p0 = task * j->chunk, p1 = min64(j->planes, (task + 1) * j->chunk);
   if (j->taps) {
-    table_planes(j, task * j->chunk, min64(j->planes, (task + 1) * j->chunk));
+    table_planes(j, p0, p1);
     return;
   }
-  /* the padded extent every window reaches: pad top/left, and bottom/right as far as the last one */
-  const int64_t hp = max64(j->pt + j->H, (j->OH - 1) * j->sh + (j->KH - 1) * j->dh + 1);
-  const int64_t wp = max64(j->pl + j->W, (j->OW - 1) * j->sw + (j->KW - 1) * j->dw + 1);
-  const int padded = hp != j->H || wp != j->W;
-  const int stage = padded && hp * wp + SLACK <= STAGE_FLOATS;
-  float staged[stage ? hp * wp + SLACK : 1];
-  if (stage) {
-    const float init = j->is_max ? -INFINITY : 0.0f;
-    for (int64_t i = 0; i < hp * wp + SLACK; ++i) staged[i] = init;
-  }
-  for (int64_t p = task * j->chunk; p < min64(j->planes, (task + 1) * j->chunk); ++p) {
-    const float *x = j->x + p * j->H * j->W;
-    float *y = j->y + p * j->OH * j->OW;
-    if (stage) {  /* the padding stays the identity from the first fill */
-      for (int64_t r = 0; r < j->H; ++r) memcpy(staged + (j->pt + r) * wp + j->pl, x + r * j->W, (size_t)j->W * sizeof(float));
-      const plane_src src = {staged, staged + hp * wp + SLACK, hp, wp, 0, 0};
-      plane(j, &src, y);
-    } else {
-      const plane_src src = {x, j->x + j->planes * j->H * j->W, j->H, j->W, j->pt, j->pl};
-      plane(j, &src, y);
-    }
-  }
+  float row[ROW_FLOATS];
+  for (int64_t p = p0; p < p1; ++p) plane(j, j->x + p * j->H * j->W, j->y + p * j->OH * j->OW, row);
 }
 
 void mlrt_pool2d_f32(int64_t x, int64_t y, int64_t planes, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t KH,
