@@ -188,3 +188,48 @@ def test_mlpack_command_without_click_says_what_to_install():
     )
     proc = subprocess.run([sys.executable, "-c", code, "inspect", "x.bundle"], capture_output=True, text=True)
     assert proc.returncode == 1 and "needs click: pip install click" in proc.stderr
+
+
+class _Mixed(nn.Module):
+    """CompositeImplicit ops (linear on 3-D, layer_norm, matmul), BatchNorm, an in-place ReLU and
+    a tensor constant the forward creates."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.bn = nn.BatchNorm1d(4)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.relu(self.bn(self.norm(self.fc(x))))
+        scale = torch.tensor([1.0, 2.0, 3.0, 4.0])
+        return (y @ y.transpose(-1, -2)) * scale
+
+
+def test_one_trace_export_gives_the_two_trace_graph():
+    """export_and_lift exports and decomposes in one trace: the graph must be run_decompositions'
+    on the exported program, node for node (up to node names and the order of weight placeholders)."""
+    from mlpack.frontend import export as frontend
+
+    model, inputs = _Mixed().eval(), (torch.randn(2, 4, 8),)
+    one = frontend._export_decomposed(model, inputs)
+    assert one is not None, "the one-trace export failed on this torch"
+    two = frontend.export_module(model, inputs).run_decompositions(frontend._decomposition_table())
+
+    def ops(ep):
+        gm = ep.graph_module
+        frontend._canonical(gm)
+        spec = {s.arg.name: f"{s.kind.name}:{s.target or s.arg.name}" for s in ep.graph_signature.input_specs}
+        names, nodes = {}, []
+        for n in gm.graph.nodes:
+            if n.op == "placeholder":
+                names[n] = spec[n.name]
+                continue
+            names[n] = f"v{len(nodes)}"
+            nodes.append((n.op, str(n.target), str(torch.fx.node.map_arg((n.args, n.kwargs), lambda a: names[a]))))
+        return nodes, sorted(spec.values())
+
+    assert ops(one) == ops(two)
+    lifted = frontend.export_and_lift(model, inputs)
+    assert lifted.graph_passes["batchnorm_folded"] + lifted.graph_passes.get("batchnorm_scale_shift", 0) == 1

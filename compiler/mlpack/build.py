@@ -140,13 +140,14 @@ def build(
             dyn_ep, dim_names, names = source, {}, frontend.input_names(source, 0)
         else:
             dyn_ep = None
-            if is_ep:
-                ep = source if examples is None else frontend.export_module(source.module(), examples)
+            if is_ep and examples is None:
+                lifted = frontend.lift(source)
+            elif is_ep:
+                lifted = frontend.export_and_lift(source.module(), examples)
             elif examples is None:
                 raise BuildError("building an nn.Module needs example_inputs (or input_shapes)")
             else:
-                ep = frontend.export_module(source, examples)
-            lifted = frontend.lift(ep)
+                lifted = frontend.export_and_lift(source, examples)  # export and decompose: one trace
     if dyn_ep is None:
         if buckets:
             raise BuildError("--buckets needs dynamic dims (--dynamic, or a .pt2 exported with dynamic_shapes)")
@@ -253,7 +254,7 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
             for i, dim in s.uses:
                 ex[i] = dynamic_dims.resize(ex[i], dim, size)
         with opts.stage("export"):
-            lifted = frontend.lift(frontend.export_module(dyn_ep.module(), ex))
+            lifted = frontend.export_and_lift(dyn_ep.module(), ex)
         program = _compile_program(lifted, opts)
         if first is None:
             first = lifted
