@@ -45,17 +45,19 @@ static int run_case(const conv_case *k, int threads) {
       }
   use_threads(threads);
   float *scratch, *wp = NULL;
-  if (k->small) { /* per group, W_g^T [K x CO/G] in packed B panels, as kernel_calls.pack_conv_panels stores it */
-    const int64_t panels = (fg + MLRT_NR - 1) / MLRT_NR;
+  if (k->small) { /* per group, W_g^T [K x CO/G] (K ordered tap, channel) in packed B panels, as
+                    * kernel_calls.pack_conv_panels stores it */
+    const int64_t panels = (fg + MLRT_NR - 1) / MLRT_NR, taps = k->KH * k->KW;
     wp = malloc((size_t)(k->G * panels * K * MLRT_NR) * sizeof(float));
     for (int64_t g = 0; g < k->G; ++g)
       for (int64_t pn = 0; pn < panels; ++pn)
         for (int64_t kk = 0; kk < K; ++kk)
           for (int64_t l = 0; l < MLRT_NR; ++l) {
-            const int64_t co = pn * MLRT_NR + l;
-            wp[((g * panels + pn) * K + kk) * MLRT_NR + l] = co < fg ? w[(g * fg + co) * K + kk] : 0.0f;
+            const int64_t co = pn * MLRT_NR + l, tap = kk / cg, c = kk % cg;
+            wp[((g * panels + pn) * K + kk) * MLRT_NR + l] = co < fg ? w[(g * fg + co) * K + c * taps + tap] : 0.0f;
           }
-    scratch = malloc((size_t)(k->N * P * (K * k->G + k->CO)) * sizeof(float));
+    scratch = malloc((size_t)mlrt_conv_small_scratch_floats(k->N, k->C, k->H, k->W, k->KH, k->KW, k->CO, OH, OW) *
+                     sizeof(float));
     mlrt_conv2d_small_f32((intptr_t)x, (intptr_t)wp, (intptr_t)y, (intptr_t)scratch, k->N, k->G, k->C, k->H, k->W,
                           k->CO, k->KH, k->KW, OH, OW, k->sh, k->sw, k->dh, k->dw, k->pt, k->pl, k->overwrite,
                           (intptr_t)b, (intptr_t)res, lo, hi, (intptr_t)y);

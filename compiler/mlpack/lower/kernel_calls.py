@@ -637,7 +637,8 @@ class _Rewriter(TopLevelOps):
                     kernel = "mlrt_conv2d_winograd_f32"
                 elif small_arg is not None:  # the bundle stores W^T in packed B panels
                     self.prepack[small_arg] = Prepack("conv_panels", (co, c, kh, kw))
-                    sig = self.emit(kernel_op, "mlrt_conv2d_small_f32", [x, w, y], n * oh * ow * (c * kh * kw + co),
+                    sig = self.emit(kernel_op, "mlrt_conv2d_small_f32", [x, w, y],
+                                    small_conv_scratch_floats(n, c, h, wd, kh, kw, co, oh, ow),
                                     [n, 1, *dims[1:]], fusion, [], y, offsets={x: x_offset})
                     kernel = "mlrt_conv2d_small_f32"
                 else:  # im2col (or a 1x1's input in place) times the weights, packed as A panels where they may be
@@ -688,7 +689,8 @@ class _Rewriter(TopLevelOps):
                     kernel = "mlrt_depthwise_mult_conv2d_f32"
                 elif small_arg is not None:  # each group's W_g^T in packed B panels, output channels in the lanes
                     self.prepack[small_arg] = Prepack("conv_panels", tuple(w.type.shape), groups)
-                    sig = self.emit(kernel_op, "mlrt_conv2d_small_f32", [x, w, y], n * oh * ow * (c * kh * kw + co),
+                    sig = self.emit(kernel_op, "mlrt_conv2d_small_f32", [x, w, y],
+                                    small_conv_scratch_floats(n, c, h, wd, kh, kw, co, oh, ow),
                                     [n, groups, c, h, wd, co, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl], fusion, [], y)
                     kernel = "mlrt_conv2d_small_f32"
                 else:
@@ -845,13 +847,23 @@ def pack_b_panels(b):
 
 
 def pack_conv_panels(w, groups: int = 1):
-    """numpy [CO, C/G, KH, KW] -> per group g, W_g^T [C/G*KH*KW, CO/G] in packed B panels, group
-    after group: [G, ceil(CO/G/16), C/G*KH*KW, 16] (mlrt_conv2d_small_f32). G = 1: [ceil(CO/16), K, 16]."""
+    """numpy [CO, C/G, KH, KW] -> per group g, W_g^T [KH*KW*C/G, CO/G] (K ordered tap, channel: the
+    kernel's rows copy each tap's channels from a channels-last input) in packed B panels, group
+    after group: [G, ceil(CO/G/16), K/G, 16] (mlrt_conv2d_small_f32). G = 1: [ceil(CO/16), K, 16]."""
     import numpy as np
 
+    def panels(g):
+        return pack_b_panels(g.transpose(0, 2, 3, 1).reshape(g.shape[0], -1).T)
+
     if groups == 1:
-        return pack_b_panels(w.reshape(w.shape[0], -1).T)
-    return np.stack([pack_b_panels(g.reshape(g.shape[0], -1).T) for g in np.split(w, groups)])
+        return panels(w)
+    return np.stack([panels(g) for g in np.split(w, groups)])
+
+
+def small_conv_scratch_floats(n: int, c: int, h: int, w: int, kh: int, kw: int, co: int, oh: int, ow: int) -> int:
+    """Scratch of mlrt_conv2d_small_f32 (cpu_kernels/mlrt_kernels.h mlrt_conv_small_scratch_floats):
+    the channels-last input, the rows, the transposed output."""
+    return n * h * w * c + n * oh * ow * (c * kh * kw + co)
 
 
 def pack_a_panels(w):

@@ -132,8 +132,12 @@ void mlrt_conv3d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
                      int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
                      float act_hi, int64_t dst);
 /* The same conv for maps of few positions: w is W^T [C*KH*KW x CO] packed in B panels at build
- * time (kernel_calls.pack_conv_panels; grouped: each group's W_g^T [C/G*KH*KW x CO/G] in its own
- * panels, group after group); scratch: batch*OH*OW * (C*KH*KW + CO) floats. */
+ * time, K ordered (ky, kx, c) (kernel_calls.pack_conv_panels; grouped: each group's W_g^T
+ * [KH*KW*C/G x CO/G] in its own panels, group after group); scratch: mlrt_conv_small_scratch_floats. */
+static inline int64_t mlrt_conv_small_scratch_floats(int64_t batch, int64_t C, int64_t H, int64_t W, int64_t KH,
+                                                     int64_t KW, int64_t CO, int64_t OH, int64_t OW) {
+  return batch * H * W * C + batch * OH * OW * (C * KH * KW + CO);
+}
 void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t groups, int64_t C,
                            int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
                            int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
