@@ -198,7 +198,10 @@ namespace {
 
 // `allow_dynamic`: a dim may be -1 (format version 2 inputs and outputs); the symbols and bounds
 // are filled in later, by ParseDynamic. min_shape and max_shape are set to `shape` here.
-Status ParseTensorSpec(const json::Value& v, const std::string& where, bool allow_dynamic, TensorSpec* out) {
+// `bfloat16_storage`: a weight may be "bfloat16" (format version 3), read as its 2-byte storage
+// (kFloat16): the runtime never interprets weight bytes, the bundle's kernels do.
+Status ParseTensorSpec(const json::Value& v, const std::string& where, bool allow_dynamic, TensorSpec* out,
+                       bool bfloat16_storage = false) {
   const json::Value* name = v.find("name");
   const json::Value* dtype = v.find("dtype");
   const json::Value* shape = v.find("shape");
@@ -206,7 +209,8 @@ Status ParseTensorSpec(const json::Value& v, const std::string& where, bool allo
     return BadManifest(where + ": needs string 'name', string 'dtype' and array 'shape'");
   }
   out->name = name->as_string();
-  auto dt = DTypeFromName(dtype->as_string());
+  auto dt = bfloat16_storage && dtype->as_string() == "bfloat16" ? std::optional<DType>(DType::kFloat16)
+                                                                  : DTypeFromName(dtype->as_string());
   if (!dt) return BadManifest(where + ": unknown dtype '" + dtype->as_string() + "'");
   out->dtype = *dt;
   if (shape->items().size() > kMaxRank) return BadManifest(where + ": rank above " + std::to_string(kMaxRank));
@@ -1074,7 +1078,16 @@ Result<Manifest> ParseManifest(const BundleView& bundle) {
     const json::Value& w = weights->items()[i];
     std::string where = "weights[" + std::to_string(i) + "]";
     TensorSpec spec;
-    if (Status ws = ParseTensorSpec(w, where, /*allow_dynamic=*/false, &spec); !ws.ok()) return ws;
+    // bfloat16 weights (CUDA fp16/bf16 bundles store GEMM and conv weights narrowed) come with
+    // format version 3, which older runtimes refuse by the header; a lower version claiming them
+    // is malformed.
+    const bool bf16_ok = bundle.format_version >= kBFloat16WeightsVersion;
+    if (const json::Value* dt = w.find("dtype"); !bf16_ok && dt && dt->is_string() && dt->as_string() == "bfloat16") {
+      return BadManifest(where + ": dtype 'bfloat16' needs bundle format version " +
+                         std::to_string(kBFloat16WeightsVersion) + ", the header says " +
+                         std::to_string(bundle.format_version));
+    }
+    if (Status ws = ParseTensorSpec(w, where, /*allow_dynamic=*/false, &spec, bf16_ok); !ws.ok()) return ws;
     const json::Value* offset = w.find("offset");
     const json::Value* nbytes = w.find("nbytes");
     if (!offset || !offset->is_int() || offset->as_int() < 0 || !nbytes || !nbytes->is_int() || nbytes->as_int() < 0) {

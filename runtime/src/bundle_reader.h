@@ -13,7 +13,9 @@
 
 namespace mlrt {
 
-inline constexpr uint32_t kBundleFormatVersion = 2;
+// 1: static; 2: dynamic dims (programs); 3: weights stored as bfloat16 (CUDA --precision bf16).
+inline constexpr uint32_t kBundleFormatVersion = 3;
+inline constexpr uint32_t kBFloat16WeightsVersion = 3;
 // CPU code variants one bundle may carry (targets.cpu.variants).
 inline constexpr size_t kMaxCpuVariants = 16;
 
