@@ -9,6 +9,7 @@ operands exactly as the tensor cores see them, so these tolerances are the preci
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from conftest import assert_matches_eager, flat_outputs
 
 sys.path.insert(0, str(Path(__file__).parent / "cuda_emulation"))
 
-from test_cuda_runtime import HAS_GPU  # noqa: E402
+from test_cuda_runtime import HAS_GPU, fake_driver  # noqa: E402,F401 (fixture)
 from zoo import PRECISION_TOLERANCE as TOLERANCE  # noqa: E402
 
 
@@ -86,7 +87,11 @@ def _ptx(path: Path) -> str:
 
 
 CASES = [("mlp", "fp32"), ("small_cnn", "fp32"), ("mobilenet_v2", "fp32"), ("encoder", "fp32"),
-         ("small_cnn", "tf32"), ("small_cnn", "fp16"), ("small_cnn", "bf16"), ("mlp", "bf16")]
+         ("small_cnn", "tf32"), ("small_cnn", "fp16"), ("small_cnn", "bf16"), ("mlp", "bf16"),
+         # half-precision weights (fp16/bf16 store GEMM and conv weights in that type): every zoo
+         # model above at both precisions
+         ("mlp", "fp16"), ("mobilenet_v2", "fp16"), ("mobilenet_v2", "bf16"), ("encoder", "fp16"),
+         ("encoder", "bf16")]
 
 
 @pytest.mark.parametrize("name,precision", CASES)
@@ -239,12 +244,235 @@ def test_cli_builds_and_inspects_a_cuda_bundle(cuda_dir, tmp_path):
         assert proc.returncode == 1 and "error:" in proc.stderr and "cuda" in proc.stderr, proc.stderr
 
 
+# --------------------------------------------------------------------------- half-precision weights
+
+HALF = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def _weights_section_bytes(path: Path) -> int:
+    from mlpack.bundle import read_bundle
+
+    return next(s.size for s in read_bundle(path).sections if s.name == "weights")
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "mobilenet_v2", "encoder"])
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_weights_are_stored_narrowed(name, precision, cuda_dir):
+    """--precision fp16/bf16 (cuda only): every GEMM and conv weight is stored in that type (the
+    manifest says so, weight by weight), biases and everything a generated loop reads stay
+    float32; the weights section is about half the fp32 build's; bf16 bundles are format version 3
+    (older runtimes refuse them by the header), fp16 ones keep version 1."""
+    from mlpack.bundle import read_bundle
+
+    half, _, _ = build_cuda(name, precision, cuda_dir)
+    full, _, _ = build_cuda(name, "fp32", cuda_dir)
+    hw, fw = half.manifest["weights"], full.manifest["weights"]
+    assert [w["name"] for w in hw] == [w["name"] for w in fw] and [w["shape"] for w in hw] == [w["shape"] for w in fw]
+    narrowed = [i for i, w in enumerate(hw) if w["dtype"] == HALF[precision]]
+    assert narrowed and {w["dtype"] for w in hw} <= {HALF[precision], "float32"}
+    for i, (h, f) in enumerate(zip(hw, fw)):
+        assert h["nbytes"] * (2 if i in narrowed else 1) == f["nbytes"]
+        if len(h["shape"]) == 1:  # biases (and LayerNorm / BatchNorm params) stay float32
+            assert h["dtype"] == "float32", h
+    # Only weights whose every use is a GEMM operand or conv filter: the source reads them so.
+    ctype = {"fp16": "half", "bf16": "__nv_bfloat16"}[precision]
+    call = half.manifest["call"]
+    for i in narrowed:
+        assert f"(const {ctype} *)(A[{call.index(f'weight:{i}')}] + " in half.cuda_source
+    ratio = _weights_section_bytes(half.path) / _weights_section_bytes(full.path)
+    assert 0.49 < ratio < 0.55, ratio  # the encoder's 1 MB embedding table is a gather: float32
+    # the whole file, where weights outweigh the code (small_cnn's is mostly cubins)
+    assert half.bundle_bytes < (0.95 if name == "small_cnn" else 0.65) * full.bundle_bytes
+    assert read_bundle(half.path).format_version == half.manifest["format_version"] == \
+        (3 if precision == "bf16" else 1)
+
+
+def test_half_weights_stay_float32_when_a_cpu_target_shares_them(cuda_dir):
+    """cpu,cuda bundles share one weights section and the CPU kernels read float32: the CUDA
+    kernels then read float32 weights too (operands still rounded to fp16 on the tensor cores)."""
+    import mlrt
+    from emulate import run_bundle_emulated
+
+    result, inputs, reference = build_cuda("small_cnn", "fp16", cuda_dir, target="cpu,cuda")
+    assert {w["dtype"] for w in result.manifest["weights"]} == {"float32"}
+    assert result.manifest["format_version"] == 1 and "const half *" not in result.cuda_source
+    assert_matches_eager(mlrt.load(str(result.path)).run_flat(*inputs), reference)
+    emulated = run_bundle_emulated(result.cuda_source, result.manifest, _weights_blob(result.path), inputs)
+    assert_matches_eager(emulated, reference, rtol=TOLERANCE["fp16"])
+
+
+def test_weight_read_outside_a_gemm_stays_float32(tmp_path):
+    """A weight that a GEMM and a generated loop both read is stored once, in float32; a
+    weight only the GEMM reads is narrowed. Both agree with eager in emulation."""
+    import torch
+
+    import mlpack
+    from emulate import run_bundle_emulated
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(1)
+            self.shared = torch.nn.Parameter(torch.randn(64, 64, generator=g))
+            self.only = torch.nn.Parameter(torch.randn(64, 32, generator=g))
+
+        def forward(self, x, y):
+            return (x @ self.shared) @ self.only, y * self.shared
+
+    m = M().eval()
+    x, y = torch.randn(8, 64), torch.randn(64, 64)
+    with torch.no_grad():
+        ref = flat_outputs(m(x, y))
+    result = mlpack.build(m, (x, y), tmp_path / "m.bundle", target="cuda", precision="bf16", cuda_sass=())
+    dtypes = {tuple(w["shape"]): w["dtype"] for w in result.manifest["weights"]}
+    assert dtypes == {(64, 64): "float32", (64, 32): "bfloat16"}, dtypes
+    out = run_bundle_emulated(result.cuda_source, result.manifest, _weights_blob(result.path), [x.numpy(), y.numpy()])
+    assert_matches_eager(out, ref, rtol=TOLERANCE["bf16"])
+
+
+def test_fp16_weights_out_of_range_are_refused(tmp_path):
+    """A weight fp16 cannot hold (|w| > 65504) would turn to inf on the GPU: the build stops and
+    says what to do; bf16 (float32's range) takes it."""
+    import torch
+
+    import mlpack
+    from mlpack.errors import BuildError
+
+    lin = torch.nn.Linear(16, 16)
+    with torch.no_grad():
+        lin.weight[3, 5] = 1e5
+    x = torch.randn(2, 16)
+    with pytest.raises(BuildError, match=r"holds 100000, beyond float16's range .*--precision bf16"):
+        mlpack.build(lin.eval(), (x,), tmp_path / "a.bundle", target="cuda", precision="fp16", cuda_sass=())
+    result = mlpack.build(lin.eval(), (x,), tmp_path / "b.bundle", target="cuda", precision="bf16", cuda_sass=())
+    assert "bfloat16" in {w["dtype"] for w in result.manifest["weights"]}
+
+
+def test_bfloat16_rounding_is_nearest_even():
+    import numpy as np
+
+    from mlpack.targets.cuda.codegen import narrow_weight
+
+    a = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5, np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-40],
+                 dtype=np.float32)
+    bits = narrow_weight("w", a, "bfloat16")
+    assert bits.dtype == np.uint16 and bits.shape == a.shape
+    back = (bits.astype(np.uint32) << 16).view(np.float32)
+    # ties to even: 1 + 2^-8 -> 1, 1 + 3 * 2^-8 -> 1 + 2^-6
+    np.testing.assert_array_equal(back[:6], [1.0, 1.0, 1 + 2 ** -6, -2.5, np.inf, -np.inf])
+    assert np.isnan(back[6]) and back[7] == 0 and np.signbit(back[8]) and back[9] > 0
+    import torch
+
+    ref = torch.from_numpy(a).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(bits[~np.isnan(a)], ref[~np.isnan(a)])
+
+
+_HALF_CHILD = """
+import sys
+import numpy as np
+import mlrt
+path, x_path, out_path = sys.argv[1:4]
+m = mlrt.load(path, device="cuda:0")
+print("LOADED", m.device_bytes)
+y = m.run(np.load(x_path))
+y = m.run(np.load(x_path))  # the replayed graph
+np.save(out_path, y)
+print("DONE")
+"""
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_runtime_runs_half_weight_bundles_on_the_stand_in_driver(precision, fake_driver, cuda_dir, tmp_path):
+    """mlrt's CUDA backend loads a half-weight bundle (bf16: format version 3), uploads its
+    weights section (half the fp32 build's device bytes) and runs it: the stand-in libcuda.so.1 of
+    test_cuda_runtime.py executes the bundle's generated kernels through the host emulation."""
+    import os
+
+    import numpy as np
+    import torch
+
+    import mlpack
+    import zoo
+    from emulate import Emulation, ptx_key
+
+    model, inputs = zoo.make("small_cnn")
+    with torch.no_grad():
+        reference = flat_outputs(model(*inputs))
+    path = tmp_path / f"cnn-{precision}.bundle"
+    result = mlpack.build(model, inputs, path, target="cuda", precision=precision, cuda_sass=())  # PTX: emulated
+    emulation = tmp_path / "emulation"
+    emulation.mkdir()
+    (tmp_path / "work").mkdir()
+    Emulation(result.cuda_source, result.manifest["targets"]["cuda"]["launches"], tmp_path / "work",
+              so=emulation / f"{ptx_key(_ptx(path))}.so")
+    np.save(tmp_path / "x.npy", inputs[0].numpy())
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{fake_driver}:{os.environ.get('LD_LIBRARY_PATH', '')}",
+           "FAKE_CUDA_STATS": "1", "FAKE_CUDA_EMULATION": str(emulation), "FAKE_CUDA_VERSION": "13000"}
+    proc = subprocess.run([sys.executable, "-c", _HALF_CHILD, str(path), str(tmp_path / "x.npy"),
+                           str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "DONE" in proc.stdout, proc.stdout + proc.stderr
+    assert "FAKE_CUDA_STATS" in proc.stderr and "FAKE_CUDA_LEAK" not in proc.stderr, proc.stderr
+    # device memory at load: the weights section, as stored (no context yet)
+    loaded = int(proc.stdout.split("LOADED ")[1].split()[0])
+    assert loaded == _weights_section_bytes(path)
+    full, _, _ = build_cuda("small_cnn", "fp32", cuda_dir)
+    assert loaded < 0.51 * _weights_section_bytes(full.path)
+    assert_matches_eager([np.load(tmp_path / "y.npy")], reference, rtol=TOLERANCE[precision])
+
+
+def test_bfloat16_weights_need_format_version_3(cuda_dir, tmp_path):
+    """A manifest may say bfloat16 only for weights, and only in a version-3 bundle: the runtime
+    refuses one that claims a lower version (a runtime from before version 3 refuses the real one
+    by its header: "format version 3 is newer than this runtime supports (2)")."""
+    import json
+
+    import mlrt
+    from mlpack import bundle as bundle_fmt
+
+    result, _, _ = build_cuda("small_cnn", "bf16", cuda_dir)
+    info = bundle_fmt.read_bundle(result.path)
+    sections = [(s.name, bundle_fmt.section_bytes(result.path, s.name), s.alignment) for s in info.sections
+                if s.name != "manifest"]
+
+    def rewrite(edit, name):
+        manifest = json.loads(json.dumps(info.manifest))
+        edit(manifest)
+        bundle_fmt.write_bundle(tmp_path / name, manifest, sections)
+        return tmp_path / name
+
+    for device in ("cpu", "cuda:0"):  # the manifest is checked before any driver is touched
+        with pytest.raises(mlrt.Error, match=r"weights\[0\]: dtype 'bfloat16' needs bundle format version 3, "
+                                             r"the header says 2"):
+            mlrt.load(rewrite(lambda m: m.update(format_version=2), "v2.bundle"), device=device)
+    with pytest.raises(mlrt.Error, match=r"inputs\[0\]: unknown dtype 'bfloat16'"):
+        mlrt.load(rewrite(lambda m: m["inputs"][0].update(dtype="bfloat16"), "in.bundle"), device="cuda:0")
+    with pytest.raises(mlrt.Error, match="nbytes does not match dtype x shape"):
+        mlrt.load(rewrite(lambda m: m["weights"][0].update(nbytes=m["weights"][0]["nbytes"] * 2), "nb.bundle"),
+                  device="cuda:0")
+    proc = subprocess.run([sys.executable, "-m", "mlpack.cli", "inspect", str(result.path)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "format v3" in proc.stdout, proc.stdout + proc.stderr
+    assert re.search(r"weights: 8 tensors, .* \(bfloat16 [\d.]+ MiB, float32 [\d.]+ MiB\)", proc.stdout), proc.stdout
+
+
 # --------------------------------------------------------------------------- on a real GPU
 
 
 GPU_CASES = [("mlp", "fp32"), ("small_cnn", "fp32"), ("mobilenet_v2", "fp32"), ("encoder", "fp32"),
              ("resnet18", "fp32"), ("small_cnn", "tf32"), ("small_cnn", "fp16"), ("small_cnn", "bf16"),
-             ("resnet18", "tf32"), ("encoder", "bf16")]
+             ("resnet18", "tf32"), ("encoder", "bf16"), ("resnet18", "fp16"), ("mobilenet_v2", "bf16")]
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs a real NVIDIA GPU and driver (libcuda.so.1)")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_gpu_half_weights_halve_device_memory(precision, cuda_dir):
+    import mlrt
+
+    half, _, _ = build_cuda("mobilenet_v2", precision, cuda_dir)
+    full, _, _ = build_cuda("mobilenet_v2", "fp32", cuda_dir)
+    at_load = [mlrt.load(str(b.path), device="cuda:0").device_bytes for b in (half, full)]
+    assert at_load == [_weights_section_bytes(half.path), _weights_section_bytes(full.path)]
+    assert at_load[0] < 0.55 * at_load[1]
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs a real NVIDIA GPU and driver (libcuda.so.1)")

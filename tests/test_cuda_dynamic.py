@@ -44,7 +44,7 @@ CASES = {
 
 
 class Built:
-    def __init__(self, name: str, directory: Path):
+    def __init__(self, name: str, directory: Path, precision: str = "fp32"):
         import torch
 
         import mlpack
@@ -58,7 +58,7 @@ class Built:
         self.path = directory / f"{name}.bundle"
         # PTX only (no cubins): the stand-in driver runs PTX modules through the emulation.
         self.result = mlpack.build(self.model, [self.x], self.path, target=target, dynamic=[dynamic],
-                                   buckets=[buckets], cuda_sass=())
+                                   buckets=[buckets], cuda_sass=(), precision=precision)
         self.manifest = self.result.manifest
         self.emulation = directory / "emulation"
         self.emulation.mkdir(exist_ok=True)
@@ -224,6 +224,30 @@ def test_hostile_cuda_programs(built, tmp_path, edit, message):
 
 
 # --------------------------------------------------------------------------- through the stand-in driver
+
+
+def test_bf16_weights_in_a_dynamic_bundle(fake_driver, tmp_path):
+    """Half-precision weights with dynamic dims: bfloat16 GEMM/conv weights stored once for every
+    program, format version 3 (dynamic programs as in version 2), and every size runs through the
+    runtime's CUDA backend within bf16's tolerance."""
+    from mlpack.bundle import read_bundle
+    from zoo import PRECISION_TOLERANCE
+
+    b = Built("small_cnn", tmp_path, precision="bf16")
+    m = b.manifest
+    assert m["format_version"] == 3 and len(m["programs"]) == 2
+    dtypes = [w["dtype"] for w in m["weights"]]
+    assert dtypes.count("bfloat16") == 4 and set(dtypes) == {"bfloat16", "float32"}  # 3 convs + the Linear
+    for p in m["programs"]:  # one copy of each weight, read by both programs
+        assert {int(a.split(":")[1]) for a in p["call"] if a.startswith("weight:")} == set(range(len(m["weights"])))
+    sizes = [1, 3, 4, 2]
+    outs, stdout, _ = run_child(fake_driver, b, sizes, tmp_path)
+    for n, y in zip(sizes, outs):
+        assert_matches_eager([y], b.eager(n), rtol=PRECISION_TOLERANCE["bf16"])
+    weights = next(s.size for s in read_bundle(b.path).sections if s.name == "weights")
+    assert json.loads(stdout.split("BYTES ")[1].splitlines()[0])[0] > weights  # weights + a context
+
+
 
 
 def test_every_size_matches_eager_with_one_graph_per_bucket(fake_driver, built, tmp_path):

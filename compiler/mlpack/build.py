@@ -168,7 +168,7 @@ class _Program:
     """One compiled static program: its code per target, weights as stored and entry arguments."""
 
     codes: dict  # target name -> its targets.TargetCode
-    weights: list  # (name, array) in the stored layout
+    weights: list  # (name, array) in the stored layout, or (name, array, dtype) where narrowed
     call: list[str]
 
 
@@ -187,7 +187,11 @@ def _compile_program(lifted, opts: _Options) -> _Program:
         elif planned.prepack != first.prepack:
             raise BuildError("internal: the targets disagree on which weights are pre-packed")
         codes[target.name] = target.compile(planned, opts.dump, opts.stage)
-    return _Program(codes, lower.stored_weights(lifted, first.prepack), first.call)
+    weights = lower.stored_weights(lifted, first.prepack)
+    for code in codes.values():  # a target reading some weights in another dtype (CUDA fp16/bf16)
+        if hasattr(code, "stored_weights"):
+            weights = code.stored_weights(weights)
+    return _Program(codes, weights, first.call)
 
 
 def _manifest_head(lifted, version: int) -> dict:
@@ -211,7 +215,8 @@ def _write_static(lifted, program: _Program, opts: _Options, output_path, timing
     main = next(iter(program.codes.values()))  # the memory plan: the first target's
     with opts.stage("write"):
         weights_blob, weight_entries = bundle_fmt.pack_weights(program.weights)
-        manifest = {**_manifest_head(lifted, bundle_fmt.STATIC_FORMAT_VERSION), "weights": weight_entries,
+        version = bundle_fmt.format_version_for(bundle_fmt.STATIC_FORMAT_VERSION, weight_entries)
+        manifest = {**_manifest_head(lifted, version), "weights": weight_entries,
                     "weights_sha256": bundle_fmt.weight_chunk_digests(weights_blob),
                     "weights_xxh3": bundle_fmt.weight_chunk_checksums(weights_blob), "call": program.call,
                     "memory_plan": main.memory_plan.to_json(), "targets": {}}
@@ -268,11 +273,12 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
             if kind != "weight":
                 call.append(arg)
                 continue
-            name, arr = program.weights[int(i)]
-            key = (str(arr.dtype), arr.shape, hashlib.sha256(arr.tobytes()).digest())
+            stored = program.weights[int(i)]
+            arr = stored[1]
+            key = (bundle_fmt.stored_dtype(stored), arr.shape, hashlib.sha256(arr.tobytes()).digest())
             if key not in weight_index:
                 weight_index[key] = len(blobs)
-                blobs.append((name, arr))
+                blobs.append(stored)
             call.append(f"weight:{weight_index[key]}")
         out_shapes = [list(o.shape) for o in lifted.outputs]
         shapes_at[combo] = out_shapes
@@ -310,6 +316,7 @@ def _build_dynamic(dyn_ep, dim_names, names, examples, buckets, opts: _Options, 
                         out.setdefault("symbols", [None] * len(out["shape"]))[d] = s.name
                         break
         weights_blob, weight_entries = bundle_fmt.pack_weights(blobs)
+        manifest["format_version"] = bundle_fmt.format_version_for(manifest["format_version"], weight_entries)
         last = programs[-1]
         manifest.update({"weights": weight_entries, "weights_sha256": bundle_fmt.weight_chunk_digests(weights_blob),
                          "weights_xxh3": bundle_fmt.weight_chunk_checksums(weights_blob),

@@ -226,7 +226,11 @@ def inspect(bundle, as_json, plot):
     plan = m["memory_plan"]
     click.echo(f"memory plan{' (largest program)' if m.get('programs') else ''}: arena {_mib(plan['arena_bytes'])}, sum {_mib(plan['sum_bytes'])}, "
                f"lower bound {_mib(plan['lower_bound_bytes'])}, {len(plan['buffers'])} buffers ({plan['algorithm']})")
-    click.echo(f"weights: {len(m['weights'])} tensors, {_mib(sum(w['nbytes'] for w in m['weights']))}")
+    stored: dict[str, int] = {}  # bytes per stored dtype (fp16/bf16 CUDA bundles: GEMM/conv weights halved)
+    for w in m["weights"]:
+        stored[w["dtype"]] = stored.get(w["dtype"], 0) + w["nbytes"]
+    by_dtype = f" ({', '.join(f'{d} {_mib(n)}' for d, n in sorted(stored.items()))})" if len(stored) > 1 else ""
+    click.echo(f"weights: {len(m['weights'])} tensors, {_mib(sum(stored.values()))}{by_dtype}")
     for name, t in m["targets"].items():
         kernels = t.get("kernels") or {}
         click.echo(f"kernels ({name}): " + (", ".join(f"{k} x{v}" for k, v in sorted(kernels.items()))

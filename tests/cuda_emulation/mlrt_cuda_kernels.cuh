@@ -36,6 +36,22 @@ static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 using std::min;
 
+// The half-precision weight types of fp16/bf16 bundles: IEEE binary16 is the compiler's _Float16;
+// bfloat16 is its bits (the upper half of a float32), widened exactly as __bfloat162float does.
+typedef _Float16 half;
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+namespace mlrt {
+static inline float to_float(half v) { return (float)v; }
+static inline float to_float(__nv_bfloat16 v) {
+  uint32_t b = (uint32_t)v.bits << 16;
+  float f;
+  memcpy(&f, &b, 4);
+  return f;
+}
+}  // namespace mlrt
+
 #define MLRT_LANES 1  // warp-split reductions: lane 0 alone walks the whole reduction
 #include "mlrt_cuda_common.cuh"
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAGIC = b"MLRTBNDL"
-FORMAT_VERSION = 2  # the newest this reader knows
+FORMAT_VERSION = 3  # the newest this reader knows
 STATIC_FORMAT_VERSION = 1  # bundles without dynamic dims stay readable by version-1 runtimes
 DYNAMIC_FORMAT_VERSION = 2  # one program per bucket: docs/bundle-format.md "Dynamic dimensions"
+BFLOAT16_FORMAT_VERSION = 3  # weights stored as bfloat16, a dtype older readers do not know
 HEADER = struct.Struct("<8sIIIIQQ24x")  # magic, version, header_size, count, entry_size, table_off, file_size
 SECTION = struct.Struct("<16sQQQ32sII")  # name, offset, size, alignment, sha256, flags, reserved
 PAGE = 4096
@@ -39,19 +40,36 @@ def _pad(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
+def stored_dtype(weight: tuple) -> str:
+    """The manifest dtype of a (name, array) or (name, array, dtype) weight: the third element
+    where given ("bfloat16": the array holds the uint16 bits), else the array's."""
+    return weight[2] if len(weight) > 2 else str(weight[1].dtype)
+
+
 def pack_weights(weights) -> tuple[bytes, list[dict]]:
-    """Concatenate weights, each 64-byte aligned; returns (blob, manifest entries)."""
+    """Concatenate weights ((name, array) or (name, array, dtype): stored_dtype), each 64-byte
+    aligned; returns (blob, manifest entries)."""
     entries, chunks, off = [], [], 0
-    for name, arr in weights:
+    for weight in weights:
+        name, arr = weight[:2]
         data = arr.tobytes()  # C order
         pad = _pad(off, WEIGHT_ALIGNMENT) - off
         chunks.append(b"\0" * pad)
         off += pad
-        entries.append({"name": name, "dtype": str(arr.dtype), "shape": list(arr.shape), "offset": off,
+        entries.append({"name": name, "dtype": stored_dtype(weight), "shape": list(arr.shape), "offset": off,
                         "nbytes": len(data)})
         chunks.append(data)
         off += len(data)
     return b"".join(chunks), entries
+
+
+def format_version_for(version: int, weight_entries: list[dict]) -> int:
+    """The format version a bundle is written as: `version` (1 static, 2 dynamic), or 3 when a
+    weight is stored as bfloat16, so that older runtimes refuse it by its version (float16 weights
+    need no bump: float16 was always a weight dtype, and only the bundle's own kernels read them)."""
+    if any(e["dtype"] == "bfloat16" for e in weight_entries):
+        return max(version, BFLOAT16_FORMAT_VERSION)
+    return version
 
 
 WEIGHT_CHUNK = 1 << 22  # bytes per weights_sha256 chunk: a 100 MB model has 25, shared out between threads

@@ -32,6 +32,7 @@ class TargetOptions:
     precision: str = "fp32"  # cuda: operand precision of matmul / conv
     cuda_arch: int | None = None  # cuda: minimum compute capability (default 80)
     cuda_sass: Sequence[int] | None = None  # cuda: cubins to ship besides the PTX (default 80, 90)
+    bundle_targets: tuple = ()  # the --target names of the bundle (set by create): who shares the weights
 
 
 class TargetCode(Protocol):
@@ -45,6 +46,10 @@ class TargetCode(Protocol):
 
     def sections(self) -> list[tuple[str, bytes, int]]:
         """A static bundle's sections of this target: (name, bytes, alignment)."""
+
+    # Optional: stored_weights(weights) -> weights, the program's (name, array) weights as this
+    # code reads them, where it reads some in another dtype: such entries become (name, array,
+    # manifest dtype) (the CUDA target's fp16/bf16 weights; only when no other target shares them).
 
     def program_manifest(self, n: int) -> dict:
         """A dynamic bundle: the keys this target adds to manifest["programs"][n]."""
@@ -114,6 +119,7 @@ def create(spec: str, options: TargetOptions) -> list[Target]:
     unknown = [t for t in names if t not in _REGISTRY]
     if unknown or not names:
         raise BuildError(f"unknown target {spec!r}: this build supports {', '.join(NAMES)}")
+    options = dataclasses.replace(options, bundle_targets=tuple(n for n in NAMES if n in names))
     return [_cpu_target(options) if name == "cpu" else _load(_REGISTRY[name])(options)
             for name in NAMES if name in names]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ...errors import BuildError
 from ...lower.program import LoweringOptions
-from .codegen import DEFAULT_SASS, DEFAULT_SM, PRECISIONS, CudaArtifact, compile_cuda, split_k_scratch
+from .codegen import (DEFAULT_SASS, DEFAULT_SM, HALF_WEIGHTS, PRECISIONS, CudaArtifact, compile_cuda,
+                      split_k_scratch)
 
 
 class Cuda:
@@ -21,6 +22,10 @@ class Cuda:
         self.precision = options.precision
         self.min_sm = options.cuda_arch or DEFAULT_SM
         self.sass = DEFAULT_SASS if options.cuda_sass is None else tuple(options.cuda_sass)
+        # fp16/bf16: GEMM and conv weights stored in that type, halving their bytes in the bundle
+        # and on the device; not when a CPU target shares the weights section (its kernels read
+        # float32), so `cpu,cuda` bundles keep float32 weights at every precision.
+        self.half_weights = self.precision in HALF_WEIGHTS and set(options.bundle_targets) <= {"cuda"}
 
     def lowering(self, weight_layouts: frozenset) -> LoweringOptions:
         if self.precision not in PRECISIONS:
@@ -32,7 +37,7 @@ class Cuda:
                                generalize=True)
 
     def compile(self, planned, dump=None, stage=None) -> CudaArtifact:
-        return compile_cuda(planned, self.precision, self.min_sm, dump, stage, self.sass)
+        return compile_cuda(planned, self.precision, self.min_sm, dump, stage, self.sass, self.half_weights)
 
     def sections_per_program(self) -> int:
         return 1 + len([cc for cc in self.sass if cc >= self.min_sm])  # the PTX and each cubin

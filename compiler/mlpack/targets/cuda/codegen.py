@@ -34,6 +34,12 @@ from ...lower.program import PlannedProgram, hooks
 
 KERNELS_DIR = Path(__file__).parent / "kernels"
 PRECISIONS = {"fp32": 0, "tf32": 1, "fp16": 2, "bf16": 3}
+# --precision -> (C type, manifest dtype) of the GEMM and conv weights the bundle stores narrowed
+# (docs/bundle-format.md, "Half-precision weights"); fp32 and tf32 keep float32 weights.
+HALF_WEIGHTS = {"fp16": ("half", "float16"), "bf16": ("__nv_bfloat16", "bfloat16")}
+# Kernel calls and the operand positions that may be a narrowed weight: the GEMM operands and the
+# conv filters (never biases, residuals or outputs: those stay float32 in the epilogue).
+_WEIGHT_OPERANDS = {"mlrt_matmul_f32": (0, 1), "mlrt_conv2d_f32": (1,), "mlrt_depthwise_conv2d_f32": (1,)}
 DEFAULT_SM = 80  # tensor-core WMMA for tf32/bf16 needs sm_80; the PTX JITs forward to sm_90
 THREADS = 256
 TILE = 64  # GEMM output tiles (square); large GEMMs use BIG_TILE (gemm_tile)
@@ -91,6 +97,16 @@ class CudaArtifact:
     ptx_isa: str
     min_driver: int
     sass: dict  # compute capability -> cubin bytes (machine code: no JIT at load on those GPUs)
+    weight_dtypes: dict = None  # weight index -> the dtype the kernels read it as, where not float32
+
+    def stored_weights(self, weights: list) -> list:
+        """The program's weights as this code reads them: those in `weight_dtypes` narrowed to
+        (name, array, dtype) with dtype float16 or bfloat16 (a bfloat16 array is its uint16 bits)."""
+        out = list(weights)
+        for i, dtype in (self.weight_dtypes or {}).items():
+            name, arr = out[i][:2]
+            out[i] = (name, narrow_weight(name, arr, dtype), dtype)
+        return out
 
     def manifest(self) -> dict:
         return {"section": "cuda.ptx", "ptx_isa": self.ptx_isa, "min_sm": self.min_sm, "min_driver": self.min_driver,
@@ -116,6 +132,34 @@ class CudaArtifact:
     def program_sections(self, n: int) -> list[tuple[str, bytes, int]]:
         return [(f"cuda.p{n}", self.ptx.encode("ascii") + b"\0", 8)] + \
                [(f"cuda.p{n}.sm_{cc}", cubin, 8) for cc, cubin in sorted(self.sass.items())]
+
+
+def narrow_weight(name: str, arr, dtype: str):
+    """A float32 weight rounded to nearest even in `dtype`: a float16 array, or for bfloat16 the
+    upper 16 bits of each float32 (numpy has no bfloat16). A finite value the type cannot hold is
+    refused: it would become inf on the GPU."""
+    import numpy as np
+
+    a = np.ascontiguousarray(arr, dtype=np.float32)
+    if dtype == "float16":
+        with np.errstate(over="ignore"):
+            out = a.astype(np.float16)
+        overflow = np.isinf(out) & np.isfinite(a)
+        largest = "65504"
+    elif dtype == "bfloat16":
+        bits = a.view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        out = np.where(np.isnan(a), np.uint16(0x7FC0), rounded).astype(np.uint16)
+        overflow = ((out & 0x7F80) == 0x7F80) & np.isfinite(a)
+        largest = "3.39e38"
+    else:
+        raise BuildError(f"internal: no narrowed weight type {dtype}")
+    if overflow.any():
+        worst = float(np.abs(a[overflow]).max())
+        raise BuildError(f"weight '{name}' holds {worst:g}, beyond {dtype}'s range (±{largest}): --precision "
+                         f"{'fp16' if dtype == 'float16' else 'bf16'} stores GEMM and conv weights in {dtype}; "
+                         "build with --precision bf16, tf32 or fp32")
+    return out.reshape(a.shape)
 
 
 # --------------------------------------------------------------------------- scalar types and literals
@@ -253,7 +297,7 @@ class _Generic:
 
 
 class _Emitter:
-    def __init__(self, module, func_op, precision: str = "fp32"):
+    def __init__(self, module, func_op, precision: str = "fp32", call: list | None = None, half_weights: bool = False):
         from torch_mlir import ir
 
         self.ir = ir
@@ -261,6 +305,15 @@ class _Emitter:
         self.module = module
         self.func = func_op
         self.block = func_op.regions[0].blocks[0]
+        # Argument number -> C type of each weight stored narrowed (half_weights: fp16/bf16 bundles
+        # whose weights section no other target reads).
+        self.narrowed: dict[int, str] = {}
+        if half_weights and precision in HALF_WEIGHTS:
+            for n, entry in enumerate(call or []):
+                arg = self.block.arguments[n]
+                if (entry.startswith("weight:") and isinstance(arg.type, ir.MemRefType)
+                        and str(arg.type.element_type) == "f32" and self._gemm_operand_only(arg)):
+                    self.narrowed[n] = HALF_WEIGHTS[precision][0]
         self.globals: dict[str, str] = {}  # symbol -> C declaration
         self.global_ops = {}
         for op in module.body.operations:
@@ -271,6 +324,52 @@ class _Emitter:
         self.counts: Counter = Counter()
 
     # ---------------------------------------------------------------- buffers
+
+    def _gemm_operand_only(self, value) -> bool:
+        """Whether every use of `value` (through views) is the address of a GEMM operand or conv
+        filter of a kernel call (_WEIGHT_OPERANDS), and there is at least one: only such a weight
+        can be stored narrowed, since generated loops and epilogues read float32."""
+        ir = self.ir
+        uses = list(value.uses)
+        if not uses:
+            return False
+        for use in uses:
+            op = use.owner
+            op = op.operation if hasattr(op, "operation") else op
+            if op.name in _ALIAS_OPS:
+                if not all(self._gemm_operand_only(r) for r in op.results):
+                    return False
+                continue
+            if op.name != "memref.extract_aligned_pointer_as_index":
+                return False
+            for cast_use in op.results[0].uses:
+                cast = cast_use.owner
+                cast = cast.operation if hasattr(cast, "operation") else cast
+                if cast.name != "arith.index_cast" or not list(cast.results[0].uses):
+                    return False
+                for call_use in cast.results[0].uses:
+                    call = call_use.owner
+                    call = call.operation if hasattr(call, "operation") else call
+                    if call.name != "func.call":
+                        return False
+                    callee = ir.FlatSymbolRefAttr(call.attributes["callee"]).value
+                    if call_use.operand_number not in _WEIGHT_OPERANDS.get(callee, ()):
+                        return False
+        return True
+
+    def narrowed_type(self, value) -> str | None:
+        """The C type a narrowed weight is stored in, if `value` is a view of one."""
+        from ...lower.memory_plan import root_buffer
+
+        root = root_buffer(value)
+        if defining_op(root) is not None or root.owner != self.block:
+            return None
+        return self.narrowed.get(root.arg_number)
+
+    def weight_dtypes(self, call: list) -> dict[int, str]:
+        """Weight index -> manifest dtype of each weight stored narrowed."""
+        dtype = HALF_WEIGHTS[self.precision][1] if self.narrowed else None
+        return {int(call[n].split(":")[1]): dtype for n in sorted(self.narrowed)}
 
     def base(self, value) -> tuple[str, int]:
         """(C expression of the base pointer as char*, byte offset) of a memref value."""
@@ -703,7 +802,11 @@ class _Emitter:
                     mem = e.operands[0]
                     ctype, _, _, offset = self.layout(mem)
                     base, shift = self.base(mem)
-                    out.append(("ptr", f"(float *)({base} + {shift + offset * 4})"))
+                    half = self.narrowed_type(mem)  # a weight stored in fp16/bf16
+                    if half:
+                        out.append(("ptr", f"(const {half} *)({base} + {shift + offset * _SIZES[half]})"))
+                    else:
+                        out.append(("ptr", f"(float *)({base} + {shift + offset * 4})"))
                     continue
             raise BuildError("CUDA backend: unexpected operand in a kernel call")
         return out
@@ -871,14 +974,17 @@ DEFAULT_SASS = (80, 90)  # A100-class and H100/H200: machine code shipped for bo
 
 
 def compile_cuda(planned: PlannedProgram, precision: str = "fp32", min_sm: int = DEFAULT_SM, dump=None, stage=None,
-                 sass=DEFAULT_SASS) -> CudaArtifact:
+                 sass=DEFAULT_SASS, half_weights: bool = False) -> CudaArtifact:
     """A planned program (lowered with generalized linalg ops and split-K scratch: see the
-    target's lowering()) -> PTX plus a launch table (see module doc), and cubins for `sass`."""
+    target's lowering()) -> PTX plus a launch table (see module doc), and cubins for `sass`.
+    half_weights: with precision fp16/bf16, the kernels read GEMM and conv weights in that type
+    (CudaArtifact.weight_dtypes says which; the bundle must store them so: stored_weights)."""
     dump, stage = hooks(dump, stage)
     with stage("codegen (cuda)"):
         with planned.module.context:
-            emitter = _Emitter(planned.module, planned.func, precision)
+            emitter = _Emitter(planned.module, planned.func, precision, planned.call, half_weights)
             emitter.run()
+            weight_dtypes = emitter.weight_dtypes(planned.call)
         source = emitter.source(precision)
         dump("cuda-source", source)
         ptx = compile_ptx(source, min_sm)
@@ -887,4 +993,4 @@ def compile_cuda(planned: PlannedProgram, precision: str = "fp32", min_sm: int =
         cubins = compile_sass(ptx, [cc for cc in sass if cc >= min_sm])
     isa = ptx_isa(ptx)
     return CudaArtifact(ptx, source, planned.memory_plan, emitter.launches, dict(emitter.counts), precision, min_sm,
-                        isa, _PTX_ISA_DRIVER.get(isa, 13000), cubins)
+                        isa, _PTX_ISA_DRIVER.get(isa, 13000), cubins, weight_dtypes)

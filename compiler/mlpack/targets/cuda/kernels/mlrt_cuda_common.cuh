@@ -1,7 +1,8 @@
 // Device code shared by the CUDA kernels (mlrt_cuda_kernels.cuh) and the host emulation the tests
 // use to check generated kernels without a GPU (tests/cuda_emulation): the epilogue, the operand
 // loaders, the conv/matmul wrappers and the non-GEMM kernels. Only plain arithmetic here; the
-// includer defines `gemm` (tiled on the GPU, a reference loop in the emulation).
+// includer defines `gemm` (tiled on the GPU, a reference loop in the emulation) and, before
+// including this file, `to_float` for the half-precision weight types `half` and `__nv_bfloat16`.
 #pragma once
 
 #include <stdint.h>
@@ -29,19 +30,26 @@ __device__ __forceinline__ void store_output(const Epilogue &ep, int64_t base, i
   ep.dst[at] = v;
 }
 
+// Operands are read as float. GEMM and conv weights of fp16/bf16 bundles are stored in that type
+// (docs/bundle-format.md, "Half-precision weights"): E is float, half or __nv_bfloat16, widened
+// exactly on load (the tensor-core paths narrow them again when staging, losslessly).
+__device__ __forceinline__ float to_float(float v) { return v; }
+
 // A(m, k) of a row-major [M, K] matrix.
+template <class E>
 struct RowMajorA {
-  const float *p;
+  const E *p;
   int lda;
-  __device__ __forceinline__ float operator()(int m, int k) const { return p[(int64_t)m * lda + k]; }
+  __device__ __forceinline__ float operator()(int m, int k) const { return to_float(p[(int64_t)m * lda + k]); }
 };
 
 // B(k, n) of a row-major [K, N] matrix, or of the packed panels [ceil(N/16), K, 16] of one.
+template <class E>
 struct DenseB {
-  const float *p;
+  const E *p;
   int N, K, packed;
   __device__ __forceinline__ float operator()(int k, int n) const {
-    return packed ? p[((int64_t)(n >> 4) * K + k) * 16 + (n & 15)] : p[(int64_t)k * N + n];
+    return to_float(packed ? p[((int64_t)(n >> 4) * K + k) * 16 + (n & 15)] : p[(int64_t)k * N + n]);
   }
 };
 
@@ -98,22 +106,23 @@ __device__ __forceinline__ void gemm_split(int M, int N, int K, LA la, LB lb, co
   }
 }
 
-// C[z] (op)= A[z] * B[z]: grid (ceil(N/T), ceil(M/T), batch * splits).
-template <int T>
-__device__ __forceinline__ void matmul(const float *a, const float *b, int M, int N, int K, int packed, Epilogue ep,
+// C[z] (op)= A[z] * B[z]: grid (ceil(N/T), ceil(M/T), batch * splits). TA, TB: float, or a
+// half type for a weight operand stored narrowed.
+template <int T, class TA, class TB>
+__device__ __forceinline__ void matmul(const TA *a, const TB *b, int M, int N, int K, int packed, Epilogue ep,
                                        int splits, float *part) {
   const int64_t z = blockIdx.z / splits;
-  gemm_split<T>(M, N, K, RowMajorA{a + z * M * K, K}, DenseB{b + (packed ? 0 : z * K * N), N, K, packed}, ep, z,
-                splits, part);
+  gemm_split<T>(M, N, K, RowMajorA<TA>{a + z * M * K, K}, DenseB<TB>{b + (packed ? 0 : z * K * N), N, K, packed},
+                ep, z, splits, part);
 }
 
 // Convolution as implicit GEMM, one image per grid z: [CO, C*KH*KW] x im2col -> [CO, OH*OW].
-template <int T>
-__device__ __forceinline__ void conv2d(const float *x, const float *w, int C, int H, int W, int CO, int KH, int KW,
+template <int T, class TW>
+__device__ __forceinline__ void conv2d(const float *x, const TW *w, int C, int H, int W, int CO, int KH, int KW,
                                        int OH, int OW, int sh, int sw, int dh, int dw, int pt, int pl, Epilogue ep,
                                        int splits, float *part) {
   const int64_t z = blockIdx.z / splits;
-  gemm_split<T>(CO, OH * OW, C * KH * KW, RowMajorA{w, C * KH * KW},
+  gemm_split<T>(CO, OH * OW, C * KH * KW, RowMajorA<TW>{w, C * KH * KW},
                 Im2colB{x + z * C * H * W, H, W, KH, KW, OW, sh, sw, dh, dw, pt, pl}, ep, z, splits, part);
 }
 
@@ -128,7 +137,8 @@ __device__ __forceinline__ void splitk_reduce(int batch, int M, int N, int split
 }
 
 // Depthwise convolution (one filter per channel): one thread per output element.
-__device__ __forceinline__ void depthwise_conv2d(const float *x, const float *w, int batch, int C, int H, int W, int KH,
+template <class TW>
+__device__ __forceinline__ void depthwise_conv2d(const float *x, const TW *w, int batch, int C, int H, int W, int KH,
                                                  int KW, int OH, int OW, int sh, int sw, int dh, int dw, int pt,
                                                  int pl, Epilogue ep) {
   int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -137,14 +147,15 @@ __device__ __forceinline__ void depthwise_conv2d(const float *x, const float *w,
   int ow = i % OW, oh = (i / OW) % OH;
   int64_t nc = i / ((int64_t)OH * OW);
   int c = nc % C;
-  const float *xc = x + nc * H * W, *wc = w + (int64_t)c * KH * KW;
+  const float *xc = x + nc * H * W;
+  const TW *wc = w + (int64_t)c * KH * KW;
   float acc = 0.0f;
   for (int kh = 0; kh < KH; ++kh) {
     int h = oh * sh - pt + kh * dh;
     if (h < 0 || h >= H) continue;
     for (int kw = 0; kw < KW; ++kw) {
       int ww = ow * sw - pl + kw * dw;
-      if (ww >= 0 && ww < W) acc = fmaf(xc[(int64_t)h * W + ww], wc[kh * KW + kw], acc);
+      if (ww >= 0 && ww < W) acc = fmaf(xc[(int64_t)h * W + ww], to_float(wc[kh * KW + kw]), acc);
     }
   }
   // Per-channel bias: store_output with M = channel rows of one "column".

@@ -13,12 +13,22 @@
 //     WMMA for tf32/fp16/bf16 (fp32 accumulation).
 // The epilogue is fused: acc = (overwrite ? bias : C) + A*B;  D = clamp(acc + residual, lo, hi),
 // exactly as the CPU microkernels define it (kernels/mlrt_kernels.h).
+// With --precision fp16/bf16 the weight operand of each GEMM and conv (not biases) is stored in that
+// type (half the bytes to read); the loaders widen it to float, and the tensor-core tiles narrow it
+// back when staging it in shared memory, which is exact, so the results are those of fp32 weights
+// rounded once at build time. (No mma.sync/ldmatrix path reads them raw yet: that waits on GPU timings.)
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
 #include <stdint.h>
+
+namespace mlrt {
+// Half-precision weights (fp16/bf16 bundles) widen exactly to float when loaded.
+__device__ __forceinline__ float to_float(half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+}  // namespace mlrt
 
 #include "mlrt_cuda_common.cuh"  // epilogue, loaders, wrappers: shared with the host emulation
 
