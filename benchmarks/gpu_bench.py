@@ -11,6 +11,12 @@ it checks mlrt's outputs against the eager CPU reference (tolerance by precision
 then interleaves timed runs of mlrt and eager PyTorch on the GPU — both from numpy inputs to numpy
 outputs, so both pay the same host copies — and prints min / median latency, the ratio, and peak
 device memory (mlrt: weights + execution context it allocated; PyTorch: max_memory_allocated).
+
+fp16/bf16 bundles store their GEMM and conv weights in that type (docs/bundle-format.md,
+"Half-precision weights"): for those, `run` also times eager PyTorch with the model converted to
+that dtype (`eager_half`: weights halved there too) and reports mlrt's device bytes at load (the
+weights alone), and at the end compares each half bundle's weights and device memory with the
+fp32 bundle of the same model and batch.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from zoo import PRECISION_TOLERANCE  # noqa: E402  (the tests' tolerances: tests
 
 DEFAULT_SET = [(m, b, p) for m in ("resnet50", "mobilenet_v2", "encoder") for b in (1, 32) for p in ("fp32", "tf32", "bf16")]
 DEFAULT_SET += [("mlp", 1, "fp32"), ("small_cnn", 1, "fp16")]
+# fp16 weights too (bf16 above already stores bf16 weights): device memory and latency vs fp32 and eager
+DEFAULT_SET += [(m, b, "fp16") for m in ("resnet50", "encoder") for b in (1, 32)]
 
 
 def make_inputs(specs: list[dict], seed: int = 0) -> list[np.ndarray]:
@@ -69,8 +77,13 @@ def prepare(directory: Path, cases: list[tuple[str, int, str]]) -> None:
             ref = model(*[torch.from_numpy(x) for x in inputs])
         refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
         np.savez(directory / f"{tag}.ref.npz", *[r.numpy() for r in refs])
+        weights = result.manifest["weights"]
+        stored = {}
+        for w in weights:
+            stored[w["dtype"]] = stored.get(w["dtype"], 0) + w["nbytes"]
         print(f"{tag}: {result.bundle_bytes / 2**20:.1f} MiB, {len(result.manifest['targets']['cuda']['launches'])} "
-              f"launches, built in {time.perf_counter() - t0:.1f} s", flush=True)
+              f"launches, weights " + ", ".join(f"{d} {n / 2**20:.1f} MiB" for d, n in sorted(stored.items())) +
+              f", built in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def _check(outputs, refs, precision: str) -> float:
@@ -113,6 +126,7 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
         t0 = time.perf_counter()
         model = mlrt.load(str(bundle), device="cuda:0")
         load_ms = (time.perf_counter() - t0) * 1e3
+        weights_bytes = model.device_bytes  # at load: the weights section alone (halved by fp16/bf16 weights)
         specs = [{"dtype": s.dtype.name, "shape": list(s.shape)} for s in model.inputs]
         inputs = make_inputs(specs)
         ref = np.load(directory / f"{tag}.ref.npz")
@@ -143,6 +157,29 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
         torch.cuda.synchronize()
         eager_peak = torch.cuda.max_memory_allocated()
         eager_err = _check([eager()], refs, precision)
+        half_peak = half_err = None
+        if precision in ("fp16", "bf16"):  # the peer at the bundle's precision: the model in that dtype
+            dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+            half_model, _ = model_with_batch(name, batch)
+            half_model = half_model.to(dev, dtype).eval()
+
+            def eager_half(m=half_model, dtype=dtype):
+                with torch.inference_mode():
+                    y = m(*[torch.from_numpy(x).to(dev).to(dtype) if x.dtype.kind == "f" else torch.from_numpy(x).to(dev)
+                            for x in inputs])
+                    return y.float().cpu().numpy()
+
+            try:
+                torch.cuda.reset_peak_memory_stats()
+                eager_half()
+                torch.cuda.synchronize()
+                # the fp32 peer is still resident: its peak above what is allocated now, plus its own weights
+                half_peak = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated() + \
+                    sum(p.numel() * p.element_size() for p in half_model.parameters())
+                half_err = _check([eager_half()], refs, precision)
+                fns["eager_half"] = eager_half
+            except Exception as e:  # noqa: BLE001 - report and go on: the peer is optional
+                print(f"  eager in {precision} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
         if use_compile and precision == "fp32" and batch == 1:
             try:
                 compiled = torch.compile(torch_model, mode="reduce-overhead")
@@ -162,7 +199,10 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
         times = _time(fns, repeats, warmup)
         row = {"model": name, "batch": batch, "precision": precision, "max_err": err, "ok": ok,
                "eager_max_err": eager_err, "mlrt_device_mib": device_bytes / 2**20,
+               "mlrt_weights_mib": weights_bytes / 2**20,
                "eager_peak_mib": eager_peak / 2**20, "mlrt_load_ms": load_ms}
+        if half_peak is not None:
+            row.update(eager_half_peak_mib=half_peak / 2**20, eager_half_max_err=half_err)
         for k, t in times.items():
             row[f"{k}_min_ms"] = min(t)
             row[f"{k}_median_ms"] = statistics.median(t)
@@ -173,15 +213,37 @@ def run(directory: Path, repeats: int, warmup: int, use_compile: bool, out_json:
                 f"{row['mlrt_median_ms'] / row['eager_median_ms']:.2f} (median)")
         if "compile_min_ms" in row:
             line += f" | compile {row['compile_min_ms']:7.3f} ms, mlrt/compile {row['mlrt_min_ms'] / row['compile_min_ms']:.2f}"
-        line += (f" | device MiB mlrt {row['mlrt_device_mib']:.1f} eager {row['eager_peak_mib']:.1f}"
-                 f" | mlrt load {load_ms:.0f} ms")
+        if "eager_half_min_ms" in row:
+            line += (f" | eager-{precision} {row['eager_half_min_ms']:7.3f} ms, mlrt/eager-{precision} "
+                     f"{row['mlrt_min_ms'] / row['eager_half_min_ms']:.2f} (min)")
+        line += (f" | device MiB mlrt {row['mlrt_device_mib']:.1f} (weights {row['mlrt_weights_mib']:.1f}) eager "
+                 f"{row['eager_peak_mib']:.1f}")
+        if half_peak is not None:
+            line += f" eager-{precision} {row['eager_half_peak_mib']:.1f}"
+        line += f" | mlrt load {load_ms:.0f} ms"
         print(line, flush=True)
-        model = torch_model = fns = None  # release this model's GPU memory before the next
+        model = torch_model = fns = half_model = None  # release this model's GPU memory before the next
         torch.cuda.empty_cache()
+    _half_summary(rows)
     if out_json:
         out_json.write_text(json.dumps(rows, indent=1))
     print(f"{len(rows)} bundles, {failures} outside tolerance")
     return 1 if failures else 0
+
+
+def _half_summary(rows: list[dict]) -> None:
+    """fp16/bf16-weight bundles against the fp32 bundle of the same model and batch: weights and
+    device memory (both should be about 0.5x), latency."""
+    fp32 = {(r["model"], r["batch"]): r for r in rows if r["precision"] == "fp32"}
+    for r in rows:
+        base = fp32.get((r["model"], r["batch"]))
+        if r["precision"] not in ("fp16", "bf16") or base is None:
+            continue
+        print(f"half weights {r['model']}-b{r['batch']}-{r['precision']} vs fp32: weights "
+              f"{r['mlrt_weights_mib']:.1f} / {base['mlrt_weights_mib']:.1f} MiB = "
+              f"{r['mlrt_weights_mib'] / base['mlrt_weights_mib']:.2f}x, device "
+              f"{r['mlrt_device_mib'] / base['mlrt_device_mib']:.2f}x, latency (min) "
+              f"{r['mlrt_min_ms'] / base['mlrt_min_ms']:.2f}x", flush=True)
 
 
 def main() -> int:

@@ -16,4 +16,6 @@ fi
 export PYTHONPATH=$site
 python3 benchmarks/gpu_bench.py run "$dir" --json "$out/gpu_bench.json" "$@"
 # The same numerics with CUDA graphs off (plain launches every run).
-MLRT_CUDA_GRAPHS=0 python3 benchmarks/gpu_bench.py run "$dir" --repeats 3 --warmup 1 --only small_cnn,mobilenet_v2-b1-fp32
+# (fp16/bf16 bundles store half-precision weights: one of each kind checked here too)
+MLRT_CUDA_GRAPHS=0 python3 benchmarks/gpu_bench.py run "$dir" --repeats 3 --warmup 1 \
+  --only small_cnn,mobilenet_v2-b1-fp32,mobilenet_v2-b1-bf16
