@@ -130,7 +130,7 @@ def test_generated_kernels_match_eager_in_emulation(name, precision, cuda_dir):
     assert_matches_eager(outputs, reference, rtol=TOLERANCE[precision])
 
 
-@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16", "bf16"])
 def test_large_gemms_use_big_tiles_and_match(precision, tmp_path):
     """A conv with enough output tiles takes the 128x128 GEMM (grid sized for it); its output
     matches eager through the emulation and the PTX assembles for sm_80 and sm_90."""
@@ -150,6 +150,8 @@ def test_large_gemms_use_big_tiles_and_match(precision, tmp_path):
     if precision != "fp32":  # large GEMMs run on tensor cores: WMMA lowers to mma.sync in the PTX
         ptx = _ptx(result.path)
         assert "mma.sync" in ptx or "wmma.mma" in ptx
+    if precision in HALF:  # the tensor-core tiles read the conv's filter stored in that type
+        assert [w["dtype"] for w in result.manifest["weights"]] == [HALF[precision], "float32"]
     launch = next(l for l in result.manifest["targets"]["cuda"]["launches"] if l["grid"][2] == 4)
     assert launch["grid"][:2] == [64 * 64 // 128, 1]
     out = run_bundle_emulated(result.cuda_source, result.manifest, _weights_blob(result.path), [x.numpy()])
