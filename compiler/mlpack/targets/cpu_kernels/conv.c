@@ -15,23 +15,6 @@ enum { NR = MLRT_NR };
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-#ifdef MLRT_HAVE_AVX2
-/* r[i][l] -> r[l][i] for 8 vectors of 8 floats. */
-static inline void transpose8(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xee);
-  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xee);
-  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xee);
-  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xee);
-  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20), r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20), r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31), r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31), r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-#endif
 
 typedef struct {
   const float *x;
@@ -391,7 +374,7 @@ static void transpose_block(const float *src, int64_t lds, float *dst, int64_t l
     for (; r0 + 8 <= R; r0 += 8) {
       __m256 v[8];
       for (int l = 0; l < 8; ++l) v[l] = _mm256_loadu_ps(src + (r0 + l) * lds + c0);
-      transpose8(v);
+      mlrt_transpose8(v);
       for (int l = 0; l < 8; ++l) _mm256_storeu_ps(dst + (c0 + l) * ldd + r0, v[l]);
     }
     for (; r0 < R; ++r0)
@@ -478,7 +461,7 @@ static void small_out_task(void *ctx, int64_t t) {
     for (; pos + 8 <= j->N; pos += 8) { /* 8 positions x 8 channels: transposed, then the epilogue */
       __m256 v[8];
       for (int l = 0; l < 8; ++l) v[l] = _mm256_loadu_ps(yt + (pos + l) * j->CO + co);
-      transpose8(v);
+      mlrt_transpose8(v);
       for (int l = 0; l < 8; ++l) {
         const int64_t o = (n * j->CO + co + l) * j->N + pos;
         __m256 a = v[l];
@@ -1057,7 +1040,7 @@ static void dw_lanes_task(void *ctx, int64_t task) {
       const __m256i m = mlrt_lanes_below(plane - q);
       __m256 v[8];
       for (int l = 0; l < 8; ++l) v[l] = l < nc ? _mm256_maskload_ps(src[l] + q, m) : zero;
-      transpose8(v);
+      mlrt_transpose8(v);
       for (int64_t i = 0; i < 8 && q + i < plane; ++i) {
         const int64_t iy = (q + i) / j->W, ix = (q + i) % j->W;
         _mm256_store_ps(buf + ((iy + j->pt) * j->PW + ix + j->pl) * 8, v[i]);
@@ -1067,7 +1050,7 @@ static void dw_lanes_task(void *ctx, int64_t task) {
       const __m256i m = mlrt_lanes_below(taps - t0);
       __m256 v[8];
       for (int l = 0; l < 8; ++l) v[l] = l < nc ? _mm256_maskload_ps(j->w + (c0 + l) * taps + t0, m) : zero;
-      transpose8(v);
+      mlrt_transpose8(v);
       for (int64_t i = 0; i < 8 && t0 + i < taps; ++i) wv[t0 + i] = v[i];
     }
     float bias[8] = {0};
@@ -1096,7 +1079,7 @@ static void dw_lanes_task(void *ctx, int64_t task) {
           a7 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[7] + off), a7);
         }
       __m256 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
-      transpose8(acc); /* acc[l]: channel c0 + l at positions p..p+7 */
+      mlrt_transpose8(acc); /* acc[l]: channel c0 + l at positions p..p+7 */
       const __m256i m = mlrt_lanes_below(oplane - p);
       for (int64_t l = 0; l < nc; ++l) {
         const int64_t o = o0 + l * oplane + p;

@@ -61,10 +61,10 @@ static inline __m256 pool_finish(int is_max, __m256 acc, __m256 nan) {
 /* r[i] = op over rows [ky0, ky1) of x at column c0 + i, for the columns in [0, W); the identity
  * where no row is in bounds, and (fill) at i in [0, n) (AVX2: up to 7 more) outside [0, W). The
  * identity stays where it was put: with one block of columns a plane fills it once. */
-static inline __attribute__((always_inline)) void combine_rows(const pool_job *j, const float *x, int64_t y0,
-                                                               int64_t ky0, int64_t ky1, int64_t c0, int64_t n,
-                                                               int fill, float *r) {
-  const float init = j->is_max ? -INFINITY : 0.0f;
+static inline __attribute__((always_inline)) void combine_rows(const pool_job *j, int is_max, const float *x,
+                                                               int64_t y0, int64_t ky0, int64_t ky1, int64_t c0,
+                                                               int64_t n, int fill, float *r) {
+  const float init = is_max ? -INFINITY : 0.0f;
   const int64_t i0 = min64(n, max64(0, -c0)), i1 = max64(i0, min64(n, j->W - c0));
   const float *first = x + (y0 + ky0 * j->dh) * j->W + c0;
   int64_t i = 0;
@@ -78,14 +78,14 @@ static inline __attribute__((always_inline)) void combine_rows(const pool_job *j
   const int64_t rstride = j->dh * j->W;
   for (i = i0; i + 8 <= i1; i += 8) {
     __m256 acc = vinit, nan = _mm256_setzero_ps();
-    for (int64_t ky = ky0; ky < ky1; ++ky) pool_tap(j->is_max, &acc, &nan, _mm256_loadu_ps(first + (ky - ky0) * rstride + i));
-    _mm256_storeu_ps(r + i, pool_finish(j->is_max, acc, nan));
+    for (int64_t ky = ky0; ky < ky1; ++ky) pool_tap(is_max, &acc, &nan, _mm256_loadu_ps(first + (ky - ky0) * rstride + i));
+    _mm256_storeu_ps(r + i, pool_finish(is_max, acc, nan));
   }
   if (i < i1) { /* masked: lanes past i1 read nothing and take the identity */
     const __m256i m = mlrt_lanes_below(i1 - i);
     __m256 acc = vinit, nan = _mm256_setzero_ps();
-    for (int64_t ky = ky0; ky < ky1; ++ky) pool_tap(j->is_max, &acc, &nan, _mm256_maskload_ps(first + (ky - ky0) * rstride + i, m));
-    _mm256_storeu_ps(r + i, _mm256_blendv_ps(vinit, pool_finish(j->is_max, acc, nan), _mm256_castsi256_ps(m)));
+    for (int64_t ky = ky0; ky < ky1; ++ky) pool_tap(is_max, &acc, &nan, _mm256_maskload_ps(first + (ky - ky0) * rstride + i, m));
+    _mm256_storeu_ps(r + i, _mm256_blendv_ps(vinit, pool_finish(is_max, acc, nan), _mm256_castsi256_ps(m)));
   }
 #else
   if (fill) {
@@ -94,36 +94,37 @@ static inline __attribute__((always_inline)) void combine_rows(const pool_job *j
   }
   for (i = i0; i < i1; ++i) {
     float a = init;
-    for (int64_t ky = ky0; ky < ky1; ++ky) a = combine(j->is_max, a, first[(ky - ky0) * j->dh * j->W + i]);
+    for (int64_t ky = ky0; ky < ky1; ++ky) a = combine(is_max, a, first[(ky - ky0) * j->dh * j->W + i]);
     r[i] = a;
   }
 #endif
 }
 
 /* Outputs [0, n) of a block from its combined row r: y[o] (op)= op over kx of r[o*sw + kx*dw]. */
-static inline __attribute__((always_inline)) void combine_cols(const pool_job *j, const float *r, int64_t n, float *y) {
+static inline __attribute__((always_inline)) void combine_cols(const pool_job *j, int is_max, int64_t sw, const float *r,
+                                                               int64_t n, float *y) {
   int64_t o = 0;
 #ifdef MLRT_HAVE_AVX2
-  const __m256i step = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)j->sw));
+  const __m256i step = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)sw));
   for (; o < n; o += 8) {
     const int64_t m = min64(8, n - o);
     float tail[8];
     __m256 acc, nan;
     if (j->overwrite) {
-      acc = _mm256_set1_ps(j->is_max ? -INFINITY : 0.0f);
+      acc = _mm256_set1_ps(is_max ? -INFINITY : 0.0f);
     } else {
       for (int64_t l = 0; l < m; ++l) tail[l] = y[o + l];
       acc = _mm256_loadu_ps(tail);
     }
     nan = _mm256_cmp_ps(acc, acc, _CMP_UNORD_Q);
     for (int64_t kx = 0; kx < j->KW; ++kx) {
-      const float *t = r + o * j->sw + kx * j->dw;
-      const __m256 v = j->sw == 1   ? _mm256_loadu_ps(t)
-                       : j->sw == 2 ? mlrt_even_lanes(_mm256_loadu_ps(t), _mm256_loadu_ps(t + 8))
+      const float *t = r + o * sw + kx * j->dw;
+      const __m256 v = sw == 1   ? _mm256_loadu_ps(t)
+                       : sw == 2 ? mlrt_even_lanes(_mm256_loadu_ps(t), _mm256_loadu_ps(t + 8))
                                     : _mm256_i32gather_ps(t, step, 4);
-      pool_tap(j->is_max, &acc, &nan, v);
+      pool_tap(is_max, &acc, &nan, v);
     }
-    acc = pool_finish(j->is_max, acc, nan);
+    acc = pool_finish(is_max, acc, nan);
     if (m == 8) {
       _mm256_storeu_ps(y + o, acc);
     } else { /* masked stores are slow on AMD cores */
@@ -133,26 +134,44 @@ static inline __attribute__((always_inline)) void combine_cols(const pool_job *j
   }
 #endif
   for (; o < n; ++o) {
-    float a = j->overwrite ? (j->is_max ? -INFINITY : 0.0f) : y[o];
-    for (int64_t kx = 0; kx < j->KW; ++kx) a = combine(j->is_max, a, r[o * j->sw + kx * j->dw]);
+    float a = j->overwrite ? (is_max ? -INFINITY : 0.0f) : y[o];
+    for (int64_t kx = 0; kx < j->KW; ++kx) a = combine(is_max, a, r[o * sw + kx * j->dw]);
     y[o] = a;
   }
 }
 
-/* One plane, a row and a block of output columns at a time through the row buffer. */
-static void plane(const pool_job *j, const float *x, float *y, float *row) {
-  const int64_t reach = (j->KW - 1) * j->dw + 1, block = (ROW_FLOATS - SLACK - 8 - reach) / j->sw + 1;
+/* One plane, a row and a block of output columns at a time through the row buffer; the op and
+ * the stride are constants in each of plane's copies (as variables they kept the taps' loop
+ * branching: 2x the time of 3x3/2 on 31x31). */
+static inline __attribute__((always_inline)) void plane_as(const pool_job *j, int is_max, int64_t sw, const float *x,
+                                                           float *y, float *row) {
+  const int64_t reach = (j->KW - 1) * j->dw + 1, block = (ROW_FLOATS - SLACK - 8 - reach) / sw + 1;
   for (int64_t oy = 0; oy < j->OH; ++oy) {
     const int64_t y0 = oy * j->sh - j->pt; /* rows in bounds: 0 <= y0 + ky*dh < H */
     int64_t ky0 = 0, ky1 = j->KH;
     while (ky0 < ky1 && y0 + ky0 * j->dh < 0) ++ky0;
     while (ky1 > ky0 && y0 + (ky1 - 1) * j->dh >= j->H) --ky1;
     for (int64_t ox0 = 0; ox0 < j->OW; ox0 += block) {
-      const int64_t n = min64(block, j->OW - ox0), taps = (n - 1) * j->sw + reach;
-      combine_rows(j, x, y0, ky0, ky1, ox0 * j->sw - j->pl, taps + SLACK, oy == 0 || block < j->OW, row);
-      combine_cols(j, row, n, y + oy * j->OW + ox0);
+      const int64_t n = min64(block, j->OW - ox0), taps = (n - 1) * sw + reach;
+      combine_rows(j, is_max, x, y0, ky0, ky1, ox0 * sw - j->pl, taps + SLACK, oy == 0 || block < j->OW, row);
+      combine_cols(j, is_max, sw, row, n, y + oy * j->OW + ox0);
     }
   }
+}
+
+static void plane(const pool_job *j, const float *x, float *y, float *row) {
+  if (j->is_max && j->sw == 1)
+    plane_as(j, 1, 1, x, y, row);
+  else if (j->is_max && j->sw == 2)
+    plane_as(j, 1, 2, x, y, row);
+  else if (j->is_max)
+    plane_as(j, 1, j->sw, x, y, row);
+  else if (j->sw == 1)
+    plane_as(j, 0, 1, x, y, row);
+  else if (j->sw == 2)
+    plane_as(j, 0, 2, x, y, row);
+  else
+    plane_as(j, 0, j->sw, x, y, row);
 }
 
 static void table_planes(const pool_job *j, int64_t p0, int64_t p1) {
@@ -165,8 +184,13 @@ static void table_planes(const pool_job *j, int64_t p0, int64_t p1) {
     float st[TABLE_TAPS * 8] __attribute__((aligned(32))), out[8];
     const float *x = j->x + p0 * hw;
     float *y = j->y + p0 * outs;
-    for (int64_t i = 0; i < hw; ++i)
-      for (int l = 0; l < 8; ++l) st[i * 8 + l] = x[l * hw + i];
+    for (int64_t i = 0; i < hw; i += 8) { /* 8x8 transposes: vector loads of st then find their stores */
+      const __m256i m = mlrt_lanes_below(hw - i);
+      __m256 v[8];
+      for (int l = 0; l < 8; ++l) v[l] = _mm256_maskload_ps(x + l * hw + i, m);
+      mlrt_transpose8(v);
+      for (int64_t k = 0; k < 8 && i + k < hw; ++k) _mm256_store_ps(st + (i + k) * 8, v[k]);
+    }
     for (int64_t o = 0; o < outs; ++o) {
       const int32_t *t = j->taps + o * kt;
       for (int l = 0; l < 8; ++l) out[l] = j->overwrite ? init : y[l * outs + o];
