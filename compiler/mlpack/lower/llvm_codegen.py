@@ -23,7 +23,7 @@ from .bufferize import run_pipeline
 from .kernel_calls import WEIGHT_LAYOUTS
 from .loop_reductions import scalar_reductions
 from .memory_plan import MemoryPlan, defining_op
-from .outline_loops import finish_outlined, outline_loop_nests
+from .outline_loops import finish_outlined, merge_identical_nests, outline_loop_nests
 from .program import LoweringOptions, PlannedProgram
 
 # Linalg ops left after kernel substitution become parallel loops (reshaped by
@@ -531,6 +531,7 @@ def to_llvm_ir(planned: PlannedProgram, kernels: frozenset, target: str, dump) -
         split_parallel_loops(func_op)
         scalar_reductions(func_op)
         outline_loop_nests(func_op)
+        merge_identical_nests(module, func_op)
     dump("loops", str(module))
     if "bf16" in str(module.operation):
         run_pipeline(module, _EXPAND_BF16, "expanding bfloat16 casts")

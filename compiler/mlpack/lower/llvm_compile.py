@@ -8,7 +8,9 @@ a worker, and the build reports it as an error.
 
 Loop nests that come out identical (a transformer's blocks run the same elementwise loops on
 different buffers, which the nests take as arguments) are compiled once: every copy but the first
-is dropped and its calls go to the first (`merge_identical`). That is most of a deep model's IR.
+is dropped and its calls go to the first. That is most of a deep model's IR. It is done on the
+MLIR, before lowering to LLVM (outline_loops.merge_identical_nests), and again here on the LLVM
+IR text (`merge_identical`), for nests only the LLVM IR shows to be the same.
 
 The split depends on the IR alone (never on the core count), so the same model always gives the
 same objects. Run as a script, this module is the worker: LLVM IR on stdin, the object on stdout.

@@ -66,6 +66,40 @@ def outline_loop_nests(func_op) -> int:
     return count
 
 
+def merge_identical_nests(module, func_op) -> int:
+    """Drops every outlined function whose text equals an earlier one's up to its own name, and
+    points `func_op`'s calls at the earlier one; returns how many were dropped. A transformer's
+    blocks run the same loop nests at the same arena offsets on other weights (arguments): in
+    timm_xcit 395 of 564 nests. Done here, before lowering to LLVM, the passes, the translation
+    and LLVM itself see each nest once (llvm_compile.merge_identical did it on the LLVM IR text,
+    after all of that work; it stays, for whatever only the LLVM IR shows to be the same)."""
+    from torch_mlir import ir
+
+    first: dict[str, str] = {}
+    same: dict[str, str] = {}
+    for op in list(module.body.operations):
+        op = op.operation
+        if op.name != "func.func":
+            continue
+        name = ir.StringAttr(op.attributes["sym_name"]).value
+        if not name.startswith(PREFIX):
+            continue
+        # Local scope: SSA names numbered within the function (and printing without walking the module).
+        text = op.get_asm(use_local_scope=True, assume_verified=True).replace(f"@{name}(", "@SELF(", 1)
+        kept = first.setdefault(text, name)
+        if kept != name:
+            same[name] = kept
+            op.erase()
+    if same:
+        for op in func_op.regions[0].blocks[0].operations:
+            op = op.operation
+            if op.name == "func.call":
+                callee = ir.FlatSymbolRefAttr(op.attributes["callee"]).value
+                if callee in same:
+                    op.attributes["callee"] = ir.FlatSymbolRefAttr.get(same[callee])
+    return len(same)
+
+
 def finish_outlined(module) -> None:
     """After lowering to the LLVM dialect: give the outlined functions internal linkage (not
     exported from the shared object) and `noinline`."""
