@@ -585,9 +585,9 @@ static void gemm_run(gemm_job *g) {
   }
   const int64_t threads = mlrt_threads_for(g->M * g->N * g->K);
   int64_t tm = 1, tn = 1;
-  /* Rows one zmm pass covers are not split: each row chunk streams all of B (the weights, in the
+  /* Rows one zmm pass covers (ZR = 2 * MR) are not split: each row chunk streams all of B (the weights, in the
    * small-map conv), and 9 rows as 6 + 3 ran a 3-row tile bound by its loads. */
-  if (threads > 1) mlrt_gemm_split(g->M, g->N, threads, !(mlrt_avx512() && g->M <= ZR), &tm, &tn);
+  if (threads > 1) mlrt_gemm_split(g->M, g->N, threads, !(mlrt_avx512() && g->M <= 2 * MR), &tm, &tn);
   g->tm = tm;
   g->tn = tn;
   if (threads == 1) {
