@@ -162,15 +162,20 @@ class _Fuser(TopLevelOps):
                                     clone.operands[n] = mapping[v]
                             mapping.update(zip(o.results, clone.results))
                     linalg.YieldOp([mapping.get(body[-1].operands[k], body[-1].operands[k]) for k in keep])
+            self.ops[self.index.pop(op)] = new.operation  # the new op takes the old one's place
+            self.index[new.operation] = i
             op.erase()
-            self.reindex()
         for op in list(self.ops):  # fills and copies into buffers nobody reads
-            if op.name in ("linalg.fill", "memref.copy") and self.dead(op.operands[-1], self.index[op]):
+            if op is not None and op.name in ("linalg.fill", "memref.copy") and \
+                    self.dead(op.operands[-1], self.index[op]):
                 alloc = defining_op(op.operands[-1])
+                self.ops[self.index.pop(op)] = None  # holes, as fuse() leaves them: no re-listing per erase
                 op.erase()
                 if alloc is not None and not list(alloc.results[0].uses):
+                    k = self.index.pop(alloc, None)  # keys of erased ops must go first
+                    if k is not None:
+                        self.ops[k] = None
                     alloc.erase()
-                self.reindex()
 
     def run(self) -> int:
         self.drop_dead_outputs()
