@@ -233,3 +233,7 @@ def test_one_trace_export_gives_the_two_trace_graph():
     assert ops(one) == ops(two)
     lifted = frontend.export_and_lift(model, inputs)
     assert lifted.graph_passes["batchnorm_folded"] + lifted.graph_passes.get("batchnorm_scale_shift", 0) == 1
+    # Source lines are traced only when an error message asks for them (test_unsupported_op_...).
+    calls = [n for n in lifted.exported.graph.nodes if n.op == "call_function"]
+    assert not any(n.meta.get("stack_trace") for n in calls)
+    assert any("test_frontend.py" in (n.meta.get("stack_trace") or "") for n in lifted.source_program().graph.nodes)

@@ -56,7 +56,7 @@ def _diagnose(lifted: LiftedProgram, diagnostics: list[str], err: Exception) -> 
             m = pat.search(diag)
             if m:
                 op = m.group(1)
-                return UnsupportedOpError(op, op_locations(lifted.exported, op))
+                return UnsupportedOpError(op, op_locations(lifted.source_program(), op))
     detail = "\n".join(diagnostics[:5]) or str(err).strip().splitlines()[0]
     return BuildError(f"lowering the model to linalg failed:\n{detail}")
 
