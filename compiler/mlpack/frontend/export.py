@@ -395,9 +395,9 @@ def export_and_lift(module: torch.nn.Module, example_inputs: Sequence[torch.Tens
 
 def lift(ep: ExportedProgram, decomposed: bool = False) -> LiftedProgram:
     """Core ATen with torch-mlir's decompositions (one pass: each is a full trace of the model;
-    `decomposed`: `ep` has them already, see export_and_lift) -> fold BatchNorm into convs, the
-    rest into scale-and-shift -> fold constants, and export the result with every weight as a
-    plain argument (in `call_args` order)."""
+    `decomposed`: `ep` has them already, and is export_and_lift's own, which the passes below
+    may change in place) -> fold BatchNorm into convs, the rest into scale-and-shift -> fold
+    constants, and export the result with every weight as a plain argument (in `call_args` order)."""
     import copy
 
     from . import graph_passes, model_io
@@ -406,7 +406,8 @@ def lift(ep: ExportedProgram, decomposed: bool = False) -> LiftedProgram:
         ep = ep.run_decompositions(_decomposition_table())
     sig = ep.graph_signature
     state = {**ep.state_dict, **ep.constants}
-    gm = copy.deepcopy(ep.graph_module)  # `ep` stays intact for diagnostics
+    # `ep` stays intact for diagnostics; export_and_lift's traces again for them (source_program).
+    gm = ep.graph_module if decomposed else copy.deepcopy(ep.graph_module)
     _canonical(gm)
     values: dict[torch.fx.Node, torch.Tensor] = {}
     inputs: list[TensorSig] = []
@@ -445,7 +446,6 @@ def lift(ep: ExportedProgram, decomposed: bool = False) -> LiftedProgram:
     stats["var_mean_in_float32"] = graph_passes.run_pass(gm.graph, values, graph_passes.var_mean_in_input_dtype)
     stats["weight_matmuls_unbatched"] = graph_passes.run_pass(gm.graph, values, graph_passes.unbatch_weight_matmuls)
     stats["constants_folded"] = graph_passes.run_pass(gm.graph, values, graph_passes.fold_constants)
-    gm.recompile()
     call_args, weights, example_args = _flatten(gm, inputs, input_nodes, values)
 
     return LiftedProgram(
