@@ -539,7 +539,7 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
 
 /* Whole-channel staging: both buffers in half of L1 (28x28 maps and smaller). At 56x56 the buffers
  * and the output rows no longer fit in L1 together and it is slower than the ring. */
-enum { DW_ROWS = MLRT_DW_ROWS, DW_IMAGE_FLOATS = 4096, DW_LANES_MAX_TAPS = 81 };
+enum { DW_ROWS = MLRT_DW_ROWS, DW_IMAGE_FLOATS = 4096, DW_LANES_MAX_TAPS = 81, DW_LANES_OW = 32 };
 
 /* Floats of one ring row: every column a vector tap can read, in whole vectors. Padded column j
  * is input column j - pad_left; stride 2 stores column j at j / 2 (even j) or rw / 2 + j / 2. */
@@ -1008,10 +1008,13 @@ static void depthwise_direct(int64_t x, int64_t w, int64_t y, int64_t batch, int
 }
 
 #ifdef MLRT_HAVE_AVX2
-/* Outputs of fewer than 8 columns (row vectors partly empty, and per-channel staging and setup
- * for few outputs): eight channels in the lanes instead. At 7 columns (MobileNet's and
- * EfficientNet's 7x7 stage) this ran 1.3-1.6x as fast as the rows (576ch 14x14 3x3/2 78 -> 59 us,
- * 1152ch 7x7 5x5 163 -> 101 us); at 14 columns it was no faster for 3x3.
+/* Outputs of fewer than DW_LANES_OW columns (short rows: vectors partly empty, per-channel
+ * staging and setup for few outputs): eight channels in the lanes instead. Measured against the
+ * rows (Zen 4, 1 thread): 384ch 14x14 3x3 92 -> 64 us, 576ch 14x14 3x3/2 59 -> 38 us, 960ch 7x7
+ * 63 -> 48 us, 128ch 10x10 5x5 37 -> 18 us, 240ch 28x28 5x5 305 -> 249 us; 3x3 on 28x28 even,
+ * on 32x32 and 56x56 1.4-1.6x slower (the staged block no longer fits L1 beside the rows).
+ * (At first only maps under 8 columns took it: a division per position and masked stores had
+ * made it no faster at 14 columns.)
  * A task stages a block of eight channel planes zero-padded and interleaved ([PH][PW][8], on the
  * stack), then every output position is KH * KW vector FMAs on unit-stride loads. In place is
  * safe: a block's planes are staged whole before any of its outputs is written. */
@@ -1036,14 +1039,16 @@ static void dw_lanes_task(void *ctx, int64_t task) {
     const int64_t n = b / per_image, c0 = (b % per_image) * 8, nc = min64(8, j->C - c0);
     const float *src[8];
     for (int64_t l = 0; l < 8; ++l) src[l] = j->x + dw_in_plane(n * j->C + c0 + min64(l, nc - 1), j->mult) * plane;
-    for (int64_t q = 0; q < plane; q += 8) {
+    /* positions walk the plane row by row: (iy, ix) counted, not divided (a division per
+     * position cost more than the taps on 14x14 maps) */
+    for (int64_t q = 0, iy = 0, ix = 0; q < plane; q += 8) {
       const __m256i m = mlrt_lanes_below(plane - q);
       __m256 v[8];
       for (int l = 0; l < 8; ++l) v[l] = l < nc ? _mm256_maskload_ps(src[l] + q, m) : zero;
       mlrt_transpose8(v);
       for (int64_t i = 0; i < 8 && q + i < plane; ++i) {
-        const int64_t iy = (q + i) / j->W, ix = (q + i) % j->W;
         _mm256_store_ps(buf + ((iy + j->pt) * j->PW + ix + j->pl) * 8, v[i]);
+        if (++ix == j->W) ix = 0, ++iy;
       }
     }
     for (int64_t t0 = 0; t0 < taps; t0 += 8) { /* weights [C][taps] -> [taps][8 channels] */
@@ -1056,13 +1061,13 @@ static void dw_lanes_task(void *ctx, int64_t task) {
     float bias[8] = {0};
     for (int64_t l = 0; l < nc && ep->bias; ++l) bias[l] = ep->bias[c0 + l];
     const int64_t o0 = (n * j->C + c0) * oplane; /* channel c0, position 0 */
-    for (int64_t p = 0; p < oplane; p += 8) {
+    for (int64_t p = 0, oy = 0, ox = 0; p < oplane; p += 8) {
       /* eight positions side by side: one position's taps are a chain of dependent FMAs, which
        * ran at a quarter of the FMA throughput (25 taps x 4 cycles of latency per output) */
       const float *base[8];
       for (int64_t i = 0; i < 8; ++i) {
-        const int64_t q = p + i < oplane ? p + i : p, oy = q / j->OW, ox = q % j->OW;
-        base[i] = buf + (oy * j->sh * j->PW + ox * j->sw) * 8;
+        base[i] = p + i < oplane ? buf + (oy * j->sh * j->PW + ox * j->sw) * 8 : base[0];
+        if (p + i < oplane && ++ox == j->OW) ox = 0, ++oy;
       }
       __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
       for (int64_t ky = 0; ky < j->KH; ++ky)
@@ -1085,7 +1090,10 @@ static void dw_lanes_task(void *ctx, int64_t task) {
         const int64_t o = o0 + l * oplane + p;
         __m256 v = _mm256_add_ps(acc[l], ep->overwrite ? _mm256_set1_ps(bias[l]) : _mm256_maskload_ps(j->y + o, m));
         if (ep->residual) v = _mm256_add_ps(v, _mm256_maskload_ps(ep->residual + o, m));
-        _mm256_maskstore_ps(ep->dst + o, m, mlrt_clamp8(v, lo, hi));
+        if (p + 8 <= oplane) /* masked stores are slow on AMD cores: only the last vector */
+          _mm256_storeu_ps(ep->dst + o, mlrt_clamp8(v, lo, hi));
+        else
+          _mm256_maskstore_ps(ep->dst + o, m, mlrt_clamp8(v, lo, hi));
       }
     }
   }
@@ -1096,7 +1104,7 @@ static int depthwise_lanes(const dw_lanes_job *proto, int64_t batch) {
   dw_lanes_job j = *proto;
   j.PH = max64((j.OH - 1) * j.sh + (j.KH - 1) * j.dh + 1, j.H + j.pt);
   j.PW = max64((j.OW - 1) * j.sw + (j.KW - 1) * j.dw + 1, j.W + j.pl);
-  if (j.OW >= 8 || j.KH * j.KW > DW_LANES_MAX_TAPS || j.PH * j.PW * 8 > MLRT_DW_RING_FLOATS) return 0;
+  if (j.OW >= DW_LANES_OW || j.KH * j.KW > DW_LANES_MAX_TAPS || j.PH * j.PW * 8 > MLRT_DW_RING_FLOATS) return 0;
   j.blocks = batch * ((j.C + 7) / 8);
   const int64_t threads = mlrt_threads_for(batch * j.C * j.OH * j.OW * j.KH * j.KW);
   const int64_t tasks = threads == 1 ? 1 : min64(j.blocks, 4 * threads);
