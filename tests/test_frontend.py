@@ -237,3 +237,21 @@ def test_one_trace_export_gives_the_two_trace_graph():
     calls = [n for n in lifted.exported.graph.nodes if n.op == "call_function"]
     assert not any(n.meta.get("stack_trace") for n in calls)
     assert any("test_frontend.py" in (n.meta.get("stack_trace") or "") for n in lifted.source_program().graph.nodes)
+
+
+def test_a_check_that_always_fails_names_the_source_line(tmp_path, monkeypatch):
+    """The one-trace export records no source lines, so the imported ops have no file locations;
+    the error for a lowering torch-mlir marks wrong (bufferize.strip_asserts) imports the program
+    again, traced with them, to name the line."""
+    import mlpack
+    from mlpack.lower import bufferize as bz
+    from mlpack.lower import program
+
+    def failing(module, func_op):  # @forward's last op stands for one torch-mlir lowered to `assert false`
+        ops = list(func_op.regions[0].blocks[0].operations)
+        op = ops[-2]  # before the return
+        raise bz.FailingCheckError(f"an op lowered to a check that always fails: 'x' (at {op.location})")
+
+    monkeypatch.setattr(program, "bufferize", failing)
+    with pytest.raises(bz.FailingCheckError, match="test_frontend.py"):
+        mlpack.build(_Mixed().eval(), (torch.randn(2, 4, 8),), tmp_path / "m.bundle")

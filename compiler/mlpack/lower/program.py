@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import BuildError
-from .bufferize import bufferize, forward_func, run_pipeline, set_all_arg_attrs
+from .bufferize import FailingCheckError, bufferize, forward_func, run_pipeline, set_all_arg_attrs
 from .memory_plan import MemoryPlan
 
 _GENERALIZE = "builtin.module(linalg-generalize-named-ops)"
@@ -133,7 +133,13 @@ def plan_program(module, lifted, options: LoweringOptions, dump=None, stage=None
     conv_layouts = set(WEIGHT_LAYOUTS) - {"panels"}
     func_op = forward_func(module)
     with stage(options.stage("optimize")):
-        bufferize(module, func_op)
+        try:
+            bufferize(module, func_op)
+        except FailingCheckError as e:
+            located = _located(lifted)
+            if located is None:
+                raise
+            raise located from e
         dump(options.dump_name("bufferized"), str(module))
         with module.context, ir.Location.unknown():
             kernels, prepack = replace_with_kernel_calls(
@@ -160,6 +166,28 @@ def plan_program(module, lifted, options: LoweringOptions, dump=None, stage=None
     if len(call) != len(arg_shapes):
         raise BuildError(f"internal: entry takes {len(arg_shapes)} args, the call list has {len(call)}")
     return PlannedProgram(module, func_op, memory_plan, dict(kernels), prepack, call, arg_shapes)
+
+
+def _located(lifted):
+    """bufferize's FailingCheckError again, from the program traced with source lines, or None.
+    The one-trace export records none (frontend.export_and_lift), so the MLIR ops carry no file
+    locations; an error that names one imports the program traced with them."""
+    if lifted.retrace is None:
+        return None
+    from ..frontend.export import lift
+    from .importer import import_program
+
+    ep = lifted.source_program()
+    if not any(n.meta.get("stack_trace") for n in ep.graph.nodes):
+        return None
+    try:
+        module = import_program(lift(ep, decomposed=True))
+        bufferize(module, forward_func(module))
+    except FailingCheckError as e:
+        return e
+    except Exception:  # noqa: BLE001 - the first error stands
+        return None
+    return None
 
 
 def stored_weights(lifted, prepack: dict) -> list:
