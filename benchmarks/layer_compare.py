@@ -1,6 +1,7 @@
 """Each conv, pool and Linear of a corpus model alone: mlrt against ONNX Runtime, in one process.
 
     python benchmarks/layer_compare.py tv_squeezenet [--repeats 300]
+    python benchmarks/layer_compare.py zoo:mobilenet_v2     # a zoo model (tests/zoo.py)
 
 Finds where a model loses to ORT. Every distinct (module, input shape) of the model's Conv2d
 (followed by a ReLU, which both runtimes fuse), MaxPool2d, AvgPool2d and Linear is built as a
@@ -25,7 +26,7 @@ _TIMED = ("Conv2d", "MaxPool2d", "AvgPool2d", "Linear")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="a corpus model name (tests/corpus.py)")
+    ap.add_argument("model", help="a corpus model name (tests/corpus.py), or zoo:NAME (tests/zoo.py)")
     ap.add_argument("--repeats", type=int, default=300)
     args = ap.parse_args()
 
@@ -37,7 +38,12 @@ def main() -> None:
     from bench import _onnx_session, _time_interleaved
 
     torch.set_num_threads(2)
-    model, inputs = corpus.make(args.model)
+    if args.model.startswith("zoo:"):
+        import zoo
+
+        model, inputs = zoo.make(args.model[4:])
+    else:
+        model, inputs = corpus.make(args.model)
     model.eval()
     layers: dict = {}  # (repr, input shape) -> [module, shape, calls]
 
