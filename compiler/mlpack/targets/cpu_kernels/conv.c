@@ -15,7 +15,6 @@ enum { NR = MLRT_NR };
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-
 typedef struct {
   const float *x;
   float *bp;
@@ -71,18 +70,13 @@ __attribute__((target("avx512f"))) static void copy_runs_avx512(float *d, const 
 static void copy_runs_avx2(float *d, const float *src, int64_t C, int64_t dstride, int64_t plane, const lane_run *r,
                            int n) {
   __m256i m[NR][2], e[NR][4]; /* per run: its lanes in each half; step 2: the 32 elements' masks */
+  const __m256i even = _mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0);
   for (int i = 0; i < n; ++i) {
-    for (int h = 0; h < 2; ++h) {
-      const __m256i lane = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * h));
-      m[i][h] = _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(r[i].l0 - 1)),
-                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(r[i].l1), lane));
-    }
-    for (int q = 0; q < 4; ++q) { /* element k = 8q + lane is read when k = 2l, l in [l0, l1) */
-      const __m256i k = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * q));
-      const __m256i is_even = _mm256_cmpeq_epi32(_mm256_and_si256(k, _mm256_set1_epi32(1)), _mm256_setzero_si256());
-      e[i][q] = _mm256_and_si256(is_even, _mm256_and_si256(_mm256_cmpgt_epi32(k, _mm256_set1_epi32(2 * r[i].l0 - 1)),
-                                                           _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * r[i].l1), k)));
-    }
+    for (int h = 0; h < 2; ++h) /* lanes [l0, l1) of lanes 8h .. 8h + 7 */
+      m[i][h] = _mm256_andnot_si256(mlrt_lanes_below(r[i].l0 - 8 * h), mlrt_lanes_below(r[i].l1 - 8 * h));
+    for (int q = 0; q < 4; ++q) /* element k = 8q + lane is read when k = 2l, l in [l0, l1) */
+      e[i][q] = _mm256_and_si256(even, _mm256_andnot_si256(mlrt_lanes_below(2 * r[i].l0 - 8 * q),
+                                                           mlrt_lanes_below(2 * r[i].l1 - 8 * q)));
   }
   for (int64_t c = 0; c < C; ++c, d += dstride, src += plane) {
     __m256 v0 = _mm256_setzero_ps(), v1 = _mm256_setzero_ps();
@@ -113,8 +107,9 @@ static void im2col_panel(void *ctx, int64_t p) {
   float *dst = j->bp + p * K * NR;
   struct { int64_t oy, ox; int la, lb; } piece[NR]; /* lanes [la, lb): output row oy from column ox */
   int pieces = 0;
-  for (int64_t pos = p * NR; pos < min64(j->N, (p + 1) * NR); ++pieces) {
-    const int64_t oy = pos / j->OW, ox = pos % j->OW, n = min64(j->OW - ox, min64(j->N, (p + 1) * NR) - pos);
+  const int64_t end = min64(j->N, (p + 1) * NR);
+  for (int64_t pos = p * NR; pos < end; ++pieces) {
+    const int64_t oy = pos / j->OW, ox = pos % j->OW, n = min64(j->OW - ox, end - pos);
     piece[pieces].oy = oy, piece[pieces].ox = ox, piece[pieces].la = (int)(pos - p * NR);
     piece[pieces].lb = (int)(pos - p * NR + n);
     pos += n;
@@ -365,33 +360,13 @@ typedef struct {
   int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, N, groups, chunks;
 } rows_job;
 
-/* dst[c][r] = src[r][c] for an R x Cn block: src rows lds apart, dst rows ldd apart */
-static void transpose_block(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t R, int64_t Cn) {
-  int64_t c0 = 0;
-#ifdef MLRT_HAVE_AVX2
-  for (; c0 + 8 <= Cn; c0 += 8) {
-    int64_t r0 = 0;
-    for (; r0 + 8 <= R; r0 += 8) {
-      __m256 v[8];
-      for (int l = 0; l < 8; ++l) v[l] = _mm256_loadu_ps(src + (r0 + l) * lds + c0);
-      mlrt_transpose8(v);
-      for (int l = 0; l < 8; ++l) _mm256_storeu_ps(dst + (c0 + l) * ldd + r0, v[l]);
-    }
-    for (; r0 < R; ++r0)
-      for (int64_t c = c0; c < c0 + 8; ++c) dst[c * ldd + r0] = src[r0 * lds + c];
-  }
-#endif
-  for (; c0 < Cn; ++c0)
-    for (int64_t r = 0; r < R; ++r) dst[c0 * ldd + r] = src[r * lds + c0];
-}
-
 enum { XT_CHANNELS = 64 }; /* channels per task of the input transpose */
 
 static void channels_last(void *ctx, int64_t t) { /* task: (image, run of XT_CHANNELS channels) */
   const rows_job *j = (const rows_job *)ctx;
   const int64_t n = t / j->chunks, c0 = t % j->chunks * XT_CHANNELS, hw = j->H * j->W;
   /* Xt[n][q][c] = X[n][c][q]: the transpose of the [C x HW] plane block */
-  transpose_block(j->x + (n * j->C + c0) * hw, hw, j->xt + n * hw * j->C + c0, j->C, min64(XT_CHANNELS, j->C - c0), hw);
+  mlrt_transpose_block(j->x + (n * j->C + c0) * hw, hw, j->xt + n * hw * j->C + c0, j->C, min64(XT_CHANNELS, j->C - c0), hw);
 }
 
 static void im2col_rows(void *ctx, int64_t r) {
@@ -413,6 +388,7 @@ static void im2col_rows(void *ctx, int64_t r) {
       }
     }
 }
+
 /* Groups: group g's GEMM reads its channels' columns of the rows (lda = K) and its panels of Wp,
  * and writes its fg columns of Yt. */
 typedef struct {

@@ -96,6 +96,27 @@ static inline float32x4_t mlrt_clamp4(float32x4_t v, float32x4_t lo, float32x4_t
 }
 #endif
 
+/* dst[c][r] = src[r][c] for an R x Cn block (src rows lds apart, dst rows ldd apart), 8x8 blocks
+ * through registers: element by element, a plane's transpose cost a fifth of a 3x3 conv on 7x7. */
+static inline void mlrt_transpose_block(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t R, int64_t Cn) {
+  int64_t c0 = 0;
+#ifdef MLRT_HAVE_AVX2
+  for (; c0 + 8 <= Cn; c0 += 8) {
+    int64_t r0 = 0;
+    for (; r0 + 8 <= R; r0 += 8) {
+      __m256 v[8];
+      for (int l = 0; l < 8; ++l) v[l] = _mm256_loadu_ps(src + (r0 + l) * lds + c0);
+      mlrt_transpose8(v);
+      for (int l = 0; l < 8; ++l) _mm256_storeu_ps(dst + (c0 + l) * ldd + r0, v[l]);
+    }
+    for (; r0 < R; ++r0)
+      for (int64_t c = c0; c < c0 + 8; ++c) dst[c * ldd + r0] = src[r0 * lds + c];
+  }
+#endif
+  for (; c0 < Cn; ++c0)
+    for (int64_t r = 0; r < R; ++r) dst[c0 * ldd + r] = src[r * lds + c0];
+}
+
 /* Bytes of scratch mlrt_conv2d_f32 / mlrt_matmul_f32 need for their packed B operand. */
 static inline int64_t mlrt_packed_b_floats(int64_t K, int64_t N) { return ((N + MLRT_NR - 1) / MLRT_NR) * K * MLRT_NR; }
 

@@ -184,13 +184,7 @@ static void table_planes(const pool_job *j, int64_t p0, int64_t p1) {
     float st[TABLE_TAPS * 8] __attribute__((aligned(32))), out[8];
     const float *x = j->x + p0 * hw;
     float *y = j->y + p0 * outs;
-    for (int64_t i = 0; i < hw; i += 8) { /* 8x8 transposes: vector loads of st then find their stores */
-      const __m256i m = mlrt_lanes_below(hw - i);
-      __m256 v[8];
-      for (int l = 0; l < 8; ++l) v[l] = _mm256_maskload_ps(x + l * hw + i, m);
-      mlrt_transpose8(v);
-      for (int64_t k = 0; k < 8 && i + k < hw; ++k) _mm256_store_ps(st + (i + k) * 8, v[k]);
-    }
+    mlrt_transpose_block(x, hw, st, 8, 8, hw); /* st[i][l] = plane l's x[i] */
     for (int64_t o = 0; o < outs; ++o) {
       const int32_t *t = j->taps + o * kt;
       for (int l = 0; l < 8; ++l) out[l] = j->overwrite ? init : y[l * outs + o];
