@@ -155,6 +155,13 @@ CASES = {
     "conv_grouped_1x1_residual": (lambda: GroupedResidual(), [(1, 64, 20, 20)]),
     "grouped_bottlenecks_shared_views": (lambda: _bn(nn.Sequential(GroupedBottleneck(64, 2), GroupedBottleneck(64, 1),
                                                                    GroupedBottleneck(64, 1))), [(1, 64, 16, 16)]),
+    # No bias: torch-mlir allocates the output 5-D [N, G, C/G, H, W]; back to back, the second
+    # conv reads that 5-D buffer too. Every conv must still be a kernel call (asserted below).
+    "conv_grouped_no_bias_relu": (lambda: nn.Sequential(nn.Conv2d(32, 32, 3, 2, 1, groups=2, bias=False), nn.ReLU()),
+                                  [(1, 32, 16, 16)]),
+    "conv_grouped_no_bias_chained": (lambda: nn.Sequential(nn.Conv2d(16, 32, 3, 1, 1, groups=4, bias=False),
+                                                           nn.Conv2d(32, 32, 3, 1, 1, groups=4, bias=False)),
+                                     [(1, 16, 12, 12)]),
     "conv_grouped_deep_k": (lambda: nn.Conv2d(128, 64, 3, padding=1, groups=2), [(1, 128, 12, 12)]),  # K = 576
     "depthwise_pad_relu6": (lambda: _bn(nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
                                                       nn.BatchNorm2d(8), nn.ReLU6())), [(1, 8, 11, 11)]),
@@ -264,7 +271,7 @@ def test_kernel_path_matches_eager(name, tmp_path):
     if name == "grouped_bottlenecks_shared_views":
         assert kernels.get("mlrt_conv2d_grouped_f32") == 3, kernels
     if name.startswith("conv_grouped"):
-        assert kernels == {"mlrt_conv2d_grouped_f32": 1}, kernels
+        assert kernels == {"mlrt_conv2d_grouped_f32": 2 if name.endswith("chained") else 1}, kernels
     if name.startswith("conv_small_map"):
         assert "mlrt_conv2d_small_f32" in kernels and "mlrt_conv2d_grouped_f32" not in kernels, kernels
     if name.startswith("pool"):
@@ -272,6 +279,23 @@ def test_kernel_path_matches_eager(name, tmp_path):
     if name.startswith("winograd"):  # the tile the name promises: F(4x4,3x3) or F(2x2,3x3)
         f4 = any(w["name"].endswith("(Winograd F(4x4,3x3))") for w in result.manifest["weights"])
         assert f4 == name.startswith("winograd4x4"), result.manifest["weights"]
+
+
+def test_small_map_bottlenecks_are_only_kernel_calls(tmp_path):
+    """RegNet's last stage (2x2 maps): bufferization hands a grouped conv its padded input's source
+    as the output, and the ReLU after it a buffer made after the conv. The small-map conv reads its
+    whole input before it writes, so the padding is absorbed in place, and the ReLU's buffer moves
+    up to become the conv's output: nothing but the kernel calls is left."""
+    torch.manual_seed(4)
+    model = _bn(nn.Sequential(GroupedBottleneck(64, 1), GroupedBottleneck(64, 1))).eval()
+    x = torch.randn(1, 64, 2, 2)
+    with torch.no_grad():
+        ref = flat_outputs(model(x))
+    result = mlpack.build(model, (x,), tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
+    assert result.manifest["targets"]["cpu"]["kernels"] == {"mlrt_conv2d_small_f32": 6}
+    kernels_ir = next((tmp_path / "ir").glob("*-kernels.mlir")).read_text()
+    assert "memref.copy" not in kernels_ir and "linalg." not in kernels_ir, kernels_ir
+    assert_matches_eager(mlrt.load(tmp_path / "m.bundle").run_flat(x.numpy()), ref)
 
 
 def test_convs_read_channel_slices_in_place(tmp_path):

@@ -317,6 +317,20 @@ int main(void) {
                 cases += r;
               }
             }
+  /* small maps with one group and enough B panels that each task takes a run of them and transposes
+   * its own output channels (mlrt_conv2d_small_f32's fused path): 1x1 at stride 1 (the input's
+   * transpose is the rows) and 3x3, batches 1 and 2, channels off the panels */
+  for (int64_t CO = 97; CO <= 130; CO += 33)
+    for (int e = 0; e < 8; ++e) {
+      const int64_t KK = e & 4 ? 3 : 1, H = 2 + (e & 1);
+      const conv_case k = {1 + (e >> 1 & 1), 1, 40 + 9 * (e & 3), CO, H, H, KK, KK, 1, 1, 1, 1, KK / 2, KK / 2, KK / 2,
+                           KK / 2, e & 1, (e & 3) != 2, (e & 3) == 3, 1};
+      for (int threads = 1; threads <= 3; threads += 2) {
+        const int r = run_case(&k, threads);
+        if (r < 0) return 1;
+        cases += r;
+      }
+    }
   /* im2col panels: inside one output row (rows of 16+ positions) with interior taps and border
    * taps whose lanes in bounds are a range (stem-like 7x7 / stride 2 / padding 3), and spanning
    * several rows (5 and 11 wide: a run per row, masked loads); dilation, stride 3 */

@@ -243,6 +243,7 @@ class _Fusion:
     hi: float = math.inf
     dst: object = None
     erase: list = field(default_factory=list)  # ops absorbed into the kernel
+    hoist: list = field(default_factory=list)  # allocs of dst made after the kernel: moved up to it
 
 
 class _Rewriter(TopLevelOps):
@@ -370,7 +371,8 @@ class _Rewriter(TopLevelOps):
         if not (self.index[fill] < self.index[copy] < self.index[kernel_op]) or (src == out and not in_place_ok):
             return None
         skip = {self.index[op] for op in fused}
-        if any(self.index[copy] < p < self.index[kernel_op] and p not in skip for p in self.user_positions(src)):
+        if any(self.index[copy] < p < self.index[kernel_op] and p not in skip
+               for p in self.user_positions(src, views=False)):
             return None  # something between the copy and the kernel touches the source
         return src, offsets[2], offsets[3], [copy, subview, fill, alloc]
 
@@ -408,8 +410,9 @@ class _Rewriter(TopLevelOps):
             if target in inputs:
                 return
             alloc = defining_op(target)
-            if alloc is not None and self.top(alloc) > self.index[kernel_op]:
-                return  # allocated after the kernel: moving it up would lengthen its life in the plan
+            hoist = alloc is not None and self.top(alloc) > self.index[kernel_op]
+            if hoist and (alloc.name != "memref.alloc" or len(alloc.operands)):
+                return  # a view, or a dynamic size, made after the kernel: it cannot move up to it
             others = [k for k in range(len(ins)) if k != slot]
             try:
                 if not others:
@@ -454,6 +457,8 @@ class _Rewriter(TopLevelOps):
                 fusion.lo, fusion.hi, stage = lo, hi, 2
             fusion.erase.append(e)
             fusion.dst = target
+            if hoist:
+                fusion.hoist.append(alloc)
             cur, last = target, self.index[e]
 
     @staticmethod
@@ -473,6 +478,8 @@ class _Rewriter(TopLevelOps):
         ir = self.ir
         i64, f32 = ir.IntegerType.get_signless(64), ir.F32Type.get()
         # The GEMM kernels keep partial sums in C between K blocks; the others never write C.
+        for alloc in fusion.hoist:
+            alloc.move_before(kernel_op)
         out_alloc = self.spare_output(kernel_op, leading, fusion, out, gemm_shape is not None and gemm_shape[3] > GEMM_KC)
         if out_alloc is not None:  # the CPU kernels keep partial sums in dst: no buffer for `out`
             leading = [*leading[:2], fusion.dst]
@@ -600,9 +607,21 @@ class _Rewriter(TopLevelOps):
                 kh, kw = w.type.shape[-2:]
                 co, oh, ow = y.type.shape[1:]
                 self.prologue(kernel_op, y, ([0, 2, 3], False), fusion)
+                winograd_arg = small_arg = None
+                winograd = self.winograd and not depthwise and (kh, kw, sh, sw, dh, dw) == (3, 3, 1, 1, 1, 1) \
+                    and min(x.type.shape[1], co) >= WINOGRAD_MIN_CHANNELS \
+                    and (_winograd_tiles(oh, ow, 2)[2] > 1 or x.type.shape[1] * co >= WINOGRAD_ONE_PANEL_MIN_CHANNELS2)
+                if self.cpu_layouts and not depthwise and (
+                        (oh * ow < SMALL_MAP_POSITIONS and not (kh * kw == 1 and oh * ow % NR == 0))
+                        or (kh * kw > 1 and oh * ow < SMALL_MAP_POSITIONS_TAPS and not winograd)):
+                    small_arg = self.packable_weight(w, kernel_op)
+                elif winograd:
+                    winograd_arg = self.packable_weight(w, kernel_op)
                 # The CPU depthwise kernel stages rows in a ring, so it may overwrite its input:
-                # when the padding is smaller than the kernel (see cpu_kernels/conv.c).
-                in_place_ok = depthwise and self.scratch is None and depthwise_ring_fits(kh, kw, ow, sh, sw, dh, dw)
+                # when the padding is smaller than the kernel (see cpu_kernels/conv.c). The
+                # small-map conv reads all of its input before it writes, when it overwrites.
+                in_place_ok = (depthwise and self.scratch is None and depthwise_ring_fits(kh, kw, ow, sh, sw, dh, dw)) \
+                    or (small_arg is not None and fusion.overwrite)
                 pt = pl = 0
                 unpadded = self.unpadded_input(x, kernel_op, y, in_place_ok, fusion.erase, slice_ok=self.scratch is None)
                 if unpadded and unpadded[0] == y and unpadded[1] > (kh - 1) * dh:
@@ -614,16 +633,6 @@ class _Rewriter(TopLevelOps):
                 n, c, h, wd = x.type.shape
                 self.epilogue(kernel_op, y, None, fusion, {w} if x == y else {x, w})  # x == y: in place
                 dims = [n, c, h, wd] + ([] if depthwise else [co]) + [kh, kw, oh, ow, sh, sw, dh, dw, pt, pl]
-                winograd_arg = small_arg = None
-                winograd = self.winograd and not depthwise and (kh, kw, sh, sw, dh, dw) == (3, 3, 1, 1, 1, 1) \
-                    and min(c, co) >= WINOGRAD_MIN_CHANNELS \
-                    and (_winograd_tiles(oh, ow, 2)[2] > 1 or c * co >= WINOGRAD_ONE_PANEL_MIN_CHANNELS2)
-                if self.cpu_layouts and not depthwise and (
-                        (oh * ow < SMALL_MAP_POSITIONS and not (kh * kw == 1 and oh * ow % NR == 0))
-                        or (kh * kw > 1 and oh * ow < SMALL_MAP_POSITIONS_TAPS and not winograd)):
-                    small_arg = self.packable_weight(w, kernel_op)
-                elif winograd:
-                    winograd_arg = self.packable_weight(w, kernel_op)
                 if depthwise:
                     sig = self.emit(kernel_op, "mlrt_depthwise_conv2d_f32", [x, w, y], None, dims, fusion, [], y,
                                     offsets={x: x_offset})
@@ -669,20 +678,20 @@ class _Rewriter(TopLevelOps):
                 own = [len(list(v.result.uses)) == 1 for v in views]
                 fusion.erase += [v for v, alone in zip(views, own) if alone]
                 self.prologue(kernel_op, y, (list(range(rank))[:1] + list(range(2, rank)), False), fusion)
-                pt = pl = 0
-                unpadded = self.unpadded_input(x, kernel_op, y, False, fusion.erase, via=views[0]) \
-                    if x.type.rank == 4 and own[0] else None
-                if unpadded:
-                    x, pt, pl, absorbed = unpadded
-                    fusion.erase += absorbed
-                    h, wd = x.type.shape[2:]
-                self.epilogue(kernel_op, y, None, fusion, {x, w})
                 small_arg = None
                 # On maps of few positions that leave im2col panel lanes empty (2x2, 3x3: RegNet's
                 # last stage at 64x64); whole panels stay (measured: a 4x4 map with 512 channels
                 # per group was 1.2x slower with the output channels in the lanes).
                 if self.cpu_layouts and rank == 4 and cg > 1 and oh * ow < SMALL_MAP_POSITIONS and oh * ow % NR and own[1]:
                     small_arg = self.packable_weight(w, kernel_op, via=views[1])
+                pt = pl = 0
+                unpadded = self.unpadded_input(x, kernel_op, y, small_arg is not None and fusion.overwrite,
+                                               fusion.erase, via=views[0]) if x.type.rank == 4 and own[0] else None
+                if unpadded:
+                    x, pt, pl, absorbed = unpadded
+                    fusion.erase += absorbed
+                    h, wd = x.type.shape[2:]
+                self.epilogue(kernel_op, y, None, fusion, {w} if x == y else {x, w})
                 if rank == 4 and cg == 1:  # one input channel per group: depthwise with a channel multiplier
                     sig = self.emit(kernel_op, "mlrt_depthwise_mult_conv2d_f32", [x, w, y], None,
                                     [n, co, h, wd, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl, fg], fusion, [], y)
@@ -830,9 +839,45 @@ def replace_with_kernel_calls(module, func_op, scratch=None, prepack: bool = Tru
     winograd: run single-use 3x3 stride-1 convs with the Winograd kernel.
     cpu_only: the bundle has no other target sharing the weights, so they may take layouts only the
     CPU kernels read (Winograd, and "conv_panels" for convs on small maps, grouped ones too)."""
+    _grouped_buffers_as_4d(func_op)
     rewriter = _Rewriter(module, func_op, scratch, prepack, winograd, cpu_only)
     used = rewriter.run()
     return used, rewriter.prepack
+
+
+def _grouped_buffers_as_4d(func_op) -> None:
+    """A grouped conv's output without a bias (nothing initialises it through a 4-D view), or an
+    input another grouped conv wrote, is allocated 5-D [N, G, C/G, H, W]. Rewrite each such buffer
+    as a 4-D alloc seen through expand_shape (same layout), the form the grouped-conv match takes;
+    its fills then write the 4-D buffer, and its collapse_shape back to 4-D folds away."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import memref
+
+    i64 = ir.IntegerType.get_signless(64)
+    groups = ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, d) for d in grp])
+                               for grp in ([0], [1, 2], [3], [4])])
+    convs = [op for op in TopLevelOps(func_op).ops if op.name == "linalg.conv_2d_ngchw_gfchw"]
+    for conv in convs:
+        for v in (conv.operands[0], conv.operands[2]):
+            alloc = defining_op(v)
+            if alloc is None or alloc.name != "memref.alloc" or not _is_dense_f32(v, 5):
+                continue
+            n, g, c, h, w = v.type.shape
+            with ir.InsertionPoint(alloc), alloc.location:
+                flat = memref.AllocOp(ir.MemRefType.get([n, g * c, h, w], v.type.element_type), [], [])
+                if "alignment" in alloc.attributes:
+                    flat.attributes["alignment"] = alloc.attributes["alignment"]
+                view = memref.ExpandShapeOp(v.type, flat.result, groups, [], [n, g, c, h, w]).result
+            v.replace_all_uses_with(view)
+            alloc.erase()
+            for use in list(view.uses):
+                user = use.owner.operation if hasattr(use.owner, "operation") else use.owner
+                if user.name == "memref.collapse_shape" and str(user.attributes["reassociation"]) == str(groups) \
+                        and user.results[0].type == flat.result.type:
+                    user.results[0].replace_all_uses_with(flat.result)
+                    user.erase()
+                elif user.name == "linalg.fill" and use.operand_number == len(user.operands) - 1:
+                    user.operands[use.operand_number] = flat.result
 
 
 def pack_b_panels(b):

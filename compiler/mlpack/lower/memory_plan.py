@@ -215,11 +215,12 @@ class TopLevelOps:
             op = op.parent
         return self.index[op]
 
-    def user_positions(self, value) -> list[int]:
-        """Positions of the top-level ops using `value` or a view of it."""
+    def user_positions(self, value, views: bool = True) -> list[int]:
+        """Positions of the top-level ops using `value` or a view of it (views=False: leaving out
+        the ops that only make views, which touch no data)."""
         users: list = []
         collect_users(value, users)
-        return [self.top(u) for u in users]
+        return [self.top(u) for u in users if views or u.operation.name not in _VIEW_OPS]
 
     def dead_after(self, value, i: int) -> bool:
         """Whether the contents of `value` are never read after top-level op i."""

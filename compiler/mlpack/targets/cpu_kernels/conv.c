@@ -389,28 +389,7 @@ static void im2col_rows(void *ctx, int64_t r) {
     }
 }
 
-/* Groups: group g's GEMM reads its channels' columns of the rows (lda = K) and its panels of Wp,
- * and writes its fg columns of Yt. */
-typedef struct {
-  const float *rows, *Wp, *bias;
-  float *yt;
-  int64_t M, K, CO, groups, kg, fg, per_task;
-} small_groups_job;
-
-static void small_groups_task(void *ctx, int64_t t) {
-  const small_groups_job *j = (const small_groups_job *)ctx;
-  const int64_t panels = (j->fg + NR - 1) / NR;
-  for (int64_t g = t * j->per_task; g < min64(j->groups, (t + 1) * j->per_task); ++g) {
-    mlrt_epilogue ep = {1, j->bias ? j->bias + g * j->fg : NULL, 1, NULL, -__builtin_inff(), __builtin_inff(),
-                        j->yt + g * j->fg};
-    mlrt_gemm_panels(j->M, j->fg, j->kg, j->rows + g * j->kg, j->K, j->Wp + g * panels * j->kg * NR, j->yt + g * j->fg,
-                     j->CO, &ep, 0, panels);
-  }
-}
-
-/* Yt [batch*N x CO] into NCHW with the rest of the epilogue, a run of channels per task (run
- * serially it cost a fifth of a 7x7 conv on 2 threads). */
-enum { SMALL_OUT_CHANNELS = 32 };
+/* Yt [batch*N x CO] into NCHW with the rest of the epilogue. */
 typedef struct {
   const float *yt, *Y, *R;
   float *D;
@@ -424,12 +403,9 @@ static inline float small_out_value(const small_out_job *j, float v, int64_t o) 
   return mlrt_clamp(v, j->lo, j->hi);
 }
 
-static void small_out_task(void *ctx, int64_t t) {
-  const small_out_job *j = (const small_out_job *)ctx;
-  const int64_t chunks = (j->CO + SMALL_OUT_CHANNELS - 1) / SMALL_OUT_CHANNELS, n = t / chunks;
-  const int64_t c1 = min64(j->CO, t % chunks * SMALL_OUT_CHANNELS + SMALL_OUT_CHANNELS);
+/* Output channels [c0, c1) of image n. */
+static void small_out_range(const small_out_job *j, int64_t n, int64_t co, int64_t c1) {
   const float *yt = j->yt + n * j->N * j->CO;
-  int64_t co = t % chunks * SMALL_OUT_CHANNELS;
 #ifdef MLRT_HAVE_AVX2
   const __m256 lo = _mm256_set1_ps(j->lo), hi = _mm256_set1_ps(j->hi);
   for (; co + 8 <= c1; co += 8) {
@@ -460,6 +436,49 @@ static void small_out_task(void *ctx, int64_t t) {
     }
 }
 
+/* The output pass alone, a run of channels of one image per task (run serially it cost a fifth of a
+ * 7x7 conv on 2 threads). */
+enum { SMALL_OUT_CHANNELS = 32 };
+
+static void small_out_task(void *ctx, int64_t t) {
+  const small_out_job *j = (const small_out_job *)ctx;
+  const int64_t chunks = (j->CO + SMALL_OUT_CHANNELS - 1) / SMALL_OUT_CHANNELS, c0 = t % chunks * SMALL_OUT_CHANNELS;
+  small_out_range(j, t / chunks, c0, min64(j->CO, c0 + SMALL_OUT_CHANNELS));
+}
+
+/* The product Yt = rows * Wp and the output, in tasks that each take a run of units: whole groups
+ * (group g's GEMM reads its channels' columns of the rows, lda = K, and its panels of Wp), or B
+ * panels of the one group. Each task transposes the output channels it computed, while they are
+ * in its cache: on a 2x2 map, a separate pass of tiny tasks for the transpose cost as much as a
+ * third of the product. */
+typedef struct {
+  const float *rows, *Wp, *bias;
+  float *yt;
+  int64_t M, K, CO, groups, kg, fg, units, tasks, batch;
+  small_out_job out;
+} small_gemm_job;
+
+static void small_gemm_task(void *ctx, int64_t t) {
+  const small_gemm_job *j = (const small_gemm_job *)ctx;
+  const int64_t u0 = mlrt_part(j->units, j->tasks, t), u1 = mlrt_part(j->units, j->tasks, t + 1);
+  int64_t c0, c1;
+  if (j->groups <= 1) {
+    mlrt_epilogue ep = {1, j->bias, 1, NULL, -__builtin_inff(), __builtin_inff(), j->yt};
+    mlrt_gemm_panels(j->M, j->CO, j->K, j->rows, j->K, j->Wp, j->yt, j->CO, &ep, u0, u1);
+    c0 = u0 * NR, c1 = min64(j->CO, u1 * NR);
+  } else {
+    const int64_t panels = (j->fg + NR - 1) / NR;
+    for (int64_t g = u0; g < u1; ++g) {
+      mlrt_epilogue ep = {1, j->bias ? j->bias + g * j->fg : NULL, 1, NULL, -__builtin_inff(), __builtin_inff(),
+                          j->yt + g * j->fg};
+      mlrt_gemm_panels(j->M, j->fg, j->kg, j->rows + g * j->kg, j->K, j->Wp + g * panels * j->kg * NR,
+                       j->yt + g * j->fg, j->CO, &ep, 0, panels);
+    }
+    c0 = u0 * j->fg, c1 = u1 * j->fg;
+  }
+  for (int64_t n = 0; n < j->batch; ++n) small_out_range(&j->out, n, c0, c1);
+}
+
 void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t groups, int64_t C,
                            int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
                            int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
@@ -486,21 +505,25 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
       for (int64_t r = 0; r < M; ++r) im2col_rows(&j, r);
   }
   /* bias per output channel = per column of Yt; the rest of the epilogue follows the transpose */
-  if (groups <= 1) {
+  const int64_t kg = K / (groups > 1 ? groups : 1), fg = CO / (groups > 1 ? groups : 1);
+  const int64_t units = groups > 1 ? groups : (CO + NR - 1) / NR, threads = mlrt_threads_for(M * kg * CO);
+  small_gemm_job g = {rows, Wp, overwrite ? B : NULL, yt, M, K, CO, groups, kg, fg, units, min64(units, 4 * threads),
+                      batch, {yt, Y, R, D, CO, N, overwrite, act_lo, act_hi}};
+  if (groups <= 1 && (threads == 1 || units < 2 * threads || M > 2 * MLRT_MR)) {
+    /* many rows or few panels: the GEMM splits its own work (rows too), then one pass transposes */
     mlrt_epilogue ep = {1, overwrite ? B : NULL, 1, NULL, -__builtin_inff(), __builtin_inff(), yt};
     mlrt_gemm_packed(M, CO, K, rows, K, Wp, yt, CO, &ep);
-  } else {  /* one small GEMM per group: the groups are shared out between the threads */
-    const int64_t threads = mlrt_threads_for(M * K * (CO / groups)), tasks = min64(groups, 4 * threads);
-    small_groups_job g = {rows, Wp, overwrite ? B : NULL, yt, M, K, CO, groups, K / groups, CO / groups,
-                          (groups + tasks - 1) / tasks};
-    mlrt_parallel_for((groups + g.per_task - 1) / g.per_task, small_groups_task, &g);
+    const int64_t chunks = batch * ((CO + SMALL_OUT_CHANNELS - 1) / SMALL_OUT_CHANNELS);
+    if (threads > 1)
+      mlrt_parallel_for(chunks, small_out_task, &g.out);
+    else
+      for (int64_t t = 0; t < chunks; ++t) small_out_task(&g.out, t);
+  } else if (threads == 1) {
+    g.tasks = 1;
+    small_gemm_task(&g, 0);
+  } else {
+    mlrt_parallel_for(g.tasks, small_gemm_task, &g);
   }
-  small_out_job o = {yt, Y, R, D, CO, N, overwrite, act_lo, act_hi};
-  const int64_t chunks = (CO + SMALL_OUT_CHANNELS - 1) / SMALL_OUT_CHANNELS;
-  if (mlrt_threads_for(M * K * CO) > 1)
-    mlrt_parallel_for(batch * chunks, small_out_task, &o);
-  else
-    for (int64_t t = 0; t < batch * chunks; ++t) small_out_task(&o, t);
 }
 
 /* ------------------------------------------------------------------------- depthwise
