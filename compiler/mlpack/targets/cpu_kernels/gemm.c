@@ -379,9 +379,8 @@ static inline int64_t zrows(int64_t left, int built_panels) {
 static void pack_a_block(const float *A, int64_t lda, int64_t m, int64_t kc, float *dst) {
   for (int64_t i = 0, rows; i < m; i += rows) {
     rows = zrows(m - i, 0);
-    float *d = dst + i * kc;
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t k = 0; k < kc; ++k) d[k * rows + r] = A[(i + r) * lda + k];
+    mlrt_transpose_block(A + i * lda, lda, dst + i * kc, rows, rows, kc); /* 8x8 blocks: element by element it
+                                                                            * took a tenth of SqueezeNet */
   }
 }
 #endif

@@ -26,6 +26,7 @@ enum { ROW_FLOATS = 4096, SLACK = 32 };
  * then a tight scalar loop per plane (832 planes of 2x2: 31 -> 7 us on Zen 4; the vector rows
  * and the staging cost more than the taps there). */
 enum { TABLE_OW = 8, TABLE_TAPS = 1024 };
+enum { POOL_PARALLEL_FLOATS = 8192 }; /* input floats from which a pool is shared out between threads */
 
 typedef struct {
   const float *x;
@@ -222,7 +223,9 @@ void mlrt_pool2d_f32(int64_t x, int64_t y, int64_t planes, int64_t H, int64_t W,
                      int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl,
                      int64_t is_max, int64_t overwrite) {
   if (planes <= 0 || OH <= 0 || OW <= 0) return;
-  const int64_t threads = mlrt_threads_for(planes * OH * OW * KH * KW);
+  /* bound by reading the input: shared out by its size (SqueezeNet's 3x3/2 pool of 128 15x15 planes,
+   * 29K floats and 56K taps, ran on one thread for 17 us) */
+  const int64_t threads = planes * H * W >= POOL_PARALLEL_FLOATS ? mlrt_threads() : 1;
   const int64_t tasks = threads == 1 ? 1 : min64(planes, 4 * threads);
   pool_job j = {(const float *)(intptr_t)x, (float *)(intptr_t)y, planes, H, W, OH, OW, KH, KW, sh, sw, dh, dw,
                 pt, pl, (planes + tasks - 1) / tasks, (int)is_max, (int)overwrite, NULL};
