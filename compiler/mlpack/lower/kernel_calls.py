@@ -411,7 +411,7 @@ class _Rewriter(TopLevelOps):
             alloc = defining_op(target)
             if alloc is not None and self.top(alloc) > self.index[kernel_op]:
                 # allocated after the kernel: moving it up lengthens its life in the plan (tried:
-                # SqueezeNet's arena 0.34 -> 0.36 MiB, no speed measured)
+                # SqueezeNet's arena 0.34 -> 0.36 MiB for no measurable speed)
                 return
             others = [k for k in range(len(ins)) if k != slot]
             try:
