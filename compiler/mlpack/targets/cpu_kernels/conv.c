@@ -389,12 +389,14 @@ static void im2col_rows(void *ctx, int64_t r) {
     }
 }
 
-/* 7 to SMALL_PANEL_ROWS rows (3x3 maps at batch 1), with AVX-512: the rows go straight from the
- * NCHW input into the GEMM's packed A panels, [group][row panel][K/G][MR] with zero rows past M,
- * one gather per element. As row-major rows, every task of the product packed them again for
- * the 12-row zmm tile (SqueezeNet: 0.97x); up to 6 rows the tile reads row-major rows as they are,
- * and the gather was the slower copy (RegNet's 2x2 maps: 1.04x). */
-enum { SMALL_PANEL_ROWS = 2 * MLRT_MR }; /* up to 64 rows (7x7 maps) measured 0.99-1.02x */
+/* With AVX-512, 7 to SMALL_PANEL_ROWS rows (3x3 maps at batch 1), or up to SMALL_PANEL_ROWS_TAPS
+ * for wider taps: the rows go straight from the NCHW input into the GEMM's packed A panels,
+ * [group][row panel][K/G][MR] with zero rows past M, one gather per element. As row-major rows,
+ * every task of the product packed them again for the 12-row zmm tile (SqueezeNet: 0.97x), and
+ * from 13 rows the AVX2 tile took them (3x3 32->128 on 7x7: 0.85x, 64->256 on 4x4: 0.93x). Up to
+ * 6 rows the tile reads row-major rows as they are and the gather was the slower copy (RegNet's
+ * 2x2 maps: 1.04x); so it was for a 1x1 on 5x5, whose rows are the transposed input (1.07-1.17x). */
+enum { SMALL_PANEL_ROWS = 2 * MLRT_MR, SMALL_PANEL_ROWS_TAPS = 64 };
 typedef struct {
   const float *x;
   float *ap;
@@ -526,7 +528,7 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
   const int parallel = mlrt_threads_for(M * K * 16) > 1;
   float *rows, *yt;
   int64_t lda = K, group_a = kg;
-  if (M > MLRT_MR && M <= SMALL_PANEL_ROWS && mlrt_avx512()) {
+  if (M > MLRT_MR && (M <= SMALL_PANEL_ROWS || (KH * KW > 1 && M <= SMALL_PANEL_ROWS_TAPS)) && mlrt_avx512()) {
     /* scratch: the A panels, Yt */
     const int64_t panels = (M + MLRT_MR - 1) / MLRT_MR;
     panel_job p = {X, xt, C, H, W, KH, KW, OW, sh, sw, dh, dw, pad_top, pad_left, N, M, groups, panels, 1};
