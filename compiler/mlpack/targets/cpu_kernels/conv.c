@@ -531,8 +531,8 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
   if (M > MLRT_MR && (M <= SMALL_PANEL_ROWS || (KH * KW > 1 && M <= SMALL_PANEL_ROWS_TAPS)) && mlrt_avx512()) {
     /* scratch: the A panels, Yt */
     const int64_t panels = (M + MLRT_MR - 1) / MLRT_MR;
-    panel_job p = {X, xt, C, H, W, KH, KW, OW, sh, sw, dh, dw, pad_top, pad_left, N, M, groups, panels, 1};
-    p.tasks = parallel ? min64(groups * KH * KW, 4 * mlrt_threads()) : 1;
+    panel_job p = {X, xt, C, H, W, KH, KW, OW, sh, sw, dh, dw, pad_top, pad_left, N, M, groups, panels,
+                   parallel ? min64(groups * KH * KW, 4 * mlrt_threads()) : 1};
     if (p.tasks > 1)
       mlrt_parallel_for(p.tasks, gather_panels, &p);
     else
