@@ -29,6 +29,26 @@ from .memory_plan import root_buffer as _root
 
 
 class _Fuser(TopLevelOps):
+    def reindex(self) -> None:
+        super().reindex()
+        # root buffer -> positions of its users. Buffers that bufferization reuses for many values
+        # have hundreds of users; fuse() and drop_dead_outputs() forget the buffers they touch.
+        self._users: dict = {}
+
+    def user_positions(self, value, views: bool = True) -> list[int]:
+        """As TopLevelOps.user_positions, cached for root buffers (all this class asks about)."""
+        if not views:
+            return super().user_positions(value, views)
+        cached = self._users.get(value)
+        if cached is None:
+            cached = self._users[value] = super().user_positions(value)
+        return cached
+
+    def forget(self, op) -> None:
+        """Drops the cached users of the buffers `op` reads or writes (before it changes)."""
+        for v in op.operands:
+            self._users.pop(_root(v), None)
+
     def positions(self, value) -> list[int]:
         """Positions of the top-level ops using (a view of) the buffer `value` views."""
         return self.user_positions(_root(value))
@@ -77,6 +97,8 @@ class _Fuser(TopLevelOps):
         p_ins, p_outs, p_maps, _ = _parts(p)
         q_ins, q_outs, q_maps, _ = _parts(q)
         t = p_outs[0]
+        self.forget(p)
+        self.forget(q)
         kept = [k for k, v in enumerate(q_ins) if v != t]
         inputs = [*p_ins, *(q_ins[k] for k in kept)]
         maps = [*p_maps[:len(p_ins)], *(q_maps[k] for k in kept), *q_maps[len(q_ins):]]
@@ -146,6 +168,7 @@ class _Fuser(TopLevelOps):
             out_args = block.arguments[len(ins):]
             if any(a in o.operands for o in needed for k, a in enumerate(out_args) if k not in keep):
                 continue
+            self.forget(op)
             with ir.InsertionPoint(op), op.location:
                 new = linalg.GenericOp([], ins, [outs[k] for k in keep],
                                        ir.ArrayAttr.get([*maps[:len(ins)], *(maps[len(ins) + k] for k in keep)]),
@@ -169,6 +192,7 @@ class _Fuser(TopLevelOps):
             if op is not None and op.name in ("linalg.fill", "memref.copy") and \
                     self.dead(op.operands[-1], self.index[op]):
                 alloc = defining_op(op.operands[-1])
+                self.forget(op)
                 self.ops[self.index.pop(op)] = None  # holes, as fuse() leaves them: no re-listing per erase
                 op.erase()
                 if alloc is not None and not list(alloc.results[0].uses):

@@ -63,6 +63,9 @@ _DEFAULT_MAPS = {
     "linalg.batch_matmul": "[affine_map<(d0, d1, d2, d3) -> (d0, d1, d3)>, affine_map<(d0, d1, d2, d3) -> (d0, d3, d2)>, "
                            "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>]",
 }
+# The ops run() looks at; everything else is skipped before any analysis.
+_KERNEL_OPS = frozenset({"linalg.conv_2d_nchw_fchw", "linalg.depthwise_conv_2d_nchw_chw", "linalg.conv_2d_ngchw_gfchw",
+                         "linalg.conv_3d_ncdhw_fcdhw", "linalg.conv_1d_ncw_fcw", *_POOLING, *_DEFAULT_MAPS})
 _NO_EFFECT = {"arith.constant", "memref.alloc", "memref.get_global", "memref.collapse_shape", "memref.expand_shape"}
 _CMPF = {2: "ogt", 3: "oge", 4: "olt", 5: "ole", 9: "ugt", 10: "uge", 11: "ult", 12: "ule"}
 _SAMPLES = [-100.0, -7.0, -2.5, -0.5, 0.0, 0.25, 3.0, 5.5, 6.0, 7.5, 100.0]
@@ -268,7 +271,7 @@ class _Rewriter(TopLevelOps):
     def neighbor(self, i: int, step: int):
         """The nearest top-level op from position i in direction `step` that has an effect."""
         j = i + step
-        while 0 <= j < len(self.ops) and self.ops[j].name in _NO_EFFECT:
+        while 0 <= j < len(self.ops) and (self.ops[j] is None or self.ops[j].name in _NO_EFFECT):
             j += step
         return self.ops[j] if 0 <= j < len(self.ops) else None
 
@@ -500,11 +503,13 @@ class _Rewriter(TopLevelOps):
                      arith.ConstantOp(f32, fusion.lo).result, arith.ConstantOp(f32, fusion.hi).result,
                      ptr(fusion.dst if fusion.dst is not None else out)]
             args += [arith.ConstantOp(i64, d).result for d in strides]
-            func.CallOp([], name, args)
+            call = func.CallOp([], name, args)
+        at = self.index[kernel_op]
         for op in [kernel_op, *fusion.erase]:
-            op.erase()
+            self.erase(op)
         if out_alloc is not None and not list(out_alloc.results[0].uses):
-            out_alloc.erase()
+            self.erase(out_alloc)
+        self.place(call, at)
         return [a.type for a in args]
 
     def address(self, v, offset: int = 0):
@@ -528,10 +533,34 @@ class _Rewriter(TopLevelOps):
         with ir.InsertionPoint(kernel_op), kernel_op.location:
             args = [self.address(v) for v in pointers]
             args += [arith.ConstantOp(i64, d).result for d in ints]
-            func.CallOp([], name, args)
+            call = func.CallOp([], name, args)
+        at = self.index[kernel_op]
         for op in [kernel_op, *erase]:
-            op.erase()
+            self.erase(op)
+        self.place(call, at)
         return [a.type for a in args]
+
+    def erase(self, op) -> None:
+        """Erases a top-level op, leaving a hole (None) at its position."""
+        op = op.operation
+        at = self.index.pop(op, None)
+        if at is not None and self.ops[at] == op:
+            self.ops[at] = None
+        op.erase()
+
+    def place(self, call, at: int) -> None:
+        """Puts a new call at position `at` (its kernel's), and the ops made for its arguments
+        (constants, addresses, scratch allocs) with it: positions stay in order without re-listing
+        the whole body after every rewrite."""
+        call = call.operation
+        self.ops[at] = call
+        self.index[call] = at
+        pending = list(call.operands)
+        while pending:
+            op = defining_op(pending.pop())
+            if op is not None and op not in self.index:
+                self.index[op] = at
+                pending.extend(op.operands)
 
     def spare_output(self, kernel_op, leading: list, fusion: _Fusion, out, writes_c: bool):
         """The alloc of the kernel's output C if the call can take the fused epilogue's dst as C,
@@ -589,6 +618,8 @@ class _Rewriter(TopLevelOps):
         while start < len(self.ops):
             kernel_op = self.ops[start]
             start += 1
+            if kernel_op is None or kernel_op.name not in _KERNEL_OPS:
+                continue
             name = kernel_op.name
             operands = list(kernel_op.operands)
             fusion = _Fusion()
@@ -767,7 +798,7 @@ class _Rewriter(TopLevelOps):
                                  int(fusion.overwrite)], fusion.erase)
                 window = defining_op(window_buf)  # only its shape was ever read
                 if window is not None and window.name == "memref.alloc" and not list(window.results[0].uses):
-                    window.erase()
+                    self.erase(window)
                 kernel = "mlrt_pool2d_f32"
             elif name in _DEFAULT_MAPS and _plain_matmul(kernel_op, name):
                 rank = 2 if name == "linalg.matmul" else 3
@@ -804,8 +835,7 @@ class _Rewriter(TopLevelOps):
                 continue
             used[kernel] += 1
             signatures[kernel] = sig
-            self.reindex()  # erased ops lie before the new call: rescan from the top (calls never match)
-            start = 0
+            start = 0  # rescan from the top: a rewrite changes the users other ops were judged by (calls never match)
 
         with ir.InsertionPoint.at_block_begin(self.module.body), ir.Location.unknown():
             from torch_mlir.dialects import func
