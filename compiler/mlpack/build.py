@@ -130,10 +130,10 @@ def build(
 
     dumped = 0  # numbered per build: a second build into the same folder replaces the first's files
 
-    def dump(name: str, text: str) -> None:
+    def dump(name: str, ir) -> None:  # ir: text, or an MLIR module printed only here
         nonlocal dumped
         if dump_dir:
-            (dump_dir / f"{dumped:02d}-{name}.mlir").write_text(text)
+            (dump_dir / f"{dumped:02d}-{name}.mlir").write_text(str(ir))
             dumped += 1
 
     examples = None

@@ -532,7 +532,7 @@ def to_llvm_ir(planned: PlannedProgram, kernels: frozenset, target: str, dump) -
         scalar_reductions(func_op)
         outline_loop_nests(func_op)
         merge_identical_nests(module, func_op)
-    dump("loops", str(module))
+    dump("loops", module)
     if "bf16" in str(module.operation):
         run_pipeline(module, _EXPAND_BF16, "expanding bfloat16 casts")
     run_pipeline(module, _TO_LLVM, "lowering to the LLVM dialect")
