@@ -239,6 +239,54 @@ def test_one_trace_export_gives_the_two_trace_graph():
     assert any("test_frontend.py" in (n.meta.get("stack_trace") or "") for n in lifted.source_program().graph.nodes)
 
 
+class _ConvBnHalf(nn.Module):
+    """Conv + BatchNorm (folded: new weight placeholders, changed convs) in bfloat16 (the body is
+    made float32: dtypes change through the whole graph), a view and a reduction."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        return y.flatten(1).softmax(-1), y.mean((2, 3))
+
+
+@pytest.mark.parametrize("model, dtype", [(_Mixed(), torch.float32), (_ConvBnHalf(), torch.float32),
+                                          (_ConvBnHalf(), torch.bfloat16)], ids=["mixed", "conv_bn", "conv_bn_bf16"])
+def test_incremental_metadata_equals_full_propagation(model, dtype, monkeypatch):
+    """lift recomputes meta["val"] only for the nodes the graph passes added or changed (and what
+    depends on them): every node must end up with what a full FakeTensorProp gives it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    from mlpack.frontend import export as frontend
+
+    incremental, refresh = [], frontend._refresh_changed
+    monkeypatch.setattr(frontend, "_refresh_changed", lambda *a: incremental.append(refresh(*a)) or incremental[-1])
+    model = model.eval().to(dtype)
+    shape = (2, 4, 8) if isinstance(model, _Mixed) else (1, 3, 6, 6)
+    lifted = frontend.export_and_lift(model, (torch.randn(shape).to(dtype),))
+    assert incremental == [True], "the full propagation ran instead: nothing here was tested"
+    gm = lifted.program
+
+    def meta(v):
+        if isinstance(v, torch.Tensor):
+            return tuple(v.shape), v.dtype, v.stride()
+        return tuple(meta(x) for x in v) if isinstance(v, (tuple, list)) else repr(v)
+
+    kept = {n.name: meta(n.meta["val"]) for n in gm.graph.nodes}
+    example = [torch.from_numpy(lifted.weights[i][1]) if kind == "weight"
+               else torch.zeros(lifted.inputs[i].shape, dtype=frontend._TORCH_DTYPES[lifted.inputs[i].dtype])
+               for kind, i in lifted.call_args]
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        FakeTensorProp(gm, mode).propagate(*[mode.from_tensor(t) for t in example])
+    assert kept == {n.name: meta(n.meta["val"]) for n in gm.graph.nodes}
+    if dtype == torch.bfloat16:
+        assert lifted.graph_passes["half_to_float32"], "the bf16 model was not made float32: the test lost its point"
+
+
 def test_a_check_that_always_fails_names_the_source_line(tmp_path, monkeypatch):
     """The one-trace export records no source lines, so the imported ops have no file locations;
     the error for a lowering torch-mlir marks wrong (bufferize.strip_asserts) imports the program
