@@ -416,6 +416,46 @@ def test_elementwise_chains_fuse(tmp_path):
     assert after <= before // 2, (before, after)
 
 
+class NormGeluBlocks(nn.Module):
+    """Residual LayerNorm + GELU blocks: bufferization reuses buffers across them, so the fuser's
+    cached user positions see many edits."""
+
+    def __init__(self):
+        super().__init__()
+        self.ln = nn.ModuleList(nn.LayerNorm(64) for _ in range(3))
+
+    def forward(self, x):
+        for ln in self.ln:
+            x = nn.functional.gelu(ln(x)) * 0.5 + x
+        return x
+
+
+def test_fuser_keeps_its_buffer_users_current(tmp_path):
+    """The fuser caches each buffer's user positions and updates them as it fuses (instead of
+    listing every buffer's users again): after every fusion, each cached list must equal a fresh one."""
+    from torch_mlir import ir
+
+    from mlpack.lower import elementwise_fusion
+    from mlpack.lower.memory_plan import TopLevelOps
+
+    mlpack.build(NormGeluBlocks().eval(), (torch.randn(1, 20, 64),), tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
+    checked = []
+
+    class Checking(elementwise_fusion._Fuser):
+        def fuse(self, p, q):
+            super().fuse(p, q)
+            for root, cached in self._users.items():
+                assert sorted(cached) == sorted(TopLevelOps.user_positions(self, root))
+                checked.append(root)
+
+    with ir.Context(), ir.Location.unknown():
+        module = ir.Module.parse(_stage(tmp_path, "bufferized"))
+        forward = next(op for op in module.body.operations
+                       if op.operation.name == "func.func" and ir.StringAttr(op.attributes["sym_name"]).value == "forward")
+        assert Checking(forward).run() >= 12
+    assert len(checked) >= 100
+
+
 def test_softmax_max_drops_the_unused_argmax(tmp_path):
     """torch-mlir lowers softmax's max as aten.max.dim, values and indices: nothing reads the
     indices, so the loop computing them (and their buffers) must go."""

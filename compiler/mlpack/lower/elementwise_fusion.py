@@ -32,7 +32,7 @@ class _Fuser(TopLevelOps):
     def reindex(self) -> None:
         super().reindex()
         # root buffer -> positions of its users. Buffers that bufferization reuses for many values
-        # have hundreds of users; fuse() and drop_dead_outputs() forget the buffers they touch.
+        # have hundreds of users: fuse() updates the entries, drop_dead_outputs() forgets them.
         self._users: dict = {}
 
     def user_positions(self, value, views: bool = True) -> list[int]:
@@ -97,8 +97,13 @@ class _Fuser(TopLevelOps):
         p_ins, p_outs, p_maps, _ = _parts(p)
         q_ins, q_outs, q_maps, _ = _parts(q)
         t = p_outs[0]
-        self.forget(p)
-        self.forget(q)
+        # Users move from P's position to Q's (the fused op reads what P read); Q's stay. T's
+        # users change otherwise (P and Q no longer touch T unless Q writes it back): recounted.
+        i, j, t_root = self.index[p], self.index[q], _root(t)
+        for root in {_root(v) for v in p.operands} - {t_root}:
+            if root in self._users:
+                self._users[root] = [j if pos == i else pos for pos in self._users[root]]
+        self._users.pop(t_root, None)
         kept = [k for k, v in enumerate(q_ins) if v != t]
         inputs = [*p_ins, *(q_ins[k] for k in kept)]
         maps = [*p_maps[:len(p_ins)], *(q_maps[k] for k in kept), *q_maps[len(q_ins):]]
