@@ -5,8 +5,8 @@
 
 --against: the `compiler` folder of another checkout (`git worktree add /tmp/old <commit>`);
 builds alternate between it and this checkout, model by model (which goes first alternates by
-round), so both see the same machine load; each line gives new / old. Stages are those `mlpack.build(progress=...)`
-reports (export, import, optimize, plan, codegen, link, write).
+round), so both see the same machine load; each line gives new / old. Stages are those
+`mlpack.build(progress=...)` reports (export, import, optimize, plan, codegen, link, write).
 """
 
 from __future__ import annotations

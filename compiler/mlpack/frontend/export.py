@@ -322,10 +322,14 @@ def _canonical(gm: torch.fx.GraphModule) -> None:
             gm.graph.erase_node(node)
 
 
+def _signature(node: torch.fx.Node) -> tuple:
+    """What a node computes (op, target, arguments by node name): the graph passes rewrite some
+    nodes in place; _fresh_meta recomputes those whose signature changed."""
+    return node.op, node.target, repr(node.args), repr(node.kwargs)
+
+
 def _node_signatures(gm: torch.fx.GraphModule) -> dict:
-    """What each node computes (op, target, arguments by node name): the graph passes rewrite
-    some nodes in place; _fresh_meta recomputes those whose signature changed."""
-    return {n: (n.op, n.target, repr(n.args), repr(n.kwargs)) for n in gm.graph.nodes}
+    return {n: _signature(n) for n in gm.graph.nodes}
 
 
 def _fresh_meta(gm: torch.fx.GraphModule, example_args: list[torch.Tensor],
@@ -384,8 +388,8 @@ def _refresh_changed(gm: torch.fx.GraphModule, example_args: list[torch.Tensor],
                     if _same_meta(node.meta.get("val"), t):
                         continue
                     val = mode.from_tensor(t, static_shapes=True)
-                elif (before.get(node) == (node.op, node.target, repr(node.args), repr(node.kwargs))
-                      and "val" in node.meta and not any(a in fresh for a in node.all_input_nodes)):
+                elif (before.get(node) == _signature(node) and "val" in node.meta
+                      and not any(a in fresh for a in node.all_input_nodes)):
                     continue
                 else:
                     args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: fresh.get(a, a.meta.get("val")))
