@@ -933,8 +933,9 @@ def pack_conv_panels(w, groups: int = 1):
 
 def small_conv_scratch_floats(n: int, c: int, h: int, w: int, kh: int, kw: int, co: int, oh: int, ow: int) -> int:
     """Scratch of mlrt_conv2d_small_f32 (cpu_kernels/mlrt_kernels.h mlrt_conv_small_scratch_floats):
-    the channels-last input, the rows, the transposed output; or, for up to 12 rows, the rows as A
-    panels of whole MR rows and the transposed output."""
+    the channels-last input, the rows, the transposed output; or, where conv.c gathers the rows
+    straight into A panels (AVX-512, 7 to 64 rows), those panels of whole MR rows and the
+    transposed output. The larger of the two, as the CPU decides at run time."""
     m, k = n * oh * ow, c * kh * kw
     return max(n * h * w * c + m * (k + co), (m + MR - 1) // MR * MR * k + m * co)
 

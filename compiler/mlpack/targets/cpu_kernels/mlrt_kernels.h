@@ -173,7 +173,8 @@ void mlrt_conv3d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t b
 static inline int64_t mlrt_conv_small_scratch_floats(int64_t batch, int64_t C, int64_t H, int64_t W, int64_t KH,
                                                      int64_t KW, int64_t CO, int64_t OH, int64_t OW) {
   const int64_t M = batch * OH * OW, K = C * KH * KW;
-  /* the channels-last input, the rows, Yt; or (up to 12 rows) A panels of whole MLRT_MR rows, Yt */
+  /* the channels-last input, the rows, Yt; or, where conv.c gathers the rows into A panels
+   * (AVX-512, 7 to 64 rows), those panels of whole MLRT_MR rows, Yt */
   const int64_t rows = batch * H * W * C + M * (K + CO), panels = (M + MLRT_MR - 1) / MLRT_MR * MLRT_MR * K + M * CO;
   return rows > panels ? rows : panels;
 }
