@@ -65,10 +65,11 @@ static int run_case(int64_t M, int64_t N, int64_t K, int e, int threads, int a_p
 
 int main(void) {
   int cases = 0;
-  static const int64_t Ns[] = {1, 8, 9, 16, 17, 40, 70};
+  /* tails of 1-3 columns after full panels (7x7 maps: 49) take the rows-in-lanes tail kernel */
+  static const int64_t Ns[] = {1, 2, 8, 9, 16, 17, 36, 40, 51, 70};
   static const int64_t Ks[] = {1, 7, 300, 520};
   for (int64_t M = 1; M <= 30; ++M)
-    for (int ni = 0; ni < 7; ++ni)
+    for (int ni = 0; ni < (int)(sizeof Ns / sizeof *Ns); ++ni)
       for (int ki = 0; ki < 4; ++ki) {
         const int e = (int)((M + ni + ki) % 16), threads = (M + ki) % 2 ? 3 : 1;
         for (int mode = 0; mode < 3; ++mode) {
