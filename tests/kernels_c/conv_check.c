@@ -348,6 +348,19 @@ int main(void) {
             cases += r;
           }
         }
+  /* 1x1 convs with 64+ output channels: maps whose rows are not whole panels (7x7, 5x6) pack every
+   * B panel, 4x4 reads its one panel in place; batches 1 and 2, every epilogue kind */
+  for (int64_t CO = 64; CO <= 70; CO += 6)
+    for (int e = 0; e < 12; ++e) {
+      const int64_t H = (int64_t[]){7, 5, 4}[e % 3], W = H == 5 ? 6 : H;
+      const conv_case k = {1 + (e & 1), 1, 19 + e, CO, H, W, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, e >> 1 & 1, (e >> 2) != 1,
+                           e % 5 == 0, 0};
+      for (int threads = 1; threads <= 3; threads += 2) {
+        const int r = run_case(&k, threads);
+        if (r < 0) return 1;
+        cases += r;
+      }
+    }
   printf("ok %d\n", cases);
   return 0;
 }
