@@ -5,7 +5,7 @@
 
 Finds where a model loses to ORT. Every distinct (module, input shape) of the model's Conv2d
 (followed by a ReLU, which both runtimes fuse), MaxPool2d, AvgPool2d and Linear is built as a
-model of its own, then timed interleaved with ORT at 2 threads each (min over the calls). Each
+model of its own, then timed interleaved with ORT at 2 threads each (`--threads`) (min over the calls). Each
 row includes one run's fixed cost in both runtimes (about 3 us for mlrt and 7 us for ORT here),
 so rows of tiny layers favour mlrt. Prints one row per layer, the call count, and the sums.
 """
@@ -28,6 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a corpus model name (tests/corpus.py), or zoo:NAME (tests/zoo.py)")
     ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=2, help="threads for each runtime (1: kernel efficiency alone)")
     args = ap.parse_args()
 
     import torch
@@ -37,7 +38,7 @@ def main() -> None:
     import mlrt
     from bench import _onnx_session, _time_interleaved
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.model.startswith("zoo:"):
         import zoo
 
@@ -64,8 +65,8 @@ def main() -> None:
             x = torch.randn(shape)
             bundle = Path(tmp) / f"{i}.bundle"
             mlpack.build(alone, (x,), bundle)
-            runner, xn = mlrt.load(bundle, num_threads=2), x.numpy()
-            sess = _onnx_session(alone, (x,), Path(tmp) / f"{i}.onnx", 2)
+            runner, xn = mlrt.load(bundle, num_threads=args.threads), x.numpy()
+            sess = _onnx_session(alone, (x,), Path(tmp) / f"{i}.onnx", args.threads)
             fns = {"mlrt": lambda: runner.run(xn)}
             if sess is not None:
                 feed = {sess.get_inputs()[0].name: xn}
