@@ -166,28 +166,6 @@ static void conv_task(void *ctx, int64_t t) {
   mlrt_gemm_panels(j->CO, j->N, j->K, j->w, j->lda, j->im2col.bp, j->y, j->ldc, j->ep, p0, p1);
 }
 
-/* Panel p of a 1x1 conv's B = X [C][N] (rows cstride apart), zero-padded past N. */
-typedef struct {
-  const float *x;
-  float *bp;
-  int64_t C, N, cstride;
-} pointwise_pack_job;
-
-static void pointwise_pack(void *ctx, int64_t p) {
-  const pointwise_pack_job *j = (const pointwise_pack_job *)ctx;
-  const int64_t n = min64(NR, j->N - p * NR);
-  for (int64_t c = 0; c < j->C; ++c) {
-    float *d = j->bp + (p * j->C + c) * NR;
-    const float *x = j->x + c * j->cstride + p * NR;
-    if (n == NR) {
-      memcpy(d, x, NR * sizeof(float));
-    } else {
-      memcpy(d, x, (size_t)n * sizeof(float));
-      memset(d + n, 0, (size_t)(NR - n) * sizeof(float));
-    }
-  }
-}
-
 /* One image's conv: X [C][H][W] (channel planes cstride apart) -> Y [CO][OH*OW] (rows ldc apart),
  * with `ep` set for this image. Weights [CO][K] row-major (lda = K), or packed in A panels
  * (lda = MLRT_A_PANELS). */
@@ -204,12 +182,7 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
      * convs on 7x7 maps ran 7-14% faster packed, 576->96 on 14x14 5%, 384->64 2% (Zen 3, 1
      * thread); with 24 or 32 output channels packing was 5-10% slower. */
     if (cstride % NR && CO >= 4 * NR) {
-      const int64_t panels = (N + NR - 1) / NR;
-      pointwise_pack_job pj = {X, Bp, C, N, cstride};
-      if (panels > 1 && mlrt_threads_for(CO * N * K) > 1)
-        mlrt_parallel_for(panels, pointwise_pack, &pj);
-      else
-        for (int64_t p = 0; p < panels; ++p) pointwise_pack(&pj, p);
+      mlrt_pack_b(X, cstride, 1, C, N, Bp, mlrt_threads_for(CO * N * K) > 1);
       mlrt_gemm_packed(CO, N, K, Wt, lda, Bp, Y, ldc, ep);
       return;
     }

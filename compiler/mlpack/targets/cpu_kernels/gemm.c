@@ -849,6 +849,15 @@ static void pack_panel(void *ctx, int64_t p) {
   }
 }
 
+void mlrt_pack_b(const float *B, int64_t ldb_k, int64_t ldb_n, int64_t K, int64_t N, float *Bp, int parallel) {
+  pack_job p = {B, Bp, K, N, ldb_k, ldb_n};
+  const int64_t panels = (N + NR - 1) / NR;
+  if (parallel && panels > 1)
+    mlrt_parallel_for(panels, pack_panel, &p);
+  else
+    for (int64_t i = 0; i < panels; ++i) pack_panel(&p, i);
+}
+
 /* ------------------------------------------------------------------------- small-M (GEMV-like) */
 
 typedef struct {
@@ -923,12 +932,7 @@ void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t b
         mlrt_parallel_for((N + chunk - 1) / chunk, direct_task, &d);
       continue;
     }
-    const int64_t threads = mlrt_threads_for(M * N * K);
-    pack_job p = {Bb, Bp, K, N, ldb_k, ldb_n};
-    if (threads == 1)
-      for (int64_t i = 0; i < (N + NR - 1) / NR; ++i) pack_panel(&p, i);
-    else
-      mlrt_parallel_for((N + NR - 1) / NR, pack_panel, &p);
+    mlrt_pack_b(Bb, ldb_k, ldb_n, K, N, Bp, mlrt_threads_for(M * N * K) > 1);
     mlrt_gemm_packed(M, N, K, Ab, lda, Bp, Cb, N, &ep);
   }
 }

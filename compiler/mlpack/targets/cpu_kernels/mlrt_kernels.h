@@ -224,6 +224,9 @@ void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
  * panels; the last, partial one (N % 16 columns) packed by the caller in Btail. */
 void mlrt_gemm_rows(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
                     const float *Btail, float *C, int64_t ldc, const mlrt_epilogue *ep);
+/* Internal: B[k][n] (at B + k * ldb_k + n * ldb_n) packed into the panels mlrt_gemm_packed reads,
+ * zero-padded past N; panels split among the threads if `parallel`. */
+void mlrt_pack_b(const float *B, int64_t ldb_k, int64_t ldb_n, int64_t K, int64_t N, float *Bp, int parallel);
 /* Internal: the same, all rows but only panels [p0, p1), on the calling thread. */
 void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1);
