@@ -15,6 +15,7 @@ typedef struct {
   int64_t N, C, H, W, KH, KW, sh, sw, dh, dw, pt, pl, pb, pr;
   int overwrite, bias, residual, in_place;
   int64_t mult; /* channel multiplier: C = mult * input channels (never in place) */
+  int res_is_out; /* the residual is read from the output buffer itself (overwrite, not in place) */
 } dw_case;
 
 static int run_case(const dw_case *k, int threads) {
@@ -23,7 +24,8 @@ static int run_case(const dw_case *k, int threads) {
   if (OH <= 0 || OW <= 0) return 0;
   const int64_t cin = k->C / k->mult, in_n = k->N * cin * k->H * k->W, out_n = k->N * k->C * OH * OW;
   float *x = fresh(in_n), *w = fresh(k->C * k->KH * k->KW), *b = k->bias ? fresh(k->C) : NULL;
-  float *res = k->residual ? fresh(out_n) : NULL, *prior = fresh(out_n), *want = malloc((size_t)out_n * sizeof(float));
+  float *prior = fresh(out_n), *want = malloc((size_t)out_n * sizeof(float));
+  float *res = k->res_is_out ? prior : k->residual ? fresh(out_n) : NULL;
   const float lo = -0.7f, hi = 0.9f;
   for (int64_t n = 0; n < k->N; ++n)
     for (int64_t c = 0; c < k->C; ++c)
@@ -63,7 +65,7 @@ static int run_case(const dw_case *k, int threads) {
              k->bias, k->residual, k->in_place, threads);
       bad = 1;
     }
-  free(x), free(w), free(b), free(res), free(prior), free(want);
+  free(x), free(w), free(b), free(k->res_is_out ? NULL : res), free(prior), free(want);
   return bad ? -1 : 1;
 }
 
@@ -77,7 +79,7 @@ int main(void) {
     for (int hi = 0; hi < 4; ++hi)
       for (int e = 0; e < 4; ++e)
         for (int threads = 1; threads <= 3; threads += 2) {
-          const dw_case k = {1 + (W % 2), 5, heights[hi], W, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, e & 1, e == 1, e >> 1, 1, 1};
+          const dw_case k = {1 + (W % 2), 5, heights[hi], W, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, e & 1, e == 1, e >> 1, 1, 1, 0};
           const int r = run_case(&k, threads);
           if (r < 0) return 1;
           cases += r;
@@ -93,7 +95,7 @@ int main(void) {
             const int64_t KH = ks[ki][0], KW = ks[ki][1];
             const int64_t pt = (KH - 1) * d / 2, pl = (e & 2) ? 0 : (KW - 1) * d / 2 + (W % 2);
             const dw_case k = {1, 3, (e & 4 ? 90 : 6) + W % 7, W, KH, KW, s, s == 3 ? 1 : s, d, 3 - d, pt, pl, KH / 2, 1,
-                               e & 1, (e & 3) != 2, (e & 3) == 3, 0, 1};
+                               e & 1, (e & 3) != 2, (e & 3) == 3, 0, 1, 0};
             const int r = run_case(&k, 1 + (W % 3));
             if (r < 0) return 1;
             cases += r;
@@ -108,13 +110,13 @@ int main(void) {
           const int64_t s = 1 + (e & 1), d = 1 + ((e >> 1) & 1), pad = (K - 1) * d / 2;
           const int in_place = s == 1 && (e & 4);
           const dw_case k = {2, chans[ci], W + 2 * (e >> 3), W, K, K, s, s, d, d, pad, pad, pad, pad, in_place || (e & 8),
-                             (e & 4) != 0, (e & 8) != 0, in_place, 1};
+                             (e & 4) != 0, (e & 8) != 0, in_place, 1, 0};
           const int r = run_case(&k, 1 + (e % 3));
           if (r < 0) return 1;
           cases += r;
         }
   /* Rows too wide for the ring: the direct loop. */
-  const dw_case wide = {1, 2, 4, 1500, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1};
+  const dw_case wide = {1, 2, 4, 1500, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 0};
   const int r = run_case(&wide, 2);
   if (r < 0) return 1;
   cases += r;
@@ -127,12 +129,26 @@ int main(void) {
       for (int e = 0; e < 8; ++e) {
         const int64_t K = e & 1 ? 7 : 3, s = 1 + ((e >> 1) & 1), pad = K / 2;
         const dw_case k = {2, 5 * m, mh[hi], mw[hi], K, K, s, s, 1, 1, pad, pad, pad, pad, e & 1, (e & 4) != 0,
-                           (e & 2) != 0, 0, m};
+                           (e & 2) != 0, 0, m, 0};
         const int r = run_case(&k, 1 + (e % 3));
         if (r < 0) return 1;
         cases += r;
       }
-  const dw_case wide_mult = {1, 4, 4, 1500, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 2};
+  /* 3x3, stride 1 and 2, rows of 32 to 63 outputs (blocks of 16, then the rest: the last 16
+   * columns again where storing twice is safe), tall (the ring) and short (whole-channel
+   * staging); the epilogues that forbid the overlap: accumulating onto the output, in place, a
+   * residual read from the output buffer. */
+  for (int64_t OWt = 32; OWt < 64; OWt += 3)
+    for (int e = 0; e < 16; ++e) {
+      const int64_t s = 1 + (e & 1), W = OWt * s - (e & 2 ? 1 : 0);
+      const int overwrite = (e & 12) != 4, in_place = (e & 12) == 8 && s == 1, res_out = (e & 12) == 12;
+      const dw_case k = {1 + (OWt % 2), 3, e & 2 ? 70 : 9, W, 3, 3, s, s, 1, 1, 1, 1, 1, 1, overwrite, OWt % 3 == 0,
+                         res_out || (e & 12) == 0, in_place, 1, res_out};
+      const int r = run_case(&k, 1 + (e % 3));
+      if (r < 0) return 1;
+      cases += r;
+    }
+  const dw_case wide_mult = {1, 4, 4, 1500, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 2, 0};
   if (run_case(&wide_mult, 2) < 0) return 1;
   ++cases;
   printf("ok %d\n", cases);

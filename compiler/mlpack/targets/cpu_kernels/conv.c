@@ -735,7 +735,7 @@ static inline __attribute__((always_inline)) const float *dw_tap(const float *ro
   _Static_assert(DW_ROWS == 4, "the straight-line code computes four rows");                          \
   const __m256 lo = _mm256_set1_ps(e->lo), hi = _mm256_set1_ps(e->hi), base = _mm256_set1_ps(e->base); \
   const float *w = (const float *)wv;                                                                 \
-  int64_t ox = 0;                                                                                     \
+  int64_t ox = x0;                                                                                    \
   for (; ox + 16 <= OW; ox += 16) {                                                                   \
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
 #define DW3_TAP(R, KY)                                                             \
@@ -763,7 +763,8 @@ static inline __attribute__((always_inline)) const float *dw_tap(const float *ro
 /* stride 1: input row i of the step is output row r's row i - r */
 static inline __attribute__((always_inline)) int64_t dw3_s1_rows(const float *const *rows, const __m256 *wv,
                                                                  const dw_epilogue *e, const float *yrow,
-                                                                 const float *res, float *d, int64_t OW, int64_t n) {
+                                                                 const float *res, float *d, int64_t OW, int64_t n,
+                                                                 int64_t x0) {
 #define DW3_AT(ROW, X, KX) ((ROW) + (X) + (KX))
   DW3_BEGIN
     DW3_ROW(rows[0], DW3_TAP(0, 0))
@@ -780,7 +781,7 @@ static inline __attribute__((always_inline)) int64_t dw3_s1_rows(const float *co
 static inline __attribute__((always_inline)) int64_t dw3_s2_rows(const float *const *rows, const __m256 *wv,
                                                                  const dw_epilogue *e, const float *yrow,
                                                                  const float *res, float *d, int64_t OW, int64_t n,
-                                                                 int64_t half) {
+                                                                 int64_t half, int64_t x0) {
 #define DW3_AT(ROW, X, KX) dw_tap((ROW), (X), (KX), 1, half, 2)
   DW3_BEGIN
     DW3_ROW(rows[0], DW3_TAP(0, 0))
@@ -925,6 +926,10 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
   __m256 wv[DW_VECTOR_TAPS];
   for (int64_t k = 0; k < (vector ? KH * KW : 0); ++k) wv[k] = _mm256_broadcast_ss(f + k);
   const __m256i tail = mlrt_lanes_below(OW % 8);
+  /* A row's columns past the last whole 16 are computed as the last 16, overlapping the block
+   * before (dw3_*_rows), when storing an output twice gives the same value: the epilogue reads
+   * neither the output it accumulates onto nor a residual in the output's buffer. */
+  const int overlap = e.overwrite && (!res_all || res_all != j->ep.dst);
 #endif
   dw_ring *ring = &rings[t % 2], *following = &rings[(t + 1) % 2];
   if (j->image_rows && t + 1 < t_end) dw_stage_image(j, following->rows, next_in);
@@ -946,9 +951,14 @@ static inline __attribute__((always_inline)) void dw_channel(const depthwise_job
     float *d = j->ep.dst + off;
 #ifdef MLRT_HAVE_AVX2
     if (vector) {
-      const int64_t ox0 = KH != 3 || KW != 3 || !shared ? 0
-                          : SW == 1                      ? dw3_s1_rows(rows, wv, &e, yrow, res, d, OW, n)
-                                                         : dw3_s2_rows(rows, wv, &e, yrow, res, d, OW, n, half);
+      int64_t ox0 = 0;
+      if (KH == 3 && KW == 3 && shared) {
+        ox0 = SW == 1 ? dw3_s1_rows(rows, wv, &e, yrow, res, d, OW, n, 0)
+                      : dw3_s2_rows(rows, wv, &e, yrow, res, d, OW, n, half, 0);
+        if (ox0 < OW && OW >= 16 && overlap) /* the last 16 columns again, overlapping the block before */
+          ox0 = SW == 1 ? dw3_s1_rows(rows, wv, &e, yrow, res, d, OW, n, OW - 16)
+                        : dw3_s2_rows(rows, wv, &e, yrow, res, d, OW, n, half, OW - 16);
+      }
       dw_rows_avx2(rows, wv, &e, tail, yrow, res, d, OW, n, oy + n == j->OH ? n - 1 : -1, dw, half, ox0, KH, KW, SW);
       continue;
     }
