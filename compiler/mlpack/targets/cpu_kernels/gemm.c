@@ -561,9 +561,9 @@ static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, in
             rows = zrows(left, packed);
           } else
 #endif
-          /* 7 or 8 rows left: 4 + 3 or 4 + 4, not 6 + 1 or 6 + 2. A 1- or 2-row tile has too few
-           * accumulators to hide the FMA latency and runs at a quarter to half speed. */
-          rows = !packed && (left == 7 || left == 8) ? 4 : min64(MR, left);
+          /* 7 to 9 rows left: 4 + 3, 4 + 4 or 5 + 4, not 6 + 1, 6 + 2 or 6 + 3. A tile of 1 to 3 rows
+           * has too few accumulators to hide the FMA latency and runs at a quarter to 3/4 speed. */
+          rows = !packed && left >= 7 && left <= 9 ? (left + 1) / 2 : min64(MR, left);
           for (int64_t r = next_ic + (i - ic); r < min64(next_ic + (i - ic) + rows, m1); ++r)
             for (int64_t l = l0; l < l1; ++l) __builtin_prefetch(g->A + r * g->lda + next_pc + 16 * l, 0, 2);
           /* the first row tile of a block brings B's rows in; the later ones find them in L1 */
