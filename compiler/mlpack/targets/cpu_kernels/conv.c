@@ -196,8 +196,9 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
   im2col_job j = {X, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left, cstride};
   const int64_t threads = mlrt_threads_for(CO * N * K), panels = (N + NR - 1) / NR;
   /* im2col fused into the GEMM per task: tasks take even shares of the panels, small enough
-   * that a task's packed columns stay in L2 (~256 KiB), as long as the threads stay within 3%
-   * of the best balance a rows x columns split would give. Else im2col first, then the GEMM. */
+   * that a task's packed columns stay in L2 (~256 KiB), and as many as mlrt_tasks_for allows, as
+   * long as the threads stay within 3% of the best balance a rows x columns split would give.
+   * Else im2col first, then the GEMM. */
   int64_t tasks = 0;
   if (threads > 1) {
     /* the same convs every run: the answer is kept per thread (see mlrt_gemm_split) */
@@ -207,10 +208,12 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
       tasks = memo[slot].tasks;
     } else {
       int64_t tm, tn;
-      const int64_t best = mlrt_gemm_split(CO, N, threads, 1, &tm, &tn);
+      const int64_t best = mlrt_gemm_split(CO, N, K, threads, 1, &tm, &tn);
       const int64_t blocks = (CO + MLRT_MR - 1) / MLRT_MR, fit = (panels * K * NR * 4 + (256 << 10) - 1) / (256 << 10);
-      for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads && !tasks; ++n)
-        if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103) tasks = n;
+      /* the most tasks up to mlrt_tasks_for, or the fewest that fit */
+      const int64_t sized = max64(fit, mlrt_tasks_for(CO * N * K, threads));
+      for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads; ++n)
+        if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103 && (!tasks || n <= sized)) tasks = n;
       memo[slot].CO = CO, memo[slot].N = N, memo[slot].K = K, memo[slot].threads = threads, memo[slot].tasks = tasks;
     }
   }

@@ -13,6 +13,7 @@
 enum { MR = MLRT_MR, NR = MLRT_NR, KC = 256, MC = 96 };
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* Where one register tile lands, and what to do when storing it. */
 typedef struct {
@@ -625,39 +626,49 @@ int64_t mlrt_gemm_makespan(int64_t rows, int64_t N, int64_t tm, int64_t tn, int6
   return end;
 }
 
-static int64_t gemm_split_search(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn);
+static int64_t gemm_split_search(int64_t M, int64_t N, int64_t K, int64_t threads, int split_rows, int64_t *tm,
+                                 int64_t *tn);
 
 /* The search below costs microseconds, and a model asks it the same questions every run (lcnet:
  * 2% of a run): answers are kept per thread, 64 slots indexed by a hash of the question. */
 typedef struct {
-  int64_t M, N, threads, split_rows, tm, tn, best;
+  int64_t M, N, K, threads, split_rows, tm, tn, best;
 } split_memo;
 
-int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn) {
+int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t K, int64_t threads, int split_rows, int64_t *tm, int64_t *tn) {
   static _Thread_local split_memo memo[64];
-  split_memo *e = &memo[mlrt_memo_slot(M, N, threads, split_rows)];
-  if (e->threads == threads && e->M == M && e->N == N && e->split_rows == split_rows) {
+  split_memo *e = &memo[mlrt_memo_slot(M, N, K * 64 + threads, split_rows)];
+  if (e->threads == threads && e->M == M && e->N == N && e->K == K && e->split_rows == split_rows) {
     *tm = e->tm;
     *tn = e->tn;
     return e->best;
   }
-  const int64_t best = gemm_split_search(M, N, threads, split_rows, tm, tn);
-  *e = (split_memo){M, N, threads, split_rows, *tm, *tn, best};
+  const int64_t best = gemm_split_search(M, N, K, threads, split_rows, tm, tn);
+  *e = (split_memo){M, N, K, threads, split_rows, *tm, *tn, best};
   return best;
 }
 
-static int64_t gemm_split_search(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn) {
-  /* The grid with the earliest finish over 6-row blocks x panels, for up to 4 tasks per thread.
-   * Ties go to fewer row chunks (each re-reads B), then fewer tasks. Splitting 13 panels into
-   * column chunks of 4 alone left 2 threads 20% off balance. */
+static int64_t gemm_split_search(int64_t M, int64_t N, int64_t K, int64_t threads, int split_rows, int64_t *tm,
+                                 int64_t *tn) {
+  /* The earliest finish over 6-row blocks x panels, for up to 4 tasks per thread (splitting 13
+   * panels into column chunks of 4 alone left 2 threads 20% off balance). The model assumes
+   * equally fast threads; of the grids within 3% of it, the one with the most tasks up to
+   * mlrt_tasks_for (which see), ties to fewer row chunks (each re-reads B). */
   if (threads > 32) threads = 32; /* keeps the search to a few microseconds */
   const int64_t rows = (M + MR - 1) / MR, panels = (N + NR - 1) / NR, most = min64(4 * threads, 32);
-  int64_t best = -1;
+  const int64_t sized = min64(most, mlrt_tasks_for(M * N * K, threads));
+  int64_t best = -1, chosen = -1;
   *tm = *tn = 1;
   for (int64_t m = 1; m <= min64(split_rows ? rows : 1, most); ++m)
     for (int64_t n = 1; n <= min64(panels, most / m); ++n) {
       const int64_t t = mlrt_gemm_makespan(rows, N, m, n, threads);
-      if (best < 0 || t < best) best = t, *tm = m, *tn = n;
+      if (best < 0 || t < best) best = t;
+    }
+  for (int64_t m = 1; m <= min64(split_rows ? rows : 1, most); ++m)
+    for (int64_t n = 1; n <= min64(panels, most / m); ++n) {
+      if (m * n > sized && m * n > 1) continue;
+      const int64_t t = mlrt_gemm_makespan(rows, N, m, n, threads);
+      if (t * 100 <= best * 103 && m * n > chosen) chosen = m * n, *tm = m, *tn = n;
     }
   return best;
 }
@@ -678,7 +689,7 @@ static void gemm_run(gemm_job *g) {
   int64_t tm = 1, tn = 1;
   /* Rows one zmm pass covers (ZR = 2 * MR) are not split: each row chunk streams all of B (the weights, in the
    * small-map conv), and 9 rows as 6 + 3 ran a 3-row tile bound by its loads. */
-  if (threads > 1) mlrt_gemm_split(g->M, g->N, threads, !(mlrt_avx512() && g->M <= 2 * MR), &tm, &tn);
+  if (threads > 1) mlrt_gemm_split(g->M, g->N, g->K, threads, !(mlrt_avx512() && g->M <= 2 * MR), &tm, &tn);
   g->tm = tm;
   g->tn = tn;
   if (threads == 1) {
@@ -799,8 +810,8 @@ static void packed_row_task(void *ctx, int64_t task) {
 void mlrt_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep) {
   if (M == 1 && N > 0 && K > 0 && lda != MLRT_A_PANELS) { /* a GEMV (Linear at batch 1, squeeze-excite 1x1 convs): see packed_row_task */
-    const int64_t panels = (N + NR - 1) / NR, threads = mlrt_threads_for(N * K);
-    int64_t per = (panels + threads - 1) / threads;
+    const int64_t panels = (N + NR - 1) / NR, threads = mlrt_threads_for(N * K), tasks = mlrt_tasks_for(N * K, threads);
+    int64_t per = (panels + tasks - 1) / tasks;
     per = (per + 3) / 4 * 4;
     packed_row_job d = {A, Bp, C, N, K, per, ep};
     if (threads == 1)
@@ -922,8 +933,8 @@ void mlrt_matmul_f32(int64_t a, int64_t b, int64_t c, int64_t scratch, int64_t b
     if (!Bp) {
       /* B streams from memory (or L2) once: a multiply-add costs several of a packed GEMM's.
        * The compiler passes no scratch only where B's rows are contiguous (ldb_n == 1). */
-      const int64_t threads = mlrt_threads_for(8 * M * N * K);
-      int64_t chunk = (N + threads - 1) / threads;
+      const int64_t threads = mlrt_threads_for(8 * M * N * K), tasks = mlrt_tasks_for(8 * M * N * K, threads);
+      int64_t chunk = (N + tasks - 1) / tasks;
       chunk = (chunk + 15) / 16 * 16;
       direct_job d = {Ab, Bb, Cb, M, N, K, lda, ldb_k, chunk, &ep};
       if (threads == 1)

@@ -40,6 +40,15 @@ void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx);
  * second core idle through most of a small CNN at 64x64 (the worker spinning 42% of the run);
  * 1 << 16 ran mobilenet_v3_small 0.68x and lcnet 0.72x as long (Zen 4, 2 threads). */
 #define MLRT_MIN_PARALLEL_MACS (1 << 16)
+/* How many tasks to split `macs` multiply-adds into on `threads` threads: up to 4 per thread,
+ * each of at least MLRT_MIN_TASK_MACS (~10 us). Threads take tasks in turn, so where one is
+ * slowed (a busy SMT sibling, another process on its core) the others take its share: with one
+ * task per thread a run waits for the slowest (MobileNetV2's median 5-8% longer, Zen 3 VM). */
+#define MLRT_MIN_TASK_MACS (1 << 18)
+static inline int64_t mlrt_tasks_for(int64_t macs, int64_t threads) {
+  const int64_t sized = macs / MLRT_MIN_TASK_MACS;
+  return threads <= 1 ? 1 : sized < threads ? threads : sized > 4 * threads ? 4 * threads : sized;
+}
 static inline int64_t mlrt_threads_for(int64_t macs) { return macs < MLRT_MIN_PARALLEL_MACS ? 1 : mlrt_threads(); }
 
 #define MLRT_NR 16 /* columns per packed B panel */
@@ -240,8 +249,9 @@ static inline int mlrt_memo_slot(int64_t a, int64_t b, int64_t c, int64_t d) {
 /* Internal: start of part i of n when `total` units are split as evenly as possible. */
 static inline int64_t mlrt_part(int64_t total, int64_t n, int64_t i) { return total * i / n; }
 /* Internal: a tm x tn grid of row chunks x panel chunks (tm = 1 unless split_rows) over M x N
- * that keeps `threads` evenly busy; returns its finish time in units of 6 rows x half a panel. */
-int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t threads, int split_rows, int64_t *tm, int64_t *tn);
+ * (depth K) that keeps `threads` evenly busy; returns its finish time in units of 6 rows x half a
+ * panel. */
+int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t K, int64_t threads, int split_rows, int64_t *tm, int64_t *tn);
 /* Internal: when `threads` workers finish a tm x tn grid over rows (6-row blocks) x N columns. */
 int64_t mlrt_gemm_makespan(int64_t rows, int64_t N, int64_t tm, int64_t tn, int64_t threads);
 
