@@ -187,9 +187,18 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
       return;
     }
     const int64_t n0 = N / NR * NR;
+#ifdef MLRT_HAVE_AVX2
+    /* masked loads: element by element (a branch each) it took 2% of SqueezeNet, on one thread */
+    const __m256i m0 = mlrt_lanes_below(N - n0), m1 = mlrt_lanes_below(N - n0 - 8);
+    for (int64_t c = 0; c < C && n0 < N; ++c) {
+      _mm256_storeu_ps(Bp + c * NR, _mm256_maskload_ps(X + c * cstride + n0, m0));
+      _mm256_storeu_ps(Bp + c * NR + 8, _mm256_maskload_ps(X + c * cstride + n0 + 8, m1));
+    }
+#else
     if (n0 < N)
       for (int64_t c = 0; c < C; ++c)
         for (int64_t l = 0; l < NR; ++l) Bp[c * NR + l] = n0 + l < N ? X[c * cstride + n0 + l] : 0.0f;
+#endif
     mlrt_gemm_rows(CO, N, K, Wt, lda, X, cstride, Bp, Y, ldc, ep);
     return;
   }
@@ -202,10 +211,12 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
   int64_t tasks = 0;
   if (threads > 1) {
     /* the same convs every run: the answer is kept per thread (see mlrt_gemm_split) */
-    static _Thread_local struct { int64_t CO, N, K, threads, tasks; } memo[64];
-    const int slot = mlrt_memo_slot(CO, N, K, threads);
-    if (memo[slot].threads == threads && memo[slot].CO == CO && memo[slot].N == N && memo[slot].K == K) {
-      tasks = memo[slot].tasks;
+    static _Thread_local mlrt_memo_entry memo[MLRT_MEMO_SLOTS];
+    const int64_t key[5] = {CO, N, K, 0, threads};
+    int hit;
+    mlrt_memo_entry *e = mlrt_memo_find(memo, key, &hit);
+    if (hit) {
+      tasks = e->value[0];
     } else {
       int64_t tm, tn;
       const int64_t best = mlrt_gemm_split(CO, N, K, threads, 1, &tm, &tn);
@@ -214,7 +225,7 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
       const int64_t sized = max64(fit, mlrt_tasks_for(CO * N * K, threads));
       for (int64_t n = fit > threads ? fit : threads; n <= panels && n <= 16 * threads; ++n)
         if (mlrt_gemm_makespan(blocks, N, 1, n, threads) * 100 <= best * 103 && (!tasks || n <= sized)) tasks = n;
-      memo[slot].CO = CO, memo[slot].N = N, memo[slot].K = K, memo[slot].threads = threads, memo[slot].tasks = tasks;
+      *e = (mlrt_memo_entry){{CO, N, K, 0, threads}, {tasks, 0, 0}};
     }
   }
   if (tasks > 1) {
@@ -408,7 +419,7 @@ static void im2col_rows(void *ctx, int64_t r) {
  * from 13 rows the AVX2 tile took them (3x3 32->128 on 7x7: 0.85x, 64->256 on 4x4: 0.93x). Up to
  * 6 rows the tile reads row-major rows as they are and the gather was the slower copy (RegNet's
  * 2x2 maps: 1.04x); so it was for a 1x1 on 5x5, whose rows are the transposed input (1.07-1.17x). */
-enum { SMALL_PANEL_ROWS = 2 * MLRT_MR, SMALL_PANEL_ROWS_TAPS = 64 };
+enum { SMALL_PANEL_ROWS = 2 * MLRT_MR, SMALL_PANEL_ROWS_TAPS = 64, SMALL_COPY_FLOATS = 16384 };
 typedef struct {
   const float *x;
   float *ap;
@@ -537,7 +548,9 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
   const int64_t K = C * KH * KW, N = OH * OW, M = batch * N;
   if (M <= 0 || CO <= 0) return;
   const int64_t kg = K / (groups > 1 ? groups : 1), fg = CO / (groups > 1 ? groups : 1);
-  const int parallel = mlrt_threads_for(M * K * 16) > 1;
+  /* The copies (the transposes, im2col, the panel gather) are shared out from SMALL_COPY_FLOATS:
+   * below, a fork-join costs more than the copy (SqueezeNet's 3x3 maps move 0.6-5K floats each). */
+  const int parallel = mlrt_threads() > 1 && M * K >= SMALL_COPY_FLOATS;
   float *rows, *yt;
   int64_t lda = K, group_a = kg;
   if (M > MLRT_MR && (M <= SMALL_PANEL_ROWS || (KH * KW > 1 && M <= SMALL_PANEL_ROWS_TAPS)) && mlrt_avx512()) {
@@ -576,7 +589,7 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
     mlrt_epilogue ep = {1, overwrite ? B : NULL, 1, NULL, -__builtin_inff(), __builtin_inff(), yt};
     mlrt_gemm_packed(M, CO, K, rows, lda, Wp, yt, CO, &ep);
     const int64_t chunks = batch * ((CO + SMALL_OUT_CHANNELS - 1) / SMALL_OUT_CHANNELS);
-    if (threads > 1)
+    if (threads > 1 && M * CO >= SMALL_COPY_FLOATS)
       mlrt_parallel_for(chunks, small_out_task, &g.out);
     else
       for (int64_t t = 0; t < chunks; ++t) small_out_task(&g.out, t);

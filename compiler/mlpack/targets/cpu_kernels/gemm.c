@@ -630,21 +630,19 @@ static int64_t gemm_split_search(int64_t M, int64_t N, int64_t K, int64_t thread
                                  int64_t *tn);
 
 /* The search below costs microseconds, and a model asks it the same questions every run (lcnet:
- * 2% of a run): answers are kept per thread, 64 slots indexed by a hash of the question. */
-typedef struct {
-  int64_t M, N, K, threads, split_rows, tm, tn, best;
-} split_memo;
-
+ * 2% of a run): answers are kept per thread (mlrt_memo_find). */
 int64_t mlrt_gemm_split(int64_t M, int64_t N, int64_t K, int64_t threads, int split_rows, int64_t *tm, int64_t *tn) {
-  static _Thread_local split_memo memo[64];
-  split_memo *e = &memo[mlrt_memo_slot(M, N, K * 64 + threads, split_rows)];
-  if (e->threads == threads && e->M == M && e->N == N && e->K == K && e->split_rows == split_rows) {
-    *tm = e->tm;
-    *tn = e->tn;
-    return e->best;
+  static _Thread_local mlrt_memo_entry memo[MLRT_MEMO_SLOTS];
+  const int64_t key[5] = {M, N, K, split_rows, threads};
+  int hit;
+  mlrt_memo_entry *e = mlrt_memo_find(memo, key, &hit);
+  if (hit) {
+    *tm = e->value[0];
+    *tn = e->value[1];
+    return e->value[2];
   }
   const int64_t best = gemm_split_search(M, N, K, threads, split_rows, tm, tn);
-  *e = (split_memo){M, N, K, threads, split_rows, *tm, *tn, best};
+  *e = (mlrt_memo_entry){{M, N, K, split_rows, threads}, {*tm, *tn, best}};
   return best;
 }
 

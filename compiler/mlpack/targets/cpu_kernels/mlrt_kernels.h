@@ -12,6 +12,7 @@
 #define MLRT_KERNELS_H_
 
 #include <stdint.h>
+#include <string.h>
 
 typedef void (*mlrt_task_fn)(void *ctx, int64_t index);
 
@@ -239,12 +240,29 @@ void mlrt_pack_b(const float *B, int64_t ldb_k, int64_t ldb_n, int64_t K, int64_
 /* Internal: the same, all rows but only panels [p0, p1), on the calling thread. */
 void mlrt_gemm_panels(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
                       int64_t ldc, const mlrt_epilogue *ep, int64_t p0, int64_t p1);
-/* Internal: the slot (of 64) a per-thread memo of a shape question keeps its answer in: the GEMM
- * split searches cost microseconds and a model asks the same ones every run. */
-static inline int mlrt_memo_slot(int64_t a, int64_t b, int64_t c, int64_t d) {
-  const uint64_t h = ((uint64_t)a * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)b * 0xc2b2ae3d27d4eb4full) ^
-                     ((uint64_t)c * 0x165667b19e3779f9ull) ^ (uint64_t)d;
-  return (int)((h ^ (h >> 29)) & 63);
+/* Internal: a per-thread memo of shape questions (5 numbers) and their answers (3): the GEMM split
+ * searches cost microseconds and a model asks the same ones every run. Open addressing over
+ * MLRT_MEMO_PROBES slots from a hash keeps a model's tens of questions apart (64 direct-mapped
+ * slots had two pairs of SqueezeNet's 18 GEMM shapes evict each other every run). */
+typedef struct {
+  int64_t key[5], value[3];
+} mlrt_memo_entry;
+enum { MLRT_MEMO_SLOTS = 256, MLRT_MEMO_PROBES = 8 };
+/* The entry holding `key`'s answer (*hit = 1), else the one to store it in (an empty slot, or the
+ * first probed). A key's last number must not be 0: a zero there marks an empty slot. */
+static inline mlrt_memo_entry *mlrt_memo_find(mlrt_memo_entry *memo, const int64_t key[5], int *hit) {
+  uint64_t h = 0;
+  for (int i = 0; i < 5; ++i) h = (h ^ (uint64_t)key[i]) * 0x9e3779b97f4a7c15ull;
+  const unsigned s0 = (unsigned)(h >> 40);
+  for (unsigned i = 0; i < MLRT_MEMO_PROBES; ++i) {
+    mlrt_memo_entry *e = &memo[(s0 + i) % MLRT_MEMO_SLOTS];
+    if (e->key[4] == 0 || !memcmp(e->key, key, sizeof e->key)) {
+      *hit = e->key[4] != 0;
+      return e;
+    }
+  }
+  *hit = 0;
+  return &memo[s0 % MLRT_MEMO_SLOTS];
 }
 /* Internal: start of part i of n when `total` units are split as evenly as possible. */
 static inline int64_t mlrt_part(int64_t total, int64_t n, int64_t i) { return total * i / n; }
