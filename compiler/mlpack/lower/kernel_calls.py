@@ -23,8 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..errors import BuildError
-from .memory_plan import TopLevelOps, collect_users, defining_op, root_buffer
+from .memory_plan import _VIEW_OPS, TopLevelOps, collect_users, defining_op, root_buffer
 
 # Matmuls with fewer rows than this read a B computed at run time in place instead of packing it
 # (GEMV-like shapes). Weights are packed at build time whatever the row count: with packed panels
@@ -67,10 +66,9 @@ _DEFAULT_MAPS = {
 # The ops run() looks at; everything else is skipped before any analysis.
 _KERNEL_OPS = frozenset({"linalg.conv_2d_nchw_fchw", "linalg.depthwise_conv_2d_nchw_chw", "linalg.conv_2d_ngchw_gfchw",
                          "linalg.conv_3d_ncdhw_fcdhw", "linalg.conv_1d_ncw_fcw", *_POOLING, *_DEFAULT_MAPS})
-# Ops that make a view of a buffer and touch no data (the address ops of memory_plan's view set
-# excepted: a kernel call reads or writes through those).
-_PURE_VIEWS = {"memref.subview", "memref.expand_shape", "memref.collapse_shape", "memref.cast",
-               "memref.reinterpret_cast", "memref.view", "memref.transpose"}
+# Ops that make a view of a buffer and touch no data: memory_plan's view ops but the address ops
+# (a kernel call reads or writes through those).
+_PURE_VIEWS = _VIEW_OPS - {"memref.extract_aligned_pointer_as_index", "arith.index_cast", "arith.addi"}
 _NO_EFFECT = {"arith.constant", "memref.alloc", "memref.get_global", "memref.collapse_shape", "memref.expand_shape"}
 _CMPF = {2: "ogt", 3: "oge", 4: "olt", 5: "ole", 9: "ugt", 10: "uge", 11: "ult", 12: "ule"}
 _SAMPLES = [-100.0, -7.0, -2.5, -0.5, 0.0, 0.25, 3.0, 5.5, 6.0, 7.5, 100.0]
@@ -539,9 +537,7 @@ class _Rewriter(TopLevelOps):
                     self.ops[self.index[op]] = None
                 self.index[op] = at
         fusion.erase.append(copy)
-        if fusion.dst is not None and fusion.dst != cur:
-            raise BuildError("internal: the fused epilogue's result is not its destination")
-        previous = fusion.dst
+        previous = fusion.dst  # None, or cur: the last fused op's target
         fusion.dst, fusion.dst_offset = view.result, offset
         self.concat_slices.setdefault(concat, []).append((offset, offset + math.prod(cur.type.shape) - 1))
         # the fused ops' own target, now written by nobody, goes with them

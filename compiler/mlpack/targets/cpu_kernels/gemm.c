@@ -13,7 +13,6 @@
 enum { MR = MLRT_MR, NR = MLRT_NR, KC = 256, MC = 96 };
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* Where one register tile lands, and what to do when storing it. */
 typedef struct {
@@ -655,19 +654,17 @@ static int64_t gemm_split_search(int64_t M, int64_t N, int64_t K, int64_t thread
   if (threads > 32) threads = 32; /* keeps the search to a few microseconds */
   const int64_t rows = (M + MR - 1) / MR, panels = (N + NR - 1) / NR, most = min64(4 * threads, 32);
   const int64_t sized = min64(most, mlrt_tasks_for(M * N * K, threads));
-  int64_t best = -1, chosen = -1;
+  int64_t best = -1, chosen = -1, spans[32][33]; /* makespan of each m x n grid: m, n <= most <= 32 */
   *tm = *tn = 1;
   for (int64_t m = 1; m <= min64(split_rows ? rows : 1, most); ++m)
     for (int64_t n = 1; n <= min64(panels, most / m); ++n) {
-      const int64_t t = mlrt_gemm_makespan(rows, N, m, n, threads);
-      if (best < 0 || t < best) best = t;
+      spans[m - 1][n] = mlrt_gemm_makespan(rows, N, m, n, threads);
+      if (best < 0 || spans[m - 1][n] < best) best = spans[m - 1][n];
     }
   for (int64_t m = 1; m <= min64(split_rows ? rows : 1, most); ++m)
-    for (int64_t n = 1; n <= min64(panels, most / m); ++n) {
-      if (m * n > sized && m * n > 1) continue;
-      const int64_t t = mlrt_gemm_makespan(rows, N, m, n, threads);
-      if (t * 100 <= best * 103 && m * n > chosen) chosen = m * n, *tm = m, *tn = n;
-    }
+    for (int64_t n = 1; n <= min64(panels, most / m); ++n)
+      if ((m * n <= sized || m * n == 1) && spans[m - 1][n] * 100 <= best * 103 && m * n > chosen)
+        chosen = m * n, *tm = m, *tn = n;
   return best;
 }
 
