@@ -110,6 +110,16 @@ def _contiguous_offset(value, rank: int) -> int | None:
     return offset
 
 
+def _slice_span(value) -> tuple[int, int] | None:
+    """(first, last) element of a view that is one contiguous run (_contiguous_offset), else None."""
+    offset = _contiguous_offset(value, value.type.rank)
+    return None if offset is None else (offset, offset + math.prod(value.type.shape) - 1)
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
 def _static_layout(value, rank: int) -> tuple[int, list[int]] | None:
     """(offset, strides) in elements of a static-shaped f32 memref of `rank` whose layout is
     known at compile time, else None. Strides of size-1 dims are reported as 0 (never used)."""
@@ -476,18 +486,18 @@ class _Rewriter(TopLevelOps):
             cur, last = target, self.index[e]
 
     def concat_slice(self, value, after: int, kernel_op):
-        """(copy, slice, concatenation buffer, element offset) if the next use of `value`'s buffer
+        """(copy, slice, concatenation buffer, (first, last) element of the slice) if the next use of `value`'s buffer
         after position `after` copies all of `value` into a contiguous slice of an allocation
         (torch.cat of batch-1 activations along channels), `value` is dead after it, and between
         `kernel_op` and that copy nothing touches the allocation but views and copies into other
         slices; else None. On the CPU only (the CUDA kernels keep their own layouts)."""
         if self.scratch is not None:
             return None
-        later = sorted(((p, u) for p, u in self.positioned_users(root_buffer(value)) if p > after), key=lambda t: t[0])
-        if not later:
+        later = sorted(p for p in self.user_positions(root_buffer(value)) if p > after)
+        if not later or later.count(later[0]) != 1:
             return None
-        at, copy = later[0]
-        if copy.name != "memref.copy" or copy.operands[0] != value or any(p == at and u != copy for p, u in later):
+        at, copy = later[0], self.ops[later[0]]
+        if copy is None or copy.name != "memref.copy" or copy.operands[0] != value:
             return None
         view = defining_op(copy.operands[1])
         if view is None or view.name != "memref.subview" or list(view.operands[1:]):
@@ -496,14 +506,13 @@ class _Rewriter(TopLevelOps):
         alloc = defining_op(concat)
         if alloc is not None and (alloc.name != "memref.alloc" or alloc not in self.index or list(alloc.operands)):
             return None
-        rank = value.type.rank
-        offset = _contiguous_offset(copy.operands[1], rank)
-        if offset is None or not _is_dense_f32(value, rank) or list(value.type.shape) != list(view.result.type.shape):
+        span = _slice_span(copy.operands[1])
+        if span is None or not _is_dense_f32(value, value.type.rank) \
+                or list(value.type.shape) != list(view.result.type.shape):
             return None
         if not self.dead_after(value, at):
             return None
-        span = (offset, offset + math.prod(value.type.shape) - 1)
-        if any(a <= span[1] and span[0] <= b for a, b in self.concat_slices.get(concat, [])):
+        if any(_overlap(s, span) for s in self.concat_slices.get(concat, [])):
             return None
         users: list = []
         collect_users(concat, users)
@@ -512,12 +521,11 @@ class _Rewriter(TopLevelOps):
             if u == copy or u.name in _PURE_VIEWS or not self.index[kernel_op] <= self.top(u) <= at:
                 continue
             if u.name == "memref.copy" and root_buffer(u.operands[0]) != concat:
-                other = _contiguous_offset(u.operands[1], u.operands[1].type.rank)
-                if other is not None and (other + math.prod(u.operands[1].type.shape) - 1 < span[0]
-                                          or other > span[1]):
+                other = _slice_span(u.operands[1])
+                if other is not None and not _overlap(other, span):
                     continue
             return None
-        return copy, view, concat, offset
+        return copy, view, concat, span
 
     def write_into_concat(self, kernel_op, out, cur, last: int, fusion: _Fusion) -> None:
         """The kernel writes its result straight into the concatenation slice `cur` (its output,
@@ -527,7 +535,7 @@ class _Rewriter(TopLevelOps):
         found = self.concat_slice(cur, last, kernel_op)
         if found is None:
             return
-        copy, view, concat, offset = found
+        copy, view, concat, span = found
         at = self.index[kernel_op]
         anchor = kernel_op.operation if hasattr(kernel_op, "operation") else kernel_op
         for op in (defining_op(concat), view):
@@ -538,8 +546,8 @@ class _Rewriter(TopLevelOps):
                 self.index[op] = at
         fusion.erase.append(copy)
         previous = fusion.dst  # None, or cur: the last fused op's target
-        fusion.dst, fusion.dst_offset = view.result, offset
-        self.concat_slices.setdefault(concat, []).append((offset, offset + math.prod(cur.type.shape) - 1))
+        fusion.dst, fusion.dst_offset = view.result, span[0]
+        self.concat_slices.setdefault(concat, []).append(span)
         # the fused ops' own target, now written by nobody, goes with them
         alloc, out_alloc = defining_op(previous) if previous is not None else None, defining_op(out)
         if alloc is not None and alloc.name == "memref.alloc" and (out_alloc is None or alloc != out_alloc):
@@ -548,12 +556,6 @@ class _Rewriter(TopLevelOps):
             collect_users(alloc.result, users)
             if all((u.operation if hasattr(u, "operation") else u) in absorbed for u in users):
                 fusion.erase.append(alloc)
-
-    def positioned_users(self, value):
-        """(position, op) of the top-level ops using `value` or a view of it."""
-        users: list = []
-        collect_users(value, users)
-        return [(self.top(u), u.operation if hasattr(u, "operation") else u) for u in users]
 
     @staticmethod
     def _args(slot: int, x: float, other, n_ins: int) -> list[float]:
