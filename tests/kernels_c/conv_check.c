@@ -96,14 +96,14 @@ static int run_case(const conv_case *k, int threads) {
   return bad ? -1 : 1;
 }
 
-/* 3-D: weights given [KD][CO][C][KH][KW] as kernel_calls.conv3d_weights stores them. */
+/* 3-D: weights [CO][C][KD][KH][KW] packed in A panels as kernel_calls.pack_a_panels stores them. */
 static int run_case3d(int64_t N, int64_t C, int64_t CO, int64_t D, int64_t H, int64_t W, int64_t KD, int64_t KH,
                       int64_t KW, int64_t s, int64_t dd, int64_t pd, int64_t p, int e, int threads) {
   const int64_t OD = out_size(D, 2 * pd, KD, dd, s), OH = out_size(H, 2 * p, KH, 1, s), OW = out_size(W, 2 * p, KW, 1, s);
   if (OD <= 0 || OH <= 0 || OW <= 0) return 0;
-  const int64_t K = C * KH * KW, P = OD * OH * OW, out_n = N * CO * P;
+  const int64_t K = C * KD * KH * KW, P = OD * OH * OW, out_n = N * CO * P;
   const int overwrite = e & 1, has_bias = (e & 3) != 2, has_res = (e & 3) == 3;
-  float *x = fresh(N * C * D * H * W), *w = fresh(KD * CO * K), *b = has_bias ? fresh(CO) : NULL;
+  float *x = fresh(N * C * D * H * W), *w = fresh(CO * K), *b = has_bias ? fresh(CO) : NULL;
   float *res = has_res ? fresh(out_n) : NULL, *y = fresh(out_n), *want = malloc((size_t)out_n * sizeof(float));
   const float lo = -2.5f, hi = 3.0f;
   for (int64_t n = 0; n < N; ++n)
@@ -117,15 +117,19 @@ static int run_case3d(int64_t N, int64_t C, int64_t CO, int64_t D, int64_t H, in
               for (int64_t kx = 0; kx < KW; ++kx) {
                 const int64_t id = od * s + kd * dd - pd, iy = oy * s + ky - p, ix = ox * s + kx - p;
                 if (id >= 0 && id < D && iy >= 0 && iy < H && ix >= 0 && ix < W)
-                  sum += (double)w[((kd * CO + co) * C + c) * KH * KW + ky * KW + kx] *
+                  sum += (double)w[(((co * C + c) * KD + kd) * KH + ky) * KW + kx] *
                          x[(((n * C + c) * D + id) * H + iy) * W + ix];
               }
         const float v = (float)sum + (overwrite ? (b ? b[co] : 0.0f) : y[o]) + (res ? res[o] : 0.0f);
         want[o] = v < lo ? lo : v > hi ? hi : v;
       }
   use_threads(threads);
-  float *scratch = malloc((size_t)mlrt_packed_b_floats(K, OH * OW) * sizeof(float));
-  mlrt_conv3d_f32((intptr_t)x, (intptr_t)w, (intptr_t)y, (intptr_t)scratch, N, C, D, H, W, CO, KD, KH, KW, OD, OH, OW,
+  const int64_t panels = (CO + MLRT_MR - 1) / MLRT_MR;
+  float *wp = calloc((size_t)(panels * K * MLRT_MR), sizeof(float));
+  for (int64_t co = 0; co < CO; ++co)
+    for (int64_t kk = 0; kk < K; ++kk) wp[(co / MLRT_MR * K + kk) * MLRT_MR + co % MLRT_MR] = w[co * K + kk];
+  float *scratch = malloc((size_t)mlrt_packed_b_floats(K, P) * sizeof(float));
+  mlrt_conv3d_f32((intptr_t)x, (intptr_t)wp, (intptr_t)y, (intptr_t)scratch, N, C, D, H, W, CO, KD, KH, KW, OD, OH, OW,
                   s, s, s, dd, 1, 1, pd, p, p, overwrite, (intptr_t)b, (intptr_t)res, lo, hi, (intptr_t)y);
   int bad = 0;
   for (int64_t i = 0; i < out_n && !bad; ++i)
@@ -136,7 +140,7 @@ static int run_case3d(int64_t N, int64_t C, int64_t CO, int64_t D, int64_t H, in
              (long long)dd, (long long)pd, (long long)p, e, threads);
       bad = 1;
     }
-  free(x), free(w), free(b), free(res), free(y), free(want), free(scratch);
+  free(x), free(w), free(wp), free(b), free(res), free(y), free(want), free(scratch);
   return bad ? -1 : 1;
 }
 
@@ -288,13 +292,14 @@ int main(void) {
           if (r < 0) return 1;
           cases += r;
         }
-  /* 3-D: depth taps 1-3, depth padding (taps skipped; with pd = 2 and KD = 1 some outputs see none),
-   * dilation in depth, strides, every epilogue kind. */
+  /* 3-D: depth taps 1-3, depth padding (with pd = 2 and KD = 1 some outputs see no tap), dilation
+   * in depth, strides, every epilogue kind, 1x1x1 (B read in place), panels spanning depths. */
   for (int64_t KD = 1; KD <= 3; ++KD)
     for (int64_t s = 1; s <= 2; ++s)
       for (int64_t pd = 0; pd <= 2; ++pd)
         for (int e = 0; e < 8; ++e) {
-          const int r = run_case3d(1 + (e >> 2), 3 + KD * 5, 6 + e * 3, 2 + e % 4, 5 + s, 6, KD, 1 + 2 * (e & 1), 3, s,
+          const int r = run_case3d(1 + (e >> 2), 3 + KD * 5, 6 + e * 3, 2 + e % 4, 5 + s, 6, KD, 1 + 2 * (e & 1),
+                                   e == 2 || e == 4 ? 1 : 3, s,
                                    1 + (KD == 2 && (e & 2)), pd, e & 1, e, 1 + 2 * (e & 1));
           if (r < 0) return 1;
           cases += r;

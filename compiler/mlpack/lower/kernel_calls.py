@@ -351,7 +351,8 @@ class _Rewriter(TopLevelOps):
 
     def unpadded_input(self, x, kernel_op, out, in_place_ok=False, fused=(), via=None, pad=0.0, slice_ok=False):
         """If `x` is a buffer filled with `pad` holding a copy of another tensor in its middle, return
-        (that tensor, pad_top, pad_left, ops to erase); else None. The copy's source must stay
+        (that tensor, the leading padding of each spatial dim (NCHW: top, left; NCDHW: front, top,
+        left), ops to erase); else None. The copy's source must stay
         intact until the kernel reads it (ops in `fused` are absorbed into the kernel and do not
         count). Bufferization happily reuses a dead source as the output once the copy exists:
         that source qualifies only if the kernel can run in place (`in_place_ok`). `via`: a view
@@ -381,9 +382,10 @@ class _Rewriter(TopLevelOps):
             return None
         src = copy.operands[0]
         offsets, strides = _ints(subview, "static_offsets"), _ints(subview, "static_strides")
-        if len(offsets) != 4 or offsets[:2] != [0, 0] or strides != [1, 1, 1, 1]:
+        rank = len(x.type.shape)
+        if len(offsets) != rank or offsets[:2] != [0, 0] or strides != [1] * rank:
             return None
-        if not (_contiguous_offset(src, 4) is not None if slice_ok else _is_dense_f32(src, 4)):
+        if not (_contiguous_offset(src, rank) is not None if slice_ok else _is_dense_f32(src, rank)):
             return None
         if not (self.index[fill] < self.index[copy] < self.index[kernel_op]) or (src == out and not in_place_ok):
             return None
@@ -391,7 +393,7 @@ class _Rewriter(TopLevelOps):
         if any(self.index[copy] < p < self.index[kernel_op] and p not in skip
                for p in self.user_positions(src, views=False)):
             return None  # something between the copy and the kernel touches the source
-        return src, offsets[2], offsets[3], [copy, subview, fill, alloc]
+        return src, *offsets[2:], [copy, subview, fill, alloc]
 
     # ---------------------------------------------------------------- epilogue
 
@@ -834,8 +836,7 @@ class _Rewriter(TopLevelOps):
                                     y, gemm_shape=(n, fg, oh * ow, cg * kh * kw))
                     kernel = "mlrt_conv2d_grouped_f32"
             elif name == "linalg.conv_3d_ncdhw_fcdhw" and self.cpu_layouts:
-                # Per output depth, a sum of 2-D convs over the kernel's depth taps, the weights
-                # stored [KD][CO][C][KH][KW] so each tap's slice is a GEMM operand (padding stays a copy).
+                # One im2col GEMM over every output position of all depths, the weights in A panels.
                 x, w, y = operands
                 if x == y or not (_is_dense_f32(x, 5) and _is_dense_f32(w, 5) and _is_dense_f32(y, 5)):
                     continue
@@ -843,15 +844,21 @@ class _Rewriter(TopLevelOps):
                 if weight_arg is None:
                     continue
                 (sd, sh, sw), (dd, dh, dw) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
-                n, c, d, h, wd = x.type.shape
                 co, _, kd, kh, kw = w.type.shape
                 od, oh, ow = y.type.shape[2:]
                 self.prologue(kernel_op, y, ([0, 2, 3, 4], False), fusion)
+                pf = pt = pl = 0
+                unpadded = self.unpadded_input(x, kernel_op, y, fused=fusion.erase)
+                if unpadded:
+                    x, pf, pt, pl, absorbed = unpadded
+                    fusion.erase += absorbed
+                n, c, d, h, wd = x.type.shape
                 self.epilogue(kernel_op, y, None, fusion, {x, w})
-                self.prepack[weight_arg] = Prepack("conv3d", (co, c, kd, kh, kw))
-                sig = self.emit(kernel_op, "mlrt_conv3d_f32", [x, w, y], _packed_floats(c * kh * kw, oh * ow),
-                                [n, c, d, h, wd, co, kd, kh, kw, od, oh, ow, sd, sh, sw, dd, dh, dw, 0, 0, 0], fusion, [],
-                                y, gemm_shape=(n, co, oh * ow, c * kh * kw))
+                self.prepack[weight_arg] = Prepack("conv_a_panels", (co, c, kd, kh, kw))
+                k, positions = c * kd * kh * kw, od * oh * ow
+                sig = self.emit(kernel_op, "mlrt_conv3d_f32", [x, w, y], _packed_floats(k, positions),
+                                [n, c, d, h, wd, co, kd, kh, kw, od, oh, ow, sd, sh, sw, dd, dh, dw, pf, pt, pl], fusion,
+                                [], y, gemm_shape=(n, co, positions, k))
                 kernel = "mlrt_conv3d_f32"
             elif name == "linalg.conv_1d_ncw_fcw" and self.scratch is None:
                 # A 1-D conv is a 2-D conv of height 1 (CPU kernels; padding stays a copy).
@@ -1050,13 +1057,6 @@ def pack_a_panels(w):
     return np.ascontiguousarray(padded.reshape(panels, MR, k).transpose(0, 2, 1))
 
 
-def conv3d_weights(w):
-    """numpy [CO, C, KD, KH, KW] -> [KD, CO, C, KH, KW] (mlrt_conv3d_f32: one GEMM operand per depth tap)."""
-    import numpy as np
-
-    return np.ascontiguousarray(w.transpose(2, 0, 1, 3, 4))
-
-
 def depthwise_ring_fits(kh: int, kw: int, ow: int, sh: int, sw: int, dh: int, dw: int) -> bool:
     """Whether mlrt_depthwise_conv2d_f32 stages these rows in its ring (and so may run in place);
     cpu_kernels/conv.c dw_row_floats and mlrt_kernels.h."""
@@ -1123,7 +1123,6 @@ WEIGHT_LAYOUTS = {
     "panels": ("packed B panels", pack_b_panels),
     "conv_panels": ("transposed, packed B panels", pack_conv_panels),
     "conv_a_panels": ("packed A panels", pack_a_panels),
-    "conv3d": ("depth taps first", conv3d_weights),
     "winograd3x3": ("Winograd F(2x2,3x3)", winograd_weights),
     "winograd4x4_3x3": ("Winograd F(4x4,3x3)", winograd4_weights),
 }

@@ -4,7 +4,7 @@
  *   Y[CO x OH*OW] = epilogue(W[CO x C*KH*KW] * cols), the weights read in place as A.
  * conv2d on small maps: the output channels in the lanes, the weights pre-packed as B panels.
  * grouped conv2d: the same per (image, group), the pairs shared out between the threads.
- * conv3d: per output depth, the sum of 2-D convs over the kernel's depth taps.
+ * conv3d: the same im2col GEMM, its columns every output position of all depths at once.
  * depthwise: per channel, input rows staged in a zero-padded ring; AVX2 / NEON taps along the output row. */
 #include <string.h>
 
@@ -15,11 +15,22 @@ enum { NR = MLRT_NR };
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* A conv's geometry; a 2-D conv is a 3-D one of depth 1 (D = KD = OD = 1, no depth padding). */
+typedef struct {
+  int64_t C, D, H, W, CO, KD, KH, KW, OD, OH, OW, sd, sh, sw, dd, dh, dw, pf, pt, pl;
+} conv_geom;
+
+static inline conv_geom geom2d(int64_t C, int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH,
+                               int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl) {
+  return (conv_geom){C, 1, H, W, CO, 1, KH, KW, 1, OH, OW, 1, sh, sw, 1, dh, dw, 0, pt, pl};
+}
+
 typedef struct {
   const float *x;
   float *bp;
-  int64_t C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pt, pl;
-  int64_t cstride; /* floats from one input channel's plane to the next (H*W, or D*H*W in 3-D) */
+  const conv_geom *g;
+  int64_t N;       /* output positions, OD*OH*OW */
+  int64_t cstride; /* floats from one input channel's plane to the next (D*H*W, or more for a slice) */
 } im2col_job;
 
 /* A tap's lanes in one panel, as runs: lanes [l0, l1) read src[org + l * step] (org may lie before
@@ -103,50 +114,55 @@ static void copy_runs_avx2(float *d, const float *src, int64_t C, int64_t dstrid
  * without a per-lane division or test: the C=3 stem conv spent half its time on those. */
 static void im2col_panel(void *ctx, int64_t p) {
   const im2col_job *j = (const im2col_job *)ctx;
-  const int64_t taps = j->KH * j->KW, K = j->C * taps, plane = j->cstride;
+  const conv_geom g = *j->g; /* a local copy: the copies below cannot alias it */
+  const int64_t taps = g.KD * g.KH * g.KW, K = g.C * taps, plane = j->cstride;
   float *dst = j->bp + p * K * NR;
-  struct { int64_t oy, ox; int la, lb; } piece[NR]; /* lanes [la, lb): output row oy from column ox */
+  /* lanes [la, lb): one output row from one column, whose first tap reads input (id, iy, ix) */
+  struct { int64_t id, iy, ix; int la, lb; } piece[NR];
   int pieces = 0;
   const int64_t end = min64(j->N, (p + 1) * NR);
   for (int64_t pos = p * NR; pos < end; ++pieces) {
-    const int64_t oy = pos / j->OW, ox = pos % j->OW, n = min64(j->OW - ox, end - pos);
-    piece[pieces].oy = oy, piece[pieces].ox = ox, piece[pieces].la = (int)(pos - p * NR);
-    piece[pieces].lb = (int)(pos - p * NR + n);
+    const int64_t row = pos / g.OW, ox = pos % g.OW, n = min64(g.OW - ox, end - pos);
+    piece[pieces].id = row / g.OH * g.sd - g.pf, piece[pieces].iy = row % g.OH * g.sh - g.pt;
+    piece[pieces].ix = ox * g.sw - g.pl;
+    piece[pieces].la = (int)(pos - p * NR), piece[pieces].lb = (int)(pos - p * NR + n);
     pos += n;
   }
-  for (int64_t ky = 0; ky < j->KH; ++ky)
-    for (int64_t kx = 0; kx < j->KW; ++kx) {
-      lane_run r[NR];
-      int n = 0;
-      for (int i = 0; i < pieces; ++i) {
-        const int64_t iy = piece[i].oy * j->sh + ky * j->dh - j->pt, ix0 = piece[i].ox * j->sw + kx * j->dw - j->pl;
-        if (iy < 0 || iy >= j->H) continue;
-        const int64_t la = piece[i].la, last = ix0 + (piece[i].lb - 1 - la) * j->sw;
-        const int64_t l0 = ix0 >= 0 ? la : la + (-ix0 + j->sw - 1) / j->sw;
-        const int64_t l1 = last < j->W ? piece[i].lb : (j->W - 1 - ix0 >= 0 ? la + (j->W - 1 - ix0) / j->sw + 1 : la);
-        if (l0 < l1) r[n++] = (lane_run){iy * j->W + ix0 - la * j->sw, (int)l0, (int)l1, (int)j->sw};
-      }
-      float *d = dst + (ky * j->KW + kx) * NR;
-      const float *src = j->x;
-      const int full = n == 1 && r[0].l0 == 0 && r[0].l1 == NR;
-      if (full && r[0].step == 1) {
-        for (int64_t c = 0; c < j->C; ++c, d += taps * NR, src += plane) memcpy(d, src + r[0].org, NR * sizeof(float));
-#ifdef MLRT_HAVE_AVX2
-      } else if (full && r[0].step == 2) { /* stride-2 convs: deinterleave; reads end at the last element used */
-        for (int64_t c = 0; c < j->C; ++c, d += taps * NR, src += plane) {
-          const float *s = src + r[0].org;
-          _mm256_storeu_ps(d, mlrt_even_lanes(_mm256_loadu_ps(s), _mm256_loadu_ps(s + 8)));
-          _mm256_storeu_ps(d + 8, mlrt_odd_lanes(_mm256_loadu_ps(s + 15), _mm256_loadu_ps(s + 23)));
-        }
-      } else if (j->sw <= 2 && mlrt_avx512()) {
-        copy_runs_avx512(d, src, j->C, taps * NR, plane, r, n);
-      } else if (j->sw <= 2) {
-        copy_runs_avx2(d, src, j->C, taps * NR, plane, r, n);
-#endif
-      } else {
-        copy_runs(d, src, j->C, taps * NR, plane, r, n);
-      }
+  for (int64_t t = 0, kd = 0, ky = 0, kx = 0; t < taps; ++t) { /* tap t = (kd*KH + ky)*KW + kx */
+    lane_run r[NR];
+    int n = 0;
+    const int64_t sw = g.sw, W = g.W;
+    for (int i = 0; i < pieces; ++i) {
+      const int64_t id = piece[i].id + kd * g.dd, iy = piece[i].iy + ky * g.dh, ix0 = piece[i].ix + kx * g.dw;
+      if ((uint64_t)id >= (uint64_t)g.D || (uint64_t)iy >= (uint64_t)g.H) continue;
+      const int64_t la = piece[i].la, last = ix0 + (piece[i].lb - 1 - la) * sw;
+      const int64_t l0 = ix0 >= 0 ? la : la + (-ix0 + sw - 1) / sw;
+      const int64_t l1 = last < W ? piece[i].lb : (W - 1 - ix0 >= 0 ? la + (W - 1 - ix0) / sw + 1 : la);
+      if (l0 < l1) r[n++] = (lane_run){(id * g.H + iy) * W + ix0 - la * sw, (int)l0, (int)l1, (int)sw};
     }
+    float *d = dst + t * NR;
+    const float *src = j->x;
+    const int64_t C = g.C;
+    const int full = n == 1 && r[0].l0 == 0 && r[0].l1 == NR;
+    if (full && r[0].step == 1) {
+      for (int64_t c = 0; c < C; ++c, d += taps * NR, src += plane) memcpy(d, src + r[0].org, NR * sizeof(float));
+#ifdef MLRT_HAVE_AVX2
+    } else if (full && r[0].step == 2) { /* stride-2 convs: deinterleave; reads end at the last element used */
+      for (int64_t c = 0; c < C; ++c, d += taps * NR, src += plane) {
+        const float *s = src + r[0].org;
+        _mm256_storeu_ps(d, mlrt_even_lanes(_mm256_loadu_ps(s), _mm256_loadu_ps(s + 8)));
+        _mm256_storeu_ps(d + 8, mlrt_odd_lanes(_mm256_loadu_ps(s + 15), _mm256_loadu_ps(s + 23)));
+      }
+    } else if (g.sw <= 2 && mlrt_avx512()) {
+      copy_runs_avx512(d, src, C, taps * NR, plane, r, n);
+    } else if (g.sw <= 2) {
+      copy_runs_avx2(d, src, C, taps * NR, plane, r, n);
+#endif
+    } else {
+      copy_runs(d, src, C, taps * NR, plane, r, n);
+    }
+    if (++kx == g.KW) kx = 0, ky = ky + 1 == g.KH ? (++kd, 0) : ky + 1;
+  }
 }
 
 /* im2col and GEMM fused per task: each task packs its own panels and multiplies them while they
@@ -166,16 +182,14 @@ static void conv_task(void *ctx, int64_t t) {
   mlrt_gemm_panels(j->CO, j->N, j->K, j->w, j->lda, j->im2col.bp, j->y, j->ldc, j->ep, p0, p1);
 }
 
-/* One image's conv: X [C][H][W] (channel planes cstride apart) -> Y [CO][OH*OW] (rows ldc apart),
- * with `ep` set for this image. Weights [CO][K] row-major (lda = K), or packed in A panels
- * (lda = MLRT_A_PANELS). */
+/* One image's conv: X [C][D][H][W] (channel planes cstride apart) -> Y [CO][OD*OH*OW] (rows ldc
+ * apart), with `ep` set for this image. Weights [CO][K] row-major (lda = K, K = C*KD*KH*KW), or
+ * packed in A panels (lda = MLRT_A_PANELS). */
 static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t lda, float *Y, int64_t ldc, float *Bp,
-                       const mlrt_epilogue *ep, int64_t C, int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW,
-                       int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top,
-                       int64_t pad_left) {
-  const int64_t K = C * KH * KW, N = OH * OW;
-  if (KH == 1 && KW == 1 && sh == 1 && sw == 1 && pad_top == 0 && pad_left == 0 && OH == H && OW == W) {
-    /* 1x1: B is X itself, [C][H*W] with rows cstride apart. Its whole panels are read in place
+                       const mlrt_epilogue *ep, const conv_geom *g) {
+  const int64_t C = g->C, CO = g->CO, K = C * g->KD * g->KH * g->KW, N = g->OD * g->OH * g->OW;
+  if (K == C && g->sd == 1 && g->sh == 1 && g->sw == 1 && !g->pf && !g->pt && !g->pl && N == g->D * g->H * g->W) {
+    /* 1x1: B is X itself, [C][D*H*W] with rows cstride apart. Its whole panels are read in place
      * (packing them cost a fifth of a small pointwise conv) and the partial last one is packed;
      * except where a panel's 16-float rows span two cache lines each (cstride not a multiple of
      * 16) and enough output channels reuse them: then every panel is packed. MobileNetV2's 1x1
@@ -202,7 +216,7 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
     mlrt_gemm_rows(CO, N, K, Wt, lda, X, cstride, Bp, Y, ldc, ep);
     return;
   }
-  im2col_job j = {X, Bp, C, H, W, KH, KW, OW, N, sh, sw, dh, dw, pad_top, pad_left, cstride};
+  im2col_job j = {X, Bp, g, N, cstride};
   const int64_t threads = mlrt_threads_for(CO * N * K), panels = (N + NR - 1) / NR;
   /* im2col fused into the GEMM per task: tasks take even shares of the panels, small enough
    * that a task's packed columns stay in L2 (~256 KiB), and as many as mlrt_tasks_for allows, as
@@ -247,13 +261,13 @@ static void conv2d(int64_t lda, int64_t x, int64_t w, int64_t y, int64_t scratch
   const float *X = (const float *)(intptr_t)x, *Wt = (const float *)(intptr_t)w;
   float *Y = (float *)(intptr_t)y, *Bp = (float *)(intptr_t)scratch;
   const int64_t N = OH * OW;
+  const conv_geom g = geom2d(C, H, W, CO, KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left);
   for (int64_t n = 0; n < batch; ++n) {
     const int64_t y_off = n * CO * N;
     mlrt_epilogue ep = {(int)overwrite, (const float *)(intptr_t)bias, 0,
                         residual ? (const float *)(intptr_t)residual + y_off : NULL, act_lo, act_hi,
                         (float *)(intptr_t)dst + y_off};
-    conv_image(X + n * C * H * W, H * W, Wt, lda, Y + y_off, N, Bp, &ep, C, H, W, CO, KH, KW, OH, OW, sh, sw, dh,
-               dw, pad_top, pad_left);
+    conv_image(X + n * C * H * W, H * W, Wt, lda, Y + y_off, N, Bp, &ep, &g);
   }
 }
 
@@ -287,13 +301,13 @@ typedef struct {
 
 static void grouped_pairs(const grouped_job *j, int64_t u0, int64_t u1, float *bp) {
   const int64_t cg = j->C / j->groups, fg = j->CO / j->groups, N = j->OH * j->OW;
+  const conv_geom geom = geom2d(cg, j->H, j->W, fg, j->KH, j->KW, j->OH, j->OW, j->sh, j->sw, j->dh, j->dw, j->pt, j->pl);
   for (int64_t u = u0; u < u1; ++u) {
     const int64_t n = u / j->groups, g = u % j->groups, y_off = n * j->CO * N + g * fg * N;
     mlrt_epilogue ep = {(int)j->overwrite, j->bias ? j->bias + g * fg : NULL, 0,
                         j->residual ? j->residual + y_off : NULL, j->lo, j->hi, j->dst + y_off};
     conv_image(j->x + (n * j->C + g * cg) * j->H * j->W, j->H * j->W, j->w + g * fg * cg * j->KH * j->KW,
-               cg * j->KH * j->KW, j->y + y_off, N, bp, &ep, cg, j->H, j->W, fg, j->KH, j->KW, j->OH, j->OW, j->sh, j->sw, j->dh, j->dw,
-               j->pt, j->pl);
+               cg * j->KH * j->KW, j->y + y_off, N, bp, &ep, &geom);
   }
 }
 
@@ -322,48 +336,26 @@ void mlrt_conv2d_grouped_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, i
 }
 
 /* ------------------------------------------------------------------------- 3-D
- * Output depth od of a 3-D conv is the sum over the kernel's depth taps kd of 2-D convs: input
- * depth plane id = od*sd + kd*dd - pd (channel planes D*H*W apart) with the weights' kd slice,
- * stored [KD][CO][C*KH*KW] at build time (kernel_calls.conv3d_weights) so each slice is a plain
- * GEMM operand. The first tap initializes (bias), the last applies the epilogue; taps that fall
- * in the depth padding are skipped. */
+ * One GEMM per image: Y [CO][OD*OH*OW] = W [CO][C*KD*KH*KW] * cols, im2col over every output
+ * position of all depths (taps in the depth padding read as zeros), the weights packed in A
+ * panels at build time. Summing per-depth 2-D GEMMs instead read the weights OD*KD times, and
+ * on late-stage maps (2x2, 4x4) filled a quarter of each 16-position panel. */
 void mlrt_conv3d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t D,
                      int64_t H, int64_t W, int64_t CO, int64_t KD, int64_t KH, int64_t KW, int64_t OD, int64_t OH,
                      int64_t OW, int64_t sd, int64_t sh, int64_t sw, int64_t dd, int64_t dh, int64_t dw, int64_t pad_front,
                      int64_t pad_top, int64_t pad_left, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
                      float act_hi, int64_t dst) {
-  const float *X = (const float *)(intptr_t)x, *Wt = (const float *)(intptr_t)w, *B = (const float *)(intptr_t)bias;
-  const float *R = (const float *)(intptr_t)residual;
-  float *Y = (float *)(intptr_t)y, *Dst = (float *)(intptr_t)dst, *Bp = (float *)(intptr_t)scratch;
-  const int64_t P = OH * OW, ldc = OD * P, K = C * KH * KW;
-  for (int64_t n = 0; n < batch; ++n)
-    for (int64_t od = 0; od < OD; ++od) {
-      const int64_t y_off = n * CO * ldc + od * P;
-      int64_t first = -1, last = -1;
-      for (int64_t kd = 0; kd < KD; ++kd) {
-        const int64_t id = od * sd + kd * dd - pad_front;
-        if (id >= 0 && id < D) last = kd, first = first < 0 ? kd : first;
-      }
-      if (first < 0) { /* every tap in the padding: the epilogue of an empty sum */
-        for (int64_t co = 0; co < CO; ++co)
-          for (int64_t p = 0; p < P; ++p) {
-            const int64_t o = y_off + co * ldc + p;
-            const float v = (overwrite ? (B ? B[co] : 0.0f) : Y[o]) + (R ? R[o] : 0.0f);
-            Dst[o] = mlrt_clamp(v, act_lo, act_hi);
-          }
-        continue;
-      }
-      for (int64_t kd = first; kd <= last; ++kd) {
-        const int64_t id = od * sd + kd * dd - pad_front;
-        if (id < 0 || id >= D) continue;
-        const int is_last = kd == last;
-        mlrt_epilogue ep = {kd == first ? (int)overwrite : 0, kd == first ? B : NULL, 0,
-                            is_last && R ? R + y_off : NULL, is_last ? act_lo : -__builtin_inff(),
-                            is_last ? act_hi : __builtin_inff(), (is_last ? Dst : Y) + y_off};
-        conv_image(X + (n * C * D + id) * H * W, D * H * W, Wt + kd * CO * K, K, Y + y_off, ldc, Bp, &ep, C, H, W, CO,
-                   KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left);
-      }
-    }
+  const float *X = (const float *)(intptr_t)x, *Wt = (const float *)(intptr_t)w;
+  float *Y = (float *)(intptr_t)y, *Bp = (float *)(intptr_t)scratch;
+  const conv_geom g = {C, D, H, W, CO, KD, KH, KW, OD, OH, OW, sd, sh, sw, dd, dh, dw, pad_front, pad_top, pad_left};
+  const int64_t N = OD * OH * OW;
+  for (int64_t n = 0; n < batch; ++n) {
+    const int64_t y_off = n * CO * N;
+    mlrt_epilogue ep = {(int)overwrite, (const float *)(intptr_t)bias, 0,
+                        residual ? (const float *)(intptr_t)residual + y_off : NULL, act_lo, act_hi,
+                        (float *)(intptr_t)dst + y_off};
+    conv_image(X + n * C * D * H * W, D * H * W, Wt, MLRT_A_PANELS, Y + y_off, N, Bp, &ep, &g);
+  }
 }
 
 /* ------------------------------------------------------------------------- small maps

@@ -170,8 +170,8 @@ void mlrt_conv2d_grouped_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, i
                              int64_t OH, int64_t OW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pad_top,
                              int64_t pad_left, int64_t overwrite, int64_t bias, int64_t residual, float act_lo,
                              float act_hi, int64_t dst);
-/* 3-D conv, NCDHW: w stored [KD][CO][C][KH][KW] (kernel_calls.conv3d_weights); scratch: the packed
- * B operand of one depth plane, mlrt_packed_b_floats(C*KH*KW, OH*OW) floats. */
+/* 3-D conv, NCDHW: w [CO][C*KD*KH*KW] packed in A panels (kernel_calls.pack_a_panels); scratch: the
+ * packed B operand of one image, mlrt_packed_b_floats(C*KD*KH*KW, OD*OH*OW) floats. */
 void mlrt_conv3d_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C, int64_t D,
                      int64_t H, int64_t W, int64_t CO, int64_t KD, int64_t KH, int64_t KW, int64_t OD, int64_t OH,
                      int64_t OW, int64_t sd, int64_t sh, int64_t sw, int64_t dd, int64_t dh, int64_t dw, int64_t pad_front,
