@@ -861,22 +861,27 @@ class _Rewriter(TopLevelOps):
                                 [], y, gemm_shape=(n, co, positions, k))
                 kernel = "mlrt_conv3d_f32"
             elif name == "linalg.conv_1d_ncw_fcw" and self.scratch is None:
-                # A 1-D conv is a 2-D conv of height 1 (CPU kernels; padding stays a copy).
+                # A 1-D conv is a 2-D conv of height 1 (CPU kernels), its padding read in place.
                 x, w, y = operands
                 if x == y or not (_is_dense_f32(x, 3) and _is_dense_f32(w, 3) and _is_dense_f32(y, 3)):
                     continue
                 (sw,), (dw,) = _ints(kernel_op, "strides"), _ints(kernel_op, "dilations")
-                n, c, wd = x.type.shape
                 kw = w.type.shape[-1]
                 co, ow = y.type.shape[1:]
                 self.prologue(kernel_op, y, ([0, 2], False), fusion)
+                pl = 0
+                unpadded = self.unpadded_input(x, kernel_op, y, fused=fusion.erase)
+                if unpadded:
+                    x, pl, absorbed = unpadded
+                    fusion.erase += absorbed
+                n, c, wd = x.type.shape
                 self.epilogue(kernel_op, y, None, fusion, {x, w})
                 a_arg = self.packable_weight(w, kernel_op) if self.cpu_layouts else None
                 kernel = "mlrt_conv2d_f32" if a_arg is None else "mlrt_conv2d_packed_f32"
                 if a_arg is not None:
                     self.prepack[a_arg] = Prepack("conv_a_panels", (co, c, kw))
                 sig = self.emit(kernel_op, kernel, [x, w, y], _packed_floats(c * kw, ow),
-                                [n, c, 1, wd, co, 1, kw, 1, ow, 1, sw, 1, dw, 0, 0], fusion, [], y,
+                                [n, c, 1, wd, co, 1, kw, 1, ow, 1, sw, 1, dw, 0, pl], fusion, [], y,
                                 gemm_shape=(n, co, ow, c * kw))
             elif name in _POOLING and self.scratch is None:
                 x, window_buf, y = operands
