@@ -1,6 +1,6 @@
 """Op families beyond plain linalg, each built with mlpack and compared with eager PyTorch:
 torch-mlir's tm_tensor ops (sort, topk, cumsum, scatter: compiler/mlpack/lower/tm_tensor.py), our own
-decompositions (adaptive max pooling, det / slogdet, fmod: compiler/mlpack/frontend/decompositions.py),
+decompositions (adaptive max pooling, det / slogdet, fmod, resizes: compiler/mlpack/frontend/decompositions.py),
 and small configs of real architectures that needed them (RoBERTa, EdgeNeXt, Swin).
 Several ops share one model where they can: every build costs seconds."""
 
@@ -122,6 +122,49 @@ def test_det_slogdet(tmp_path):
     assert np.isneginf(ref[3][1]) and np.isneginf(out[3][1]) and out[0][1] == 0 and out[2][1] == 0
     finite = [0, 2]  # -inf would make the tolerance (scaled by max |r|) infinite: compare the rest
     assert_matches_eager(out[:3] + [out[3][finite]] + out[4:], ref[:3] + [ref[3][finite]] + ref[4:])
+
+
+class Resizes(nn.Module):
+    """Every resize form the decompositions rewrite, and ones they leave to the generic path."""
+
+    def forward(self, x, tall):
+        f = nn.functional.interpolate
+        return (f(x, size=(20, 27), mode="bilinear", align_corners=False),  # upscale, odd factors
+                f(x, size=(20, 27), mode="bilinear", align_corners=True),
+                f(x, scale_factor=(2.5, 1.5), mode="bilinear"),  # the scale given: eager's 1/scale
+                f(x, size=(4, 5), mode="bilinear"),  # downscale
+                f(x, size=x.shape[-2:], mode="bilinear"),  # same size: a copy
+                f(x, size=(24, 22), mode="nearest"),  # whole factors 3, 2
+                f(x, scale_factor=3, mode="nearest"),
+                f(x, size=(12, 15), mode="nearest"),  # not whole: the generic path
+                nn.Upsample(scale_factor=2, mode="bilinear")(tall))  # the height pass first
+
+
+def test_resizes_match_eager(tmp_path):
+    torch.manual_seed(6)
+    x, tall = torch.randn(2, 3, 8, 11), torch.randn(1, 2, 40, 3)
+    result, _ = _build_and_compare(Resizes(), (x, tall), tmp_path)
+    assert result.manifest["targets"]["cpu"]["kernels"] == {"mlrt_matmul_f32": 10}  # two per bilinear resize
+
+
+class ResizePair(nn.Module):
+    def forward(self, x):
+        f = nn.functional.interpolate
+        return f(x, scale_factor=2, mode="bilinear") + f(x, scale_factor=2, mode="nearest")
+
+
+def test_resizes_with_a_dynamic_batch(tmp_path):
+    """The rewritten resizes keep the batch symbolic: one bundle serves every batch size."""
+    torch.manual_seed(7)
+    model = ResizePair().eval()
+    result = mlpack.build(model, [torch.randn(2, 3, 6, 7)], tmp_path / "m.bundle", dynamic=["x:0=1..4"])
+    assert result.manifest["targets"]["cpu"]["kernels"] == {"mlrt_matmul_f32": 2}
+    m = mlrt.load(tmp_path / "m.bundle")
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 6, 7)
+        with torch.no_grad():
+            ref = flat_outputs(model(x))
+        assert_matches_eager(m.run_flat(x.numpy()), ref)
 
 
 class RollFmod(nn.Module):

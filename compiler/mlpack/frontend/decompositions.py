@@ -20,6 +20,18 @@ the sizes of the node it replaces (loops unrolled, windows computed in Python).
   legalize it (reported as "failed to legalize 'torch.constant.int'"); `fmod.Tensor` it lowers.
 - `arange.start_step` in int8 / uint8 (torch.eye decomposes to a uint8 arange compared with
   itself): torch-mlir's lowering crashes the process (SIGSEGV). Counted in int64, then cast.
+- `upsample_bilinear2d` (F.interpolate, mode="bilinear": segmentation heads, FPNs): the generic
+  decomposition gathers the four corners into four full-size buffers and blends them in more
+  loops (8 ns per output element here). Bilinear resizing is separable, so it becomes two
+  matmuls with [out, in] interpolation matrices, one per spatial dim, which run on the GEMM
+  kernels: 7-8x faster for 8-16 pixel maps. The matrices hold eager's weights (the same float32
+  source-index formula) and are built from iota by the program, which costs out*in elements. The
+  cheaper order of the two is taken. A non-finite input spreads further than in eager: an Inf
+  becomes NaN along its row and column (0 * Inf), where eager keeps it to its neighbours.
+- `upsample_nearest2d` by whole factors (F.interpolate, mode="nearest", FPN / YOLO top-down
+  paths): each input pixel broadcast to its s_h x s_w block (an expand and a reshape, one copy),
+  instead of a gather with index arithmetic per element (8x faster on a 16 -> 64 map). Other
+  factors keep the generic decomposition.
 - `mul.Tensor`, `sub.Tensor`, `div.Tensor_mode` of an int8 / uint8 tensor and a Python number
   (`y * 2`, `y - 2`, `y // 2`): torch-mlir's lowering crashes the process (SIGSEGV). An integer
   in the dtype's range becomes a 0-d tensor of that dtype (same wrap-around as eager); with a float
@@ -29,6 +41,7 @@ the sizes of the node it replaces (loops unrolled, windows computed in Python).
 from __future__ import annotations
 
 import torch
+from torch._decomp import decomposition_table as _decomp_table  # PyTorch's own, for what we leave
 
 aten = torch.ops.aten
 
@@ -122,6 +135,79 @@ def linalg_slogdet(a: torch.Tensor):
     return sign, logabs, lu, piv
 
 
+def _static(*sizes) -> bool:
+    return all(isinstance(v, int) for v in sizes)
+
+
+def _linear_weights(size: int, out: int, align_corners: bool, scale) -> torch.Tensor:
+    """[out, size] float32: row o holds output o's two weights, as eager computes them
+    (aten/src/ATen/native/UpSample.h: area_pixel_compute_scale / _source_index, in float)."""
+    if align_corners:
+        step = (size - 1) / (out - 1) if out > 1 else 0.0
+        src = torch.arange(out, dtype=torch.float32) * step
+    else:
+        step = 1.0 / scale if scale is not None and scale > 0 else size / out
+        src = ((torch.arange(out, dtype=torch.float32) + 0.5) * step - 0.5).clamp(min=0.0)
+    i0 = src.floor().to(torch.int64).clamp(max=size - 1)
+    i1 = (i0 + 1).clamp(max=size - 1)
+    hi = (src - i0.to(torch.float32)).clamp(0.0, 1.0)
+    cols = torch.arange(size, dtype=torch.int64)[None, :]
+    return (cols == i0[:, None]).to(torch.float32) * (1.0 - hi)[:, None] \
+        + (cols == i1[:, None]).to(torch.float32) * hi[:, None]
+
+
+def upsample_bilinear2d(x: torch.Tensor, output_size, align_corners: bool, scales_h=None, scales_w=None):
+    """Bilinear resize of [N, C, H, W] as two matmuls with interpolation matrices (see above)."""
+    n, c, h, w = x.shape  # batch and channels may be symbolic (dynamic shapes)
+    oh, ow = output_size
+    if x.dtype != torch.float32 or not _static(h, w, oh, ow):
+        return _decomp_table[aten.upsample_bilinear2d.default](x, output_size, align_corners, scales_h, scales_w)
+    if (oh, ow) == (h, w) and (align_corners or (scales_h in (None, 1.0) and scales_w in (None, 1.0))):
+        return x.clone()  # every source index is the output index itself
+    ry = _linear_weights(h, oh, align_corners, scales_h)      # [OH, H]
+    rxt = _linear_weights(w, ow, align_corners, scales_w).t()  # [W, OW]
+    if h * w * ow + oh * h * ow <= oh * h * w + oh * w * ow:  # width first
+        t = (x.reshape(-1, w) @ rxt).reshape(-1, h, ow)
+        return torch.matmul(ry, t).reshape(n, c, oh, ow)
+    t = torch.matmul(ry, x.reshape(-1, h, w))  # height first: [N*C, OH, W]
+    return (t.reshape(-1, w) @ rxt).reshape(n, c, oh, ow)
+
+
+def upsample_bilinear2d_vec(x: torch.Tensor, output_size, align_corners: bool, scale_factors):
+    h, w = x.shape[-2:]
+    if output_size is None:
+        if not _static(h, w):
+            return _decomp_table[aten.upsample_bilinear2d.vec](x, output_size, align_corners, scale_factors)
+        output_size = [int(h * scale_factors[0]), int(w * scale_factors[1])]  # eager: floor
+    sh, sw = scale_factors if scale_factors is not None else (None, None)
+    return upsample_bilinear2d(x, output_size, align_corners, sh, sw)
+
+
+def _nearest_whole(x: torch.Tensor, oh, ow, scales_h, scales_w):
+    """Nearest by whole factors, each pixel broadcast to its block (eager's source index
+    floor(o * in / out), or floor(o / scale) with the scale given, is o // factor); else None."""
+    n, c, h, w = x.shape  # batch and channels may be symbolic (dynamic shapes)
+    if not (_static(h, w, oh, ow) and oh % h == 0 and ow % w == 0
+            and scales_h in (None, oh // h) and scales_w in (None, ow // w)):
+        return None
+    sh, sw = oh // h, ow // w
+    return x[:, :, :, None, :, None].expand(-1, -1, h, sh, w, sw).reshape(n, c, oh, ow)
+
+
+def upsample_nearest2d(x: torch.Tensor, output_size, scales_h=None, scales_w=None):
+    y = _nearest_whole(x, *output_size, scales_h, scales_w)
+    return y if y is not None else _decomp_table[aten.upsample_nearest2d.default](x, output_size, scales_h, scales_w)
+
+
+def upsample_nearest2d_vec(x: torch.Tensor, output_size, scale_factors):
+    h, w = x.shape[-2:]
+    if output_size is None and scale_factors is not None and _static(h, w):
+        output_size = [int(h * scale_factors[0]), int(w * scale_factors[1])]  # eager: floor
+    sh, sw = scale_factors if scale_factors is not None else (None, None)
+    y = _nearest_whole(x, *output_size, sh, sw) if output_size is not None else None
+    return y if y is not None else NotImplemented  # torch-mlir lowers the op itself
+
+
 def fmod_scalar(x: torch.Tensor, other):
     """fmod by a scalar (torch.roll's index arithmetic, e.g. Swin's shifted windows): torch-mlir
     lowers only the tensor-tensor form."""
@@ -159,6 +245,10 @@ def table() -> dict:
         aten._linalg_det.default: linalg_det,
         aten._linalg_slogdet.default: linalg_slogdet,
         aten.fmod.Scalar: fmod_scalar,
+        aten.upsample_bilinear2d.default: upsample_bilinear2d,
+        aten.upsample_bilinear2d.vec: upsample_bilinear2d_vec,
+        aten.upsample_nearest2d.default: upsample_nearest2d,
+        aten.upsample_nearest2d.vec: upsample_nearest2d_vec,
         aten.arange.start_step: arange_8bit,
         aten.mul.Tensor: _with_8bit_scalar(aten.mul.Tensor),
         aten.sub.Tensor: _with_8bit_scalar(aten.sub.Tensor),
