@@ -30,6 +30,7 @@ typedef struct {
   float *bp;
   const conv_geom *g;
   int64_t N;       /* output positions, OD*OH*OW */
+  int64_t p0;      /* panel p of the job is the conv's panel p0 + p */
   int64_t cstride; /* floats from one input channel's plane to the next (D*H*W, or more for a slice) */
 } im2col_job;
 
@@ -120,19 +121,28 @@ static void im2col_panel(void *ctx, int64_t p) {
   /* lanes [la, lb): one output row from one column, whose first tap reads input (id, iy, ix) */
   struct { int64_t id, iy, ix; int la, lb; } piece[NR];
   int pieces = 0;
-  const int64_t end = min64(j->N, (p + 1) * NR);
-  for (int64_t pos = p * NR; pos < end; ++pieces) {
+  const int64_t p_abs = p + j->p0, end = min64(j->N, (p_abs + 1) * NR);
+  for (int64_t pos = p_abs * NR; pos < end; ++pieces) {
     const int64_t row = pos / g.OW, ox = pos % g.OW, n = min64(g.OW - ox, end - pos);
     piece[pieces].id = row / g.OH * g.sd - g.pf, piece[pieces].iy = row % g.OH * g.sh - g.pt;
     piece[pieces].ix = ox * g.sw - g.pl;
-    piece[pieces].la = (int)(pos - p * NR), piece[pieces].lb = (int)(pos - p * NR + n);
+    piece[pieces].la = (int)(pos - p_abs * NR), piece[pieces].lb = (int)(pos - p_abs * NR + n);
     pos += n;
   }
+  const int64_t sw = g.sw, W = g.W;
+  /* one output row segment whose every tap column lies inside the image (most panels of a
+   * wide map): a tap is one full run, or none where its row is in the padding */
+  const int inner = pieces == 1 && piece[0].lb - piece[0].la == NR && piece[0].ix >= 0 &&
+                    piece[0].ix + (NR - 1) * sw + (g.KW - 1) * g.dw < W;
   for (int64_t t = 0, kd = 0, ky = 0, kx = 0; t < taps; ++t) { /* tap t = (kd*KH + ky)*KW + kx */
     lane_run r[NR];
     int n = 0;
-    const int64_t sw = g.sw, W = g.W;
-    for (int i = 0; i < pieces; ++i) {
+    if (inner) {
+      const int64_t id = piece[0].id + kd * g.dd, iy = piece[0].iy + ky * g.dh;
+      if ((uint64_t)id < (uint64_t)g.D && (uint64_t)iy < (uint64_t)g.H)
+        r[n++] = (lane_run){(id * g.H + iy) * W + piece[0].ix + kx * g.dw, 0, NR, (int)sw};
+    }
+    for (int i = 0; i < pieces && !inner; ++i) {
       const int64_t id = piece[i].id + kd * g.dd, iy = piece[i].iy + ky * g.dh, ix0 = piece[i].ix + kx * g.dw;
       if ((uint64_t)id >= (uint64_t)g.D || (uint64_t)iy >= (uint64_t)g.H) continue;
       const int64_t la = piece[i].la, last = ix0 + (piece[i].lb - 1 - la) * sw;
@@ -216,7 +226,7 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
     mlrt_gemm_rows(CO, N, K, Wt, lda, X, cstride, Bp, Y, ldc, ep);
     return;
   }
-  im2col_job j = {X, Bp, g, N, cstride};
+  im2col_job j = {X, Bp, g, N, 0, cstride};
   const int64_t threads = mlrt_threads_for(CO * N * K), panels = (N + NR - 1) / NR;
   /* im2col fused into the GEMM per task: tasks take even shares of the panels, small enough
    * that a task's packed columns stay in L2 (~256 KiB), and as many as mlrt_tasks_for allows, as
@@ -247,11 +257,23 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
     mlrt_parallel_for(tasks, conv_task, &cj);
     return;
   }
-  if (threads == 1)
-    for (int64_t p = 0; p < panels; ++p) im2col_panel(&j, p);
-  else
+  if (threads > 1) {
     mlrt_parallel_for(panels, im2col_panel, &j);
-  mlrt_gemm_packed(CO, N, K, Wt, lda, Bp, Y, ldc, ep);
+    mlrt_gemm_packed(CO, N, K, Wt, lda, Bp, Y, ldc, ep);
+    return;
+  }
+  /* one thread: chunks of panels that fit in L2, each packed and multiplied in turn into the
+   * scratch's first panels (packing all of a 224x224 stem's 7.4 MB first, then multiplying, ran
+   * the product from memory) */
+  const int64_t chunk = ep->bias_per_col ? panels : max64(1, (256 << 10) / (K * NR * (int64_t)sizeof(float)));
+  for (int64_t q0 = 0; q0 < panels; q0 += chunk) {
+    const int64_t q1 = min64(panels, q0 + chunk), n0 = q0 * NR, cols = min64(N, q1 * NR) - n0;
+    j.p0 = q0;
+    for (int64_t p = 0; p < q1 - q0; ++p) im2col_panel(&j, p);
+    mlrt_epilogue e = *ep;
+    e.residual = e.residual ? e.residual + n0 : NULL, e.dst += n0;
+    mlrt_gemm_packed(CO, cols, K, Wt, lda, Bp, Y + n0, ldc, &e);
+  }
 }
 
 static void conv2d(int64_t lda, int64_t x, int64_t w, int64_t y, int64_t scratch, int64_t batch, int64_t C,
