@@ -256,7 +256,8 @@ def test_kernel_path_matches_eager(name, tmp_path):
     inputs = tuple(torch.randn(s) for s in shapes)
     with torch.no_grad():
         ref = flat_outputs(model(*inputs))
-    result = mlpack.build(model, inputs, tmp_path / "m.bundle", dump_ir=tmp_path / "ir")
+    padding_checked = name.startswith(("conv1d", "conv3d")) and "groupnorm" not in name
+    result = mlpack.build(model, inputs, tmp_path / "m.bundle", dump_ir=tmp_path / "ir" if padding_checked else None)
     out = mlrt.load(tmp_path / "m.bundle").run_flat(*[x.numpy() for x in inputs])
     assert_matches_eager(out, ref)
     kernels = result.manifest["targets"]["cpu"]["kernels"]
@@ -268,7 +269,7 @@ def test_kernel_path_matches_eager(name, tmp_path):
         assert kernels == {"mlrt_conv3d_f32": 1}, kernels
     if name.startswith("conv1d"):
         assert kernels == {"mlrt_conv2d_packed_f32": 1}, kernels
-    if name.startswith(("conv1d", "conv3d")) and "groupnorm" not in name:  # padding read in place, not copied
+    if padding_checked:  # the padding is read in place, not copied
         assert "memref.copy" not in next((tmp_path / "ir").glob("*-kernels.mlir")).read_text()
     if name == "grouped_bottlenecks_shared_views":
         assert kernels.get("mlrt_conv2d_grouped_f32") == 3, kernels

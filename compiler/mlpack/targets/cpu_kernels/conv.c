@@ -265,13 +265,14 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
   /* one thread: chunks of panels that fit in L2, each packed and multiplied in turn into the
    * scratch's first panels (packing all of a 224x224 stem's 7.4 MB first, then multiplying, ran
    * the product from memory) */
-  const int64_t chunk = ep->bias_per_col ? panels : max64(1, (256 << 10) / (K * NR * (int64_t)sizeof(float)));
+  const int64_t chunk = max64(1, (256 << 10) / (K * NR * (int64_t)sizeof(float)));
   for (int64_t q0 = 0; q0 < panels; q0 += chunk) {
     const int64_t q1 = min64(panels, q0 + chunk), n0 = q0 * NR, cols = min64(N, q1 * NR) - n0;
     j.p0 = q0;
     for (int64_t p = 0; p < q1 - q0; ++p) im2col_panel(&j, p);
     mlrt_epilogue e = *ep;
     e.residual = e.residual ? e.residual + n0 : NULL, e.dst += n0;
+    if (e.bias && e.bias_per_col) e.bias += n0;
     mlrt_gemm_packed(CO, cols, K, Wt, lda, Bp, Y + n0, ldc, &e);
   }
 }
