@@ -87,3 +87,17 @@ def test_identical_loop_nests_compile_once(tmp_path):
     assert len(calls) > len(defined)  # some run for both blocks
     assert llvm_compile.merge_identical(llvm_ir) == llvm_ir  # none left for the LLVM IR text pass
     assert_matches_eager([mlrt.load(bundle).run(x.numpy())], ref)
+
+
+def test_a_worker_compiles_module_after_module_and_reports_a_failure():
+    """One worker process takes several partitions in turn (framed on its pipes); a module LLVM
+    rejects ends it with an error naming LLVM's message, not a hang or a short object."""
+    from mlpack.lower import llvm_compile
+
+    good = "define void @f{}(ptr %p) {{\n  store float 1.0, ptr %p\n  ret void\n}}\n"
+    with llvm_compile._Worker("x86_64-unknown-linux-gnu", "x86-64-v3", "") as worker:
+        objs = [worker.compile(good.format(i)) for i in range(3)]
+        assert all(o.startswith(b"\x7fELF") for o in objs)
+        assert b"f2" in objs[2] and b"f2" not in objs[0]
+        with pytest.raises(llvm_compile.CompileError, match=r"(?s)LLVM failed.*doesn't match function result type"):
+            worker.compile("define void @g() {\n  ret i32 0\n}\n")

@@ -13,7 +13,10 @@ MLIR, before lowering to LLVM (outline_loops.merge_identical_nests), and again h
 IR text (`merge_identical`), for nests only the LLVM IR shows to be the same.
 
 The split depends on the IR alone (never on the core count), so the same model always gives the
-same objects. Run as a script, this module is the worker: LLVM IR on stdin, the object on stdout.
+same objects. One worker per core takes partitions in turn, largest first, until none is left:
+starting a worker (Python and LLVM) costs ~0.2 s of CPU, as much as compiling a small partition.
+Run as a script, this module is the worker: framed LLVM IR modules on stdin, framed objects on
+stdout (`_serve`).
 """
 
 from __future__ import annotations
@@ -21,15 +24,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# IR lines per partition: below ~2x this a model compiles in one piece (the workers' start-up,
-# ~0.1 s each, is not worth it for small models).
-PARTITION_LINES = 6000
-MAX_PARTITIONS = 8
+# IR lines per partition. LLVM's time grows faster than the module: MobileViT's 33K lines took
+# 6.5 s of CPU as one module, 5.8 s as 5 partitions and 5.3 s as 21 (Zen 3). Small partitions
+# also balance the workers: 5 equal ones on 2 workers leave one idle for a fifth of the time.
+PARTITION_LINES = 1500
+MAX_PARTITIONS = 32
 
 _DEFINE = re.compile(r"^define ([^@]*)@([-\w.$]+)\(")
 
@@ -42,9 +49,23 @@ def compile_objects(llvm_ir: str, triple: str, cpu: str, features: str = "") -> 
     """Objects for `llvm_ir` (a module whose functions can be linked from separate objects), for
     `triple` (e.g. x86_64-unknown-linux-gnu) at LLVM CPU `cpu` with `features` ("+neon,..." or "")."""
     parts = split_module(merge_identical(llvm_ir))
+    todo = sorted(range(len(parts)), key=lambda i: (-len(parts[i]), i))  # largest first: the last ones fill gaps
+    lock, objs = threading.Lock(), [b""] * len(parts)
+
+    def drain() -> None:
+        with _Worker(triple, cpu, features) as worker:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    i = todo.pop(0)
+                objs[i] = worker.compile(parts[i])
+
     workers = max(1, min(len(parts), len(os.sched_getaffinity(0))))
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda text: _run_worker(text, triple, cpu, features), parts))
+        for done in [pool.submit(drain) for _ in range(workers)]:
+            done.result()
+    return objs
 
 
 def split_module(llvm_ir: str) -> list[str]:
@@ -156,13 +177,53 @@ def _declaration(header: str) -> str:
     return f"declare hidden {ret} @{m.group(2)}({', '.join(params)})"
 
 
-def _run_worker(llvm_ir: str, triple: str, cpu: str, features: str) -> bytes:
-    proc = subprocess.run([sys.executable, str(Path(__file__)), triple, cpu, features], input=llvm_ir.encode(),
-                          capture_output=True, check=False)
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip()
-        raise CompileError(f"LLVM failed (exit status {proc.returncode}): {err[-2000:] or 'no message'}")
-    return proc.stdout
+_LENGTH = struct.Struct("<Q")  # the frame header: the byte count of what follows
+
+
+class _Worker:
+    """A worker process (this module as a script), compiling one framed module after another."""
+
+    def __init__(self, triple: str, cpu: str, features: str):
+        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty LLVM cannot block on it
+        self._proc = subprocess.Popen([sys.executable, str(Path(__file__)), triple, cpu, features],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+
+    def __enter__(self) -> _Worker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._proc.kill()  # after its last object, or on an error: nothing of it is wanted then
+        self._proc.wait()
+        self._proc.stdin.close()
+        self._proc.stdout.close()
+        self._stderr.close()
+
+    def compile(self, llvm_ir: str) -> bytes:
+        data = llvm_ir.encode()
+        try:
+            self._proc.stdin.write(_LENGTH.pack(len(data)) + data)
+            self._proc.stdin.flush()
+            head = self._proc.stdout.read(_LENGTH.size)
+            if len(head) == _LENGTH.size:
+                size = _LENGTH.unpack(head)[0]
+                obj = self._proc.stdout.read(size)
+                if len(obj) == size:
+                    return obj
+        except (BrokenPipeError, OSError):
+            pass  # the worker died: its exit status and message say why
+        code = self._proc.wait()
+        self._stderr.seek(0)
+        err = self._stderr.read().decode(errors="replace").strip()
+        raise CompileError(f"LLVM failed (exit status {code}): {err[-2000:] or 'no message'}")
+
+
+def _serve(triple: str, cpu: str, features: str) -> None:
+    """The worker: compile each framed module on stdin, answer with the framed object, until EOF."""
+    read, write = sys.stdin.buffer.read, sys.stdout.buffer
+    while len(head := read(_LENGTH.size)) == _LENGTH.size:
+        obj = compile_object(read(_LENGTH.unpack(head)[0]).decode(), triple, cpu, features)
+        write.write(_LENGTH.pack(len(obj)) + obj)
+        write.flush()
 
 
 def compile_object(llvm_ir: str, triple: str, cpu: str, features: str = "") -> bytes:
@@ -186,4 +247,4 @@ def compile_object(llvm_ir: str, triple: str, cpu: str, features: str = "") -> b
 
 
 if __name__ == "__main__":
-    sys.stdout.buffer.write(compile_object(sys.stdin.buffer.read().decode(), *sys.argv[1:4]))
+    _serve(*sys.argv[1:4])

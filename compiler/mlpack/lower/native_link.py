@@ -23,7 +23,9 @@ def _entry_wrapper(num_args: int, call: tuple[list[str], list[str]] | None = Non
     types, call_args = call or (["void *"] * num_args, [f"a[{i}]" for i in range(num_args)])
     params = ", ".join(types)
     args = ", ".join(call_args)
-    return ('#include "mlrt_kernels.h"\n'
+    # Only stdint.h: the kernels' header brings immintrin.h, whose parsing was most of the link.
+    return ("#include <stdint.h>\n"
+            "typedef struct mlrt_host_api mlrt_host_api;\n"
             "void mlrt_set_host(const mlrt_host_api *host);\n"
             f"extern void forward({params});\n"
             "__attribute__((visibility(\"default\"))) void mlrt_entry(void **a, const mlrt_host_api *host) {\n"
