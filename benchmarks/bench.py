@@ -68,19 +68,33 @@ def _onnx_session(model, inputs, path: Path, threads: int):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _time_interleaved(fns: dict, repeats: int, block: int = 4, budget_s: float = 60.0) -> dict:
-    """Alternate blocks of `block` timed calls per runtime, each block after at least 5 ms of
-    untimed calls.
+def _quiesce(step: float = 0.005, limit: float = 0.3) -> None:
+    """Sleep until no thread of this process is spinning: until a `step` of sleep costs the
+    process under a quarter of a core, or for `limit` at most.
 
-    Every runtime here keeps its worker threads spinning for a while after a call (OpenMP, ORT's
-    pool, mlrt's pool); on 2 cores, strict call-by-call alternation would time each runtime while
-    the other's threads still spin. Blocks keep the comparison interleaved but steady-state; the
-    switch-over is time-based because one call of a 30-us model ends long before the other
-    runtime's spinning does (the MLP was measured 1.5-2x slow that way)."""
+    Runtimes keep their worker threads spinning after a call: ONNX Runtime's for ~60 ms (a
+    whole core: 63 ms of CPU in the 60 ms after a SqueezeNet call, Zen 3), PyTorch's OpenMP
+    threads ~10 ms, mlrt's 0.2 ms. On 2 cores, a runtime timed inside another's spin has one core
+    (SqueezeNet in mlrt at 2 threads: min/median 0.47/0.77 ms alone, 0.69/1.28 ms 5 ms after ORT
+    calls). A deployment runs one runtime, so each block starts on a quiet process."""
+    end = time.perf_counter() + limit
+    while time.perf_counter() < end:
+        c0, t0 = time.process_time(), time.perf_counter()
+        time.sleep(step)
+        if time.process_time() - c0 < 0.25 * (time.perf_counter() - t0):
+            return
+
+
+def _time_interleaved(fns: dict, repeats: int, block: int = 10, budget_s: float = 60.0) -> dict:
+    """Alternate blocks of `block` timed calls per runtime. Before each block the process goes
+    quiet (`_quiesce`: the previous runtime's threads stop spinning), then at least 5 ms of
+    untimed calls bring this runtime's own threads and caches up, as in a service that runs it
+    steadily. Blocks keep the runtimes interleaved, so all see the same machine load."""
     times = {k: [] for k in fns}
     start = time.perf_counter()
     while min(len(t) for t in times.values()) < repeats:
         for k, fn in fns.items():
+            _quiesce()
             settle = time.perf_counter() + 0.005
             fn()  # switch-over calls, untimed
             while time.perf_counter() < settle:
