@@ -147,6 +147,33 @@ def test_resizes_match_eager(tmp_path):
     assert result.manifest["targets"]["cpu"]["kernels"] == {"mlrt_matmul_f32": 10}  # two per bilinear resize
 
 
+class MoreResizes(nn.Module):
+    """Bicubic, 1-D linear and trilinear on the same matrices; nearest and nearest-exact by whole
+    factors in 1, 2 and 3 dims as broadcasts; the generic path where matrices would cost more."""
+
+    def forward(self, x, seq, vol, long_seq):
+        f = nn.functional.interpolate
+        return (f(x, size=(20, 27), mode="bicubic", align_corners=False),  # 2 matmuls
+                f(x, size=(20, 27), mode="bicubic", align_corners=True),  # 2
+                f(x, scale_factor=0.5, mode="bicubic"),  # 2: downscale, eager's 1/scale
+                f(seq, scale_factor=3, mode="linear"),  # 1
+                f(seq, size=7, mode="linear", align_corners=True),  # 1
+                f(vol, scale_factor=2, mode="trilinear"),  # 3
+                f(vol, size=(3, 5, 6), mode="trilinear", align_corners=True),  # 1: two dims keep their size
+                f(x, scale_factor=2, mode="nearest-exact"),  # broadcasts from here on
+                f(x, size=(12, 15), mode="nearest-exact"),  # not whole: the generic path
+                f(seq, scale_factor=2, mode="nearest"),
+                f(vol, scale_factor=(1, 2, 3), mode="nearest"),
+                f(long_seq, scale_factor=4, mode="linear"))  # 256 -> 1024: dense matrices cost more
+
+
+def test_more_resizes_match_eager(tmp_path):
+    torch.manual_seed(8)
+    inputs = (torch.randn(2, 3, 8, 11), torch.randn(2, 3, 10), torch.randn(1, 2, 4, 5, 6), torch.randn(1, 4, 256))
+    result, _ = _build_and_compare(MoreResizes(), inputs, tmp_path)
+    assert result.manifest["targets"]["cpu"]["kernels"] == {"mlrt_matmul_f32": 12}
+
+
 class ResizePair(nn.Module):
     def forward(self, x):
         f = nn.functional.interpolate

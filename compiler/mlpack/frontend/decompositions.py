@@ -20,18 +20,20 @@ the sizes of the node it replaces (loops unrolled, windows computed in Python).
   legalize it (reported as "failed to legalize 'torch.constant.int'"); `fmod.Tensor` it lowers.
 - `arange.start_step` in int8 / uint8 (torch.eye decomposes to a uint8 arange compared with
   itself): torch-mlir's lowering crashes the process (SIGSEGV). Counted in int64, then cast.
-- `upsample_bilinear2d` (F.interpolate, mode="bilinear": segmentation heads, FPNs): the generic
-  decomposition gathers the four corners into four full-size buffers and blends them in more
-  loops (8 ns per output element here). Bilinear resizing is separable, so it becomes two
-  matmuls with [out, in] interpolation matrices, one per spatial dim, which run on the GEMM
-  kernels: 7-8x faster for 8-16 pixel maps. The matrices hold eager's weights (the same float32
-  source-index formula) and are built from iota by the program, which costs out*in elements. The
-  cheaper order of the two is taken. A non-finite input spreads further than in eager: an Inf
-  becomes NaN along its row and column (0 * Inf), where eager keeps it to its neighbours.
-- `upsample_nearest2d` by whole factors (F.interpolate, mode="nearest", FPN / YOLO top-down
-  paths): each input pixel broadcast to its s_h x s_w block (an expand and a reshape, one copy),
-  instead of a gather with index arithmetic per element (8x faster on a 16 -> 64 map). Other
-  factors keep the generic decomposition.
+- Linear and cubic resizes (`upsample_linear1d`, `upsample_bilinear2d`, `upsample_trilinear3d`,
+  `upsample_bicubic2d`: F.interpolate in segmentation heads, FPNs, 3-D UNets): the generic
+  decompositions gather every tap into a full-size buffer and blend them in more loops (8 ns per
+  output bilinear, 27 trilinear, 35 bicubic here). These resizes are separable, so each becomes
+  one matmul per resized dim with an [out, in] interpolation matrix, on the GEMM kernels, in the
+  order that costs the fewest multiplies: 7-20x faster on 8-64 pixel maps. The matrices hold
+  eager's weights (the same float32 source-index formula; cubic: A = -0.75, edge taps clamped) and
+  are built from iota by the program, which costs out*in elements. Dense matrices cost `in`
+  multiply-adds per output and dim, so large upsamples (a 1-D 256 -> 1024) keep the generic
+  path. A non-finite input spreads further than in eager: an Inf becomes NaN along its rows and
+  columns (0 * Inf), where eager keeps it to its neighbours.
+- Nearest and nearest-exact by whole factors (1-, 2- and 3-D; FPN / YOLO top-down paths): each
+  input element broadcast to its block (an expand and a reshape, one copy), instead of a gather
+  with index arithmetic per element (6-8x faster). Other factors keep the generic decomposition.
 - `mul.Tensor`, `sub.Tensor`, `div.Tensor_mode` of an int8 / uint8 tensor and a Python number
   (`y * 2`, `y - 2`, `y // 2`): torch-mlir's lowering crashes the process (SIGSEGV). An integer
   in the dtype's range becomes a 0-d tensor of that dtype (same wrap-around as eager); with a float
@@ -39,6 +41,8 @@ the sizes of the node it replaces (loops unrolled, windows computed in Python).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch._decomp import decomposition_table as _decomp_table  # PyTorch's own, for what we leave
@@ -135,77 +139,174 @@ def linalg_slogdet(a: torch.Tensor):
     return sign, logabs, lu, piv
 
 
+def _generic(op, *args):
+    """PyTorch's registered decomposition of `op` applied to args, or NotImplemented where it has
+    none (the op is kept: a CompositeImplicit `.vec` overload then traces into its `.default`).
+    (Not core_aten_decompositions(): export's table shares its entries, ours included.)"""
+    fn = _decomp_table.get(op)
+    return fn(*args) if fn is not None else NotImplemented
+
+
 def _static(*sizes) -> bool:
     return all(isinstance(v, int) for v in sizes)
 
 
-def _linear_weights(size: int, out: int, align_corners: bool, scale) -> torch.Tensor:
-    """[out, size] float32: row o holds output o's two weights, as eager computes them
-    (aten/src/ATen/native/UpSample.h: area_pixel_compute_scale / _source_index, in float)."""
+def _source_index(size: int, out: int, align_corners: bool, scale, cubic: bool) -> torch.Tensor:
+    """Each output's real-valued source index, float32, as eager computes it
+    (aten/src/ATen/native/UpSample.h: area_pixel_compute_scale / _source_index)."""
     if align_corners:
         step = (size - 1) / (out - 1) if out > 1 else 0.0
-        src = torch.arange(out, dtype=torch.float32) * step
+        return torch.arange(out, dtype=torch.float32) * step
+    step = 1.0 / scale if scale is not None and scale > 0 else size / out
+    src = (torch.arange(out, dtype=torch.float32) + 0.5) * step - 0.5
+    return src if cubic else src.clamp(min=0.0)
+
+
+def _interpolation_matrix(size: int, out: int, align_corners: bool, scale, cubic: bool) -> torch.Tensor:
+    """[out, size] float32: row o holds output o's weights over the inputs. Linear: two taps;
+    cubic: four (A = -0.75), the out-of-range ones on the edge input (eager's clamped reads)."""
+    src = _source_index(size, out, align_corners, scale, cubic)
+    i0 = src.floor().to(torch.int64).clamp(max=size - 1)  # eager's guard_index_and_lambda
+    t = (src - i0.to(torch.float32)).clamp(0.0, 1.0)
+    if cubic:
+        a = -0.75
+
+        def near(x):  # |x| <= 1
+            return ((a + 2) * x - (a + 3)) * x * x + 1
+
+        def far(x):  # 1 < |x| < 2
+            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+        taps = [(i0 - 1, far(t + 1.0)), (i0, near(t)), (i0 + 1, near(1.0 - t)), (i0 + 2, far(2.0 - t))]
     else:
-        step = 1.0 / scale if scale is not None and scale > 0 else size / out
-        src = ((torch.arange(out, dtype=torch.float32) + 0.5) * step - 0.5).clamp(min=0.0)
-    i0 = src.floor().to(torch.int64).clamp(max=size - 1)
-    i1 = (i0 + 1).clamp(max=size - 1)
-    hi = (src - i0.to(torch.float32)).clamp(0.0, 1.0)
-    cols = torch.arange(size, dtype=torch.int64)[None, :]
-    return (cols == i0[:, None]).to(torch.float32) * (1.0 - hi)[:, None] \
-        + (cols == i1[:, None]).to(torch.float32) * hi[:, None]
+        taps = [(i0, 1.0 - t), (i0 + 1, t)]
+    cols = torch.arange(size, dtype=torch.int64)[None, :]  # one-hot per tap: elementwise, no scatter
+    return sum((cols == index.clamp(0, size - 1)[:, None]).to(torch.float32) * weight[:, None]
+               for index, weight in taps)
 
 
-def upsample_bilinear2d(x: torch.Tensor, output_size, align_corners: bool, scales_h=None, scales_w=None):
-    """Bilinear resize of [N, C, H, W] as two matmuls with interpolation matrices (see above)."""
-    n, c, h, w = x.shape  # batch and channels may be symbolic (dynamic shapes)
-    oh, ow = output_size
-    if x.dtype != torch.float32 or not _static(h, w, oh, ow):
-        return _decomp_table[aten.upsample_bilinear2d.default](x, output_size, align_corners, scales_h, scales_w)
-    if (oh, ow) == (h, w) and (align_corners or (scales_h in (None, 1.0) and scales_w in (None, 1.0))):
-        return x.clone()  # every source index is the output index itself
-    ry = _linear_weights(h, oh, align_corners, scales_h)      # [OH, H]
-    rxt = _linear_weights(w, ow, align_corners, scales_w).t()  # [W, OW]
-    if h * w * ow + oh * h * ow <= oh * h * w + oh * w * ow:  # width first
-        t = (x.reshape(-1, w) @ rxt).reshape(-1, h, ow)
-        return torch.matmul(ry, t).reshape(n, c, oh, ow)
-    t = torch.matmul(ry, x.reshape(-1, h, w))  # height first: [N*C, OH, W]
-    return (t.reshape(-1, w) @ rxt).reshape(n, c, oh, ow)
+def _cheapest_order(dims: list[int], outs: list[int], axes: list[int]) -> tuple[tuple[int, ...], int]:
+    """The order to resize `axes` of dims in, one matmul each, and its multiply-adds: a matmul
+    along a dim of E elements costs E * out and leaves E * out / in."""
+    import itertools
+
+    def cost(order):
+        sizes, total = list(dims), 0
+        for a in order:
+            total += math.prod(sizes) * outs[a]
+            sizes[a] = outs[a]
+        return total
+
+    order = min(itertools.permutations(axes), key=lambda o: (cost(o), o[::-1]))
+    return order, cost(order)
 
 
-def upsample_bilinear2d_vec(x: torch.Tensor, output_size, align_corners: bool, scale_factors):
-    h, w = x.shape[-2:]
-    if output_size is None:
-        if not _static(h, w):
-            return _decomp_table[aten.upsample_bilinear2d.vec](x, output_size, align_corners, scale_factors)
-        output_size = [int(h * scale_factors[0]), int(w * scale_factors[1])]  # eager: floor
-    sh, sw = scale_factors if scale_factors is not None else (None, None)
-    return upsample_bilinear2d(x, output_size, align_corners, sh, sw)
+def _separable_resize(x: torch.Tensor, mats: list[torch.Tensor], order) -> torch.Tensor:
+    """Resizes the last len(mats) dims of `x` by [out, in] matrices, one matmul per dim in
+    `order`, on the GEMM kernels."""
+    sizes = [int(d) for d in x.shape[x.dim() - len(mats):]]
+    lead = x.shape[:x.dim() - len(mats)]
+    y = x.reshape(-1, *sizes)
+    for a in order:
+        inner = math.prod(sizes[a + 1:])
+        if inner == 1:  # the last dim: rows of y times the transposed matrix
+            y = y.reshape(-1, sizes[a]) @ mats[a].t()
+        else:  # [outer, in, inner] -> [outer, out, inner]: a batched matmul sharing the matrix
+            y = torch.matmul(mats[a], y.reshape(-1, sizes[a], inner))
+        sizes[a] = mats[a].shape[0]
+    return y.reshape(*lead, *sizes)
 
 
-def _nearest_whole(x: torch.Tensor, oh, ow, scales_h, scales_w):
-    """Nearest by whole factors, each pixel broadcast to its block (eager's source index
-    floor(o * in / out), or floor(o / scale) with the scale given, is o // factor); else None."""
-    n, c, h, w = x.shape  # batch and channels may be symbolic (dynamic shapes)
-    if not (_static(h, w, oh, ow) and oh % h == 0 and ow % w == 0
-            and scales_h in (None, oh // h) and scales_w in (None, ow // w)):
+# Matrices while their multiply-adds per output stay under this many per tap of the generic path
+# (2 per dim linear, 4 cubic). 1 thread, Zen 3, ns per output, matrices / generic: bilinear
+# 32->128 1.5 / 9.3, 128->256 8.0 / 9.3 (192 multiply-adds an output: near the line); bicubic
+# 64->128 3.1 / 36; trilinear 16->32 1.6 / 27; linear 64->256 5.6 / 6.3, 256->1024 22 / 3.5.
+_MACS_PER_TAP = 40
+
+
+def _resize(x: torch.Tensor, output_size, align_corners: bool, scales, cubic: bool, fallback):
+    """A linear / cubic resize of x's last len(output_size) dims as one matmul per dim with
+    [out, in] interpolation matrices, or `fallback()` (the generic gathers) for another dtype, a
+    symbolic size, or an upsample big enough that the dense matrices cost more. Batch and channels
+    may be symbolic."""
+    spatial = x.shape[x.dim() - len(output_size):]
+    if x.dtype != torch.float32 or not _static(*spatial, *output_size):
+        return fallback()
+    # A dim keeping its size (no other scale given) reads each output's own index: nothing to do.
+    axes = [a for a, (n, o, s) in enumerate(zip(spatial, output_size, scales))
+            if not (n == o and (align_corners or s in (None, 1.0)))]
+    if not axes:
+        return x.clone()
+    mats = [_interpolation_matrix(n, o, align_corners, s, cubic) if a in axes else None
+            for a, (n, o, s) in enumerate(zip(spatial, output_size, scales))]
+    order, macs = _cheapest_order([int(d) for d in spatial], list(output_size), axes)
+    if macs > _MACS_PER_TAP * (4 if cubic else 2) ** len(spatial) * math.prod(output_size):
+        return fallback()
+    return _separable_resize(x, mats, order)
+
+
+def _vec_size(x: torch.Tensor, output_size, scale_factors):
+    """The output size a `.vec` overload resizes to (eager: floor(in * scale)), or None if symbolic."""
+    if output_size is not None:
+        return output_size
+    spatial = x.shape[x.dim() - len(scale_factors):]
+    return [int(n * f) for n, f in zip(spatial, scale_factors)] if _static(*spatial) else None
+
+
+def _resize_ops(op, vec, cubic: bool):
+    """The decompositions of one linear / cubic resize op and its `.vec` overload."""
+
+    names = [a.name for a in op._schema.arguments[3:]]  # scales_h, scales_w, ...: keyword or not
+
+    def default(x, output_size, align_corners, *scales, **named):
+        scales = [*scales, *(named.get(n) for n in names[len(scales):])]
+        return _resize(x, output_size, align_corners, scales, cubic,
+                       lambda: _generic(op, x, output_size, align_corners, *scales))
+
+    def from_vec(x, output_size, align_corners, scale_factors):
+        size = _vec_size(x, output_size, scale_factors)
+        if size is None:
+            return _generic(vec, x, output_size, align_corners, scale_factors)
+        return default(x, size, align_corners, *(scale_factors or [None] * len(size)))
+
+    return {op: default, vec: from_vec}
+
+
+def _nearest_whole(x: torch.Tensor, out_size, scales):
+    """Nearest (or nearest-exact) by whole factors, each element broadcast to its block: eager's
+    source index, floor(o * in / out) (floor((o + 0.5) * in / out) exact), or with 1 / scale for
+    a scale given, is o // factor. None for other sizes."""
+    dims = len(out_size)
+    lead, spatial = x.shape[:x.dim() - dims], x.shape[x.dim() - dims:]
+    if not (_static(*spatial, *out_size) and all(o % n == 0 for n, o in zip(spatial, out_size))
+            and all(s in (None, o // n) for n, o, s in zip(spatial, out_size, scales))):
         return None
-    sh, sw = oh // h, ow // w
-    return x[:, :, :, None, :, None].expand(-1, -1, h, sh, w, sw).reshape(n, c, oh, ow)
+    y = x
+    for i in reversed(range(dims)):  # [..., n0, 1, n1, 1, ...] -> [..., n0, f0, n1, f1, ...]
+        y = y.unsqueeze(len(lead) + i + 1)
+    blocks = [d for n, o in zip(spatial, out_size) for d in (n, o // n)]
+    return y.expand(*([-1] * len(lead)), *blocks).reshape(*lead, *out_size)
 
 
-def upsample_nearest2d(x: torch.Tensor, output_size, scales_h=None, scales_w=None):
-    y = _nearest_whole(x, *output_size, scales_h, scales_w)
-    return y if y is not None else _decomp_table[aten.upsample_nearest2d.default](x, output_size, scales_h, scales_w)
+def _nearest_ops(op, vec, lowered_vec: bool = False):
+    """The decompositions of one nearest resize op and its `.vec` overload: whole factors as a
+    broadcast copy, other sizes left to PyTorch's decomposition (`lowered_vec`: the `.vec` op
+    kept whole, for torch-mlir's own lowering)."""
+    names = [a.name for a in op._schema.arguments[2:]]
 
+    def default(x, output_size, *scales, **named):
+        scales = [*scales, *(named.get(n) for n in names[len(scales):])]
+        y = _nearest_whole(x, output_size, scales)
+        return y if y is not None else _generic(op, x, output_size, *scales)
 
-def upsample_nearest2d_vec(x: torch.Tensor, output_size, scale_factors):
-    h, w = x.shape[-2:]
-    if output_size is None and scale_factors is not None and _static(h, w):
-        output_size = [int(h * scale_factors[0]), int(w * scale_factors[1])]  # eager: floor
-    sh, sw = scale_factors if scale_factors is not None else (None, None)
-    y = _nearest_whole(x, *output_size, sh, sw) if output_size is not None else None
-    return y if y is not None else NotImplemented  # torch-mlir lowers the op itself
+    def from_vec(x, output_size, scale_factors):
+        size = _vec_size(x, output_size, scale_factors) if output_size is not None or scale_factors else None
+        y = _nearest_whole(x, size, scale_factors or [None] * len(size)) if size is not None else None
+        if y is not None:
+            return y
+        return NotImplemented if lowered_vec else _generic(vec, x, output_size, scale_factors)
+
+    return {op: default, vec: from_vec}
 
 
 def fmod_scalar(x: torch.Tensor, other):
@@ -245,10 +346,16 @@ def table() -> dict:
         aten._linalg_det.default: linalg_det,
         aten._linalg_slogdet.default: linalg_slogdet,
         aten.fmod.Scalar: fmod_scalar,
-        aten.upsample_bilinear2d.default: upsample_bilinear2d,
-        aten.upsample_bilinear2d.vec: upsample_bilinear2d_vec,
-        aten.upsample_nearest2d.default: upsample_nearest2d,
-        aten.upsample_nearest2d.vec: upsample_nearest2d_vec,
+        **_resize_ops(aten.upsample_linear1d.default, aten.upsample_linear1d.vec, cubic=False),
+        **_resize_ops(aten.upsample_bilinear2d.default, aten.upsample_bilinear2d.vec, cubic=False),
+        **_resize_ops(aten.upsample_trilinear3d.default, aten.upsample_trilinear3d.vec, cubic=False),
+        **_resize_ops(aten.upsample_bicubic2d.default, aten.upsample_bicubic2d.vec, cubic=True),
+        **_nearest_ops(aten.upsample_nearest1d.default, aten.upsample_nearest1d.vec),
+        **_nearest_ops(aten.upsample_nearest2d.default, aten.upsample_nearest2d.vec, lowered_vec=True),
+        **_nearest_ops(aten.upsample_nearest3d.default, aten.upsample_nearest3d.vec),
+        **_nearest_ops(aten._upsample_nearest_exact1d.default, aten._upsample_nearest_exact1d.vec),
+        **_nearest_ops(aten._upsample_nearest_exact2d.default, aten._upsample_nearest_exact2d.vec),
+        **_nearest_ops(aten._upsample_nearest_exact3d.default, aten._upsample_nearest_exact3d.vec),
         aten.arange.start_step: arange_8bit,
         aten.mul.Tensor: _with_8bit_scalar(aten.mul.Tensor),
         aten.sub.Tensor: _with_8bit_scalar(aten.sub.Tensor),
