@@ -185,6 +185,9 @@ NOT_PADDABLE = [
     ("rows divided by their norm", lambda: HandAttention(norm=True), lambda: [torch.randn(2, 7, 16), torch.ones(2, 7)],
      ["0:1=s:1..7", "1:1=s:1..7"], "softmax"),
     ("plain mean over seq", lambda: Lambda(lambda x: x.mean(1)), lambda: [torch.randn(2, 7)], ["0:1=s:1..7"], "mean"),
+    # The output's size, trunc(2.0 * h), is no polynomial in h (sympy refused it: a crash before).
+    ("resize by a float scale", lambda: Lambda(lambda x: F.interpolate(x, scale_factor=2, mode="bicubic")),
+     lambda: [torch.randn(1, 2, 6, 5)], ["0:2=h:2..6"], "not a polynomial"),
 ]
 
 

@@ -194,6 +194,24 @@ def test_resizes_with_a_dynamic_batch(tmp_path):
         assert_matches_eager(m.run_flat(x.numpy()), ref)
 
 
+class Bicubic(nn.Module):
+    def forward(self, x):
+        return nn.functional.interpolate(x, scale_factor=2, mode="bicubic")
+
+
+def test_resize_along_a_dynamic_dim(tmp_path):
+    """A resized dim that is dynamic takes the generic path; its size, trunc(2.0 * h), is not
+    paddable, so each bucket gets its own program (the padding proof used to raise sympy's error)."""
+    torch.manual_seed(9)
+    mlpack.build(Bicubic().eval(), [torch.randn(1, 3, 8, 5)], tmp_path / "m.bundle", dynamic=["x:2=4..8"])
+    m = mlrt.load(tmp_path / "m.bundle")
+    for h in (4, 8):
+        x = torch.randn(1, 3, h, 5)
+        with torch.no_grad():
+            ref = flat_outputs(Bicubic()(x))
+        assert_matches_eager(m.run_flat(x.numpy()), ref)
+
+
 class RollFmod(nn.Module):
     def forward(self, x, y):
         i = torch.arange(8) - 3

@@ -367,7 +367,10 @@ class _DimState:
 def _simple(s, size) -> _DimState:
     """A one-factor dim whose size is an affine lead + s * inner."""
     size = sympy.expand(size)
-    poly = sympy.Poly(size, s)
+    try:
+        poly = sympy.Poly(size, s)
+    except sympy.PolynomialError:  # e.g. TruncToInt(2.0*ToFloat(s)): a resize by a float scale factor
+        raise _NotPaddable(f"a dim of size {size} is not a polynomial in the dynamic dim") from None
     if poly.degree() != 1:
         raise _NotPaddable(f"a dim of size {size} is not affine in the dynamic dim")
     return _DimState(sympy.Integer(1), poly.coeff_monomial(1), poly.coeff_monomial(s))
