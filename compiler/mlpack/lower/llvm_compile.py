@@ -59,7 +59,12 @@ def compile_objects(llvm_ir: str, triple: str, cpu: str, features: str = "") -> 
                     if not todo:
                         return
                     i = todo.pop(0)
-                objs[i] = worker.compile(parts[i])
+                try:
+                    objs[i] = worker.compile(parts[i])
+                except CompileError:
+                    with lock:
+                        todo.clear()  # the build fails: the other workers stop after their current part
+                    raise
 
     workers = max(1, min(len(parts), len(os.sched_getaffinity(0))))
     with ThreadPoolExecutor(workers) as pool:
