@@ -42,6 +42,7 @@ the sizes of the node it replaces (loops unrolled, windows computed in Python).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -188,7 +189,6 @@ def _interpolation_matrix(size: int, out: int, align_corners: bool, scale, cubic
 def _cheapest_order(dims: list[int], outs: list[int], axes: list[int]) -> tuple[tuple[int, ...], int]:
     """The order to resize `axes` of dims in, one matmul each, and its multiply-adds: a matmul
     along a dim of E elements costs E * out and leaves E * out / in."""
-    import itertools
 
     def cost(order):
         sizes, total = list(dims), 0
@@ -237,11 +237,11 @@ def _resize(x: torch.Tensor, output_size, align_corners: bool, scales, cubic: bo
             if not (n == o and (align_corners or s in (None, 1.0)))]
     if not axes:
         return x.clone()
-    mats = [_interpolation_matrix(n, o, align_corners, s, cubic) if a in axes else None
-            for a, (n, o, s) in enumerate(zip(spatial, output_size, scales))]
     order, macs = _cheapest_order([int(d) for d in spatial], list(output_size), axes)
     if macs > _MACS_PER_TAP * (4 if cubic else 2) ** len(spatial) * math.prod(output_size):
         return fallback()
+    mats = [_interpolation_matrix(n, o, align_corners, s, cubic) if a in axes else None
+            for a, (n, o, s) in enumerate(zip(spatial, output_size, scales))]
     return _separable_resize(x, mats, order)
 
 
