@@ -73,7 +73,7 @@ int main(void) {
   int cases = 0;
   /* In place (the compiler's condition: same shape, pad < kernel extent), every row width from
    * 1 to 20 (tails, merged tails, lane-by-lane rows) and a few heights, both epilogue kinds.
-   * Maps up to ~28x28 are staged whole per channel, taller ones (80 rows) through the ring. */
+   * Channels in the lanes: short maps staged whole, tall ones (80 rows) in bands. */
   const int64_t heights[] = {1, 5, 9, 80};
   for (int64_t W = 1; W <= 20; ++W)
     for (int hi = 0; hi < 4; ++hi)
@@ -85,7 +85,7 @@ int main(void) {
           cases += r;
         }
   /* Out of place: strides 1-3, dilation, asymmetric and zero padding, kernel shapes 1x1 to 9x9;
-   * short maps (whole-channel staging) and tall ones (the ring). */
+   * short maps (one band) and tall ones (bands). */
   const int64_t ks[][2] = {{3, 3}, {1, 1}, {5, 5}, {3, 4}, {7, 7}, {2, 5}, {9, 9}};
   for (int ki = 0; ki < (int)(sizeof ks / sizeof ks[0]); ++ki)
     for (int64_t s = 1; s <= 3; ++s)
@@ -144,6 +144,21 @@ int main(void) {
       const int overwrite = (e & 12) != 4, in_place = (e & 12) == 8 && s == 1, res_out = (e & 12) == 12;
       const dw_case k = {1 + (OWt % 2), 3, e & 2 ? 70 : 9, W, 3, 3, s, s, 1, 1, 1, 1, 1, 1, overwrite, OWt % 3 == 0,
                          res_out || (e & 12) == 0, in_place, 1, res_out};
+      const int r = run_case(&k, 1 + (e % 3));
+      if (r < 0) return 1;
+      cases += r;
+    }
+  /* Wide maps with channels in the lanes, staged in bands of rows (a band's shared rows carried to
+   * the next in the buffer), in place (a plane's bands in one task, in order) and not; 3x3 and
+   * 5x5, strides 1 and 2, a partial last block of channels, the epilogues that forbid the
+   * overlapping last block of a row. */
+  const int64_t band_w[] = {56, 61, 112};
+  for (int wi = 0; wi < 3; ++wi)
+    for (int e = 0; e < 16; ++e) {
+      const int64_t K = e & 1 ? 5 : 3, s = 1 + ((e >> 1) & 1), pad = K / 2, W = band_w[wi];
+      const int kind = e >> 2; /* 0: bias, 1: accumulate, 2: in place, 3: residual read from the output */
+      const dw_case k = {1 + (wi == 1), 8 + 5 * (e & 1), W - 3 * (wi == 1), W, K, K, s, s, 1, 1, pad, pad, pad, pad,
+                         kind != 1, kind == 0, kind == 3, kind == 2 && s == 1, 1, kind == 3};
       const int r = run_case(&k, 1 + (e % 3));
       if (r < 0) return 1;
       cases += r;

@@ -617,6 +617,8 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
 }
 
 /* ------------------------------------------------------------------------- depthwise
+ * With AVX2, channels in the lanes (dw_lanes_*, below) wherever a band of their staged rows fits
+ * the stack buffer; this ring takes the rest (and every map without AVX2), rows in the lanes.
  * Each task takes a run of channels. A channel's input rows pass through a ring of zero-padded
  * rows on the stack (each input row staged once), so padding costs no branches and every tap is
  * a unit-stride vector load: stride-2 rows are staged as their even columns, then their odd
@@ -628,7 +630,7 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
 
 /* Whole-channel staging: both buffers in half of L1 (28x28 maps and smaller). At 56x56 the buffers
  * and the output rows no longer fit in L1 together and it is slower than the ring. */
-enum { DW_ROWS = MLRT_DW_ROWS, DW_IMAGE_FLOATS = 4096, DW_LANES_MAX_TAPS = 81, DW_LANES_OW = 32 };
+enum { DW_ROWS = MLRT_DW_ROWS, DW_IMAGE_FLOATS = 4096, DW_LANES_MAX_TAPS = 81, DW_LANES_BAND_FLOATS = 8192 };
 
 /* Floats of one ring row: every column a vector tap can read, in whole vectors. Padded column j
  * is input column j - pad_left; stride 2 stores column j at j / 2 (even j) or rw / 2 + j / 2. */
@@ -1107,111 +1109,268 @@ static void depthwise_direct(int64_t x, int64_t w, int64_t y, int64_t batch, int
 }
 
 #ifdef MLRT_HAVE_AVX2
-/* Outputs of fewer than DW_LANES_OW columns (short rows: vectors partly empty, per-channel
- * staging and setup for few outputs): eight channels in the lanes instead. Measured against the
- * rows (Zen 4, 1 thread): 384ch 14x14 3x3 92 -> 64 us, 576ch 14x14 3x3/2 59 -> 38 us, 960ch 7x7
- * 63 -> 48 us, 128ch 10x10 5x5 37 -> 18 us, 240ch 28x28 5x5 305 -> 249 us; 3x3 on 28x28 even,
- * on 32x32 and 56x56 1.4-1.6x slower (the staged block no longer fits L1 beside the rows).
- * (At first only maps under 8 columns took it: a division per position and masked stores had
- * made it no faster at 14 columns.)
- * A task stages a block of eight channel planes zero-padded and interleaved ([PH][PW][8], on the
- * stack), then every output position is KH * KW vector FMAs on unit-stride loads. In place is
- * safe: a block's planes are staged whole before any of its outputs is written. */
+/* Channels in the lanes: a task stages eight channel planes zero-padded and interleaved
+ * ([rows][PW][8], on the stack) through 8x8 transposes, then every output position is KH * KW
+ * vector FMAs on unit-stride loads, and its 8 channels go back out through one more transpose.
+ * It replaced the rows-in-lanes ring (below) wherever it applies. Measured against it (Zen 3,
+ * 1 thread, this kernel's first version: whole planes, maps under 32 columns): 384ch 14x14 3x3
+ * 92 -> 64 us, 960ch 7x7 63 -> 48 us, 128ch 10x10 5x5 37 -> 18 us. Rows of 8 positions at fixed
+ * offsets, staged row by row, and bands of rows (wide maps) made it 1.5-1.6x faster again on
+ * 14x14 and 28x28, and let it take 56x56 and 112x112 maps too (see benchmarks/RESULTS.md).
+ * A plane taller than one band is staged a band of output rows at a time, so the band stays in L1;
+ * rows two bands share are kept in the buffer, not staged again. */
 typedef struct {
   const float *x, *w, *y;
-  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, mult, PH, PW, blocks, per_task;
+  int64_t C, H, W, KH, KW, OH, OW, sh, sw, dh, dw, pt, pl, mult, PW;
+  int64_t blocks;     /* batch * ceil(C / 8) blocks of eight channels */
+  int64_t band;       /* output rows per band */
+  int64_t bands;      /* per plane */
+  int64_t per_task;   /* (block, band) units per task */
   mlrt_epilogue ep;
 } dw_lanes_job;
 
-/* Planes go in and out eight positions at a time through 8x8 transposes: one element at a time,
- * staging and storing cost as much as the taps (lcnet's 5x5 layers on 4x4 and 2x2 maps). */
-static void dw_lanes_task(void *ctx, int64_t task) {
-  const dw_lanes_job *j = (const dw_lanes_job *)ctx;
+/* Floats a band of `rows` output rows stages, plus the slack a row's partial last block of
+ * positions may read past the last staged row (8 positions, SW apart). */
+static inline int64_t dw_lanes_band_floats(const dw_lanes_job *j, int64_t rows) {
+  return (((rows - 1) * j->sh + (j->KH - 1) * j->dh + 1) * j->PW + 8 * j->sw) * 8;
+}
+
+/* Output rows [oy0, oy1) of one staged block of eight channels (buf: the band's first input row),
+ * 8 positions of a row at a time (maps of at least 8 columns): position i reads the buffer i * SW
+ * cells after position 0, so each tap is 8 FMAs on loads at fixed offsets from one pointer. A
+ * row's partial last block starts at OW - 8 instead, overlapping the one before, where writing an
+ * output twice gives the same value (`overlap`); otherwise its extra lanes read on into the next
+ * row (or the slack) and are not stored. KH, KW and SW are constants at the call sites, so the
+ * taps unroll. */
+static inline __attribute__((always_inline)) void dw_lanes_rows(const dw_lanes_job *j, const float *buf,
+                                                                const __m256 *wv, const float *bias, int64_t o0,
+                                                                int64_t nc, int64_t oy0, int64_t oy1, const int64_t KH,
+                                                                const int64_t KW, const int64_t SW) {
   const mlrt_epilogue *ep = &j->ep;
-  const int64_t per_image = (j->C + 7) / 8, taps = j->KH * j->KW, plane = j->H * j->W, oplane = j->OH * j->OW;
-  const int64_t b0 = task * j->per_task, b1 = min64(j->blocks, b0 + j->per_task);
-  float buf[MLRT_DW_RING_FLOATS] __attribute__((aligned(32)));
-  memset(buf, 0, (size_t)(j->PH * j->PW * 8) * sizeof(float)); /* padding stays zero: staging skips it */
-  __m256 wv[DW_LANES_MAX_TAPS];
+  const int64_t PW = j->PW, OW = j->OW, oplane = j->OH * OW, row_step = j->dh * PW * 8, col_step = j->dw * 8;
+  const int overlap = ep->overwrite && (!ep->residual || ep->residual != ep->dst);
   const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi), zero = _mm256_setzero_ps();
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t n = b / per_image, c0 = (b % per_image) * 8, nc = min64(8, j->C - c0);
-    const float *src[8];
-    for (int64_t l = 0; l < 8; ++l) src[l] = j->x + dw_in_plane(n * j->C + c0 + min64(l, nc - 1), j->mult) * plane;
-    /* positions walk the plane row by row: (iy, ix) counted, not divided (a division per
-     * position cost more than the taps on 14x14 maps) */
-    for (int64_t q = 0, iy = 0, ix = 0; q < plane; q += 8) {
-      const __m256i m = mlrt_lanes_below(plane - q);
-      __m256 v[8];
-      for (int l = 0; l < 8; ++l) v[l] = l < nc ? _mm256_maskload_ps(src[l] + q, m) : zero;
-      mlrt_transpose8(v);
-      for (int64_t i = 0; i < 8 && q + i < plane; ++i) {
-        _mm256_store_ps(buf + ((iy + j->pt) * j->PW + ix + j->pl) * 8, v[i]);
-        if (++ix == j->W) ix = 0, ++iy;
-      }
-    }
-    for (int64_t t0 = 0; t0 < taps; t0 += 8) { /* weights [C][taps] -> [taps][8 channels] */
-      const __m256i m = mlrt_lanes_below(taps - t0);
-      __m256 v[8];
-      for (int l = 0; l < 8; ++l) v[l] = l < nc ? _mm256_maskload_ps(j->w + (c0 + l) * taps + t0, m) : zero;
-      mlrt_transpose8(v);
-      for (int64_t i = 0; i < 8 && t0 + i < taps; ++i) wv[t0 + i] = v[i];
-    }
-    float bias[8] = {0};
-    for (int64_t l = 0; l < nc && ep->bias; ++l) bias[l] = ep->bias[c0 + l];
-    const int64_t o0 = (n * j->C + c0) * oplane; /* channel c0, position 0 */
-    for (int64_t p = 0, oy = 0, ox = 0; p < oplane; p += 8) {
-      /* eight positions side by side: one position's taps are a chain of dependent FMAs, which
-       * ran at a quarter of the FMA throughput (25 taps x 4 cycles of latency per output) */
-      const float *base[8];
-      for (int64_t i = 0; i < 8; ++i) {
-        base[i] = p + i < oplane ? buf + (oy * j->sh * j->PW + ox * j->sw) * 8 : base[0];
-        if (p + i < oplane && ++ox == j->OW) ox = 0, ++oy;
-      }
+  for (int64_t oy = oy0; oy < oy1; ++oy)
+    for (int64_t ox = 0; ox < OW; ox += 8) {
+      const int64_t x = ox + 8 <= OW || !overlap ? ox : OW - 8, n = min64(8, OW - x);
+      const float *b = buf + ((oy - oy0) * j->sh * PW + x * SW) * 8;
       __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
-      for (int64_t ky = 0; ky < j->KH; ++ky)
-        for (int64_t kx = 0; kx < j->KW; ++kx) {
-          const __m256 wk = wv[ky * j->KW + kx];
-          const int64_t off = (ky * j->dh * j->PW + kx * j->dw) * 8;
-          a0 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[0] + off), a0);
-          a1 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[1] + off), a1);
-          a2 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[2] + off), a2);
-          a3 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[3] + off), a3);
-          a4 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[4] + off), a4);
-          a5 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[5] + off), a5);
-          a6 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[6] + off), a6);
-          a7 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[7] + off), a7);
+      for (int64_t ky = 0; ky < KH; ++ky)
+        for (int64_t kx = 0; kx < KW; ++kx) {
+          const __m256 wk = wv[ky * KW + kx];
+          const float *t = b + ky * row_step + kx * col_step;
+          a0 = _mm256_fmadd_ps(wk, _mm256_load_ps(t), a0);
+          a1 = _mm256_fmadd_ps(wk, _mm256_load_ps(t + 1 * SW * 8), a1);
+          a2 = _mm256_fmadd_ps(wk, _mm256_load_ps(t + 2 * SW * 8), a2);
+          a3 = _mm256_fmadd_ps(wk, _mm256_load_ps(t + 3 * SW * 8), a3);
+          a4 = _mm256_fmadd_ps(wk, _mm256_load_ps(t + 4 * SW * 8), a4);
+          a5 = _mm256_fmadd_ps(wk, _mm256_load_ps(t + 5 * SW * 8), a5);
+          a6 = _mm256_fmadd_ps(wk, _mm256_load_ps(t + 6 * SW * 8), a6);
+          a7 = _mm256_fmadd_ps(wk, _mm256_load_ps(t + 7 * SW * 8), a7);
         }
       __m256 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
-      mlrt_transpose8(acc); /* acc[l]: channel c0 + l at positions p..p+7 */
-      const __m256i m = mlrt_lanes_below(oplane - p);
-      for (int64_t l = 0; l < nc; ++l) {
-        const int64_t o = o0 + l * oplane + p;
-        __m256 v = _mm256_add_ps(acc[l], ep->overwrite ? _mm256_set1_ps(bias[l]) : _mm256_maskload_ps(j->y + o, m));
-        if (ep->residual) v = _mm256_add_ps(v, _mm256_maskload_ps(ep->residual + o, m));
-        if (p + 8 <= oplane) /* masked stores are slow on AMD cores: only the last vector */
-          _mm256_storeu_ps(ep->dst + o, mlrt_clamp8(v, lo, hi));
-        else
-          _mm256_maskstore_ps(ep->dst + o, m, mlrt_clamp8(v, lo, hi));
+      mlrt_transpose8(acc); /* acc[l]: channel l of the block at positions x..x+7 of row oy */
+      if (n == 8 && nc == 8 && ep->overwrite && !ep->residual) { /* the common case, unrolled */
+        float *d = ep->dst + o0 + oy * OW + x;
+        for (int l = 0; l < 8; ++l)
+          _mm256_storeu_ps(d + l * oplane, mlrt_clamp8(_mm256_add_ps(acc[l], _mm256_broadcast_ss(bias + l)), lo, hi));
+        continue;
       }
+      const __m256i m = mlrt_lanes_below(n);
+      for (int64_t l = 0; l < nc; ++l) {
+        const int64_t o = o0 + l * oplane + oy * OW + x;
+        __m256 v = acc[l];
+        if (n == 8) {
+          v = _mm256_add_ps(v, ep->overwrite ? _mm256_set1_ps(bias[l]) : _mm256_loadu_ps(j->y + o));
+          if (ep->residual) v = _mm256_add_ps(v, _mm256_loadu_ps(ep->residual + o));
+          _mm256_storeu_ps(ep->dst + o, mlrt_clamp8(v, lo, hi));
+        } else { /* masked stores are slow on AMD cores: only where the row cannot overlap */
+          v = _mm256_add_ps(v, ep->overwrite ? _mm256_set1_ps(bias[l]) : _mm256_maskload_ps(j->y + o, m));
+          if (ep->residual) v = _mm256_add_ps(v, _mm256_maskload_ps(ep->residual + o, m));
+          _mm256_maskstore_ps(ep->dst + o, m, mlrt_clamp8(v, lo, hi));
+        }
+      }
+    }
+}
+
+/* Maps under 8 columns (7x7 and smaller): one band, positions in plane order, eight at a time
+ * whatever row they are on (eight pointers), so only a plane's last vector is partial. */
+static void dw_lanes_plane(const dw_lanes_job *j, const float *buf, const __m256 *wv, const float *bias, int64_t o0,
+                           int64_t nc) {
+  const mlrt_epilogue *ep = &j->ep;
+  const int64_t oplane = j->OH * j->OW;
+  const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi), zero = _mm256_setzero_ps();
+  for (int64_t p = 0, oy = 0, ox = 0; p < oplane; p += 8) {
+    /* eight positions side by side: one position's taps are a chain of dependent FMAs, which
+     * ran at a quarter of the FMA throughput (25 taps x 4 cycles of latency per output) */
+    const float *base[8];
+    for (int64_t i = 0; i < 8; ++i) {
+      base[i] = p + i < oplane ? buf + (oy * j->sh * j->PW + ox * j->sw) * 8 : base[0];
+      if (p + i < oplane && ++ox == j->OW) ox = 0, ++oy;
+    }
+    __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
+    for (int64_t ky = 0; ky < j->KH; ++ky)
+      for (int64_t kx = 0; kx < j->KW; ++kx) {
+        const __m256 wk = wv[ky * j->KW + kx];
+        const int64_t off = (ky * j->dh * j->PW + kx * j->dw) * 8;
+        a0 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[0] + off), a0);
+        a1 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[1] + off), a1);
+        a2 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[2] + off), a2);
+        a3 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[3] + off), a3);
+        a4 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[4] + off), a4);
+        a5 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[5] + off), a5);
+        a6 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[6] + off), a6);
+        a7 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[7] + off), a7);
+      }
+    __m256 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+    mlrt_transpose8(acc); /* acc[l]: channel c0 + l at positions p..p+7 */
+    const __m256i m = mlrt_lanes_below(oplane - p);
+    for (int64_t l = 0; l < nc; ++l) {
+      const int64_t o = o0 + l * oplane + p;
+      __m256 v = _mm256_add_ps(acc[l], ep->overwrite ? _mm256_set1_ps(bias[l]) : _mm256_maskload_ps(j->y + o, m));
+      if (ep->residual) v = _mm256_add_ps(v, _mm256_maskload_ps(ep->residual + o, m));
+      if (p + 8 <= oplane) /* masked stores are slow on AMD cores: only the last vector */
+        _mm256_storeu_ps(ep->dst + o, mlrt_clamp8(v, lo, hi));
+      else
+        _mm256_maskstore_ps(ep->dst + o, m, mlrt_clamp8(v, lo, hi));
     }
   }
 }
 
-/* True when it ran the conv with channels in the lanes (narrow maps whose padded planes fit). */
+/* Stages the eight planes at src[] whole (maps under 8 columns), positions in plane order, eight at
+ * a time whatever row they are on; (iy, ix) counted, not divided: a division per position cost
+ * more than the taps on 14x14 maps. */
+static void dw_lanes_stage_plane(const dw_lanes_job *j, float *buf, const float *const *src) {
+  const int64_t plane = j->H * j->W;
+  for (int64_t q = 0, iy = 0, ix = 0; q < plane; q += 8) {
+    __m256 v[8];
+    if (q + 8 <= plane) /* masked loads ran several times slower than plain ones (Zen 3) */
+      for (int l = 0; l < 8; ++l) v[l] = _mm256_loadu_ps(src[l] + q);
+    else
+      for (int l = 0; l < 8; ++l) v[l] = _mm256_maskload_ps(src[l] + q, mlrt_lanes_below(plane - q));
+    mlrt_transpose8(v);
+    for (int64_t i = 0; i < 8 && q + i < plane; ++i) {
+      _mm256_store_ps(buf + ((iy + j->pt) * j->PW + ix + j->pl) * 8, v[i]);
+      if (++ix == j->W) ix = 0, ++iy;
+    }
+  }
+}
+
+/* Stages input rows [iy0, iy0 + rows) of the eight planes at src[] into buf's rows 0.. (columns
+ * from pl), zero for rows outside the plane (padding; a band's rows held another band's data). */
+static void dw_lanes_stage(const dw_lanes_job *j, float *buf, const float *const *src, int64_t iy0, int64_t rows) {
+  const int64_t W = j->W, plane = j->H * W;
+  for (int64_t r = 0; r < rows; ++r) {
+    float *d = buf + (r * j->PW + j->pl) * 8;
+    const int64_t iy = iy0 + r;
+    if (iy < 0 || iy >= j->H) {
+      memset(d, 0, (size_t)(W * 8) * sizeof(float));
+      continue;
+    }
+    /* 8 columns at a time: a row's last vector reads on into the next row, masked only in the
+     * plane's last row (masked loads ran several times slower than plain ones on Zen 3) */
+    for (int64_t ix = 0; ix < W; ix += 8) {
+      const int64_t q = iy * W + ix, cnt = min64(8, W - ix);
+      __m256 v[8];
+      if (q + 8 <= plane)
+        for (int l = 0; l < 8; ++l) v[l] = _mm256_loadu_ps(src[l] + q);
+      else
+        for (int l = 0; l < 8; ++l) v[l] = _mm256_maskload_ps(src[l] + q, mlrt_lanes_below(cnt));
+      mlrt_transpose8(v);
+      if (cnt == 8)
+        for (int i = 0; i < 8; ++i) _mm256_store_ps(d + (ix + i) * 8, v[i]);
+      else
+        for (int64_t i = 0; i < cnt; ++i) _mm256_store_ps(d + (ix + i) * 8, v[i]);
+    }
+  }
+}
+
+static void dw_lanes_task(void *ctx, int64_t task) {
+  const dw_lanes_job *j = (const dw_lanes_job *)ctx;
+  const mlrt_epilogue *ep = &j->ep;
+  const int64_t per_image = (j->C + 7) / 8, taps = j->KH * j->KW, oplane = j->OH * j->OW;
+  const int64_t u0 = task * j->per_task, u1 = min64(j->blocks * j->bands, u0 + j->per_task);
+  float buf[MLRT_DW_RING_FLOATS] __attribute__((aligned(32)));
+  memset(buf, 0, (size_t)dw_lanes_band_floats(j, j->band) * sizeof(float)); /* pad columns stay zero */
+  __m256 wv[DW_LANES_MAX_TAPS];
+  float bias[8] = {0};
+  int64_t staged_block = -1, staged_unit = -1;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t b = u / j->bands, oy0 = u % j->bands * j->band, oy1 = min64(j->OH, oy0 + j->band);
+    const int64_t n = b / per_image, c0 = (b % per_image) * 8, nc = min64(8, j->C - c0);
+    const float *src[8]; /* lanes past the last channel read the last channel again: never stored */
+    for (int64_t l = 0; l < 8; ++l)
+      src[l] = j->x + dw_in_plane(n * j->C + c0 + min64(l, nc - 1), j->mult) * j->H * j->W;
+    if (b != staged_block) {
+      staged_block = b;
+      for (int64_t t0 = 0; t0 < taps; t0 += 8) { /* weights [C][taps] -> [taps][8 channels] */
+        const __m256i m = mlrt_lanes_below(taps - t0);
+        __m256 v[8];
+        for (int l = 0; l < 8; ++l) v[l] = l < nc ? _mm256_maskload_ps(j->w + (c0 + l) * taps + t0, m) : _mm256_setzero_ps();
+        mlrt_transpose8(v);
+        for (int64_t i = 0; i < 8 && t0 + i < taps; ++i) wv[t0 + i] = v[i];
+      }
+      for (int64_t l = 0; l < 8; ++l) bias[l] = l < nc && ep->bias ? ep->bias[c0 + l] : 0.0f;
+    }
+    const int64_t o0 = (n * j->C + c0) * oplane; /* channel c0, position 0 */
+    if (j->OW < 8) {
+      dw_lanes_stage_plane(j, buf, src);
+      dw_lanes_plane(j, buf, wv, bias, o0, nc);
+      continue;
+    }
+    /* The band after the one staged last starts band * sh rows lower: the rows both read move up
+     * in the buffer instead of being staged again (in place, those rows of the input may already
+     * hold outputs). */
+    const int64_t rows = (oy1 - 1 - oy0) * j->sh + (j->KH - 1) * j->dh + 1, shift = j->band * j->sh;
+    const int64_t kept = staged_unit == u - 1 && oy0 > 0 ? max64(0, (j->KH - 1) * j->dh + 1 - j->sh) : 0;
+    if (kept) memmove(buf, buf + shift * j->PW * 8, (size_t)(kept * j->PW * 8) * sizeof(float));
+    dw_lanes_stage(j, buf + kept * j->PW * 8, src, oy0 * j->sh - j->pt + kept, rows - kept);
+    staged_unit = u;
+    if (j->KH == 3 && j->KW == 3 && j->sw == 1)
+      dw_lanes_rows(j, buf, wv, bias, o0, nc, oy0, oy1, 3, 3, 1);
+    else if (j->KH == 3 && j->KW == 3 && j->sw == 2)
+      dw_lanes_rows(j, buf, wv, bias, o0, nc, oy0, oy1, 3, 3, 2);
+    else if (j->KH == 5 && j->KW == 5 && j->sw == 1)
+      dw_lanes_rows(j, buf, wv, bias, o0, nc, oy0, oy1, 5, 5, 1);
+    else if (j->KH == 5 && j->KW == 5 && j->sw == 2)
+      dw_lanes_rows(j, buf, wv, bias, o0, nc, oy0, oy1, 5, 5, 2);
+    else if (j->KH == 7 && j->KW == 7 && j->sw == 1)
+      dw_lanes_rows(j, buf, wv, bias, o0, nc, oy0, oy1, 7, 7, 1);
+    else
+      dw_lanes_rows(j, buf, wv, bias, o0, nc, oy0, oy1, j->KH, j->KW, j->sw);
+  }
+}
+
+/* Output rows per band: as many as keep the staged band within DW_LANES_BAND_FLOATS (L1), at least
+ * one; 0 where even one row does not fit the stack buffer, or (in place) the plane is not one band. */
+static int64_t dw_lanes_band(const dw_lanes_job *j) {
+  if (dw_lanes_band_floats(j, j->OH) <= DW_LANES_BAND_FLOATS || j->OW < 8)
+    return dw_lanes_band_floats(j, j->OH) <= MLRT_DW_RING_FLOATS ? j->OH : 0;
+  int64_t rows = 1;
+  while (rows < j->OH && dw_lanes_band_floats(j, rows + 1) <= DW_LANES_BAND_FLOATS) ++rows;
+  return dw_lanes_band_floats(j, rows) <= MLRT_DW_RING_FLOATS ? rows : 0;
+}
+
+/* True when it ran the conv with channels in the lanes. */
 static int depthwise_lanes(const dw_lanes_job *proto, int64_t batch) {
   dw_lanes_job j = *proto;
-  j.PH = max64((j.OH - 1) * j.sh + (j.KH - 1) * j.dh + 1, j.H + j.pt);
   j.PW = max64((j.OW - 1) * j.sw + (j.KW - 1) * j.dw + 1, j.W + j.pl);
-  if (j.OW >= DW_LANES_OW || j.KH * j.KW > DW_LANES_MAX_TAPS || j.PH * j.PW * 8 > MLRT_DW_RING_FLOATS) return 0;
+  if (j.KH * j.KW > DW_LANES_MAX_TAPS) return 0;
+  j.band = dw_lanes_band(&j);
+  if (j.band == 0) return 0;
+  j.bands = (j.OH + j.band - 1) / j.band;
   j.blocks = batch * ((j.C + 7) / 8);
+  const int64_t units = j.blocks * j.bands;
   const int64_t threads = mlrt_threads_for(batch * j.C * j.OH * j.OW * j.KH * j.KW);
-  const int64_t tasks = threads == 1 ? 1 : min64(j.blocks, 4 * threads);
-  j.per_task = (j.blocks + tasks - 1) / tasks;
+  const int64_t tasks = threads == 1 ? 1 : min64(units, 4 * threads);
+  j.per_task = (units + tasks - 1) / tasks;
+  /* In place, a plane's bands run in order in one task: a band's first rows come from the buffer,
+   * where the band before left them; staged from memory they could be outputs already. */
+  if ((const float *)j.ep.dst == j.x) j.per_task = (j.per_task + j.bands - 1) / j.bands * j.bands;
   if (tasks == 1)
     dw_lanes_task(&j, 0);
   else
-    mlrt_parallel_for((j.blocks + j.per_task - 1) / j.per_task, dw_lanes_task, &j);
+    mlrt_parallel_for((units + j.per_task - 1) / j.per_task, dw_lanes_task, &j);
   return 1;
 }
 #endif
@@ -1229,7 +1388,7 @@ static void depthwise(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C,
   }
 #ifdef MLRT_HAVE_AVX2
   const dw_lanes_job lanes = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, C, H, W,
-                              KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult, 0, 0, 0, 0,
+                              KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult, 0, 0, 0, 0, 0,
                               {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual,
                                act_lo, act_hi, (float *)(intptr_t)dst}};
   if (depthwise_lanes(&lanes, batch)) return;

@@ -192,10 +192,12 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
                            int64_t H, int64_t W, int64_t CO, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
                            int64_t sw, int64_t dh, int64_t dw, int64_t pad_top, int64_t pad_left, int64_t overwrite,
                            int64_t bias, int64_t residual, float act_lo, float act_hi, int64_t dst);
-/* Depthwise: each task stages input rows in a ring of (KH-1)*dh + 1 + (MLRT_DW_ROWS-1)*sh padded
- * rows plus a zero row, on its stack; rows wider than MLRT_DW_RING_FLOATS allows, or more than
- * MLRT_DW_MAX_KH kernel rows, take a direct loop that cannot run in place. Mirrored by
- * kernel_calls.depthwise_ring_fits. */
+/* Depthwise: with AVX2, eight channels interleaved in the lanes, staged on the stack in bands of
+ * rows (up to MLRT_DW_RING_FLOATS floats); rows too wide for that (and without AVX2), each task
+ * stages input rows in a ring of (KH-1)*dh + 1 + (MLRT_DW_ROWS-1)*sh padded rows plus a zero row,
+ * on its stack; rows wider than MLRT_DW_RING_FLOATS allows, or more than MLRT_DW_MAX_KH kernel
+ * rows, take a direct loop that cannot run in place. Both staged paths may run in place wherever
+ * the ring fits: mirrored by kernel_calls.depthwise_ring_fits. */
 #define MLRT_DW_RING_FLOATS 16384
 #define MLRT_DW_ROWS 4 /* output rows per step */
 #define MLRT_DW_MAX_KH 16
