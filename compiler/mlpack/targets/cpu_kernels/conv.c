@@ -1194,9 +1194,11 @@ static inline __attribute__((always_inline)) void dw_lanes_rows(const dw_lanes_j
 }
 
 /* Maps under 8 columns (7x7 and smaller): one band, positions in plane order, eight at a time
- * whatever row they are on (eight pointers), so only a plane's last vector is partial. */
-static void dw_lanes_plane(const dw_lanes_job *j, const float *buf, const __m256 *wv, const float *bias, int64_t o0,
-                           int64_t nc) {
+ * whatever row they are on (eight pointers), so only a plane's last vector is partial. KH and KW
+ * are constants at the call sites, so the taps unroll. */
+static inline __attribute__((always_inline)) void dw_lanes_plane(const dw_lanes_job *j, const float *buf,
+                                                                 const __m256 *wv, const float *bias, int64_t o0,
+                                                                 int64_t nc, const int64_t KH, const int64_t KW) {
   const mlrt_epilogue *ep = &j->ep;
   const int64_t oplane = j->OH * j->OW;
   const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi), zero = _mm256_setzero_ps();
@@ -1209,9 +1211,9 @@ static void dw_lanes_plane(const dw_lanes_job *j, const float *buf, const __m256
       if (p + i < oplane && ++ox == j->OW) ox = 0, ++oy;
     }
     __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
-    for (int64_t ky = 0; ky < j->KH; ++ky)
-      for (int64_t kx = 0; kx < j->KW; ++kx) {
-        const __m256 wk = wv[ky * j->KW + kx];
+    for (int64_t ky = 0; ky < KH; ++ky)
+      for (int64_t kx = 0; kx < KW; ++kx) {
+        const __m256 wk = wv[ky * KW + kx];
         const int64_t off = (ky * j->dh * j->PW + kx * j->dw) * 8;
         a0 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[0] + off), a0);
         a1 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[1] + off), a1);
@@ -1315,7 +1317,12 @@ static void dw_lanes_task(void *ctx, int64_t task) {
     const int64_t o0 = (n * j->C + c0) * oplane; /* channel c0, position 0 */
     if (j->OW < 8) {
       dw_lanes_stage_plane(j, buf, src);
-      dw_lanes_plane(j, buf, wv, bias, o0, nc);
+      if (j->KH == 3 && j->KW == 3)
+        dw_lanes_plane(j, buf, wv, bias, o0, nc, 3, 3);
+      else if (j->KH == 5 && j->KW == 5)
+        dw_lanes_plane(j, buf, wv, bias, o0, nc, 5, 5);
+      else
+        dw_lanes_plane(j, buf, wv, bias, o0, nc, j->KH, j->KW);
       continue;
     }
     /* The band after the one staged last starts band * sh rows lower: the rows both read move up
