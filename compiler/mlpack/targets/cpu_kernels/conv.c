@@ -1126,13 +1126,17 @@ typedef struct {
   int64_t band;       /* output rows per band */
   int64_t bands;      /* per plane */
   int64_t per_task;   /* (block, band) units per task */
+  int64_t buf_floats; /* of the stack buffer a task uses (zeroed once) */
   mlrt_epilogue ep;
 } dw_lanes_job;
 
 /* Floats a band of `rows` output rows stages, plus the slack a row's partial last block of
- * positions may read past the last staged row (8 positions, SW apart). */
+ * positions may read past the last staged row (8 positions, SW apart). Maps under 8 columns are
+ * staged whole, every input row (also those below the last one an output reads). */
 static inline int64_t dw_lanes_band_floats(const dw_lanes_job *j, int64_t rows) {
-  return (((rows - 1) * j->sh + (j->KH - 1) * j->dh + 1) * j->PW + 8 * j->sw) * 8;
+  int64_t staged = (rows - 1) * j->sh + (j->KH - 1) * j->dh + 1;
+  if (j->OW < 8) staged = max64(staged, j->H + j->pt);
+  return (staged * j->PW + 8 * j->sw) * 8;
 }
 
 /* Output rows [oy0, oy1) of one staged block of eight channels (buf: the band's first input row),
@@ -1293,7 +1297,7 @@ static void dw_lanes_task(void *ctx, int64_t task) {
   const int64_t per_image = (j->C + 7) / 8, taps = j->KH * j->KW, oplane = j->OH * j->OW;
   const int64_t u0 = task * j->per_task, u1 = min64(j->blocks * j->bands, u0 + j->per_task);
   float buf[MLRT_DW_RING_FLOATS] __attribute__((aligned(32)));
-  memset(buf, 0, (size_t)dw_lanes_band_floats(j, j->band) * sizeof(float)); /* pad columns stay zero */
+  memset(buf, 0, (size_t)j->buf_floats * sizeof(float)); /* pad columns stay zero */
   __m256 wv[DW_LANES_MAX_TAPS];
   float bias[8] = {0};
   int64_t staged_block = -1, staged_unit = -1;
@@ -1349,7 +1353,7 @@ static void dw_lanes_task(void *ctx, int64_t task) {
 }
 
 /* Output rows per band: as many as keep the staged band within DW_LANES_BAND_FLOATS (L1), at least
- * one; 0 where even one row does not fit the stack buffer, or (in place) the plane is not one band. */
+ * one (maps under 8 columns: all); 0 where that does not fit the stack buffer. */
 static int64_t dw_lanes_band(const dw_lanes_job *j) {
   if (dw_lanes_band_floats(j, j->OH) <= DW_LANES_BAND_FLOATS || j->OW < 8)
     return dw_lanes_band_floats(j, j->OH) <= MLRT_DW_RING_FLOATS ? j->OH : 0;
@@ -1366,6 +1370,7 @@ static int depthwise_lanes(const dw_lanes_job *proto, int64_t batch) {
   j.band = dw_lanes_band(&j);
   if (j.band == 0) return 0;
   j.bands = (j.OH + j.band - 1) / j.band;
+  j.buf_floats = dw_lanes_band_floats(&j, j.band);
   j.blocks = batch * ((j.C + 7) / 8);
   const int64_t units = j.blocks * j.bands;
   const int64_t threads = mlrt_threads_for(batch * j.C * j.OH * j.OW * j.KH * j.KW);
@@ -1395,7 +1400,7 @@ static void depthwise(int64_t x, int64_t w, int64_t y, int64_t batch, int64_t C,
   }
 #ifdef MLRT_HAVE_AVX2
   const dw_lanes_job lanes = {(const float *)(intptr_t)x, (const float *)(intptr_t)w, (float *)(intptr_t)y, C, H, W,
-                              KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult, 0, 0, 0, 0, 0,
+                              KH, KW, OH, OW, sh, sw, dh, dw, pad_top, pad_left, mult, 0, 0, 0, 0, 0, 0,
                               {(int)overwrite, (const float *)(intptr_t)bias, 0, (const float *)(intptr_t)residual,
                                act_lo, act_hi, (float *)(intptr_t)dst}};
   if (depthwise_lanes(&lanes, batch)) return;
