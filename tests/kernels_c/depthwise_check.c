@@ -121,8 +121,8 @@ int main(void) {
   if (r < 0) return 1;
   cases += r;
   /* Channel multipliers 2 and 3 (FastViT's patch embedding: 7x7 / stride 2, groups = input
-   * channels): the ring (tall maps), whole-channel staging, channels in the lanes (narrow
-   * outputs, blocks of 8 across input channels), the direct loop; two images. */
+   * channels): with AVX2 channels in the lanes (blocks of 8 across input channels; tall maps in
+   * bands), without it the ring and whole-channel staging; the direct loop; two images. */
   const int64_t mh[] = {3, 16, 70}, mw[] = {4, 16, 23};
   for (int64_t m = 2; m <= 3; ++m)
     for (int hi = 0; hi < 3; ++hi)
@@ -134,10 +134,11 @@ int main(void) {
         if (r < 0) return 1;
         cases += r;
       }
-  /* 3x3, stride 1 and 2, rows of 32 to 63 outputs (blocks of 16, then the rest: the last 16
-   * columns again where storing twice is safe), tall (the ring) and short (whole-channel
-   * staging); the epilogues that forbid the overlap: accumulating onto the output, in place, a
-   * residual read from the output buffer. */
+  /* 3x3, stride 1 and 2, rows of 32 to 63 outputs (with AVX2 blocks of 8 positions, without it
+   * the ring's blocks of 16; then the rest: the last block again where storing twice is safe),
+   * tall (bands; the ring) and short (one band; whole-channel staging); the epilogues that
+   * forbid the overlap: accumulating onto the output, in place, a residual read from the output
+   * buffer. */
   for (int64_t OWt = 32; OWt < 64; OWt += 3)
     for (int e = 0; e < 16; ++e) {
       const int64_t s = 1 + (e & 1), W = OWt * s - (e & 2 ? 1 : 0);
