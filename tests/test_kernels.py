@@ -663,7 +663,7 @@ def test_generated_loops_run_in_parallel_regions(tmp_path):
 
 def test_vectorized_exp_and_erf_are_accurate(tmp_path):
     """exp / erf are compiled from our own IR (vectorizable) instead of libm: ~1 ulp for exp over the
-    whole float range (overflow, denormal results, NaN), ~2e-7 relative for erf; GELU and softmax
+    whole float range (overflow, denormal results, NaN), ~3.4e-7 relative for erf; GELU and softmax
     built on them stay within float rounding of eager."""
 
     class M(nn.Module):
