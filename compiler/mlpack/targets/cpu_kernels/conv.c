@@ -1150,14 +1150,19 @@ static inline __attribute__((always_inline)) void dw_lanes_rows(const dw_lanes_j
                                                                 const __m256 *wv, const float *bias, int64_t o0,
                                                                 int64_t nc, int64_t oy0, int64_t oy1, const int64_t KH,
                                                                 const int64_t KW, const int64_t SW) {
+  /* the job's fields in locals: the stores below may alias anything, so fields read through j
+   * would be loaded again after every store */
   const mlrt_epilogue *ep = &j->ep;
+  float *const dst = ep->dst;
+  const int plain = nc == 8 && ep->overwrite && !ep->residual; /* the common case, unrolled below */
   const int64_t PW = j->PW, OW = j->OW, oplane = j->OH * OW, row_step = j->dh * PW * 8, col_step = j->dw * 8;
+  const int64_t in_row = j->sh * PW * 8;
   const int overlap = ep->overwrite && (!ep->residual || ep->residual != ep->dst);
   const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi), zero = _mm256_setzero_ps();
   for (int64_t oy = oy0; oy < oy1; ++oy)
     for (int64_t ox = 0; ox < OW; ox += 8) {
       const int64_t x = ox + 8 <= OW || !overlap ? ox : OW - 8, n = min64(8, OW - x);
-      const float *b = buf + ((oy - oy0) * j->sh * PW + x * SW) * 8;
+      const float *b = buf + (oy - oy0) * in_row + x * SW * 8;
       __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
       for (int64_t ky = 0; ky < KH; ++ky)
         for (int64_t kx = 0; kx < KW; ++kx) {
@@ -1174,8 +1179,8 @@ static inline __attribute__((always_inline)) void dw_lanes_rows(const dw_lanes_j
         }
       __m256 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
       mlrt_transpose8(acc); /* acc[l]: channel l of the block at positions x..x+7 of row oy */
-      if (n == 8 && nc == 8 && ep->overwrite && !ep->residual) { /* the common case, unrolled */
-        float *d = ep->dst + o0 + oy * OW + x;
+      if (n == 8 && plain) {
+        float *d = dst + o0 + oy * OW + x;
         for (int l = 0; l < 8; ++l)
           _mm256_storeu_ps(d + l * oplane, mlrt_clamp8(_mm256_add_ps(acc[l], _mm256_broadcast_ss(bias + l)), lo, hi));
         continue;
@@ -1203,22 +1208,26 @@ static inline __attribute__((always_inline)) void dw_lanes_rows(const dw_lanes_j
 static inline __attribute__((always_inline)) void dw_lanes_plane(const dw_lanes_job *j, const float *buf,
                                                                  const __m256 *wv, const float *bias, int64_t o0,
                                                                  int64_t nc, const int64_t KH, const int64_t KW) {
-  const mlrt_epilogue *ep = &j->ep;
-  const int64_t oplane = j->OH * j->OW;
+  const mlrt_epilogue *ep = &j->ep; /* fields in locals, as in dw_lanes_rows */
+  float *const dst = ep->dst;
+  const float *const y = j->y, *const res = ep->residual;
+  const int overwrite = ep->overwrite;
+  const int64_t OW = j->OW, oplane = j->OH * OW, in_row = j->sh * j->PW * 8, in_col = j->sw * 8;
+  const int64_t row_step = j->dh * j->PW * 8, col_step = j->dw * 8;
   const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi), zero = _mm256_setzero_ps();
   for (int64_t p = 0, oy = 0, ox = 0; p < oplane; p += 8) {
     /* eight positions side by side: one position's taps are a chain of dependent FMAs, which
      * ran at a quarter of the FMA throughput (25 taps x 4 cycles of latency per output) */
     const float *base[8];
     for (int64_t i = 0; i < 8; ++i) {
-      base[i] = p + i < oplane ? buf + (oy * j->sh * j->PW + ox * j->sw) * 8 : base[0];
-      if (p + i < oplane && ++ox == j->OW) ox = 0, ++oy;
+      base[i] = p + i < oplane ? buf + oy * in_row + ox * in_col : base[0];
+      if (p + i < oplane && ++ox == OW) ox = 0, ++oy;
     }
     __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
     for (int64_t ky = 0; ky < KH; ++ky)
       for (int64_t kx = 0; kx < KW; ++kx) {
         const __m256 wk = wv[ky * KW + kx];
-        const int64_t off = (ky * j->dh * j->PW + kx * j->dw) * 8;
+        const int64_t off = ky * row_step + kx * col_step;
         a0 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[0] + off), a0);
         a1 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[1] + off), a1);
         a2 = _mm256_fmadd_ps(wk, _mm256_load_ps(base[2] + off), a2);
@@ -1233,12 +1242,12 @@ static inline __attribute__((always_inline)) void dw_lanes_plane(const dw_lanes_
     const __m256i m = mlrt_lanes_below(oplane - p);
     for (int64_t l = 0; l < nc; ++l) {
       const int64_t o = o0 + l * oplane + p;
-      __m256 v = _mm256_add_ps(acc[l], ep->overwrite ? _mm256_set1_ps(bias[l]) : _mm256_maskload_ps(j->y + o, m));
-      if (ep->residual) v = _mm256_add_ps(v, _mm256_maskload_ps(ep->residual + o, m));
+      __m256 v = _mm256_add_ps(acc[l], overwrite ? _mm256_set1_ps(bias[l]) : _mm256_maskload_ps(y + o, m));
+      if (res) v = _mm256_add_ps(v, _mm256_maskload_ps(res + o, m));
       if (p + 8 <= oplane) /* masked stores are slow on AMD cores: only the last vector */
-        _mm256_storeu_ps(ep->dst + o, mlrt_clamp8(v, lo, hi));
+        _mm256_storeu_ps(dst + o, mlrt_clamp8(v, lo, hi));
       else
-        _mm256_maskstore_ps(ep->dst + o, m, mlrt_clamp8(v, lo, hi));
+        _mm256_maskstore_ps(dst + o, m, mlrt_clamp8(v, lo, hi));
     }
   }
 }
