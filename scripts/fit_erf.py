@@ -4,7 +4,7 @@ iterated least squares (then Lawson-style reweighting towards equal ripples). Pr
 coefficients, highest degree first (as _ERF_P / _ERF_Q take them), and the worst relative error in
 exact arithmetic and evaluated in float32 with FMA Horner steps.
 
-    python scripts/fit_erf.py
+    python scripts/fit_erf.py          # needs numpy and scipy (not runtime or test dependencies)
 """
 
 import numpy as np
