@@ -1154,10 +1154,12 @@ static inline __attribute__((always_inline)) void dw_lanes_rows(const dw_lanes_j
    * would be loaded again after every store */
   const mlrt_epilogue *ep = &j->ep;
   float *const dst = ep->dst;
-  const int plain = nc == 8 && ep->overwrite && !ep->residual; /* the common case, unrolled below */
+  const float *const y = j->y, *const res = ep->residual;
+  const int overwrite = ep->overwrite;
+  const int plain = nc == 8 && overwrite && !res; /* the common case, unrolled below */
   const int64_t PW = j->PW, OW = j->OW, oplane = j->OH * OW, row_step = j->dh * PW * 8, col_step = j->dw * 8;
   const int64_t in_row = j->sh * PW * 8;
-  const int overlap = ep->overwrite && (!ep->residual || ep->residual != ep->dst);
+  const int overlap = overwrite && (!res || res != dst);
   const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi), zero = _mm256_setzero_ps();
   for (int64_t oy = oy0; oy < oy1; ++oy)
     for (int64_t ox = 0; ox < OW; ox += 8) {
@@ -1190,13 +1192,13 @@ static inline __attribute__((always_inline)) void dw_lanes_rows(const dw_lanes_j
         const int64_t o = o0 + l * oplane + oy * OW + x;
         __m256 v = acc[l];
         if (n == 8) {
-          v = _mm256_add_ps(v, ep->overwrite ? _mm256_set1_ps(bias[l]) : _mm256_loadu_ps(j->y + o));
-          if (ep->residual) v = _mm256_add_ps(v, _mm256_loadu_ps(ep->residual + o));
-          _mm256_storeu_ps(ep->dst + o, mlrt_clamp8(v, lo, hi));
+          v = _mm256_add_ps(v, overwrite ? _mm256_set1_ps(bias[l]) : _mm256_loadu_ps(y + o));
+          if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + o));
+          _mm256_storeu_ps(dst + o, mlrt_clamp8(v, lo, hi));
         } else { /* masked stores are slow on AMD cores: only where the row cannot overlap */
-          v = _mm256_add_ps(v, ep->overwrite ? _mm256_set1_ps(bias[l]) : _mm256_maskload_ps(j->y + o, m));
-          if (ep->residual) v = _mm256_add_ps(v, _mm256_maskload_ps(ep->residual + o, m));
-          _mm256_maskstore_ps(ep->dst + o, m, mlrt_clamp8(v, lo, hi));
+          v = _mm256_add_ps(v, overwrite ? _mm256_set1_ps(bias[l]) : _mm256_maskload_ps(y + o, m));
+          if (res) v = _mm256_add_ps(v, _mm256_maskload_ps(res + o, m));
+          _mm256_maskstore_ps(dst + o, m, mlrt_clamp8(v, lo, hi));
         }
       }
     }
