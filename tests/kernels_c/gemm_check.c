@@ -80,6 +80,13 @@ int main(void) {
           cases += r;
         }
       }
+  /* deeper than one K block (gemm.c KC_WHOLE): partial sums kept in C between blocks */
+  for (int64_t M = 7; M <= 19; M += 6)
+    for (int ni = 4; ni < 7; ++ni) {
+      const int r = run_case(M, Ns[ni], 4100, (int)(M + ni) % 16, (int)(M % 2) ? 3 : 1, ni == 5, 0);
+      if (r < 0) return 1;
+      cases += r;
+    }
   printf("ok %d %s\n", cases, mlrt_kernel_isa());
   return 0;
 }

@@ -10,7 +10,7 @@
 
 #include "mlrt_kernels.h"
 
-enum { MR = MLRT_MR, NR = MLRT_NR, KC = 256, MC = 96 };
+enum { MR = MLRT_MR, NR = MLRT_NR, KC = 256, KC_WHOLE = 4096, MC = 96 };
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -523,17 +523,22 @@ static inline const float *panel_rows(const gemm_job *g, int64_t p, int64_t pc, 
 
 /* Rows [m0, m1) x panels [p0, p1) of the product, with the epilogue. */
 static void gemm_block(const gemm_job *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
-  /* K blocks of equal size (<= KC): a short last block would cost a full extra pass over C. With
-   * one row tile, B is read once whatever the blocking, and streams best as one pass. */
+  /* Row-major A: K blocks of equal size, a short last block would cost a full extra pass over C.
+   * Up to KC_WHOLE (a 256 KiB panel, in L2) one block: blocks of <= KC (a panel's block in L1)
+   * were 2-25% slower at K = 288-3072 (Zen 3, 1 thread; 7-25% at 2), and as fast at 8K-25K. With
+   * one row tile, or A packed at build time, B is read once whatever the blocking, and streams
+   * best as one pass. */
   const int packed = g->lda == MLRT_A_PANELS;
+  int64_t kc_max = KC_WHOLE;
 #ifdef MLRT_HAVE_AVX2
   /* zmm: convs (A packed at build time), and row-major A of up to ZR rows (one pass over B). With
    * more rows the 6x16 AVX2 tile, reading A in place, was as fast or up to 9% faster (M = 64-128,
    * Zen 4): packing A costs what the fewer passes save. */
   const int zmm = mlrt_avx512() && (packed || m1 - m0 <= ZR);
   static _Thread_local float zbuf[MC * KC] __attribute__((aligned(64))); /* 96 KiB: not on the stack */
+  if (zmm) kc_max = KC; /* zbuf holds an MC x KC block of A */
 #endif
-  const int64_t blocks = m1 - m0 <= MR || packed ? 1 : (g->K + KC - 1) / KC, step = (g->K + blocks - 1) / blocks, np = p1 - p0;
+  const int64_t blocks = m1 - m0 <= MR || packed ? 1 : (g->K + kc_max - 1) / kc_max, step = (g->K + blocks - 1) / blocks, np = p1 - p0;
   for (int64_t pc = 0; pc < g->K; pc += step) {
     const int64_t kc = min64(step, g->K - pc);
     for (int64_t ic = m0; ic < m1; ic += MC) {
