@@ -52,7 +52,7 @@ SMALL_MAP_POSITIONS = 32
 SMALL_MAP_POSITIONS_TAPS = 64
 NR = 16  # packed panel width, cpu_kernels/mlrt_kernels.h MLRT_NR
 MR = 6  # rows of a packed A panel, cpu_kernels/mlrt_kernels.h MLRT_MR
-GEMM_KC = 256  # the GEMM's K block (cpu_kernels/gemm.c KC): deeper products keep partial sums in C
+GEMM_KC = 256  # the smallest K block the GEMM uses (cpu_kernels/gemm.c KC, on AVX-512): deeper products may keep partial sums in C
 DW_RING_FLOATS, DW_MAX_KH, DW_ROWS = 16384, 16, 4  # the depthwise kernel's row ring, cpu_kernels/mlrt_kernels.h
 
 _POOLING = ("linalg.pooling_nchw_max", "linalg.pooling_nchw_sum")  # cpu_kernels/pool.c (CPU)
