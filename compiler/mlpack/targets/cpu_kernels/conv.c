@@ -258,7 +258,7 @@ static void conv_image(const float *X, int64_t cstride, const float *Wt, int64_t
     return;
   }
   if (threads > 1) {
-    mlrt_parallel_for(panels, im2col_panel, &j);
+    mlrt_parallel_runs(panels, im2col_panel, &j);
     mlrt_gemm_packed(CO, N, K, Wt, lda, Bp, Y, ldc, ep);
     return;
   }
@@ -590,7 +590,7 @@ void mlrt_conv2d_small_f32(int64_t x, int64_t w, int64_t y, int64_t scratch, int
       for (int64_t t = 0; t < batch * j.chunks; ++t) channels_last(&j, t);
     if (!direct) {
       if (parallel)
-        mlrt_parallel_for(M, im2col_rows, &j);
+        mlrt_parallel_runs(M, im2col_rows, &j);
       else
         for (int64_t r = 0; r < M; ++r) im2col_rows(&j, r);
     }
@@ -1105,7 +1105,7 @@ static void depthwise_direct(int64_t x, int64_t w, int64_t y, int64_t batch, int
   if (mlrt_threads_for(batch * C * OH * OW * KH * KW) == 1)
     for (int64_t t = 0; t < batch * C; ++t) direct_dw_channel(&j, t);
   else
-    mlrt_parallel_for(batch * C, direct_dw_channel, &j);
+    mlrt_parallel_runs(batch * C, direct_dw_channel, &j);
 }
 
 #ifdef MLRT_HAVE_AVX2

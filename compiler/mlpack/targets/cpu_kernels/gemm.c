@@ -900,7 +900,7 @@ void mlrt_pack_b(const float *B, int64_t ldb_k, int64_t ldb_n, int64_t K, int64_
   pack_job p = {B, Bp, K, N, ldb_k, ldb_n};
   const int64_t panels = (N + NR - 1) / NR;
   if (parallel && panels > 1)
-    mlrt_parallel_for(panels, pack_panel, &p);
+    mlrt_parallel_runs(panels, pack_panel, &p);
   else
     for (int64_t i = 0; i < panels; ++i) pack_panel(&p, i);
 }

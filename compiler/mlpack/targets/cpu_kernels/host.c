@@ -26,6 +26,24 @@ void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx) {
   h->parallel_for(h->pool, n, task, ctx);
 }
 
+typedef struct {
+  mlrt_task_fn task;
+  void *ctx;
+  int64_t n, runs;
+} runs_job;
+
+static void run_of_items(void *ctx, int64_t t) {
+  const runs_job *j = (const runs_job *)ctx;
+  const int64_t end = mlrt_part(j->n, j->runs, t + 1);
+  for (int64_t i = mlrt_part(j->n, j->runs, t); i < end; ++i) j->task(j->ctx, i);
+}
+
+void mlrt_parallel_runs(int64_t n, mlrt_task_fn task, void *ctx) {
+  const int64_t most = 4 * mlrt_threads();
+  runs_job j = {task, ctx, n, n < most ? n : most};
+  mlrt_parallel_for(j.runs, run_of_items, &j);
+}
+
 #ifdef MLRT_HAVE_AVX2
 /* AVX-512F in CPUID leaf 7, and XCR0 saying the OS saves the opmask and zmm state (bits 5-7)
  * besides xmm/ymm (bits 1-2). */

@@ -35,6 +35,10 @@ const char *mlrt_kernel_isa(void);
 /* Thread count and dispatch for the current run (set by mlrt_entry). */
 int64_t mlrt_threads(void);
 void mlrt_parallel_for(int64_t n, mlrt_task_fn task, void *ctx);
+/* task(ctx, i) for i in [0, n) as at most 4 tasks per thread, each a run of consecutive i: for
+ * many small, even items (rows or panels to copy), where claiming each item as a task of its own
+ * costs more than the item (two threads contend for the pool's counters item by item). */
+void mlrt_parallel_runs(int64_t n, mlrt_task_fn task, void *ctx);
 
 /* Below this many multiply-adds a kernel runs on the calling thread: waking a worker costs more
  * than it saves, and other runtimes' spinning threads make that cost erratic. 1 << 20 left the

@@ -509,7 +509,7 @@ void mlrt_conv2d_winograd_f32(int64_t x, int64_t u, int64_t y, int64_t scratch, 
     if (threads == 1)
       for (int64_t c = 0; c < C; ++c) pad_channel(&j, c);
     else
-      mlrt_parallel_for(C, pad_channel, &j);
+      mlrt_parallel_runs(C, pad_channel, &j);
     /* About 4 tasks per thread. Enough panels: tasks own even shares of whole panels
      * (co_chunks = 1), each share reusing every weight block across its panels. Otherwise the channels are split, in multiples of the GEMM's
      * 6-row tile. */
@@ -522,7 +522,7 @@ void mlrt_conv2d_winograd_f32(int64_t x, int64_t u, int64_t y, int64_t scratch, 
       j.groups = 1;
       j.co_chunk = ((CO + want - 1) / want + MR - 1) / MR * MR;
       j.co_chunks = (CO + j.co_chunk - 1) / j.co_chunk;
-      mlrt_parallel_for(panels, transform_panel, &j); /* threads > 1 here */
+      mlrt_parallel_runs(panels, transform_panel, &j); /* threads > 1 here */
     }
     const int64_t tasks = j.groups * j.co_chunks;
     if (threads == 1)
